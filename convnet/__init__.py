@@ -1,0 +1,77 @@
+"""convnet: AlexNet (Krizhevsky, Sutskever & Hinton, 2012) with hand-written CPU and CUDA kernels.
+
+Tensors live on a device named "cpu" or "cuda:N"; `convnet.ops` holds the kernels.
+"""
+import numpy as np
+
+from . import _C
+from ._C import Tensor
+
+__all__ = ["Tensor", "tensor", "from_dlpack", "empty", "zeros", "cuda_available", "device_count",
+           "synchronize", "ops"]
+
+_DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
+
+
+def tensor(data, device="cpu", dtype=None):
+    """A new tensor holding a copy of `data` (an ndarray, list, or Tensor) on `device`.
+
+    Without `dtype`, float32/int32/uint8 arrays keep their dtype, other floating arrays
+    become float32, other integer arrays int32 and booleans uint8.
+    """
+    if isinstance(data, Tensor):
+        if dtype is not None and dtype != data.dtype:
+            raise TypeError(f"tensor: cannot change dtype {data.dtype} -> {dtype} of a Tensor")
+        return data.to(device).clone() if data.device == _C.parse_device(device) else data.to(device)
+    a = np.asarray(data)
+    if dtype is not None:
+        if dtype not in _DTYPES:
+            raise TypeError(f"tensor: unsupported dtype {dtype!r} (use float32, int32 or uint8)")
+        a = a.astype(_DTYPES[dtype], copy=False)
+    elif a.dtype not in (np.float32, np.int32, np.uint8):
+        if a.dtype.kind == "f":
+            a = a.astype(np.float32)
+        elif a.dtype.kind in "iu":
+            a = a.astype(np.int32)
+        elif a.dtype.kind == "b":
+            a = a.astype(np.uint8)
+        else:
+            raise TypeError(f"tensor: unsupported dtype {a.dtype} (use float32, int32 or uint8)")
+    return _C.from_numpy(np.ascontiguousarray(a), device)
+
+
+def from_dlpack(obj):
+    """A tensor sharing memory with `obj` (anything with __dlpack__: NumPy, PyTorch, CuPy arrays)."""
+    if not hasattr(obj, "__dlpack__"):
+        raise TypeError(f"from_dlpack: {type(obj).__name__} does not support the DLPack protocol")
+    dev_type, _ = obj.__dlpack_device__()
+    if dev_type == 2:  # CUDA: let the producer order its work before our per-thread stream (2)
+        capsule = obj.__dlpack__(stream=2)
+    else:
+        capsule = obj.__dlpack__()
+    return _C.from_dlpack_capsule(capsule)
+
+
+def empty(shape, dtype="float32", device="cpu"):
+    return _C.empty(list(shape), dtype, device)
+
+
+def zeros(shape, dtype="float32", device="cpu"):
+    return _C.zeros(list(shape), dtype, device)
+
+
+def cuda_available():
+    """True when the CUDA backend is built and at least one GPU is visible."""
+    return _C.cuda_built() and _C.cuda_device_count() > 0
+
+
+def device_count():
+    return _C.cuda_device_count()
+
+
+def synchronize(device="cuda:0"):
+    """Wait for this thread's queued work on `device` (a no-op for the CPU)."""
+    _C.synchronize(device)
+
+
+from . import ops  # noqa: E402

@@ -1,0 +1,254 @@
+// convnet._C: the Tensor type, device queries, DLPack, and every op family's entry points.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "core/device.h"
+#include "core/dlpack.h"
+#include "core/tensor.h"
+#include "ops/dispatch.h"
+
+namespace py = pybind11;
+using namespace convnet;
+
+namespace {
+
+DType dtype_from_numpy(const py::dtype& dt) {
+  if (dt.is(py::dtype::of<float>())) return DType::f32;
+  if (dt.is(py::dtype::of<int32_t>())) return DType::i32;
+  if (dt.is(py::dtype::of<uint8_t>())) return DType::u8;
+  OpScope s("tensor");
+  CHECK_TYPE(false, "unsupported dtype ", std::string(py::str(dt)), " (convnet holds float32, int32 and uint8)");
+  return DType::f32;
+}
+
+py::dtype numpy_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return py::dtype::of<float>();
+    case DType::i32: return py::dtype::of<int32_t>();
+    case DType::u8: return py::dtype::of<uint8_t>();
+  }
+  return py::dtype::of<float>();
+}
+
+// A C-contiguous ndarray of a supported dtype -> a new tensor on `device`.
+Tensor from_numpy(py::array a, const std::string& device) {
+  OpScope s("tensor");
+  Device d = Device::parse(device);
+  DType dt = dtype_from_numpy(a.dtype());
+  CHECK_VALUE(a.flags() & py::array::c_style, "array is not C-contiguous (use numpy.ascontiguousarray)");
+  std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+  Tensor t = Tensor::empty(shape, dt, d);
+  if (t.nbytes() == 0) return t;
+  if (d.is_cpu()) std::memcpy(t.raw(), a.data(), t.nbytes());
+  else gpu::copy(t.raw(), d.index, a.data(), -1, t.nbytes());
+  return t;
+}
+
+// CPU tensors come out as views that keep the storage alive; GPU tensors are copied.
+py::array to_numpy(const Tensor& t) {
+  std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
+  if (t.device().is_cpu()) {
+    auto* keep = new std::shared_ptr<Storage>(t.storage);
+    py::capsule owner(keep, [](void* p) { delete static_cast<std::shared_ptr<Storage>*>(p); });
+    return py::array(numpy_dtype(t.dtype), shape, t.raw(), owner);
+  }
+  py::array out(numpy_dtype(t.dtype), shape);
+  OpScope s("numpy");
+  gpu::copy(out.mutable_data(), -1, t.raw(), t.device().index, t.nbytes());
+  return out;
+}
+
+// ---- DLPack ----
+struct ExportCtx {
+  std::shared_ptr<Storage> storage;
+  std::vector<int64_t> shape;
+  DLManagedTensor managed;
+};
+
+void export_deleter(DLManagedTensor* m) { delete static_cast<ExportCtx*>(m->manager_ctx); }
+
+py::capsule to_dlpack(const Tensor& t) {
+  // The consumer reads on its own stream: finish ours first.
+  {
+    OpScope s("__dlpack__");
+    synchronize(t.device());
+  }
+  auto* ctx = new ExportCtx{t.storage, t.shape, {}};
+  DLTensor& dl = ctx->managed.dl_tensor;
+  dl.data = t.raw();
+  dl.device = {t.device().is_cpu() ? kDLCPU : kDLCUDA, t.device().is_cpu() ? 0 : t.device().index};
+  dl.ndim = t.dim();
+  dl.dtype = t.dtype == DType::f32 ? DLDataType{kDLFloat, 32, 1}
+           : t.dtype == DType::i32 ? DLDataType{kDLInt, 32, 1} : DLDataType{kDLUInt, 8, 1};
+  dl.shape = ctx->shape.data();
+  dl.strides = nullptr;
+  dl.byte_offset = 0;
+  ctx->managed.manager_ctx = ctx;
+  ctx->managed.deleter = export_deleter;
+  return py::capsule(&ctx->managed, "dltensor", [](PyObject* cap) {
+    // Called when the capsule dies: free it only if no consumer took it.
+    if (PyCapsule_IsValid(cap, "dltensor")) {
+      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+      if (m && m->deleter) m->deleter(m);
+    } else {
+      PyErr_Clear();
+    }
+  });
+}
+
+Tensor from_dlpack_capsule(py::capsule cap) {
+  OpScope s("from_dlpack");
+  CHECK_TYPE(PyCapsule_IsValid(cap.ptr(), "dltensor"),
+             "expected an unconsumed 'dltensor' capsule (a DLPack capsule can be used once)");
+  auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+  const DLTensor& dl = m->dl_tensor;
+  DType dt;
+  if (dl.dtype.lanes == 1 && dl.dtype.code == kDLFloat && dl.dtype.bits == 32) dt = DType::f32;
+  else if (dl.dtype.lanes == 1 && dl.dtype.code == kDLInt && dl.dtype.bits == 32) dt = DType::i32;
+  else if (dl.dtype.lanes == 1 && dl.dtype.code == kDLUInt && dl.dtype.bits == 8) dt = DType::u8;
+  else {
+    CHECK_TYPE(false, "unsupported DLPack dtype (code ", (int)dl.dtype.code, ", bits ", (int)dl.dtype.bits,
+               "); convnet holds float32, int32 and uint8");
+  }
+  Device d;
+  if (dl.device.device_type == kDLCPU) d = Device{DeviceType::CPU, 0};
+  else if (dl.device.device_type == kDLCUDA) d = Device::parse("cuda:" + std::to_string(dl.device.device_id));
+  else CHECK_VALUE(false, "unsupported DLPack device type ", dl.device.device_type);
+  std::vector<int64_t> shape(dl.shape, dl.shape + dl.ndim);
+  if (dl.strides) {
+    int64_t expect = 1;
+    for (int i = dl.ndim - 1; i >= 0; --i) {
+      if (shape[i] != 1)
+        CHECK_VALUE(dl.strides[i] == expect, "array is not contiguous (strides do not describe a dense row-major "
+                                             "layout); make a contiguous copy first");
+      expect *= shape[i];
+    }
+  }
+  auto st = std::make_shared<Storage>();
+  st->data = static_cast<char*>(dl.data) + dl.byte_offset;
+  st->device = d;
+  Tensor t;
+  t.shape = shape;
+  t.dtype = dt;
+  st->nbytes = t.nbytes();
+  st->release = [m] { if (m->deleter) m->deleter(m); };
+  t.storage = st;
+  PyCapsule_SetName(cap.ptr(), "used_dltensor");
+  return t;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "convnet's compiled core: tensors, devices and hand-written CPU/CUDA kernels";
+  static py::exception<TypeError> type_error(m, "_TypeError", PyExc_TypeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const DeviceError& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+
+  py::class_<Tensor>(m, "Tensor", "A contiguous float32/int32/uint8 array on the CPU or a GPU.")
+      .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape)); })
+      .def_property_readonly("dtype", [](const Tensor& t) { return std::string(dtype_name(t.dtype)); })
+      .def_property_readonly("device", [](const Tensor& t) { return t.device().str(); })
+      .def_property_readonly("ndim", &Tensor::dim)
+      .def_property_readonly("size", &Tensor::numel)
+      .def_property_readonly("nbytes", &Tensor::nbytes)
+      .def("numpy", &to_numpy, "Copy to a NumPy array (a view that shares memory for CPU tensors).")
+      .def("to", [](const Tensor& t, const std::string& dev) {
+             OpScope s("to");
+             Device d = Device::parse(dev);
+             py::gil_scoped_release nogil;
+             return t.to(d);
+           }, py::arg("device"), "This tensor on another device (itself if already there).")
+      .def("clone", [](const Tensor& t) { OpScope s("clone"); py::gil_scoped_release nogil; return t.clone(); })
+      .def("copy_", [](Tensor& t, const Tensor& src) {
+             OpScope s("copy_");
+             py::gil_scoped_release nogil;
+             t.copy_from(src);
+             return t;
+           }, py::arg("src"), "Copy src (same shape and dtype, any device) into this tensor, in place.")
+      .def("reshape", [](const Tensor& t, std::vector<int64_t> shape) {
+             OpScope s("reshape");
+             int64_t known = 1, infer = -1;
+             for (size_t i = 0; i < shape.size(); ++i) {
+               if (shape[i] == -1) { CHECK_VALUE(infer < 0, "only one dimension can be -1"); infer = (int64_t)i; }
+               else known *= shape[i];
+             }
+             if (infer >= 0) {
+               CHECK_VALUE(known > 0 && t.numel() % known == 0, "cannot reshape ", t.shape_str());
+               shape[infer] = t.numel() / known;
+             }
+             return t.reshape(shape);
+           })
+      .def("data_ptr", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); })
+      .def("__dlpack__", [](const Tensor& t, py::object stream, py::object max_version, py::object dl_device,
+                            py::object copy) { return to_dlpack(t); },
+           py::arg("stream") = py::none(), py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
+           py::arg("copy") = py::none())
+      .def("__dlpack_device__", [](const Tensor& t) {
+        return py::make_tuple(t.device().is_cpu() ? (int)kDLCPU : (int)kDLCUDA, t.device().is_cpu() ? 0 : t.device().index);
+      })
+      .def("__len__", [](const Tensor& t) {
+        OpScope s("len");
+        CHECK_VALUE(t.dim() > 0, "len() of a 0-d tensor");
+        return t.shape[0];
+      })
+      .def("__repr__", [](const Tensor& t) {
+        return "convnet.Tensor(shape=" + t.shape_str() + ", dtype=" + dtype_name(t.dtype) + ", device='" +
+               t.device().str() + "')";
+      });
+
+  m.def("from_numpy", &from_numpy, py::arg("array"), py::arg("device") = "cpu");
+  m.def("from_dlpack_capsule", &from_dlpack_capsule, py::arg("capsule"));
+  m.def("empty", [](std::vector<int64_t> shape, const std::string& dtype, const std::string& device) {
+    OpScope s("empty");
+    DType dt = dtype == "float32" ? DType::f32 : dtype == "int32" ? DType::i32 : dtype == "uint8" ? DType::u8 : (DType)-1;
+    CHECK_TYPE((int)dt >= 0, "unsupported dtype '", dtype, "'");
+    return Tensor::empty(shape, dt, Device::parse(device));
+  }, py::arg("shape"), py::arg("dtype") = "float32", py::arg("device") = "cpu");
+  m.def("zeros", [](std::vector<int64_t> shape, const std::string& dtype, const std::string& device) {
+    OpScope s("zeros");
+    DType dt = dtype == "float32" ? DType::f32 : dtype == "int32" ? DType::i32 : dtype == "uint8" ? DType::u8 : (DType)-1;
+    CHECK_TYPE((int)dt >= 0, "unsupported dtype '", dtype, "'");
+    return Tensor::zeros(shape, dt, Device::parse(device));
+  }, py::arg("shape"), py::arg("dtype") = "float32", py::arg("device") = "cpu");
+
+  m.def("cuda_built", &cuda_built);
+  m.def("cuda_device_count", &cuda_device_count);
+  m.def("cuda_device_name", &cuda_device_name);
+  m.def("cuda_peer_access", &cuda_peer_access, py::arg("src"), py::arg("dst"));
+  m.def("parse_device", [](const std::string& s) { return Device::parse(s).str(); });
+  m.def("synchronize", [](const std::string& dev) {
+    OpScope s("synchronize");
+    Device d = Device::parse(dev);
+    py::gil_scoped_release nogil;
+    synchronize(d);
+  }, py::arg("device"));
+  m.def("set_poison", &set_poison);
+  m.def("poison", &poison);
+  m.def("empty_cache", &gpu::empty_cache);
+  m.def("memory_allocated", &gpu::allocated_bytes);
+  m.def("memory_cached", &gpu::cached_bytes);
+  m.def("check_finite", [](const Tensor& t, const std::string& name) {
+    OpScope s("check_finite");
+    py::gil_scoped_release nogil;
+    check_finite(t, name.c_str());
+  }, py::arg("tensor"), py::arg("name") = "tensor");
+
+  register_elementwise(m);
+  register_lrn(m);
+  register_pool(m);
+  register_softmax(m);
+  register_conv(m);
+  register_linear(m);
+  register_augment(m);
+}

@@ -1,0 +1,279 @@
+// The CUDA side of csrc/core: device queries, the caching allocator, copies.
+// Compiled only when the CUDA backend is built.
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "../cuda/common.cuh"
+#include "device.h"
+
+namespace convnet {
+
+bool cuda_built() { return true; }
+
+int cuda_device_count() {
+  static int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();
+      n = 0;
+    }
+    return n;
+  }();
+  return count;
+}
+
+std::string cuda_device_name(int index) {
+  cudaDeviceProp p;
+  CUDA_CHECK(cudaGetDeviceProperties(&p, index));
+  return p.name;
+}
+
+bool cuda_peer_access(int from, int to) {
+  if (from == to) return true;
+  int can = 0;
+  CUDA_CHECK(cudaDeviceCanAccessPeer(&can, from, to));
+  return can != 0;
+}
+
+namespace {
+// Peer access is enabled once per ordered pair, the first time a copy needs it.
+bool enable_peer(int from, int to) {
+  static std::mutex m;
+  static std::map<std::pair<int, int>, bool> done;
+  std::lock_guard<std::mutex> lock(m);
+  auto key = std::make_pair(from, to);
+  auto it = done.find(key);
+  if (it != done.end()) return it->second;
+  bool ok = cuda_peer_access(from, to);
+  if (ok) {
+    DeviceGuard g(Device{DeviceType::CUDA, from});
+    cudaError_t e = cudaDeviceEnablePeerAccess(to, 0);
+    if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
+    else if (e != cudaSuccess) { cudaGetLastError(); ok = false; }
+  }
+  done[key] = ok;
+  return ok;
+}
+}  // namespace
+
+DeviceGuard::DeviceGuard(Device d) {
+  if (!d.is_cuda()) return;
+  CUDA_CHECK(cudaGetDevice(&previous));
+  if (previous != d.index) CUDA_CHECK(cudaSetDevice(d.index));
+}
+
+DeviceGuard::~DeviceGuard() {
+  int cur = -1;
+  if (previous >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != previous) cudaSetDevice(previous);
+}
+
+void synchronize(Device d) {
+  if (!d.is_cuda()) return;
+  DeviceGuard g(d);
+  CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+}
+
+namespace gpu {
+namespace {
+
+struct Block {
+  void* ptr;
+  cudaEvent_t freed;  // recorded on the freeing thread's stream
+};
+
+// Size classes: multiples of 512 bytes up to 1 MiB, then multiples of 2 MiB, so a
+// training loop that allocates the same shapes each step hits the cache every time.
+size_t round_size(size_t n) {
+  if (n <= (1u << 20)) return (n + 511) / 512 * 512;
+  return (n + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+}
+
+struct Pool {
+  std::mutex m;
+  std::multimap<size_t, Block> free_blocks;  // by size
+  size_t cached = 0, allocated = 0;
+};
+
+Pool& pool(int device) {
+  static std::mutex m;
+  static std::map<int, Pool*> pools;  // never freed: must outlive tensors destroyed at exit
+  std::lock_guard<std::mutex> lock(m);
+  Pool*& p = pools[device];
+  if (!p) p = new Pool();
+  return *p;
+}
+
+void release_cached(int device, Pool& p) {  // caller holds p.m
+  DeviceGuard g(Device{DeviceType::CUDA, device});
+  for (auto& kv : p.free_blocks) {
+    cudaEventSynchronize(kv.second.freed);
+    cudaEventDestroy(kv.second.freed);
+    cudaFree(kv.second.ptr);
+  }
+  p.free_blocks.clear();
+  p.cached = 0;
+}
+
+}  // namespace
+
+void* allocate(int device, size_t nbytes) {
+  OpScope scope(current_op());
+  size_t size = round_size(nbytes);
+  Pool& p = pool(device);
+  DeviceGuard g(Device{DeviceType::CUDA, device});
+  {
+    std::lock_guard<std::mutex> lock(p.m);
+    auto it = p.free_blocks.find(size);
+    if (it != p.free_blocks.end()) {
+      Block b = it->second;
+      p.free_blocks.erase(it);
+      p.cached -= size;
+      p.allocated += size;
+      // Work queued on the freeing stream may still read the block: wait for it on ours.
+      CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), b.freed, 0));
+      CUDA_CHECK(cudaEventDestroy(b.freed));
+      return b.ptr;
+    }
+  }
+  void* ptr = nullptr;
+  cudaError_t e = cudaMalloc(&ptr, size);
+  if (e == cudaErrorMemoryAllocation) {  // give the cache back and try once more
+    cudaGetLastError();
+    std::lock_guard<std::mutex> lock(p.m);
+    release_cached(device, p);
+    e = cudaMalloc(&ptr, size);
+  }
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    throw DeviceError(detail::message("out of GPU memory on cuda:", device, " allocating ", nbytes, " bytes (",
+                                      p.allocated, " bytes in use)"));
+  }
+  CUDA_CHECK(e);
+  std::lock_guard<std::mutex> lock(p.m);
+  p.allocated += size;
+  return ptr;
+}
+
+void deallocate(int device, void* ptr, size_t nbytes) {
+  // Runs from destructors: never throws; errors here are reported by the next op.
+  size_t size = round_size(nbytes);
+  Pool& p = pool(device);
+  int prev = -1;
+  cudaGetDevice(&prev);
+  if (prev != device) cudaSetDevice(device);
+  Block b{ptr, nullptr};
+  bool ok = cudaEventCreateWithFlags(&b.freed, cudaEventDisableTiming) == cudaSuccess &&
+            cudaEventRecord(b.freed, cuda::stream()) == cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(p.m);
+    p.allocated -= size;
+    if (ok) {
+      p.free_blocks.emplace(size, b);
+      p.cached += size;
+    } else {
+      cudaGetLastError();
+      cudaFree(ptr);
+    }
+  }
+  if (prev >= 0 && prev != device) cudaSetDevice(prev);
+}
+
+void empty_cache() {
+  for (int d = 0; d < cuda_device_count(); ++d) {
+    Pool& p = pool(d);
+    std::lock_guard<std::mutex> lock(p.m);
+    release_cached(d, p);
+  }
+}
+
+size_t cached_bytes(int device) { Pool& p = pool(device); std::lock_guard<std::mutex> l(p.m); return p.cached; }
+size_t allocated_bytes(int device) { Pool& p = pool(device); std::lock_guard<std::mutex> l(p.m); return p.allocated; }
+
+void memset(int device, void* ptr, int value, size_t nbytes) {
+  DeviceGuard g(Device{DeviceType::CUDA, device});
+  CUDA_CHECK(cudaMemsetAsync(ptr, value, nbytes, cuda::stream()));
+}
+
+void copy(void* dst, int dst_dev, const void* src, int src_dev, size_t nbytes) {
+  if (nbytes == 0) return;
+  if (src_dev < 0 && dst_dev < 0) {
+    std::memcpy(dst, src, nbytes);
+    return;
+  }
+  if (src_dev < 0 || dst_dev < 0) {  // host <-> device: synchronous on this thread's stream
+    int dev = src_dev < 0 ? dst_dev : src_dev;
+    DeviceGuard g(Device{DeviceType::CUDA, dev});
+    auto kind = src_dev < 0 ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, kind, cuda::stream()));
+    CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+    return;
+  }
+  if (src_dev == dst_dev) {
+    DeviceGuard g(Device{DeviceType::CUDA, dst_dev});
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, cuda::stream()));
+    return;
+  }
+  // GPU to GPU. The source's producer may be another thread's stream: finish this
+  // thread's work on the source device first, then copy.
+  {
+    DeviceGuard g(Device{DeviceType::CUDA, src_dev});
+    CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+  }
+  DeviceGuard g(Device{DeviceType::CUDA, dst_dev});
+  if (enable_peer(dst_dev, src_dev)) {
+    CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_dev, src, src_dev, nbytes, cuda::stream()));
+    return;
+  }
+  // No peer access: stage through pinned host memory.
+  void* host = nullptr;
+  CUDA_CHECK(cudaMallocHost(&host, nbytes));
+  try {
+    {
+      DeviceGuard gs(Device{DeviceType::CUDA, src_dev});
+      CUDA_CHECK(cudaMemcpyAsync(host, src, nbytes, cudaMemcpyDeviceToHost, cuda::stream()));
+      CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+    }
+    CUDA_CHECK(cudaMemcpyAsync(dst, host, nbytes, cudaMemcpyHostToDevice, cuda::stream()));
+    CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+  } catch (...) {
+    cudaFreeHost(host);
+    throw;
+  }
+  CUDA_CHECK(cudaFreeHost(host));
+}
+
+namespace {
+__global__ void count_nonfinite_kernel(const float* __restrict__ p, long long n, unsigned long long* out) {
+  unsigned long long local = 0;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    local += !isfinite(p[i]);
+  // Integer atomics: the count is exact and deterministic whatever the order.
+  if (local) atomicAdd(out, local);
+}
+}  // namespace
+
+int64_t count_nonfinite(int device, const float* p, int64_t n) {
+  if (n == 0) return 0;
+  DeviceGuard g(Device{DeviceType::CUDA, device});
+  unsigned long long* d = static_cast<unsigned long long*>(allocate(device, sizeof(unsigned long long)));
+  unsigned long long h = 0;
+  try {
+    CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(h), cuda::stream()));
+    count_nonfinite_kernel<<<cuda::blocks_for(n, 256, 1024), 256, 0, cuda::stream()>>>(p, n, d);
+    CUDA_CHECK_LAUNCH("count_nonfinite");
+    CUDA_CHECK(cudaMemcpyAsync(&h, d, sizeof(h), cudaMemcpyDeviceToHost, cuda::stream()));
+    CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+  } catch (...) {
+    deallocate(device, d, sizeof(h));
+    throw;
+  }
+  deallocate(device, d, sizeof(h));
+  return (int64_t)h;
+}
+
+}  // namespace gpu
+}  // namespace convnet

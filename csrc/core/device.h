@@ -1,0 +1,44 @@
+// Devices: how many GPUs, the current device guard, synchronisation, peer access,
+// and the CUDA caching allocator. Everything that touches the CUDA runtime outside
+// a kernel file lives behind these functions (implemented in cuda_runtime.cu), so
+// that the CPU-only build compiles none of it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "tensor.h"
+
+namespace convnet {
+
+bool cuda_built();       // was the CUDA backend compiled in?
+int cuda_device_count(); // 0 when not built or no GPU (never throws)
+std::string cuda_device_name(int index);
+bool cuda_peer_access(int from, int to);  // can `from` read `to`'s memory directly?
+void synchronize(Device d);               // wait for this thread's work on d
+
+// Sets the current CUDA device for the scope; a no-op for the CPU.
+struct DeviceGuard {
+  explicit DeviceGuard(Device d);
+  ~DeviceGuard();
+  int previous = -1;
+};
+
+namespace gpu {
+// Caching allocator: blocks are kept per device and size class and reused; a block
+// freed on one thread's stream is reused on another only after that stream's work
+// is done (an event recorded at free time is waited on at reuse).
+void* allocate(int device, size_t nbytes);
+void deallocate(int device, void* p, size_t nbytes);
+void empty_cache();
+size_t cached_bytes(int device);
+size_t allocated_bytes(int device);
+
+void memset(int device, void* p, int value, size_t nbytes);  // async on this thread's stream
+// Copies between any two places; `src_dev`/`dst_dev` are -1 for host memory.
+// GPU-to-GPU goes peer to peer where enabled, else staged through pinned host memory.
+void copy(void* dst, int dst_dev, const void* src, int src_dev, size_t nbytes);
+int64_t count_nonfinite(int device, const float* p, int64_t n);
+}  // namespace gpu
+
+}  // namespace convnet

@@ -1,0 +1,84 @@
+// Tensor: a contiguous, row-major (NCHW) block of float32, int32 or uint8 on one device.
+// Storage is reference counted; a tensor never aliases part of another, so every
+// kernel may assume dense data starting at data<T>().
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "error.h"
+
+namespace convnet {
+
+enum class DType : int { f32 = 0, i32 = 1, u8 = 2 };
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);  // "float32", "int32", "uint8"
+
+enum class DeviceType : int { CPU = 0, CUDA = 1 };
+
+// A physical device: the CPU, or CUDA device `index`.
+struct Device {
+  DeviceType type = DeviceType::CPU;
+  int index = 0;
+  bool is_cuda() const { return type == DeviceType::CUDA; }
+  bool is_cpu() const { return type == DeviceType::CPU; }
+  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+  std::string str() const;                    // "cpu" or "cuda:1"
+  static Device parse(const std::string& s);  // "cpu", "cpu:N", "cuda", "cuda:N"; checks the GPU exists
+};
+
+// Owns (or borrows, for DLPack imports) one allocation.
+struct Storage {
+  void* data = nullptr;
+  size_t nbytes = 0;
+  Device device;
+  std::function<void()> release;  // frees the memory; empty for nothing to free
+  Storage() = default;
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  ~Storage();
+  static std::shared_ptr<Storage> allocate(size_t nbytes, Device d);
+};
+
+struct Tensor {
+  std::shared_ptr<Storage> storage;
+  std::vector<int64_t> shape;
+  DType dtype = DType::f32;
+
+  Device device() const { return storage->device; }
+  int dim() const { return (int)shape.size(); }
+  int64_t size(int i) const { return shape.at(i < 0 ? i + dim() : i); }
+  int64_t numel() const;
+  size_t nbytes() const { return (size_t)numel() * dtype_size(dtype); }
+  void* raw() const { return storage->data; }
+  template <class T> T* data() const { return static_cast<T*>(storage->data); }
+  std::string shape_str() const;  // "(2, 3, 4)"
+
+  // Uninitialised (filled with NaN / 0xFF bytes when poison mode is on).
+  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device d);
+  static Tensor zeros(const std::vector<int64_t>& shape, DType dtype, Device d);
+  static Tensor empty_like(const Tensor& t) { return empty(t.shape, t.dtype, t.device()); }
+
+  Tensor to(Device d) const;         // copy to another device (itself if already there)
+  Tensor clone() const { return to_new(device()); }
+  Tensor to_new(Device d) const;     // always a fresh copy
+  void copy_from(const Tensor& src); // same shape and dtype, any devices
+  Tensor reshape(const std::vector<int64_t>& new_shape) const;  // shares storage
+};
+
+// Tests turn this on so that any element a kernel forgets to write shows up as NaN.
+void set_poison(bool on);
+bool poison();
+
+// Argument checks shared by every op (the only place such checks live).
+void check_defined(const Tensor& t, const char* name);
+void check_dtype(const Tensor& t, DType want, const char* name);
+void check_dim(const Tensor& t, int d, const char* name);
+void check_shape(const Tensor& t, const std::vector<int64_t>& want, const char* name);
+void check_same_device(const Tensor& a, const char* an, const Tensor& b, const char* bn);
+void check_finite(const Tensor& t, const char* name);  // float32 only; one pass over the data
+
+}  // namespace convnet
