@@ -1,8 +1,28 @@
-"""The public kernels. Every function takes and returns convnet.Tensor; arguments are
-checked (shape, dtype, device) in the compiled entry point, which raises ValueError,
-TypeError or RuntimeError naming the op."""
+"""The public kernels: the functional surface users call directly.
+
+Every function takes and returns convnet.Tensor (float32 data, int32 labels, uint8 masks
+and images). The compiled entry point of each op (csrc/ops/<family>.cpp) checks shapes,
+dtypes and devices once and raises ValueError, TypeError or RuntimeError naming the op;
+this module only supplies defaults, normalises int-or-pair arguments, and documents.
+"""
+import numpy as np
+
 from . import _C
 
+
+def _pair(v, name):
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name} must be an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def _seed(seed):
+    return int(np.random.randint(0, 2**63 - 1, dtype=np.int64)) if seed is None else int(seed)
+
+
+# ---- elementwise: csrc/ops/elementwise.cpp ----
 
 def relu(x):
     """max(0, x), elementwise."""
@@ -10,5 +30,97 @@ def relu(x):
 
 
 def relu_backward(y, dy):
-    """Gradient of relu given its output y and the output gradient dy."""
+    """Gradient of relu from its output y and the output gradient dy."""
     return _C.relu_backward(y, dy)
+
+
+def dropout(x, p=0.5, seed=None):
+    """Training-time dropout: returns (y, mask) with mask a uint8 tensor (1 = kept) and
+    y = x * mask / (1 - p), so no rescaling is needed at test time (the paper's halving of
+    the outputs at test time, done at training time instead). Each element's draw depends
+    only on (seed, its index): the same on CPU and GPU and for any thread count."""
+    return _C.dropout(x, float(p), _seed(seed))
+
+
+def dropout_backward(dy, mask, p=0.5):
+    """dx = dy * mask / (1 - p)."""
+    return _C.dropout_backward(dy, mask, float(p))
+
+
+def sgd_update(w, dw, v, lr, momentum=0.9, weight_decay=5e-4):
+    """The paper's update, in place on w and v:
+    v = momentum*v - weight_decay*lr*w - lr*dw;  w = w + v."""
+    _C.sgd_update(w, dw, v, float(lr), float(momentum), float(weight_decay))
+
+
+# ---- local response normalisation: csrc/ops/lrn.cpp ----
+
+def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """The paper's cross-channel LRN on NCHW x:
+    b_i = a_i / (k + alpha * sum_{j=max(0,i-size//2)}^{min(C-1,i+size//2)} a_j^2)^beta.
+    alpha is NOT divided by size (Caffe and PyTorch divide; pass alpha*size to compare)."""
+    return _C.lrn(x, int(size), float(alpha), float(beta), float(k))
+
+
+def lrn_backward(x, y, dy, size=5, alpha=1e-4, beta=0.75, k=2.0):
+    """Gradient of lrn with respect to x, from its input x, output y and output gradient dy."""
+    return _C.lrn_backward(x, y, dy, int(size), float(alpha), float(beta), float(k))
+
+
+# ---- max-pool: csrc/ops/pool.cpp ----
+
+def max_pool(x, size=3, stride=2):
+    """Overlapping max-pool on NCHW x, no padding; output (H - size) // stride + 1.
+    A partial window at the edge is dropped (floor), as in the paper (55 -> 27 -> 13 -> 6)."""
+    return _C.max_pool(x, int(size), int(stride))
+
+
+def max_pool_backward(x, y, dy, size=3, stride=2):
+    """Gradient of max_pool: each window's gradient goes to its first maximal input
+    (lowest row, then lowest column): deterministic under ties."""
+    return _C.max_pool_backward(x, y, dy, int(size), int(stride))
+
+
+# ---- softmax with cross-entropy: csrc/ops/softmax.cpp ----
+
+def softmax_cross_entropy(logits, labels):
+    """(loss, probs): mean over the batch of -log softmax(logits)[label], as a Python float,
+    and the softmax probabilities (N, classes). logits float32 (N, classes), labels int32 (N,)."""
+    return _C.softmax_cross_entropy(logits, labels)
+
+
+def softmax_cross_entropy_backward(probs, labels):
+    """Gradient of the mean loss with respect to the logits: (probs - onehot(labels)) / N."""
+    return _C.softmax_cross_entropy_backward(probs, labels)
+
+
+# ---- convolution: csrc/ops/conv.cpp ----
+
+def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
+    """Cross-correlation of NCHW x with w (out_channels, in_channels/groups, kh, kw), plus b
+    (out_channels,) if given. Output size (H + 2*pad - kh) // stride + 1 (floor)."""
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    return _C.conv2d(x, w, b, sh, sw, ph, pw, int(groups))
+
+
+def conv2d_backward(x, w, dy, stride=1, padding=0, groups=1):
+    """(dx, dw, db): gradients of conv2d with respect to its input, weights and bias."""
+    sh, sw = _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, int(groups))
+
+
+# ---- fully connected: csrc/ops/linear.cpp ----
+
+def linear(x, w, b=None):
+    """y = x @ w.T + b with x (N, in), w (out, in), b (out,)."""
+    return _C.linear(x, w, b)
+
+
+def linear_backward(x, w, dy):
+    """(dx, dw, db): gradients of linear with respect to x, w and b."""
+    return _C.linear_backward(x, w, dy)
+
+
+# ---- data augmentation: csrc/ops/augment.cpp ----
