@@ -1,0 +1,164 @@
+"""Kernel microbenchmarks on the AlexNet layer shapes.
+
+    python benchmarks/run.py [--device cpu|cuda:0] [--only NAME] [--json FILE]
+
+Each family module (benchmarks/bench_<family>.py) lists cases; every case is timed here
+against the references measured in the same run (NumPy, and PyTorch when importable), so
+the table reports ratios, not absolute claims. Memory-bound ops also report GB/s against a
+device-to-device copy of the same size measured in the same run.
+"""
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+if list((HERE.parent / "convnet").glob("_C*.so")):  # an in-place build (tools/dev_build.sh)
+    sys.path.insert(1, str(HERE.parent))
+
+import convnet  # noqa: E402
+
+FAMILIES = ["elementwise", "lrn", "pool", "softmax", "conv", "linear", "augment", "step"]
+
+
+def try_torch():
+    try:
+        import torch
+
+        return torch
+    except ImportError:
+        return None
+
+
+def timer(fn, device, min_time=0.2, max_reps=200, sync=None):
+    """Median seconds of fn() after a warm-up, with the device drained around each call."""
+    sync = sync or (lambda: convnet.synchronize(device) if device != "cpu" else None)
+    fn()
+    sync()
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device, nbytes):
+    """GB/s of a same-device copy of nbytes (read + write counted), our ceiling for memory-bound ops."""
+    import numpy as np
+
+    n = max(nbytes // 4, 1)
+    src = convnet.tensor(np.random.rand(n).astype("float32"), device)
+    dst = convnet.empty((n,), "float32", device)
+    t = timer(lambda: dst.copy_(src), device)
+    return 2 * n * 4 / t / 1e9
+
+
+def git_commit():
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+                                       stderr=subprocess.DEVNULL).decode().strip()
+    except Exception:
+        return "unknown"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda:0" if convnet.cuda_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default 128 on a GPU, 16 on the CPU)")
+    ap.add_argument("--only", default=None, help="comma-separated families: " + ",".join(FAMILIES))
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    args = ap.parse_args(argv)
+    device = convnet._C.parse_device(args.device)
+    batch = args.batch or (128 if device != "cpu" else 16)
+    torch = try_torch()
+    if torch is not None and device != "cpu":
+        # float32 arithmetic on both sides: no TF32 in cuDNN or cuBLAS.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    if torch is not None and device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    ctx = {"device": device, "batch": batch, "torch": torch,
+           "torch_device": device if device != "cpu" else "cpu"}
+    families = args.only.split(",") if args.only else FAMILIES
+    rows = []
+    copy_cache = {}
+    for fam in families:
+        try:
+            mod = importlib.import_module(f"bench_{fam}")
+        except ImportError as e:
+            print(f"# skip {fam}: {e}", file=sys.stderr)
+            continue
+        for case in mod.cases(ctx):
+            row = {"family": fam, "name": case["name"]}
+            t = timer(case["ours"], device)
+            row["ms"] = t * 1e3
+            if case.get("bytes"):
+                row["GB/s"] = case["bytes"] / t / 1e9
+                key = 1 << max(20, int(case["bytes"]).bit_length())
+                if key not in copy_cache:
+                    copy_cache[key] = copy_bandwidth(device, min(key, 1 << 30))
+                row["copy_GB/s"] = copy_cache[key]
+                row["vs_copy"] = row["GB/s"] / row["copy_GB/s"]
+            if case.get("flops"):
+                row["GFLOP/s"] = case["flops"] / t / 1e9
+            if case.get("items"):
+                row["items/s"] = case["items"] / t
+            if case.get("numpy"):
+                tn = timer(case["numpy"], "cpu", min_time=0.1, max_reps=20)
+                row["numpy_ms"] = tn * 1e3
+                row["x_numpy"] = tn / t  # > 1: we are faster
+            if torch is not None and case.get("torch"):
+                sync = (lambda: torch.cuda.synchronize()) if device != "cpu" else (lambda: None)
+                tt = timer(case["torch"], device, sync=sync)
+                row["torch_ms"] = tt * 1e3
+                row["x_torch"] = tt / t
+            rows.append(row)
+            print(format_row(row), flush=True)
+    info = {"device": device, "device_name": device_name(device), "batch": batch, "commit": git_commit(),
+            "torch": getattr(torch, "__version__", None), "host": platform.node(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
+    print_table(info)
+    if args.json:
+        Path(args.json).write_text(json.dumps(info, indent=1))
+    return info
+
+
+def device_name(device):
+    if device == "cpu":
+        return platform.processor() or platform.machine()
+    return convnet._C.cuda_device_name(int(device.split(":")[1]))
+
+
+COLS = [("ms", "{:9.3f}"), ("GFLOP/s", "{:9.1f}"), ("GB/s", "{:8.1f}"), ("vs_copy", "{:7.2f}"),
+        ("items/s", "{:10.0f}"), ("x_numpy", "{:8.2f}"), ("x_torch", "{:8.2f}")]
+
+
+def format_row(row):
+    cells = [f"{row['family'] + ' ' + row['name']:<36}"]
+    for k, fmt in COLS:
+        cells.append(fmt.format(row[k]) if k in row else " " * len(fmt.format(0)))
+    return " ".join(cells)
+
+
+def print_table(info):
+    print(f"\n# {info['device']} ({info['device_name']}), batch {info['batch']}, commit {info['commit']}, "
+          f"torch {info['torch']}")
+    print("# x_numpy / x_torch: reference time over ours (above 1 = ours faster); vs_copy: share of copy bandwidth")
+    head = [f"{'op':<36}"] + [f"{k:>{len(fmt.format(0))}}" for k, fmt in COLS]
+    print(" ".join(head))
+    for row in info["rows"]:
+        print(format_row(row))
+
+
+if __name__ == "__main__":
+    main()
