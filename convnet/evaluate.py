@@ -1,0 +1,172 @@
+"""Top-1 and top-5 error of trained nets on the validation set, like the paper's results table:
+`python -m convnet.evaluate CHECKPOINT [CHECKPOINT ...]` (console script convnet-evaluate).
+
+Each CHECKPOINT is a checkpoint path or a run folder (its last checkpoint). `--views 1` scores
+the centre crop, `--views 10` the paper's ten patches (four corners and the centre, and their
+reflections) with the softmax averaged over the ten. With several checkpoints it also scores
+the ensemble: the average of the nets' softmax outputs (as the paper's "average of 5 CNNs").
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+class EvaluateError(Exception):
+    pass
+
+
+def softmax(logits):
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def errors(probs, labels):
+    """(top-1 error, top-5 error) of class probabilities (N, C) against labels (N,)."""
+    labels = np.asarray(labels)
+    k = min(5, probs.shape[1])
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    top1 = np.mean(top[:, 0] != labels)
+    top5 = np.mean(~(top == labels[:, None]).any(axis=1))
+    return float(top1), float(top5)
+
+
+def load_net(path, devices=None):
+    """(net, meta, checkpoint path) from a checkpoint path or a run folder."""
+    from convnet import checkpoint
+    from convnet.train import find_checkpoint, _move, resolve_devices, TrainingError
+
+    ckpt, _ = find_checkpoint(path)
+    try:
+        net, _, meta = checkpoint.load(str(ckpt))
+    except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+        raise EvaluateError(f"cannot load a checkpoint from {path}: {e}") from None
+    if devices is not None:
+        try:
+            net = _move(net, resolve_devices(devices, net.config.get("towers", 2)))
+        except TrainingError as e:
+            raise EvaluateError(str(e)) from None
+    return net, meta, ckpt
+
+
+def predict(net, images_u8, mean, crop, views, batch_size=128, device=None):
+    """Softmax probabilities (N, C) of the net on uint8 NHWC images, averaged over the views
+    (1: centre crop, 10: the paper's ten patches)."""
+    import convnet
+    from convnet import data
+
+    mode = {1: "center", 10: "ten"}[views]
+    device = device or _first_device(net)
+    out = []
+    for start in range(0, len(images_u8), batch_size):
+        chunk = np.asarray(images_u8[start:start + batch_size])
+        batch = data.views(chunk, crop, mode=mode, mean=mean)  # (views, n, 3, crop, crop) float32
+        batch = np.asarray(batch, dtype=np.float32).reshape(views, len(chunk), 3, crop, crop)
+        p = np.zeros((len(chunk), net.config["num_classes"]), dtype=np.float64)
+        for v in range(views):
+            logits = net.forward(convnet.tensor(batch[v], device=device), train=False)
+            p += softmax(logits.numpy())
+        out.append(p / views)
+    return np.concatenate(out, axis=0)
+
+
+def _first_device(net):
+    devs = net.config.get("devices") or ["cpu"]
+    return devs[0]
+
+
+def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=None, limit=None):
+    """Scores every checkpoint and, for several, their ensemble. Returns a list of settings, one
+    per view count: {"views", "rows": [{"name", "top1", "top5", "probs"}], "labels"}."""
+    from convnet import data
+    from convnet.train import TrainingError, open_data
+
+    nets = [load_net(c, devices) for c in checkpoints]
+    configs = {json.dumps(_shape_of(n.config), sort_keys=True) for n, _, _ in nets}
+    if data_path is None:
+        data_path = nets[0][1].get("train", {}).get("args", {}).get("data")
+        if data_path is None:
+            raise EvaluateError("the checkpoint does not say which data it was trained on: pass --data")
+    try:
+        ds = open_data({"data": data_path})
+    except TrainingError as e:
+        raise EvaluateError(str(e)) from None
+    num_classes = len(ds.classes)
+    for net, _, ckpt in nets:
+        if net.config.get("num_classes") != num_classes:
+            raise EvaluateError(f"{ckpt}: the net has {net.config.get('num_classes')} classes, "
+                                f"the data at {data_path} {num_classes}: a checkpoint of another model?")
+    del configs
+    images, labels = ds.val.images, np.asarray(ds.val.labels)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    settings = []
+    for v in views:
+        rows = []
+        for net, meta, ckpt in nets:
+            crop = int(net.config.get("input_size") or meta.get("train", {}).get("args", {}).get("crop"))
+            probs = predict(net, images, ds.mean, crop, v, batch_size)
+            rows.append(dict(name=_short(ckpt), probs=probs, **dict(zip(("top1", "top5"), errors(probs, labels)))))
+        if len(nets) > 1:
+            probs = np.mean([r["probs"] for r in rows], axis=0)
+            rows.append(dict(name=f"average of {len(nets)} CNNs", probs=probs,
+                             **dict(zip(("top1", "top5"), errors(probs, labels)))))
+        settings.append(dict(views=v, rows=rows, labels=labels, data=str(data_path)))
+    return settings
+
+
+def _shape_of(config):
+    return {k: v for k, v in config.items() if k not in ("devices", "seed")}
+
+
+def _short(path):
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def format_table(setting):
+    what = "centre crop" if setting["views"] == 1 else f"{setting['views']} patches, softmax averaged"
+    n = len(setting["labels"])
+    lines = [f"validation set of {setting['data']} ({n} images), {what}", "",
+             "| model | top-1 error | top-5 error |", "|---|---|---|"]
+    for r in setting["rows"]:
+        lines.append(f"| {r['name']} | {100 * r['top1']:.2f}% | {100 * r['top5']:.2f}% |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="convnet-evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint path or run folder")
+    p.add_argument("--data", help="dataset folder (default: the one the first net was trained on)")
+    p.add_argument("--views", default="1", help="1 (centre crop), 10 (the paper's ten patches) or 1,10")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--devices", help="where to run the nets (default: where they were trained)")
+    p.add_argument("--limit", type=int, help="score only the first N validation images")
+    p.add_argument("--json", help="also write the errors to this JSON file")
+    a = p.parse_args(argv)
+    try:
+        views = tuple(int(v) for v in a.views.split(","))
+    except ValueError:
+        views = ()
+    if not views or any(v not in (1, 10) for v in views):
+        p.error(f"--views must be 1, 10 or 1,10, got {a.views!r}")
+    try:
+        settings = evaluate(a.checkpoints, a.data, views, a.batch_size, a.devices, a.limit)
+    except EvaluateError as e:
+        print(f"convnet-evaluate: {e}", file=sys.stderr)
+        sys.exit(2)
+    for s in settings:
+        print(format_table(s))
+        print()
+    if a.json:
+        Path(a.json).write_text(json.dumps(
+            [dict(views=s["views"], rows=[{k: r[k] for k in ("name", "top1", "top5")} for r in s["rows"]])
+             for s in settings], indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

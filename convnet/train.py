@@ -1,0 +1,588 @@
+"""Train AlexNet the way the paper did: `python -m convnet.train` (console script convnet-train).
+
+With no arguments it trains a scaled-down two-tower AlexNet on the built-in synthetic dataset
+(generated on first use) so that a laptop CPU finishes in minutes. `--model alexnet --data DIR`
+trains the paper's network with the paper's recipe; every number is a flag whose default is the
+paper's value (see PRESETS).
+
+A run folder holds: args.json, metrics.jsonl (one JSON object per epoch), checkpoint-last.*
+(every epoch and on Ctrl-C), checkpoint-best.* (lowest validation top-1 error) and the
+pictures of convnet.plots. `--resume RUN` continues exactly where RUN stopped: the data order
+depends only on (seed, epoch, batch index) and dropout only on (seed, step), so a resumed run
+computes the same weights as one that never stopped.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Each model's defaults; an explicit flag overrides. "alexnet" is the paper (section 5 and 4);
+# "small" is the scaled-down net that the no-argument run trains on the built-in dataset,
+# tuned to pass 90% validation top-1 within minutes on two CPU cores.
+PRESETS = {
+    "alexnet": dict(
+        batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=90, schedule="plateau",
+        lr_factor=0.1, patience=3, max_cuts=3, milestones=None, input_size=224, crop=224,
+        lighting=0.1, flip=True, dropout=0.5, towers=2, width=1.0, views=1,
+    ),
+    "small": dict(
+        batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4, epochs=8, schedule="step",
+        lr_factor=0.1, patience=2, max_cuts=3, milestones="6", input_size=56, crop=56,
+        lighting=0.1, flip=True, dropout=0.5, towers=2, width=1.0, views=1,
+    ),
+}
+
+# Flags that may differ on --resume without changing what the run computes so far.
+RESUMABLE_OVERRIDES = {"epochs", "devices", "limit_val", "progress", "plots", "num_workers"}
+
+EXIT_NONFINITE = 3
+
+
+class TrainingError(Exception):
+    """A failure with a message meant for the user; main() prints it and exits non-zero."""
+
+    def __init__(self, message, code=2):
+        super().__init__(message)
+        self.code = code
+
+
+# ---------------------------------------------------------------- arguments
+
+def _bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes/no, got {s!r}")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="convnet-train",
+        description="Train AlexNet (Krizhevsky, Sutskever & Hinton 2012). Without arguments: a "
+                    "small two-tower AlexNet on the built-in synthetic dataset.")
+    # Every default is None: the model's preset fills it in, so an explicit flag can be told apart.
+    a = p.add_argument
+    a("--model", choices=sorted(PRESETS), help="alexnet: the paper's net; small (default): scaled down")
+    a("--data", help="prepared ImageNet folder (convnet-prepare), built-in dataset folder or "
+                     "cifar-10-batches-py; default: the built-in dataset (generated on first use)")
+    a("--run-dir", help="folder for checkpoints, metrics and pictures (default runs/<model>-<time>)")
+    a("--resume", metavar="RUN", help="continue the run in this folder (or from this checkpoint)")
+    a("--devices", help="where the towers go: 'cuda:0,cuda:1' (one tower each), 'cuda:0' or 'cpu' "
+                        "(both towers on one device); default: cuda:0,cuda:1 when a GPU exists, else cpu")
+    a("--towers", type=int, help="number of towers (paper: 2)")
+    a("--epochs", type=int, help="passes over the training set (paper: about 90)")
+    a("--batch-size", type=int, help="paper: 128")
+    a("--lr", type=float, help="initial learning rate (paper: 0.01)")
+    a("--momentum", type=float, help="paper: 0.9")
+    a("--weight-decay", type=float, help="paper: 0.0005")
+    a("--schedule", choices=["plateau", "step"],
+      help="plateau (paper): divide lr by 1/--lr-factor when validation error stops improving; "
+           "step: at --milestones")
+    a("--lr-factor", type=float, help="multiplier at each cut (paper: 0.1)")
+    a("--patience", type=int, help="plateau: epochs without improvement before a cut")
+    a("--max-cuts", type=int, help="plateau: at most this many cuts (paper: 3)")
+    a("--milestones", help="step: comma-separated epochs after which lr is cut, e.g. 30,60,80")
+    a("--input-size", type=int, help="side of the images the data is stored at (paper: 256 -> crops "
+                                     "of 224); for the net: the crop side it sees")
+    a("--crop", type=int, help="side of the random training crop and the validation centre crop "
+                               "(paper: 224)")
+    a("--width", type=float, help="alexnet: multiplier on every layer's kernel count (paper: 1.0; "
+                                  "0.5 is the paper's one-GPU half net)")
+    a("--widths", help="small: comma-separated kernel counts conv1..conv5,fc6,fc7 (both towers together)")
+    a("--extra-conv", action="store_true", default=None, help="alexnet: a sixth conv layer (paper's variant)")
+    a("--dropout", type=float, help="dropout probability on fc6 and fc7 (paper: 0.5)")
+    a("--lighting", type=float, help="std of the PCA colour augmentation (paper: 0.1); 0 turns it off")
+    a("--flip", type=_bool, help="random horizontal reflections (paper: yes)")
+    a("--seed", type=int, help="seed for initialisation, data order, augmentation and dropout")
+    a("--limit-train", type=int, help="use only the first N training images (smoke runs)")
+    a("--limit-val", type=int, help="use only the first N validation images (smoke runs)")
+    a("--num-train", type=int, help="built-in dataset: training images to generate (default 10000)")
+    a("--num-val", type=int, help="built-in dataset: validation images to generate (default 2000)")
+    a("--image-size", type=int, help="built-in dataset: side of the generated images (default 64)")
+    a("--progress", type=_bool, help="show a progress bar per epoch (default yes)")
+    a("--plots", type=_bool, help="draw the paper's pictures into the run folder at the end (default yes)")
+    return p
+
+
+def resolve_args(ns):
+    """Fill unset flags from the model's preset and general defaults; returns a plain dict."""
+    explicit = {k for k, v in vars(ns).items() if v is not None}
+    args = dict(vars(ns))
+    model = args["model"] or "small"
+    args["model"] = model
+    for k, v in PRESETS[model].items():
+        if args.get(k) is None:
+            args[k] = v
+    if "crop" not in explicit and "input_size" in explicit:
+        args["crop"] = args["input_size"]
+    defaults = dict(seed=0, extra_conv=False, progress=True, plots=True, num_train=10000,
+                    num_val=2000, image_size=64, widths=None)
+    for k, v in defaults.items():
+        if args.get(k) is None:
+            args[k] = v
+    return args, explicit
+
+
+# ---------------------------------------------------------------- devices
+
+def resolve_devices(spec, towers):
+    """The tower devices as a list of canonical names; a clear error for devices that do not exist."""
+    import convnet
+    from convnet import _C
+
+    if spec is None:
+        if convnet.cuda_available():
+            # cuda:1 only when it exists: on one GPU both towers share cuda:0.
+            return ["cuda:0", "cuda:1" if convnet.device_count() > 1 else "cuda:0"]
+        return ["cpu", "cpu"]
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise TrainingError(f"--devices: no device given in {spec!r}")
+    out = []
+    for n in names:
+        try:
+            d = _C.parse_device(n)
+        except (ValueError, RuntimeError) as e:
+            raise TrainingError(f"--devices: {n!r} is not usable: {e}") from None
+        if d.startswith("cuda"):
+            index = int(d.split(":")[1])
+            count = convnet.device_count() if _C.cuda_built() else 0
+            if index >= count:
+                raise TrainingError(f"--devices: {n} does not exist (this machine has {count} GPU(s))")
+        out.append(d)
+    if len(out) == 1:
+        out = out * towers
+    if len(out) != towers:
+        raise TrainingError(f"--devices: give one device or one per tower ({towers}), got {len(out)}")
+    return out
+
+
+# ---------------------------------------------------------------- data
+
+def open_data(args):
+    from convnet import data
+
+    if args["data"] is None:
+        path = data.builtin.default_path()
+        print(f"data: built-in dataset at {path} (generated on first use)", flush=True)
+        data.builtin.ensure(path, num_train=args["num_train"], num_val=args["num_val"],
+                            size=args["image_size"], seed=0)
+        args["data"] = str(path)
+    path = Path(args["data"]).expanduser()
+    if not path.exists():
+        raise TrainingError(f"--data: {path} does not exist")
+    try:
+        ds = data.open_dataset(str(path))
+    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+        raise TrainingError(f"--data: {path} is not a prepared dataset: {e}\n"
+                            f"prepare ImageNet with convnet-prepare, or pass a cifar-10-batches-py "
+                            f"folder or a built-in dataset folder") from None
+    return ds
+
+
+def _limit(split, n):
+    """A view of the first n images of a split (smoke runs); the split itself when n is None."""
+    if n is None or n >= len(split.labels):
+        return split
+    return _Subset(split, n)
+
+
+class _Subset:
+    def __init__(self, split, n):
+        self._split = split
+        self.images = split.images[:n]
+        self.labels = split.labels[:n]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getattr__(self, name):
+        return getattr(self._split, name)
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(args, num_classes, devices):
+    from convnet import models
+
+    if args["model"] == "alexnet":
+        return models.alexnet(towers=args["towers"], devices=devices, num_classes=num_classes,
+                              input_size=args["crop"], width=args["width"],
+                              extra_conv=args["extra_conv"], seed=args["seed"],
+                              dropout=args["dropout"])
+    kw = {}
+    if args["widths"]:
+        kw["widths"] = tuple(int(w) for w in str(args["widths"]).split(","))
+    return models.small_alexnet(num_classes=num_classes, input_size=args["crop"],
+                                towers=args["towers"], devices=devices, seed=args["seed"], **kw)
+
+
+# ---------------------------------------------------------------- metrics
+
+def topk_correct(logits, labels, k=5):
+    """(number right at top-1, number right at top-k) for a batch of logits (N, C)."""
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    best = np.argmax(logits, axis=1)
+    return int((best == labels).sum()), int((top == labels[:, None]).any(axis=1).sum())
+
+
+class Progress:
+    """A progress bar per epoch: tqdm when importable, else a simple one on stderr."""
+
+    def __init__(self, total, desc, enabled=True):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.n, self.start, self._bar, self._last = 0, time.time(), None, 0.0
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, desc=desc, unit="batch", file=sys.stderr,
+                                 dynamic_ncols=True, leave=True)
+            except ImportError:
+                self._bar = None
+
+    def update(self, **stats):
+        self.n += 1
+        if not self.enabled:
+            return
+        text = " ".join(f"{k} {v}" for k, v in stats.items())
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.update(1)
+            return
+        now = time.time()
+        if now - self._last < 0.5 and self.n < self.total:
+            return
+        self._last = now
+        elapsed = now - self.start
+        left = elapsed / self.n * (self.total - self.n)
+        filled = int(30 * self.n / max(1, self.total))
+        sys.stderr.write(f"\r{self.desc} [{'=' * filled}{' ' * (30 - filled)}] {self.n}/{self.total} "
+                         f"{text} left {_clock(left)} ")
+        sys.stderr.flush()
+
+    def close(self):
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _clock(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ---------------------------------------------------------------- non-finite diagnosis
+
+def layer_names(net):
+    """The net's learned layers in forward order, from its parameter names ('conv1.weight' -> 'conv1')."""
+    names = []
+    for key in net.state_dict():
+        layer = key.rsplit(".", 1)[0]
+        if layer not in names:
+            names.append(layer)
+    return names
+
+
+def diagnose_nonfinite(net, images):
+    """Where non-finite values first appear: (bad parameters, first layer with a non-finite output).
+
+    Re-runs the forward (no dropout) up to each learned layer in turn and checks its output; the
+    first layer whose output is not finite is where the NaN/inf was born (given finite inputs)."""
+    bad_params = [k for k, v in net.state_dict().items() if not np.all(np.isfinite(v))]
+    first = None
+    if not np.all(np.isfinite(images.numpy())):
+        return bad_params, "input images"
+    for layer in layer_names(net):
+        try:
+            out = net.features(images, layer=layer)
+        except (ValueError, KeyError):
+            continue
+        if not np.all(np.isfinite(out)):
+            first = layer
+            break
+    return bad_params, first
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def checkpoint_path(run_dir, which="last"):
+    return Path(run_dir) / f"checkpoint-{which}"
+
+
+def find_checkpoint(path):
+    """A run folder -> its last checkpoint; a checkpoint path (with or without suffix) -> itself."""
+    p = Path(path)
+    if p.is_dir():
+        return checkpoint_path(p, "last"), p
+    for suffix in (".safetensors", ".json"):
+        if p.name.endswith(suffix):
+            p = p.with_name(p.name[: -len(suffix)])
+    return p, p.parent
+
+
+# ---------------------------------------------------------------- training
+
+def train(argv=None, step_hook=None):
+    """Run training; returns the run folder. step_hook(net, step) is called before every
+    training step (tests use it to inject faults). Raises TrainingError for user errors."""
+    from convnet import checkpoint, optim
+
+    ns = build_parser().parse_args(argv)
+    args, explicit = resolve_args(ns)
+
+    state = None
+    if args["resume"]:
+        ckpt, run_dir = find_checkpoint(args["resume"])
+        try:
+            net, opt_state, meta = checkpoint.load(str(ckpt))
+        except (FileNotFoundError, OSError, ValueError, KeyError) as e:
+            raise TrainingError(f"--resume: cannot load a checkpoint from {args['resume']}: {e}") from None
+        if "train" not in meta:
+            raise TrainingError(f"--resume: {ckpt} was not written by convnet-train")
+        saved = meta["train"]["args"]
+        for k in explicit - RESUMABLE_OVERRIDES - {"resume", "run_dir"}:
+            if saved.get(k) != args[k]:
+                raise TrainingError(f"--resume: --{k.replace('_', '-')} {args[k]} differs from the "
+                                    f"run's {saved.get(k)}; only {sorted(RESUMABLE_OVERRIDES)} may change")
+        for k in RESUMABLE_OVERRIDES & explicit:
+            saved[k] = args[k]
+        saved["resume"] = args["resume"]
+        args = saved
+        state = meta["train"]
+        run_dir = Path(run_dir)
+    else:
+        run_dir = Path(args["run_dir"] or f"runs/{args['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    devices = resolve_devices(args["devices"], args["towers"])
+    ds = open_data(args)
+    num_classes = len(ds.classes)
+    train_split = _limit(ds.train, args["limit_train"])
+    val_split = _limit(ds.val, args["limit_val"])
+    if args["crop"] > ds.image_size:
+        raise TrainingError(f"--crop {args['crop']} is larger than the dataset's images ({ds.image_size})")
+
+    if state is None:
+        net = build_model(args, num_classes, devices)
+        opt = optim.SGD(net, lr=args["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
+        state = dict(args=args, epoch=0, batch=0, step=0, lr=args["lr"], cuts=[], best_val_error=None,
+                     scheduler=None, epoch_stats=None)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "args.json").write_text(json.dumps(args, indent=2) + "\n")
+        (run_dir / "metrics.jsonl").write_text("")
+    else:
+        if net.config.get("num_classes", num_classes) != num_classes:
+            raise TrainingError(f"--resume: the checkpoint's net has {net.config.get('num_classes')} "
+                                f"classes, the data {num_classes}")
+        net = _move(net, devices)
+        opt = optim.SGD(net, lr=state["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
+        opt.load_state_dict(opt_state)
+        opt.lr = state["lr"]
+        print(f"resume: {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}, "
+              f"step {state['step']}, lr {state['lr']:g}", flush=True)
+
+    scheduler = make_scheduler(args)
+    if state.get("scheduler") is not None and hasattr(scheduler, "load_state_dict"):
+        scheduler.load_state_dict(state["scheduler"])
+
+    print(f"model: {args['model']}, {args['towers']} towers on {','.join(devices)}, "
+          f"{sum(int(np.prod(v.shape)) for v in net.state_dict().values()):,} parameters", flush=True)
+    print(net, flush=True)
+    print(f"data: {len(train_split.labels)} training / {len(val_split.labels)} validation images, "
+          f"{num_classes} classes, {ds.image_size}px stored, {args['crop']}px crops", flush=True)
+    print(f"recipe: batch {args['batch_size']}, lr {args['lr']:g}, momentum {args['momentum']}, "
+          f"weight decay {args['weight_decay']}, {args['schedule']} schedule, {args['epochs']} epochs, "
+          f"run folder {run_dir}", flush=True)
+
+    try:
+        _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir, step_hook)
+    except KeyboardInterrupt:
+        save(run_dir, net, opt, state, "last")
+        print(f"\ninterrupted: saved {checkpoint_path(run_dir)} at epoch {state['epoch'] + 1}, batch "
+              f"{state['batch']}; continue with --resume {run_dir}", flush=True)
+        raise TrainingError("interrupted", code=130) from None
+
+    if args["plots"]:
+        from convnet import plots
+        print("pictures: drawing learning curves, conv1 kernels and predictions ...", flush=True)
+        for path in plots.draw_all(run_dir, net=net, dataset=ds, crop=args["crop"]):
+            print(f"  wrote {path}", flush=True)
+    return run_dir
+
+
+def _move(net, devices):
+    """The checkpoint's net placed on these devices (rebuilt from its config when they differ)."""
+    from convnet import models
+
+    if list(net.config.get("devices") or []) == list(devices):
+        return net
+    config = dict(net.config, devices=list(devices))
+    moved = models.build(config)
+    moved.load_state_dict(net.state_dict())
+    return moved
+
+
+def make_scheduler(args):
+    from convnet import optim
+
+    if args["schedule"] == "step":
+        milestones = [int(m) for m in str(args["milestones"] or "").split(",") if m.strip()]
+        return optim.StepSchedule(milestones)
+    return optim.ReduceOnPlateau(factor=args["lr_factor"], patience=args["patience"],
+                                 max_cuts=args["max_cuts"])
+
+
+def save(run_dir, net, opt, state, which):
+    from convnet import checkpoint
+
+    checkpoint.save(str(checkpoint_path(run_dir, which)), net, opt, {"train": state})
+
+
+def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir, step_hook):
+    from convnet import data
+
+    pca = (ds.pca_eigval, ds.pca_eigvec)
+    common = dict(crop=args["crop"], mean=ds.mean, device=devices[0])
+    steps_per_epoch = None
+    while state["epoch"] < args["epochs"]:
+        epoch = state["epoch"]
+        loader = data.Loader(train_split, args["batch_size"], train=True, pca=pca, flip=args["flip"],
+                             lighting=args["lighting"], seed=args["seed"], epoch=epoch,
+                             start_batch=state["batch"], **common)
+        steps_per_epoch = len(loader) + state["batch"]
+        stats = state["epoch_stats"] or dict(loss=0.0, top1=0, top5=0, n=0, seconds=0.0)
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args['epochs']}", args["progress"])
+        bar.n = state["batch"]
+        t0 = time.time()
+        seconds0 = stats["seconds"]
+        for images, labels in loader:
+            if step_hook is not None:
+                step_hook(net, state["step"])
+            net.set_step(state["step"]) if hasattr(net, "set_step") else None
+            logits, loss = net.forward(images, labels, train=True)
+            if not math.isfinite(loss):
+                stop_nonfinite(net, images, loss, state, run_dir)
+            net.backward()
+            opt.step()
+            y = labels.numpy()
+            t1, t5 = topk_correct(logits.numpy(), y)
+            n = len(y)
+            stats["loss"] += loss * n
+            stats["top1"] += t1
+            stats["top5"] += t5
+            stats["n"] += n
+            stats["seconds"] = seconds0 + time.time() - t0
+            state["batch"] += 1
+            state["step"] += 1
+            state["epoch_stats"] = stats
+            bar.update(loss=f"{stats['loss'] / stats['n']:.3f}",
+                       top1=f"{100 * stats['top1'] / stats['n']:.1f}%",
+                       top5=f"{100 * stats['top5'] / stats['n']:.1f}%",
+                       ips=f"{stats['n'] / max(stats['seconds'], 1e-9):.0f}img/s")
+        bar.close()
+
+        val = evaluate_split(net, val_split, args["batch_size"], common)
+        record = dict(epoch=epoch + 1, step=state["step"], lr=opt.lr,
+                      train_loss=stats["loss"] / max(1, stats["n"]),
+                      train_top1=stats["top1"] / max(1, stats["n"]),
+                      train_top5=stats["top5"] / max(1, stats["n"]),
+                      val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
+                      images_per_s=stats["n"] / max(stats["seconds"], 1e-9),
+                      seconds=stats["seconds"], devices=devices)
+        print(f"epoch {epoch + 1}/{args['epochs']}: train loss {record['train_loss']:.4f} "
+              f"top-1 {100 * record['train_top1']:.2f}% | validation loss {val['loss']:.4f} "
+              f"top-1 {100 * val['top1']:.2f}% top-5 {100 * val['top5']:.2f}% "
+              f"(error {100 * (1 - val['top1']):.2f}% / {100 * (1 - val['top5']):.2f}%) | "
+              f"lr {opt.lr:g} | {record['images_per_s']:.0f} img/s, {record['seconds']:.0f}s",
+              flush=True)
+
+        new_lr = next_lr(scheduler, opt.lr, epoch + 1, 1 - val["top1"], args)
+        if new_lr != opt.lr:
+            record["lr_cut_to"] = new_lr
+            state["cuts"].append(epoch + 1)
+            print(f"learning rate {opt.lr:g} -> {new_lr:g}", flush=True)
+            opt.lr = new_lr
+        with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+        improved = state["best_val_error"] is None or 1 - val["top1"] < state["best_val_error"]
+        state.update(epoch=epoch + 1, batch=0, lr=opt.lr, epoch_stats=None,
+                     scheduler=scheduler.state_dict() if hasattr(scheduler, "state_dict") else None)
+        if improved:
+            state["best_val_error"] = 1 - val["top1"]
+        save(run_dir, net, opt, state, "last")
+        if improved:
+            save(run_dir, net, opt, state, "best")
+
+
+def next_lr(scheduler, lr, epoch, val_error, args):
+    """The learning rate for the next epoch after `epoch` ended with validation error val_error."""
+    from convnet import optim
+
+    if isinstance(scheduler, optim.StepSchedule):
+        return scheduler.step(lr, epoch) if _takes_two(scheduler.step) else scheduler.step(lr)
+    return scheduler.step(lr, val_error)
+
+
+def _takes_two(fn):
+    import inspect
+    try:
+        return len(inspect.signature(fn).parameters) >= 2
+    except (TypeError, ValueError):
+        return False
+
+
+def stop_nonfinite(net, images, loss, state, run_dir):
+    bad_params, first = diagnose_nonfinite(net, images)
+    where = (f"first non-finite output at layer {first}" if first
+             else "every layer's output is finite: the loss itself overflowed")
+    params = f"; non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
+    last = checkpoint_path(run_dir)
+    kept = (f"the last good checkpoint {last} is untouched" if Path(str(last) + ".safetensors").exists()
+            or Path(last).exists() else "no checkpoint was written yet")
+    raise TrainingError(
+        f"training stopped: the loss became {loss} at step {state['step']} (epoch {state['epoch'] + 1}, "
+        f"batch {state['batch']}); {where}{params}. {kept}; try a smaller --lr.", code=EXIT_NONFINITE)
+
+
+def evaluate_split(net, split, batch_size, common):
+    """Validation loss, top-1 and top-5 accuracy with the centre crop."""
+    from convnet import data
+
+    loader = data.Loader(split, batch_size, train=False, **common)
+    loss = top1 = top5 = n = 0
+    for images, labels in loader:
+        logits, batch_loss = net.forward(images, labels, train=False)
+        y = labels.numpy()
+        t1, t5 = topk_correct(logits.numpy(), y)
+        loss += batch_loss * len(y)
+        top1 += t1
+        top5 += t5
+        n += len(y)
+    n = max(n, 1)
+    return dict(loss=loss / n, top1=top1 / n, top5=top5 / n)
+
+
+def main(argv=None):
+    start = time.time()
+    try:
+        run_dir = train(argv)
+    except TrainingError as e:
+        if str(e) != "interrupted":
+            print(f"convnet-train: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.code)
+    print(f"done in {_clock(time.time() - start)}: {run_dir}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
