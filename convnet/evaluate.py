@@ -56,27 +56,19 @@ def load_net(path, devices=None):
 def predict(net, images_u8, mean, crop, views, batch_size=128, device=None):
     """Softmax probabilities (N, C) of the net on uint8 NHWC images, averaged over the views
     (1: centre crop, 10: the paper's ten patches)."""
-    import convnet
     from convnet import data
+    from convnet.train import physical
 
     mode = {1: "center", 10: "ten"}[views]
-    device = device or _first_device(net)
+    device = device or physical(net.devices[0])
     out = []
     for start in range(0, len(images_u8), batch_size):
-        chunk = np.asarray(images_u8[start:start + batch_size])
-        batch = data.views(chunk, crop, mode=mode, mean=mean)  # (views, n, 3, crop, crop) float32
-        batch = np.asarray(batch, dtype=np.float32).reshape(views, len(chunk), 3, crop, crop)
-        p = np.zeros((len(chunk), net.config["num_classes"]), dtype=np.float64)
-        for v in range(views):
-            logits = net.forward(convnet.tensor(batch[v], device=device), train=False)
-            p += softmax(logits.numpy())
-        out.append(p / views)
+        chunk = np.ascontiguousarray(images_u8[start:start + batch_size])
+        # (views * n, 3, crop, crop): for image b, rows views*b .. views*b + views - 1
+        batch, _ = data.view_batch(chunk, crop, mode=mode, mean=mean, device=device)
+        p = softmax(net.forward(batch, train=False).numpy())
+        out.append(p.reshape(len(chunk), views, -1).mean(axis=1))
     return np.concatenate(out, axis=0)
-
-
-def _first_device(net):
-    devs = net.config.get("devices") or ["cpu"]
-    return devs[0]
 
 
 def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=None, limit=None):
@@ -86,7 +78,6 @@ def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=No
     from convnet.train import TrainingError, open_data
 
     nets = [load_net(c, devices) for c in checkpoints]
-    configs = {json.dumps(_shape_of(n.config), sort_keys=True) for n, _, _ in nets}
     if data_path is None:
         data_path = nets[0][1].get("train", {}).get("args", {}).get("data")
         if data_path is None:
@@ -100,7 +91,6 @@ def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=No
         if net.config.get("num_classes") != num_classes:
             raise EvaluateError(f"{ckpt}: the net has {net.config.get('num_classes')} classes, "
                                 f"the data at {data_path} {num_classes}: a checkpoint of another model?")
-    del configs
     images, labels = ds.val.images, np.asarray(ds.val.labels)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -117,10 +107,6 @@ def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=No
                              **dict(zip(("top1", "top5"), errors(probs, labels)))))
         settings.append(dict(views=v, rows=rows, labels=labels, data=str(data_path)))
     return settings
-
-
-def _shape_of(config):
-    return {k: v for k, v in config.items() if k not in ("devices", "seed")}
 
 
 def _short(path):

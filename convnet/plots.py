@@ -23,7 +23,7 @@ import numpy as np
 DPI = 100
 CURVES_SIZE = (1000, 420)
 KERNELS_SIZE = (1000, 520)
-PREDICTIONS_SIZE = (1200, 640)
+PREDICTIONS_SIZE = (900, 860)
 NEIGHBOURS_SIZE = (1000, 700)
 
 
@@ -54,6 +54,8 @@ def read_metrics(path):
 def learning_curves(records, path):
     """Training loss and validation error per epoch; a dashed line after each epoch whose end
     cut the learning rate."""
+    from matplotlib.ticker import MaxNLocator
+
     plt, fig = _figure(CURVES_SIZE)
     ax_loss, ax_err = fig.subplots(1, 2)
     epochs = [r["epoch"] for r in records]
@@ -72,6 +74,7 @@ def learning_curves(records, path):
                 ax.axvline(r["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
                 ax.text(r["epoch"] + 0.5, 0.97, f" lr {r['lr_cut_to']:g}", rotation=90, va="top",
                         fontsize=7, color="grey", transform=ax.get_xaxis_transform())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("learning curves (dotted: learning rate divided)")
@@ -105,7 +108,7 @@ def kernel_tiles(weights, towers, cols=8, pad=1):
 def conv1_kernels(net, path):
     """Figure 3: the conv1 kernels, one block per tower (tower t holds kernels t*K/T .. (t+1)*K/T)."""
     towers = int(net.config.get("towers", 1) or 1)
-    devices = list(net.config.get("devices") or [])
+    devices = list(getattr(net, "devices", []))
     weights = np.asarray(net.state_dict()["conv1.weight"])
     k, c, h, w = weights.shape
     mosaics = kernel_tiles(weights, towers)
@@ -126,7 +129,7 @@ class _Pick:
 
     def __init__(self, split, index):
         self._split = split
-        self.images = np.asarray(split.images[np.sort(index)])
+        self.images = np.stack([np.asarray(split.images[int(i)]) for i in np.sort(index)])
         self.labels = np.asarray(split.labels)[np.sort(index)]
 
     def __len__(self):
@@ -141,8 +144,9 @@ def _outputs(net, split, dataset, crop, layer=None, batch_size=100):
     centre crop, in order."""
     from convnet import data
     from convnet.evaluate import softmax
+    from convnet.train import physical
 
-    device = (net.config.get("devices") or ["cpu"])[0]
+    device = physical(net.devices[0])
     loader = data.Loader(split, batch_size, train=False, crop=crop, mean=dataset.mean, device=device)
     out = []
     for images, _ in loader:
@@ -177,23 +181,25 @@ def predictions(net, dataset, crop, path, count=8):
     split = _Pick(dataset.val, _spread(dataset.val.labels, count))
     probs = _outputs(net, split, dataset, crop)
     plt, fig = _figure(PREDICTIONS_SIZE)
-    cols = min(count, len(split))
-    grid = fig.add_gridspec(2, cols, height_ratios=[1.0, 0.8], hspace=0.08, wspace=0.45,
-                            left=0.02, right=0.99, bottom=0.04, top=0.92)
-    for j in range(cols):
-        ax = fig.add_subplot(grid[0, j])
+    cols = 4
+    rows = -(-len(split) // cols)
+    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[1.0, 0.75] * rows, hspace=0.25, wspace=0.7,
+                            left=0.09, right=0.98, bottom=0.04, top=0.92)
+    for j in range(len(split)):
+        r, q = divmod(j, cols)
+        ax = fig.add_subplot(grid[2 * r, q])
         ax.imshow(split.images[j], interpolation="nearest")
         ax.set_title(_name(dataset.classes, split.labels[j]), fontsize=9)
         ax.axis("off")
         top = np.argsort(-probs[j], kind="stable")[:5]
-        bar = fig.add_subplot(grid[1, j])
+        bar = fig.add_subplot(grid[2 * r + 1, q])
         colours = ["tab:red" if t == split.labels[j] else "tab:blue" for t in top]
         bar.barh(range(len(top)), probs[j][top], color=colours)
         bar.set_yticks(range(len(top)))
-        bar.set_yticklabels([_name(dataset.classes, t) for t in top], fontsize=7)
+        bar.set_yticklabels([_name(dataset.classes, t) for t in top], fontsize=8)
         bar.invert_yaxis()
         bar.set_xlim(0, 1)
-        bar.tick_params(axis="x", labelsize=6)
+        bar.tick_params(axis="x", labelsize=7)
     fig.suptitle("validation images and the net's top-5 (red: the true label)")
     return _save(plt, fig, path)
 

@@ -28,12 +28,14 @@ PRESETS = {
     "alexnet": dict(
         batch_size=128, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=90, schedule="plateau",
         lr_factor=0.1, patience=3, max_cuts=3, milestones=None, input_size=224, crop=224,
-        lighting=0.1, flip=True, dropout=0.5, towers=2, width=1.0, views=1,
+        lighting=0.1, flip=True, dropout=0.5, towers=2, width=1.0, weight_std=0.01, widths=None,
+        conv1=None,
     ),
     "small": dict(
         batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4, epochs=8, schedule="step",
         lr_factor=0.1, patience=2, max_cuts=3, milestones="6", input_size=56, crop=56,
-        lighting=0.1, flip=True, dropout=0.5, towers=2, width=1.0, views=1,
+        lighting=0.1, flip=True, dropout=0.5, towers=2, width=1.0, weight_std=0.01,
+        widths="32,64,96,96,64,256,256", conv1="5,2,2",
     ),
 }
 
@@ -94,7 +96,9 @@ def build_parser():
                                "(paper: 224)")
     a("--width", type=float, help="alexnet: multiplier on every layer's kernel count (paper: 1.0; "
                                   "0.5 is the paper's one-GPU half net)")
-    a("--widths", help="small: comma-separated kernel counts conv1..conv5,fc6,fc7 (both towers together)")
+    a("--widths", help="small: comma-separated sizes conv1..conv5,fc6,fc7 (both towers together)")
+    a("--conv1", help="small: conv1 kernel,stride,padding (e.g. 5,2,2)")
+    a("--weight-std", type=float, help="std of the Gaussian initial weights (paper: 0.01)")
     a("--extra-conv", action="store_true", default=None, help="alexnet: a sixth conv layer (paper's variant)")
     a("--dropout", type=float, help="dropout probability on fc6 and fc7 (paper: 0.5)")
     a("--lighting", type=float, help="std of the PCA colour augmentation (paper: 0.1); 0 turns it off")
@@ -122,7 +126,7 @@ def resolve_args(ns):
     if "crop" not in explicit and "input_size" in explicit:
         args["crop"] = args["input_size"]
     defaults = dict(seed=0, extra_conv=False, progress=True, plots=True, num_train=10000,
-                    num_val=2000, image_size=64, widths=None)
+                    num_val=2000, image_size=64)
     for k, v in defaults.items():
         if args.get(k) is None:
             args[k] = v
@@ -132,22 +136,21 @@ def resolve_args(ns):
 # ---------------------------------------------------------------- devices
 
 def resolve_devices(spec, towers):
-    """The tower devices as a list of canonical names; a clear error for devices that do not exist."""
+    """The towers' logical devices ("cpu:0", "cuda:1", ...); a clear error for devices that do
+    not exist. By default one logical device per tower: cuda:0, cuda:1 when a GPU is visible
+    (both on the one GPU when there is only one), else cpu:0, cpu:1 (both on the CPU)."""
     import convnet
     from convnet import _C
 
     if spec is None:
-        if convnet.cuda_available():
-            # cuda:1 only when it exists: on one GPU both towers share cuda:0.
-            return ["cuda:0", "cuda:1" if convnet.device_count() > 1 else "cuda:0"]
-        return ["cpu", "cpu"]
+        kind = "cuda" if convnet.cuda_available() else "cpu"
+        return [f"{kind}:{i}" for i in range(towers)]
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise TrainingError(f"--devices: no device given in {spec!r}")
-    out = []
     for n in names:
         try:
-            d = _C.parse_device(n)
+            d = _C.parse_device(n.split(":")[0] if n.startswith("cpu") else n)
         except (ValueError, RuntimeError) as e:
             raise TrainingError(f"--devices: {n!r} is not usable: {e}") from None
         if d.startswith("cuda"):
@@ -155,12 +158,20 @@ def resolve_devices(spec, towers):
             count = convnet.device_count() if _C.cuda_built() else 0
             if index >= count:
                 raise TrainingError(f"--devices: {n} does not exist (this machine has {count} GPU(s))")
-        out.append(d)
-    if len(out) == 1:
-        out = out * towers
-    if len(out) != towers:
-        raise TrainingError(f"--devices: give one device or one per tower ({towers}), got {len(out)}")
-    return out
+        elif not (n == "cpu" or (n.startswith("cpu:") and n[4:].isdigit())):
+            raise TrainingError(f"--devices: {n!r} is not a device name (cpu, cpu:N or cuda:N)")
+    if len(names) == 1:
+        names = names * towers
+    if len(names) != towers:
+        raise TrainingError(f"--devices: give one device or one per tower ({towers}), got {len(names)}")
+    return names
+
+
+def physical(device):
+    """The device a logical device name runs on ("cpu:1" -> "cpu")."""
+    from convnet import _C
+
+    return "cpu" if device.startswith("cpu") else _C.parse_device(device)
 
 
 # ---------------------------------------------------------------- data
@@ -169,10 +180,11 @@ def open_data(args):
     from convnet import data
 
     if args["data"] is None:
-        path = data.builtin.default_path()
+        from convnet.data import builtin
+        size = dict(size=args["image_size"], num_train=args["num_train"], num_val=args["num_val"])
+        path = builtin.default_path(**size)
         print(f"data: built-in dataset at {path} (generated on first use)", flush=True)
-        data.builtin.ensure(path, num_train=args["num_train"], num_val=args["num_val"],
-                            size=args["image_size"], seed=0)
+        builtin.ensure(path, **size)
         args["data"] = str(path)
     path = Path(args["data"]).expanduser()
     if not path.exists():
@@ -216,11 +228,14 @@ def build_model(args, num_classes, devices):
                               input_size=args["crop"], width=args["width"],
                               extra_conv=args["extra_conv"], seed=args["seed"],
                               dropout=args["dropout"])
-    kw = {}
-    if args["widths"]:
-        kw["widths"] = tuple(int(w) for w in str(args["widths"]).split(","))
-    return models.small_alexnet(num_classes=num_classes, input_size=args["crop"],
-                                towers=args["towers"], devices=devices, seed=args["seed"], **kw)
+    widths = [int(w) for w in str(args["widths"]).split(",")]
+    conv1 = [int(v) for v in str(args["conv1"]).split(",")]
+    if len(widths) != 7 or len(conv1) != 3:
+        raise TrainingError(f"--widths needs 7 numbers (conv1..conv5, fc6, fc7) and --conv1 3 "
+                            f"(kernel, stride, padding), got {args['widths']!r} and {args['conv1']!r}")
+    return models.small_alexnet(num_classes=num_classes, input_size=args["crop"], widths=widths[:5],
+                                fc=widths[5:], conv1=conv1, towers=args["towers"], devices=devices,
+                                seed=args["seed"], dropout=args["dropout"], weight_std=args["weight_std"])
 
 
 # ---------------------------------------------------------------- metrics
@@ -285,7 +300,8 @@ def _clock(seconds):
 # ---------------------------------------------------------------- non-finite diagnosis
 
 def layer_names(net):
-    """The net's learned layers in forward order, from its parameter names ('conv1.weight' -> 'conv1')."""
+    """The net's learned layers in forward order, from its parameter names ('conv1.weight' ->
+    'conv1'); features(layer=...) joins a layer's parts on both towers."""
     names = []
     for key in net.state_dict():
         layer = key.rsplit(".", 1)[0]
@@ -421,13 +437,12 @@ def train(argv=None, step_hook=None):
 
 
 def _move(net, devices):
-    """The checkpoint's net placed on these devices (rebuilt from its config when they differ)."""
+    """The net rebuilt on these (logical) devices with the same weights, unless it is there already."""
     from convnet import models
 
-    if list(net.config.get("devices") or []) == list(devices):
+    if list(getattr(net, "devices", [])) == list(devices):
         return net
-    config = dict(net.config, devices=list(devices))
-    moved = models.build(config)
+    moved = models.build(net.config, devices=devices)
     moved.load_state_dict(net.state_dict())
     return moved
 
@@ -452,7 +467,7 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
     from convnet import data
 
     pca = (ds.pca_eigval, ds.pca_eigvec)
-    common = dict(crop=args["crop"], mean=ds.mean, device=devices[0])
+    common = dict(crop=args["crop"], mean=ds.mean, device=physical(devices[0]))
     steps_per_epoch = None
     while state["epoch"] < args["epochs"]:
         epoch = state["epoch"]
@@ -468,8 +483,8 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
         for images, labels in loader:
             if step_hook is not None:
                 step_hook(net, state["step"])
-            net.set_step(state["step"]) if hasattr(net, "set_step") else None
-            logits, loss = net.forward(images, labels, train=True)
+            # Dropout masks depend on (seed, step) only: the step makes a resumed run identical.
+            logits, loss = net.forward(images, labels, train=True, step=state["step"])
             if not math.isfinite(loss):
                 stop_nonfinite(net, images, loss, state, run_dir)
             net.backward()
