@@ -38,18 +38,16 @@ def errors(probs, labels):
 def load_net(path, devices=None):
     """(net, meta, checkpoint path) from a checkpoint path or a run folder."""
     from convnet import checkpoint
-    from convnet.train import find_checkpoint, _move, resolve_devices, TrainingError
+    from convnet.train import TrainingError, find_checkpoint, resolve_devices
 
     ckpt, _ = find_checkpoint(path)
     try:
-        net, _, meta = checkpoint.load(str(ckpt))
+        dev = resolve_devices(devices, 2) if devices is not None else None
+        net, _, meta = checkpoint.load(str(ckpt), devices=dev)
+    except TrainingError as e:
+        raise EvaluateError(str(e)) from None
     except (FileNotFoundError, OSError, ValueError, KeyError) as e:
         raise EvaluateError(f"cannot load a checkpoint from {path}: {e}") from None
-    if devices is not None:
-        try:
-            net = _move(net, resolve_devices(devices, net.config.get("towers", 2)))
-        except TrainingError as e:
-            raise EvaluateError(str(e)) from None
     return net, meta, ckpt
 
 

@@ -333,17 +333,18 @@ def diagnose_nonfinite(net, images):
 # ---------------------------------------------------------------- checkpoints
 
 def checkpoint_path(run_dir, which="last"):
-    return Path(run_dir) / f"checkpoint-{which}"
+    """The weights file of a run's checkpoint; its metadata sits next to it (suffix .json)."""
+    return Path(run_dir) / f"checkpoint-{which}.safetensors"
 
 
 def find_checkpoint(path):
-    """A run folder -> its last checkpoint; a checkpoint path (with or without suffix) -> itself."""
+    """(checkpoint, run folder): a run folder -> its last checkpoint; a checkpoint's .safetensors
+    or .json file -> that checkpoint."""
     p = Path(path)
     if p.is_dir():
         return checkpoint_path(p, "last"), p
-    for suffix in (".safetensors", ".json"):
-        if p.name.endswith(suffix):
-            p = p.with_name(p.name[: -len(suffix)])
+    if p.suffix == ".json":
+        p = p.with_suffix(".safetensors")
     return p, p.parent
 
 
@@ -361,7 +362,8 @@ def train(argv=None, step_hook=None):
     if args["resume"]:
         ckpt, run_dir = find_checkpoint(args["resume"])
         try:
-            net, opt_state, meta = checkpoint.load(str(ckpt))
+            net, opt_state, meta = checkpoint.load(str(ckpt), devices=resolve_devices(
+                args["devices"] if "devices" in explicit else None, 2))
         except (FileNotFoundError, OSError, ValueError, KeyError) as e:
             raise TrainingError(f"--resume: cannot load a checkpoint from {args['resume']}: {e}") from None
         if "train" not in meta:
@@ -389,7 +391,10 @@ def train(argv=None, step_hook=None):
         raise TrainingError(f"--crop {args['crop']} is larger than the dataset's images ({ds.image_size})")
 
     if state is None:
-        net = build_model(args, num_classes, devices)
+        try:
+            net = build_model(args, num_classes, devices)
+        except ValueError as e:
+            raise TrainingError(f"cannot build the {args['model']} net: {e}") from None
         opt = optim.SGD(net, lr=args["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
         state = dict(args=args, epoch=0, batch=0, step=0, lr=args["lr"], cuts=[], best_val_error=None,
                      scheduler=None, epoch_stats=None)
@@ -400,15 +405,15 @@ def train(argv=None, step_hook=None):
         if net.config.get("num_classes", num_classes) != num_classes:
             raise TrainingError(f"--resume: the checkpoint's net has {net.config.get('num_classes')} "
                                 f"classes, the data {num_classes}")
-        net = _move(net, devices)
         opt = optim.SGD(net, lr=state["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
-        opt.load_state_dict(opt_state)
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
         opt.lr = state["lr"]
         print(f"resume: {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}, "
               f"step {state['step']}, lr {state['lr']:g}", flush=True)
 
-    scheduler = make_scheduler(args)
-    if state.get("scheduler") is not None and hasattr(scheduler, "load_state_dict"):
+    scheduler = make_scheduler(args, opt)
+    if state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
 
     print(f"model: {args['model']}, {args['towers']} towers on {','.join(devices)}, "
@@ -436,24 +441,14 @@ def train(argv=None, step_hook=None):
     return run_dir
 
 
-def _move(net, devices):
-    """The net rebuilt on these (logical) devices with the same weights, unless it is there already."""
-    from convnet import models
-
-    if list(getattr(net, "devices", [])) == list(devices):
-        return net
-    moved = models.build(net.config, devices=devices)
-    moved.load_state_dict(net.state_dict())
-    return moved
-
-
-def make_scheduler(args):
+def make_scheduler(args, opt):
+    """The learning-rate schedule; its step() after each epoch sets opt.lr for the next."""
     from convnet import optim
 
     if args["schedule"] == "step":
         milestones = [int(m) for m in str(args["milestones"] or "").split(",") if m.strip()]
-        return optim.StepSchedule(milestones)
-    return optim.ReduceOnPlateau(factor=args["lr_factor"], patience=args["patience"],
+        return optim.StepSchedule(opt, milestones, factor=args["lr_factor"], base_lr=args["lr"])
+    return optim.ReduceOnPlateau(opt, factor=args["lr_factor"], patience=args["patience"],
                                  max_cuts=args["max_cuts"])
 
 
@@ -464,7 +459,7 @@ def save(run_dir, net, opt, state, which):
 
 
 def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir, step_hook):
-    from convnet import data
+    from convnet import data, optim
 
     pca = (ds.pca_eigval, ds.pca_eigvec)
     common = dict(crop=args["crop"], mean=ds.mean, device=physical(devices[0]))
@@ -521,40 +516,26 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
               f"lr {opt.lr:g} | {record['images_per_s']:.0f} img/s, {record['seconds']:.0f}s",
               flush=True)
 
-        new_lr = next_lr(scheduler, opt.lr, epoch + 1, 1 - val["top1"], args)
-        if new_lr != opt.lr:
-            record["lr_cut_to"] = new_lr
+        old_lr = opt.lr
+        if isinstance(scheduler, optim.StepSchedule):
+            scheduler.step(epoch + 1)
+        else:
+            scheduler.step(1 - val["top1"])
+        if opt.lr != old_lr:
+            record["lr_cut_to"] = opt.lr
             state["cuts"].append(epoch + 1)
-            print(f"learning rate {opt.lr:g} -> {new_lr:g}", flush=True)
-            opt.lr = new_lr
+            print(f"learning rate {old_lr:g} -> {opt.lr:g}", flush=True)
         with open(Path(run_dir) / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
         improved = state["best_val_error"] is None or 1 - val["top1"] < state["best_val_error"]
         state.update(epoch=epoch + 1, batch=0, lr=opt.lr, epoch_stats=None,
-                     scheduler=scheduler.state_dict() if hasattr(scheduler, "state_dict") else None)
+                     scheduler=scheduler.state_dict())
         if improved:
             state["best_val_error"] = 1 - val["top1"]
         save(run_dir, net, opt, state, "last")
         if improved:
             save(run_dir, net, opt, state, "best")
-
-
-def next_lr(scheduler, lr, epoch, val_error, args):
-    """The learning rate for the next epoch after `epoch` ended with validation error val_error."""
-    from convnet import optim
-
-    if isinstance(scheduler, optim.StepSchedule):
-        return scheduler.step(lr, epoch) if _takes_two(scheduler.step) else scheduler.step(lr)
-    return scheduler.step(lr, val_error)
-
-
-def _takes_two(fn):
-    import inspect
-    try:
-        return len(inspect.signature(fn).parameters) >= 2
-    except (TypeError, ValueError):
-        return False
 
 
 def stop_nonfinite(net, images, loss, state, run_dir):
@@ -563,8 +544,7 @@ def stop_nonfinite(net, images, loss, state, run_dir):
              else "every layer's output is finite: the loss itself overflowed")
     params = f"; non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
     last = checkpoint_path(run_dir)
-    kept = (f"the last good checkpoint {last} is untouched" if Path(str(last) + ".safetensors").exists()
-            or Path(last).exists() else "no checkpoint was written yet")
+    kept = f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written yet"
     raise TrainingError(
         f"training stopped: the loss became {loss} at step {state['step']} (epoch {state['epoch'] + 1}, "
         f"batch {state['batch']}); {where}{params}. {kept}; try a smaller --lr.", code=EXIT_NONFINITE)
