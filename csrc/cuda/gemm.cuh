@@ -74,8 +74,8 @@ struct TileMap {
   static constexpr int LOADS = ROWS * BK / T;
   static_assert(!KFAST || (T % BK == 0 && ROWS % (T / BK) == 0), "k-fast mapping does not fit");
   static_assert(KFAST || (T % ROWS == 0 && BK % (T / ROWS) == 0), "mn-fast mapping does not fit");
-  __device__ static int mn(int tid, int i) { return KFAST ? tid / BK + i * (T / BK) : tid % ROWS; }
-  __device__ static int k(int tid, int i) { return KFAST ? tid % BK : tid / ROWS + i * (T / ROWS); }
+  __host__ __device__ static int mn(int tid, int i) { return KFAST ? tid / BK + i * (T / BK) : tid % ROWS; }
+  __host__ __device__ static int k(int tid, int i) { return KFAST ? tid % BK : tid / ROWS + i * (T / ROWS); }
 };
 
 struct GemmShape {
@@ -84,41 +84,67 @@ struct GemmShape {
   int k_per_split;  // multiple of BK
 };
 
-template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
-__global__ void __launch_bounds__(Cfg::THREADS)
-gemm_kernel(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial) {
-  constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
-  constexpr int T = Cfg::THREADS;
+#define GEMM_HD __host__ __device__ __forceinline__
+// Read-only global load (the CPU emulation reads plainly).
+#ifdef __CUDA_ARCH__
+#define GEMM_LDG(p) __ldg(p)
+#else
+#define GEMM_LDG(p) (*(p))
+#endif
+
+template <class Cfg>
+struct __align__(16) GemmSmem {
+  float As[2][Cfg::BK][Cfg::BM + kSmemPad];
+  float Bs[2][Cfg::BK][Cfg::BN + kSmemPad];
+};
+
+// One thread's part of a block tile: its registers and the steps of the k loop. The kernel below
+// runs these steps with __syncthreads between them; tools/emulate_gemm.cu runs the very same
+// steps for every thread of a block in turn on the CPU (barriers become loop boundaries), which
+// is how this code was checked without a GPU.
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad>
+struct GemmThread {
+  static constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
+  static constexpr int T = Cfg::THREADS;
   using MapA = TileMap<BM, BK, T, A_KFAST>;
   using MapB = TileMap<BN, BK, T, B_KFAST>;
-  constexpr int LA = MapA::LOADS, LB = MapB::LOADS;
+  static constexpr int LA = MapA::LOADS, LB = MapB::LOADS;
 
-  __shared__ __align__(16) float As[2][BK][BM + kSmemPad];
-  __shared__ __align__(16) float Bs[2][BK][BN + kSmemPad];
-
-  const int tid = threadIdx.x;
-  const int tx = tid % (BN / TN), ty = tid / (BN / TN);
-  const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
-  const int z = blockIdx.z / g.splits, split = blockIdx.z % g.splits;
-  const int k_begin = split * g.k_per_split;
-  const int k_end = min(g.K, k_begin + g.k_per_split);
-  const int ntiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
-
+  int tid, tx, ty, m0, n0, z, split, k_begin, k_end, ntiles;
   typename ALoad::Col acol[LA];
   typename BLoad::Col bcol[LB];
+  float ra[LA], rb[LB];
+  float acc[TM][TN];
+
+  GEMM_HD void init(const GemmShape& g, const ALoad& a, const BLoad& b, int thread, int bx, int by, int bz) {
+    tid = thread;
+    tx = tid % (BN / TN);
+    ty = tid / (BN / TN);
+    n0 = bx * BN;
+    m0 = by * BM;
+    z = bz / g.splits;
+    split = bz % g.splits;
+    k_begin = split * g.k_per_split;
+    k_end = g.K < k_begin + g.k_per_split ? g.K : k_begin + g.k_per_split;
+    ntiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 #pragma unroll
-  for (int i = 0; i < LA; ++i) {
-    int m = m0 + MapA::mn(tid, i);
-    acol[i] = a.col(z, m < g.M ? m : -1);
-  }
+    for (int i = 0; i < LA; ++i) {
+      int m = m0 + MapA::mn(tid, i);
+      acol[i] = a.col(z, m < g.M ? m : -1);
+    }
 #pragma unroll
-  for (int i = 0; i < LB; ++i) {
-    int n = n0 + MapB::mn(tid, i);
-    bcol[i] = b.col(z, n < g.N ? n : -1);
+    for (int i = 0; i < LB; ++i) {
+      int n = n0 + MapB::mn(tid, i);
+      bcol[i] = b.col(z, n < g.N ? n : -1);
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
   }
 
-  float ra[LA], rb[LB];
-  auto fetch = [&](int kt) {  // global -> registers, zero outside the matrix
+  // k-tile kt of this thread's share: global -> registers, zero outside the matrix.
+  GEMM_HD void fetch(const ALoad& a, const BLoad& b, int kt) {
     const int kbase = k_begin + kt * BK;
 #pragma unroll
     for (int i = 0; i < LA; ++i) {
@@ -130,59 +156,48 @@ gemm_kernel(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial
       int k = kbase + MapB::k(tid, i);
       rb[i] = (bcol[i].ok && k < k_end) ? b.at(bcol[i], k) : 0.f;
     }
-  };
-  auto stash = [&](int stage) {  // registers -> shared
-#pragma unroll
-    for (int i = 0; i < LA; ++i) As[stage][MapA::k(tid, i)][MapA::mn(tid, i)] = ra[i];
-#pragma unroll
-    for (int i = 0; i < LB; ++i) Bs[stage][MapB::k(tid, i)][MapB::mn(tid, i)] = rb[i];
-  };
-
-  float acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
-
-  if (ntiles > 0) {
-    fetch(0);
-    stash(0);
   }
-  __syncthreads();
-  for (int kt = 0; kt < ntiles; ++kt) {
-    const int stage = kt & 1;
-    if (kt + 1 < ntiles) fetch(kt + 1);  // in flight while we multiply
+
+  // registers -> shared stage
+  GEMM_HD void stash(GemmSmem<Cfg>& sm, int stage) const {
+#pragma unroll
+    for (int i = 0; i < LA; ++i) sm.As[stage][MapA::k(tid, i)][MapA::mn(tid, i)] = ra[i];
+#pragma unroll
+    for (int i = 0; i < LB; ++i) sm.Bs[stage][MapB::k(tid, i)][MapB::mn(tid, i)] = rb[i];
+  }
+
+  // acc += the stage's A tile rows ty*TM.. times its B tile columns tx*TN..
+  GEMM_HD void multiply(const GemmSmem<Cfg>& sm, int stage) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float fa[TM], fb[TN];
       if constexpr (TM % 4 == 0) {
 #pragma unroll
         for (int i = 0; i < TM; i += 4)
-          *reinterpret_cast<float4*>(&fa[i]) = *reinterpret_cast<const float4*>(&As[stage][kk][ty * TM + i]);
+          *reinterpret_cast<float4*>(&fa[i]) = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
       } else {
 #pragma unroll
-        for (int i = 0; i < TM; ++i) fa[i] = As[stage][kk][ty * TM + i];
+        for (int i = 0; i < TM; ++i) fa[i] = sm.As[stage][kk][ty * TM + i];
       }
       if constexpr (TN % 4 == 0) {
 #pragma unroll
         for (int j = 0; j < TN; j += 4)
-          *reinterpret_cast<float4*>(&fb[j]) = *reinterpret_cast<const float4*>(&Bs[stage][kk][tx * TN + j]);
+          *reinterpret_cast<float4*>(&fb[j]) = *reinterpret_cast<const float4*>(&sm.Bs[stage][kk][tx * TN + j]);
       } else {
 #pragma unroll
-        for (int j = 0; j < TN; ++j) fb[j] = Bs[stage][kk][tx * TN + j];
+        for (int j = 0; j < TN; ++j) fb[j] = sm.Bs[stage][kk][tx * TN + j];
       }
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(fa[i], fb[j], acc[i][j]);
     }
-    // The other stage was last read in iteration kt-1, which every thread finished before the
-    // __syncthreads ending it; the barrier below publishes this write before it is read.
-    if (kt + 1 < ntiles) stash(stage ^ 1);
-    __syncthreads();
   }
 
-  if (g.splits == 1) {
+  // The result: through the store, or (split-K) into this split's partial tile.
+  template <class Store>
+  GEMM_HD void finish(const GemmShape& g, const Store& st, float* partial) const {
+    float* out = g.splits == 1 ? nullptr : partial + ((int64_t)split * g.batch + z) * g.M * g.N;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       int m = m0 + ty * TM + i;
@@ -190,22 +205,37 @@ gemm_kernel(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
         int n = n0 + tx * TN + j;
-        if (n < g.N) st(z, m, n, acc[i][j]);
-      }
-    }
-  } else {
-    float* out = partial + ((int64_t)split * g.batch + z) * g.M * g.N;
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-      int m = m0 + ty * TM + i;
-      if (m >= g.M) continue;
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        int n = n0 + tx * TN + j;
-        if (n < g.N) out[(int64_t)m * g.N + n] = acc[i][j];
+        if (n >= g.N) continue;
+        if (out)
+          out[(int64_t)m * g.N + n] = acc[i][j];
+        else
+          st(z, m, n, acc[i][j]);
       }
     }
   }
+};
+
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+__global__ void __launch_bounds__(Cfg::THREADS)
+gemm_kernel(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial) {
+  __shared__ GemmSmem<Cfg> sm;
+  GemmThread<Cfg, A_KFAST, B_KFAST, ALoad, BLoad> t;
+  t.init(g, a, b, threadIdx.x, blockIdx.x, blockIdx.y, blockIdx.z);
+  if (t.ntiles > 0) {  // ntiles is the same for the whole block
+    t.fetch(a, b, 0);
+    t.stash(sm, 0);
+  }
+  __syncthreads();
+  for (int kt = 0; kt < t.ntiles; ++kt) {
+    const int stage = kt & 1;
+    if (kt + 1 < t.ntiles) t.fetch(a, b, kt + 1);  // in flight while we multiply
+    t.multiply(sm, stage);
+    // The other stage was last read in iteration kt-1, which every thread finished before the
+    // __syncthreads ending it; the barrier below publishes this write before it is read.
+    if (kt + 1 < t.ntiles) t.stash(sm, stage ^ 1);
+    __syncthreads();
+  }
+  t.finish(g, st, partial);
 }
 
 // Sums the split-K partials of every (z, m, n) in split order, then stores.
@@ -223,6 +253,27 @@ gemm_reduce_kernel(GemmShape g, const float* __restrict__ partial, Store st) {
     int m = (int)(r / g.N), n = (int)(r - (int64_t)m * g.N);
     st(z, m, n, s);
   }
+}
+
+// Split the reduction when the output tiles alone would leave most SMs idle: aim for about two
+// blocks per SM, but keep at least 16 k-steps per split; every split gets a non-empty k range.
+inline void choose_split_k(GemmShape& g, int64_t blocks, int bk, int sms) {
+  int64_t splits = 1;
+  const int64_t want = 2 * (int64_t)sms;
+  if (blocks < want) {
+    int64_t by_k = g.K / (16 * bk);
+    splits = (want + blocks - 1) / blocks;
+    if (splits > by_k) splits = by_k;
+    if (splits > 65535 / g.batch) splits = 65535 / g.batch;
+    if (splits < 1) splits = 1;
+  }
+  int64_t kps = (g.K + splits - 1) / splits;
+  kps = (kps + bk - 1) / bk * bk;
+  if (kps == 0) kps = bk;
+  splits = (g.K + kps - 1) / kps;  // rounding kps up can leave the last splits empty: drop them
+  if (splits < 1) splits = 1;
+  g.splits = (int)splits;
+  g.k_per_split = (int)kps;
 }
 
 inline int sm_count() {
@@ -255,25 +306,8 @@ void launch_gemm(int batch, int M, int N, int K, const ALoad& a, const BLoad& b,
   GemmShape g{batch, M, N, K, 1, 0};
   const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
   CHECK_VALUE(tiles_m <= 65535, "GEMM ", name, " has too many rows (", M, ")");
-  // Split the reduction when the output tiles alone would leave most SMs idle: aim for about
-  // two blocks per SM, but keep at least 16 k-steps per split.
-  const int64_t blocks = tiles_m * tiles_n * batch;
-  const int64_t want = 2 * (int64_t)sm_count();
-  int64_t splits = 1;
-  if (blocks < want) {
-    int64_t by_k = K / (16 * Cfg::BK);
-    splits = (want + blocks - 1) / blocks;
-    if (splits > by_k) splits = by_k;
-    if (splits > 65535 / batch) splits = 65535 / batch;
-    if (splits < 1) splits = 1;
-  }
-  int64_t kps = (K + splits - 1) / splits;
-  kps = (kps + Cfg::BK - 1) / Cfg::BK * Cfg::BK;
-  if (kps == 0) kps = Cfg::BK;
-  splits = (K + kps - 1) / kps;  // no empty splits after rounding
-  if (splits < 1) splits = 1;
-  g.splits = (int)splits;
-  g.k_per_split = (int)kps;
+  choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sm_count());
+  const int64_t splits = g.splits;
   CHECK_VALUE((int64_t)batch * splits <= 65535, "GEMM ", name, " batch too large (", batch, ")");
 
   dim3 grid((unsigned)tiles_n, (unsigned)tiles_m, (unsigned)(batch * splits));

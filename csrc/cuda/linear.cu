@@ -6,52 +6,12 @@
 // With batch 128 the output grids are small (fc8 forward: 1 x 8 big tiles), so run_gemm splits K
 // and reduces the partials deterministically. ptxas report: see csrc/cuda/conv.cu.
 #include "../kernels/linear.h"
-#include "gemm.cuh"
+#include "linear_gemm.cuh"
 
 namespace convnet::cuda {
-namespace {
-
-// Element (mn, k) = p[mn * ld + k]: a row-major matrix read along its rows.
-struct AlongRows {
-  const float* p;
-  int64_t ld;
-  struct Col {
-    bool ok;
-    const float* row;
-  };
-  __device__ Col col(int, int mn) const {
-    if (mn < 0) return {false, p};
-    return {true, p + mn * ld};
-  }
-  __device__ float at(const Col& c, int k) const { return __ldg(c.row + k); }
-};
-
-// Element (mn, k) = p[k * ld + mn]: a row-major matrix read along its columns.
-struct AlongColumns {
-  const float* p;
-  int64_t ld;
-  struct Col {
-    bool ok;
-    const float* column;
-  };
-  __device__ Col col(int, int mn) const {
-    if (mn < 0) return {false, p};
-    return {true, p + mn};
-  }
-  __device__ float at(const Col& c, int k) const { return __ldg(c.column + k * ld); }
-};
-
-// C(m, n) -> out[m * ld + n] (+ bias[n]).
-struct RowMajorOutput {
-  float* out;
-  int64_t ld;
-  const float* bias;
-  __device__ void operator()(int, int m, int n, float v) const {
-    out[m * ld + n] = bias ? v + bias[n] : v;
-  }
-};
-
-}  // namespace
+using linear_gemm::AlongColumns;
+using linear_gemm::AlongRows;
+using linear_gemm::RowMajorOutput;
 
 void linear(int64_t n, int64_t in, int64_t out, const float* x, const float* w, const float* b, float* y) {
   run_gemm<true, true>(1, n, out, in, AlongRows{x, in}, AlongRows{w, in}, RowMajorOutput{y, out, b},
