@@ -207,7 +207,7 @@ def load_image(path, size):
         w, h = img.size
         side = min(w, h)
         box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)  # the central square
-        img = img.resize((size, size), Image.BICUBIC, box=box)
+        img = img.resize((size, size), Image.BICUBIC, box=box, reducing_gap=3.0)  # reduce() first: faster, same look
         return np.asarray(img, dtype=np.uint8)
 
 
