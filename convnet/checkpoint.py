@@ -17,11 +17,14 @@ import hashlib
 import json
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
 
-_DTYPES = {"F32": np.dtype("<f4"), "I32": np.dtype("<i4"), "U8": np.dtype("u1")}
+# Little-endian hosts only (x86-64, ARM64): the file's byte order is the machine's.
+assert sys.byteorder == "little", "convnet.checkpoint assumes a little-endian machine"
+_DTYPES = {"F32": np.dtype(np.float32), "I32": np.dtype(np.int32), "U8": np.dtype(np.uint8)}
 _CODES = {np.dtype("float32"): "F32", np.dtype("int32"): "I32", np.dtype("uint8"): "U8"}
 _MAX_HEADER = 100 << 20
 MOMENTUM_PREFIX = "momentum/"
@@ -68,8 +71,7 @@ def safetensors_bytes(tensors, metadata=None):
         a = np.ascontiguousarray(a)
         if a.dtype not in _CODES:
             raise TypeError(f"safetensors: {name} has dtype {a.dtype} (float32, int32 or uint8 only)")
-        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-        header[name] = {"dtype": _CODES[a.dtype.newbyteorder("=")], "shape": list(a.shape),
+        header[name] = {"dtype": _CODES[a.dtype], "shape": list(a.shape),
                         "data_offsets": [offset, offset + a.nbytes]}
         offset += a.nbytes
         arrays.append(a)
@@ -124,7 +126,7 @@ def read_safetensors(path):
             raise bad(f"corrupt entry for {name!r}: shape {shape} and offsets [{begin}, {end}] disagree")
         if end > len(data):
             raise bad(f"truncated: {name!r} ends at byte {end} of a {len(data)}-byte data section")
-        tensors[name] = np.frombuffer(data[begin:end], dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
+        tensors[name] = np.frombuffer(data[begin:end], dtype=dt).reshape(shape).copy()
         end_max = max(end_max, end)
     if end_max != len(data):
         raise bad(f"{len(data) - end_max} unexpected bytes after the tensors")
