@@ -37,7 +37,7 @@ void check_sizes(const ConvShape& sh) {
 
 template <class G>
 void run(const G& g, const char* name) {
-  run_gemm<G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name);
+  run_gemm<G::A_KFAST, G::B_KFAST, typename G::Big>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name);
 }
 
 }  // namespace

@@ -56,14 +56,16 @@ struct FastDiv {
 
 // Tile configurations. Big: the workhorse. Medium: problems where 128-wide tiles would be mostly
 // padding or too few. Thin: tiny M (e.g. backward-data of a 3-channel input).
-template <int BM_, int BN_, int BK_, int TM_, int TN_>
+// MIN_BLOCKS: blocks per SM asked of ptxas (__launch_bounds__), i.e. a register cap.
+template <int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS_>
 struct TileCfg {
-  static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_, MIN_BLOCKS = MIN_BLOCKS_;
   static constexpr int THREADS = (BM / TM) * (BN / TN);
 };
-using BigTile = TileCfg<128, 128, 8, 8, 8>;    // 256 threads
-using MediumTile = TileCfg<64, 64, 8, 4, 4>;   // 256 threads
-using ThinTile = TileCfg<16, 128, 8, 2, 8>;    // 128 threads
+using BigTile = TileCfg<128, 128, 8, 8, 8, 2>;    // 256 threads, <= 128 registers
+using BigTileWide = TileCfg<128, 128, 8, 8, 8, 1>;  // for index maps with more per-thread state
+using MediumTile = TileCfg<64, 64, 8, 4, 4, 1>;   // 256 threads
+using ThinTile = TileCfg<16, 128, 8, 2, 8, 1>;    // 128 threads
 
 constexpr int kSmemPad = 4;
 
@@ -173,16 +175,20 @@ struct GemmThread {
       float fa[TM], fb[TN];
       if constexpr (TM % 4 == 0) {
 #pragma unroll
-        for (int i = 0; i < TM; i += 4)
-          *reinterpret_cast<float4*>(&fa[i]) = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
+        for (int i = 0; i < TM; i += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
+          fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < TM; ++i) fa[i] = sm.As[stage][kk][ty * TM + i];
       }
       if constexpr (TN % 4 == 0) {
 #pragma unroll
-        for (int j = 0; j < TN; j += 4)
-          *reinterpret_cast<float4*>(&fb[j]) = *reinterpret_cast<const float4*>(&sm.Bs[stage][kk][tx * TN + j]);
+        for (int j = 0; j < TN; j += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&sm.Bs[stage][kk][tx * TN + j]);
+          fb[j] = v.x, fb[j + 1] = v.y, fb[j + 2] = v.z, fb[j + 3] = v.w;
+        }
       } else {
 #pragma unroll
         for (int j = 0; j < TN; ++j) fb[j] = sm.Bs[stage][kk][tx * TN + j];
@@ -216,7 +222,7 @@ struct GemmThread {
 };
 
 template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
-__global__ void __launch_bounds__(Cfg::THREADS)
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
 gemm_kernel(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial) {
   __shared__ GemmSmem<Cfg> sm;
   GemmThread<Cfg, A_KFAST, B_KFAST, ALoad, BLoad> t;
@@ -333,7 +339,7 @@ inline double tile_efficiency(int64_t M, int64_t N, int bm, int bn) {
 
 // Picks the tile shape for the problem and runs it. The big tile does ~1.25x more work per
 // shared-memory byte than the medium one, hence the weight on its padding efficiency.
-template <bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+template <bool A_KFAST, bool B_KFAST, class Big = BigTile, class ALoad, class BLoad, class Store>
 void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
               const Store& st, const char* name) {
   if (batch == 0 || M == 0 || N == 0) return;
@@ -343,10 +349,10 @@ void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, co
     launch_gemm<ThinTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
     return;
   }
-  double big = tile_efficiency(M, N, BigTile::BM, BigTile::BN);
+  double big = tile_efficiency(M, N, Big::BM, Big::BN);
   double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
   if (big >= medium)
-    launch_gemm<BigTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
   else
     launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
 }
