@@ -14,10 +14,11 @@
 // Store concept: void operator()(int z, int m, int n, float v) const; called for m < M, n < N.
 //
 // Block tile BM x BN, k-step BK, thread micro-tile TM x TN (T = BM/TM * BN/TN threads); each
-// thread owns rows ty*TM.. and columns tx*TN.. of the tile. Operands are staged k-major in
-// shared memory (As[k][m], Bs[k][n], rows padded by 4 floats so k-fast stores do not all hit one
-// bank), double-buffered: the next k-tile is fetched into registers while the current one is
-// multiplied, then written to the other stage; one __syncthreads per k-tile.
+// thread owns rows ty*TM.. and columns col(0..TN-1) of the tile (two groups of 4 when TN = 8).
+// Operands are staged k-major in shared memory (As[k][m], Bs[k][n], rows padded by 4 floats so
+// k-fast stores do not all hit one bank), double-buffered: the next k-tile is fetched into
+// registers while the current one is multiplied, then written to the other stage; one
+// __syncthreads per k-tile.
 // Global->register mapping per operand: KFAST (consecutive threads take consecutive k: for
 // operands contiguous along k) or MN-fast (consecutive threads take consecutive m/n). Either way
 // each thread's rows/columns are fixed for the whole k loop, so their Col state is computed once.
@@ -168,7 +169,17 @@ struct GemmThread {
     for (int i = 0; i < LB; ++i) sm.Bs[stage][MapB::k(tid, i)][MapB::mn(tid, i)] = rb[i];
   }
 
-  // acc += the stage's A tile rows ty*TM.. times its B tile columns tx*TN..
+  // The tile column of this thread's j-th accumulator column. With TN = 8 a thread owns two groups
+  // of 4 adjacent columns, BN/2 apart, so that the 8 threads of a float4 shared-memory phase read
+  // 128 contiguous bytes (columns tx*TN.. would put threads tx and tx+4 on the same banks).
+  GEMM_HD int col(int j) const {
+    if constexpr (TN % 4 == 0)
+      return (j / 4) * (BN / (TN / 4)) + tx * 4 + j % 4;
+    else
+      return tx * TN + j;
+  }
+
+  // acc += the stage's A tile rows ty*TM.. times its B tile columns col(0..TN-1)
   GEMM_HD void multiply(const GemmSmem<Cfg>& sm, int stage) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
@@ -186,12 +197,12 @@ struct GemmThread {
       if constexpr (TN % 4 == 0) {
 #pragma unroll
         for (int j = 0; j < TN; j += 4) {
-          const float4 v = *reinterpret_cast<const float4*>(&sm.Bs[stage][kk][tx * TN + j]);
+          const float4 v = *reinterpret_cast<const float4*>(&sm.Bs[stage][kk][col(j)]);
           fb[j] = v.x, fb[j + 1] = v.y, fb[j + 2] = v.z, fb[j + 3] = v.w;
         }
       } else {
 #pragma unroll
-        for (int j = 0; j < TN; ++j) fb[j] = sm.Bs[stage][kk][tx * TN + j];
+        for (int j = 0; j < TN; ++j) fb[j] = sm.Bs[stage][kk][col(j)];
       }
 #pragma unroll
       for (int i = 0; i < TM; ++i)
@@ -210,7 +221,7 @@ struct GemmThread {
       if (m >= g.M) continue;
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
-        int n = n0 + tx * TN + j;
+        int n = n0 + col(j);
         if (n >= g.N) continue;
         if (out)
           out[(int64_t)m * g.N + n] = acc[i][j];
