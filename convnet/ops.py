@@ -53,6 +53,25 @@ def sgd_update(w, dw, v, lr, momentum=0.9, weight_decay=5e-4):
     _C.sgd_update(w, dw, v, float(lr), float(momentum), float(weight_decay))
 
 
+# ---- layer-graph plumbing: csrc/ops/join.cpp ----
+
+def add_(a, b):
+    """a += b in place (same shape and device); returns a. Sums the gradients of an output
+    that several layers read."""
+    return _C.add_(a, b)
+
+
+def concat(xs, axis=1):
+    """A new tensor joining the tensors xs (same device, same shape outside `axis`) along axis."""
+    return _C.concat(list(xs), int(axis))
+
+
+def split(x, sizes, axis=1):
+    """New tensors holding consecutive slices of x along axis, of the given sizes (summing to
+    x.shape[axis]): the inverse of concat."""
+    return _C.split(x, [int(s) for s in sizes], int(axis))
+
+
 # ---- local response normalisation: csrc/ops/lrn.cpp ----
 
 def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):

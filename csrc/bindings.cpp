@@ -251,4 +251,5 @@ PYBIND11_MODULE(_C, m) {
   register_conv(m);
   register_linear(m);
   register_augment(m);
+  register_join(m);
 }
