@@ -45,6 +45,10 @@ class Loader:
             raise ValueError(f"Loader: batch_size must be positive, got {batch_size}")
         self.split, self.batch_size, self.train = split, int(batch_size), bool(train)
         self.images, self.labels = split.images, np.asarray(split.labels, dtype=np.int32)
+        shape = tuple(getattr(self.images, "shape", ()))
+        if len(shape) != 4 or shape[3] != 3 or np.dtype(getattr(self.images, "dtype", None)) != np.uint8:
+            raise TypeError(f"Loader: split.images must be uint8 (N, H, W, 3), got "
+                            f"{getattr(self.images, 'dtype', type(self.images).__name__)} {shape}")
         h, w = int(self.images.shape[1]), int(self.images.shape[2])
         self.image_hw = (h, w)
         if crop is None:
