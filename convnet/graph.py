@@ -200,6 +200,17 @@ class Net:
     def num_params(self):
         return sum(math.prod(s) for s in self.shapes().values())
 
+    def forward_macs(self):
+        """Multiply-adds of one image's forward pass in the conv and FC layers (a training step
+        is about three times this: forward, backward-data, backward-weights)."""
+        total = 0
+        for layer in self.layers:
+            if layer.type == "conv":
+                total += math.prod(layer.shape) * (layer.in_channels // layer.groups) * layer.kernel ** 2
+            elif layer.type == "linear":
+                total += layer.in_features * layer.out_features
+        return total
+
     def init_params(self, seed):
         """The paper's initialisation, drawn in the one-device layout (so every placement gets the
         same weights): weights N(0, std) (std 0.01 unless a spec says otherwise), biases from the
