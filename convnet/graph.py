@@ -378,6 +378,9 @@ class Net:
         self._run(todo, work, deps=lambda l: [self.by_name[n] for n in l.inputs],
                   dependents=lambda l: self.readers.get(l.name, []))
         self._trained_forward = train and with_loss
+        if not self._trained_forward:
+            for layer in self.layers:
+                layer.clear()  # nothing will call backward: let go of what it would need
         if train:
             self.step = step + 1
         logits = outputs[self.output_layer.name]
