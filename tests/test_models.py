@@ -39,6 +39,7 @@ def test_full_alexnet_shapes_and_count(full_alexnet):
     assert by_name["fc6_a"].in_features == 9216
     neurons = sum(int(np.prod(l.shape)) for l in net.layers if l.type in ("conv", "linear"))
     assert 600_000 < neurons < 700_000  # "650,000 neurons"
+    assert abs(net.forward_macs() / 1e6 - 724) < 3  # ALEXNET.md: about 724 M multiply-adds per image
     text = net.summary()
     assert "conv3_a" in text and "pool2_a,pool2_b" in text and "drop7_a,drop7_b" in text
     assert "60,965,224 parameters" in text
