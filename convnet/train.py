@@ -32,9 +32,9 @@ PRESETS = {
         conv1=None,
     ),
     "small": dict(
-        batch_size=64, lr=0.02, momentum=0.9, weight_decay=5e-4, epochs=8, schedule="step",
-        lr_factor=0.1, patience=2, max_cuts=3, milestones="6", input_size=56, crop=56,
-        lighting=0.1, flip=True, dropout=0.5, towers=2, width=1.0, weight_std=0.01,
+        batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=10, schedule="step",
+        lr_factor=0.1, patience=2, max_cuts=3, milestones="8", input_size=56, crop=56,
+        lighting=0.1, flip=True, dropout=0.0, towers=2, width=1.0, weight_std=0.03,
         widths="32,64,96,96,64,256,256", conv1="5,2,2",
     ),
 }
@@ -322,7 +322,10 @@ def diagnose_nonfinite(net, images):
     for layer in layer_names(net):
         try:
             out = net.features(images, layer=layer)
-        except (ValueError, KeyError):
+        except ValueError as e:  # a later layer's own finiteness check: this layer's output is bad
+            if "NaN or infinite" in str(e):
+                first = layer
+                break
             continue
         if not np.all(np.isfinite(out)):
             first = layer
@@ -479,7 +482,12 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
             if step_hook is not None:
                 step_hook(net, state["step"])
             # Dropout masks depend on (seed, step) only: the step makes a resumed run identical.
-            logits, loss = net.forward(images, labels, train=True, step=state["step"])
+            try:
+                logits, loss = net.forward(images, labels, train=True, step=state["step"])
+            except ValueError as e:  # a kernel's finiteness check (e.g. of the logits) fired
+                if "NaN or infinite" not in str(e):
+                    raise
+                stop_nonfinite(net, images, float("nan"), state, run_dir)
             if not math.isfinite(loss):
                 stop_nonfinite(net, images, loss, state, run_dir)
             net.backward()
