@@ -32,15 +32,15 @@ PRESETS = {
         conv1=None,
     ),
     "small": dict(
-        batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=10, schedule="step",
-        lr_factor=0.1, patience=2, max_cuts=3, milestones="8", input_size=56, crop=56,
+        batch_size=64, lr=0.01, momentum=0.9, weight_decay=5e-4, epochs=15, schedule="step",
+        lr_factor=0.1, patience=2, max_cuts=3, milestones="12", input_size=56, crop=56,
         lighting=0.1, flip=True, dropout=0.0, towers=2, width=1.0, weight_std=0.03,
         widths="32,64,96,96,64,256,256", conv1="5,2,2",
     ),
 }
 
 # Flags that may differ on --resume without changing what the run computes so far.
-RESUMABLE_OVERRIDES = {"epochs", "devices", "limit_val", "progress", "plots", "num_workers"}
+RESUMABLE_OVERRIDES = {"epochs", "devices", "limit_val", "progress", "plots", "check_every"}
 
 EXIT_NONFINITE = 3
 
@@ -109,6 +109,8 @@ def build_parser():
     a("--num-train", type=int, help="built-in dataset: training images to generate (default 10000)")
     a("--num-val", type=int, help="built-in dataset: validation images to generate (default 2000)")
     a("--image-size", type=int, help="built-in dataset: side of the generated images (default 64)")
+    a("--check-every", type=int, help="check every weight for NaN/inf after every N-th update "
+                                      "(default 1; 0: only the loss is checked)")
     a("--progress", type=_bool, help="show a progress bar per epoch (default yes)")
     a("--plots", type=_bool, help="draw the paper's pictures into the run folder at the end (default yes)")
     return p
@@ -125,7 +127,7 @@ def resolve_args(ns):
             args[k] = v
     if "crop" not in explicit and "input_size" in explicit:
         args["crop"] = args["input_size"]
-    defaults = dict(seed=0, extra_conv=False, progress=True, plots=True, num_train=10000,
+    defaults = dict(seed=0, extra_conv=False, progress=True, plots=True, check_every=1, num_train=10000,
                     num_val=2000, image_size=64)
     for k, v in defaults.items():
         if args.get(k) is None:
@@ -429,7 +431,9 @@ def train(argv=None, step_hook=None):
           f"run folder {run_dir}", flush=True)
 
     try:
-        _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir, step_hook)
+        with _DeferredInterrupt() as interrupt:
+            _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir,
+                  step_hook, interrupt)
     except KeyboardInterrupt:
         save(run_dir, net, opt, state, "last")
         print(f"\ninterrupted: saved {checkpoint_path(run_dir)} at epoch {state['epoch'] + 1}, batch "
@@ -442,6 +446,43 @@ def train(argv=None, step_hook=None):
         for path in plots.draw_all(run_dir, net=net, dataset=ds, crop=args["crop"]):
             print(f"  wrote {path}", flush=True)
     return run_dir
+
+
+class _DeferredInterrupt:
+    """Holds a Ctrl-C until the current training step is complete, so that the checkpoint
+    written on interrupt has weights, momentum and position that belong together; a second
+    Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.pending = False
+        self._old = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        import signal
+
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def check(self):
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
 
 
 def make_scheduler(args, opt):
@@ -461,7 +502,8 @@ def save(run_dir, net, opt, state, which):
     checkpoint.save(str(checkpoint_path(run_dir, which)), net, opt, {"train": state})
 
 
-def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir, step_hook):
+def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir, step_hook,
+          interrupt):
     from convnet import data, optim
 
     pca = (ds.pca_eigval, ds.pca_eigvec)
@@ -479,8 +521,14 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
         t0 = time.time()
         seconds0 = stats["seconds"]
         for images, labels in loader:
+            interrupt.check()  # between steps only: the checkpoint stays consistent
             if step_hook is not None:
                 step_hook(net, state["step"])
+            if args["check_every"] and state["step"] % args["check_every"] == 0:
+                # The loss alone can miss a NaN: ReLU maps NaN to 0, hiding it from the layers after.
+                bad = nonfinite_params(net)
+                if bad:
+                    stop_nonfinite(net, images, None, state, run_dir, bad_weights=bad)
             # Dropout masks depend on (seed, step) only: the step makes a resumed run identical.
             try:
                 logits, loss = net.forward(images, labels, train=True, step=state["step"])
@@ -536,6 +584,9 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
         with open(Path(run_dir) / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+        bad = nonfinite_params(net)
+        if bad:  # never write a checkpoint with NaN weights
+            stop_nonfinite(net, None, None, state, run_dir, bad_weights=bad)
         improved = state["best_val_error"] is None or 1 - val["top1"] < state["best_val_error"]
         state.update(epoch=epoch + 1, batch=0, lr=opt.lr, epoch_stats=None,
                      scheduler=scheduler.state_dict())
@@ -546,16 +597,41 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
             save(run_dir, net, opt, state, "best")
 
 
-def stop_nonfinite(net, images, loss, state, run_dir):
+def nonfinite_params(net):
+    """Names of the parameters holding NaN or infinite values (one pass over each, on its device)."""
+    from convnet import _C
+
+    bad = []
+    for p in net.params():
+        try:
+            _C.check_finite(p.data, p.key)
+        except ValueError:
+            if p.key not in bad:
+                bad.append(p.key)
+    return bad
+
+
+def stop_nonfinite(net, images, loss, state, run_dir, bad_weights=None):
+    if bad_weights:
+        first = bad_weights[0].rsplit(".", 1)[0]
+        raise TrainingError(
+            f"training stopped: non-finite weights at step {state['step']} (epoch {state['epoch'] + 1}, "
+            f"batch {state['batch']}), found before its forward: first non-finite values in layer "
+            f"{first}; non-finite parameters: {', '.join(bad_weights)}. {_kept(run_dir)}; "
+            f"try a smaller --lr.", code=EXIT_NONFINITE)
     bad_params, first = diagnose_nonfinite(net, images)
     where = (f"first non-finite output at layer {first}" if first
              else "every layer's output is finite: the loss itself overflowed")
     params = f"; non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
-    last = checkpoint_path(run_dir)
-    kept = f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written yet"
     raise TrainingError(
         f"training stopped: the loss became {loss} at step {state['step']} (epoch {state['epoch'] + 1}, "
-        f"batch {state['batch']}); {where}{params}. {kept}; try a smaller --lr.", code=EXIT_NONFINITE)
+        f"batch {state['batch']}); {where}{params}. {_kept(run_dir)}; try a smaller --lr.",
+        code=EXIT_NONFINITE)
+
+
+def _kept(run_dir):
+    last = checkpoint_path(run_dir)
+    return f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written yet"
 
 
 def evaluate_split(net, split, batch_size, common):

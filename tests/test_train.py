@@ -3,6 +3,7 @@ equals never stopping; a NaN stops the run naming step and layer; an ensemble is
 softmax outputs; the pictures are PNGs of the documented size; bad input gives clear errors."""
 import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from convnet import checkpoint, evaluate, plots, train
 from convnet.data import builtin, open_dataset
 
 TINY = ["--crop", "32", "--widths", "8,16,16,16,16,32,32", "--conv1", "5,2,2", "--batch-size", "50",
-        "--lr", "0.05", "--schedule", "step", "--milestones", "2", "--progress", "no", "--plots", "no",
+        "--lr", "0.01", "--schedule", "step", "--milestones", "2", "--progress", "no", "--plots", "no",
         "--devices", "cpu:0,cpu:1"]
 
 
@@ -41,15 +42,19 @@ def run_a(data_dir, tmp_path_factory):
     return path
 
 
-def test_short_run_learns(run_a):
-    records = [json.loads(l) for l in (run_a / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3]
+def test_short_run_learns(data_dir, tmp_path):
+    # 40 images without flips or colour noise: a few dozen steps visibly lower the loss
+    run(data_dir, tmp_path, "--epochs", "12", "--limit-train", "40", "--batch-size", "20", "--flip", "no",
+        "--lighting", "0", "--weight-std", "0.05", "--lr", "0.003", "--milestones", "10")
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, 13))
     losses = [r["train_loss"] for r in records]
     assert all(math.isfinite(l) for l in losses)
-    assert losses[-1] < losses[0] - 0.02, losses
-    assert records[-1]["val_loss"] < math.log(10), records[-1]
-    # the step schedule cut the rate after epoch 2
-    assert records[1].get("lr_cut_to") == pytest.approx(0.005) and records[2]["lr"] == pytest.approx(0.005)
+    assert losses[-1] < losses[0] - 0.05 and losses[-1] < math.log(10), losses
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 8, losses  # mostly falling, step by step
+    # the step schedule cut the rate after epoch 10
+    assert records[9].get("lr_cut_to") == pytest.approx(0.0003) and records[10]["lr"] == pytest.approx(0.0003)
+    assert "lr_cut_to" not in records[8]
     for r in records:
         assert 0 <= r["val_top1"] <= r["val_top5"] <= 1
 
@@ -74,8 +79,9 @@ def test_resume_equals_never_stopping(data_dir, run_a, tmp_path):
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
-    for k in want_opt:
-        np.testing.assert_allclose(np.asarray(got_opt[k]), np.asarray(want_opt[k]), rtol=1e-6, atol=1e-7, err_msg=k)
+    assert got_opt["momentum"].keys() == want_opt["momentum"].keys()
+    for k in want_opt["momentum"]:
+        np.testing.assert_allclose(got_opt["momentum"][k], want_opt["momentum"][k], rtol=1e-6, atol=1e-7, err_msg=k)
     a = [json.loads(l) for l in (run_a / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_top1"] for r in a] == [r["val_top1"] for r in b]
@@ -95,7 +101,21 @@ def test_nan_stops_with_step_and_layer(data_dir, tmp_path, capsys):
         train.train(["--resume", str(tmp_path), "--epochs", "2"], step_hook=poison)
     msg = str(e.value)
     assert e.value.code == train.EXIT_NONFINITE != 0
+    # ReLU maps NaN to 0, so the loss stays finite: the weight check after the update finds it
     assert "step 9" in msg and "layer conv2" in msg and "conv2.weight" in msg, msg
+
+    def poison_fc8(net, step):
+        if step == 7:
+            state = net.state_dict()
+            state["fc8.weight"][2, 5] = np.inf
+            net.load_state_dict(state)
+
+    with pytest.raises(train.TrainingError) as e:
+        # without the weight check, the loss (through the softmax's own finiteness check) finds it
+        train.train(["--resume", str(tmp_path), "--epochs", "2", "--check-every", "0"], step_hook=poison_fc8)
+    msg = str(e.value)
+    assert e.value.code == train.EXIT_NONFINITE
+    assert "the loss became nan at step 7" in msg and "output at layer fc8" in msg and "fc8.weight" in msg, msg
     after, _, meta = weights(tmp_path)  # the last good checkpoint still loads, unchanged
     assert meta["train"]["step"] == 6
     for k in before:
@@ -103,11 +123,11 @@ def test_nan_stops_with_step_and_layer(data_dir, tmp_path, capsys):
         np.testing.assert_array_equal(after[k], before[k])
     # and through the command line: the message on stderr, a non-zero exit
     with pytest.raises(SystemExit) as e:
-        train.main(["--data", str(data_dir), "--run-dir", str(tmp_path / "lr"), "--epochs", "1", "--lr", "1e30"]
-                   + TINY[:-4])
+        train.main(["--data", str(data_dir), "--run-dir", str(tmp_path / "lr"), "--epochs", "1"] + TINY
+                   + ["--lr", "1e30"])
     assert e.value.code == train.EXIT_NONFINITE
     err = capsys.readouterr().err
-    assert "training stopped: the loss became" in err and "at step 0" in err and "layer" in err, err
+    assert "training stopped: the loss became" in err and re.search(r"at step [1-5] ", err) and "layer" in err, err
 
 
 def _centre_probs(net, ds, crop, flip=False, corner=None):
