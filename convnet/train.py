@@ -253,14 +253,15 @@ def topk_correct(logits, labels, k=5):
 class Progress:
     """A progress bar per epoch: tqdm when importable, else a simple one on stderr."""
 
-    def __init__(self, total, desc, enabled=True):
+    def __init__(self, total, desc, enabled=True, initial=0):
         self.total, self.desc, self.enabled = total, desc, enabled
-        self.n, self.start, self._bar, self._last = 0, time.time(), None, 0.0
+        self.n, self.start, self._bar, self._last = initial, time.time(), None, 0.0
+        self._initial = initial
         if enabled:
             try:
                 from tqdm import tqdm
                 self._bar = tqdm(total=total, desc=desc, unit="batch", file=sys.stderr,
-                                 dynamic_ncols=True, leave=True)
+                                 dynamic_ncols=True, leave=True, initial=initial)
             except ImportError:
                 self._bar = None
 
@@ -278,7 +279,7 @@ class Progress:
             return
         self._last = now
         elapsed = now - self.start
-        left = elapsed / self.n * (self.total - self.n)
+        left = elapsed / max(1, self.n - self._initial) * (self.total - self.n)
         filled = int(30 * self.n / max(1, self.total))
         sys.stderr.write(f"\r{self.desc} [{'=' * filled}{' ' * (30 - filled)}] {self.n}/{self.total} "
                          f"{text} left {_clock(left)} ")
@@ -516,8 +517,8 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
                              start_batch=state["batch"], **common)
         steps_per_epoch = len(loader) + state["batch"]
         stats = state["epoch_stats"] or dict(loss=0.0, top1=0, top5=0, n=0, seconds=0.0)
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args['epochs']}", args["progress"])
-        bar.n = state["batch"]
+        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args['epochs']}", args["progress"],
+                       initial=state["batch"])
         t0 = time.time()
         seconds0 = stats["seconds"]
         for images, labels in loader:
