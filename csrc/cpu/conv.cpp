@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <vector>
 
 #include "../kernels/conv.h"
@@ -132,11 +133,22 @@ thread_local std::vector<float> col_buf, mat_buf, partial_buf;
 // cores shared with other work; im2col and GEMM inside then run on their thread alone).
 // Otherwise one item after another, each using every thread inside im2col and the GEMM.
 // Results are the same either way: how work is split never changes an order of summation.
+// An exception (out of memory for a scratch buffer) must not leave a parallel region: the
+// first one is kept and thrown after it.
 template <class Body>
 void for_each_item(int64_t items, const Body& body) {
   if (items > 1 && items >= omp_get_max_threads() && !omp_in_parallel()) {
+    std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < items; ++i) body(i);
+    for (int64_t i = 0; i < items; ++i) {
+      try {
+        body(i);
+      } catch (...) {
+#pragma omp critical(convnet_conv_error)
+        if (!error) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
   } else {
     for (int64_t i = 0; i < items; ++i) body(i);
   }
