@@ -20,7 +20,7 @@
 namespace convnet::cpu {
 namespace {
 
-constexpr int64_t WIDE_N = 1024;      // GEMM columns worth gathering several images for
+constexpr int64_t WIDE_N = 256;       // GEMM columns worth gathering several images for
 constexpr int64_t PARTIAL_SUMS = 4;   // weight-gradient partial sums (parts of the batch)
 
 bool is_pointwise(const ConvShape& s) {
