@@ -78,6 +78,8 @@ void im2col(const ConvShape& s, int64_t cg, const float* x, int64_t x_stride, in
 // are independent and each sum runs in the fixed order (kr, ks, oq).
 void col2im(const ConvShape& s, int64_t cg, const float* col, int64_t ld, int64_t nb, float* dx, int64_t dx_stride) {
   const int64_t pq = s.p * s.q, rows = cg * s.h;
+  std::vector<int64_t> q_lo(s.s), q_hi(s.s);  // valid output columns for each kernel column
+  for (int64_t ks = 0; ks < s.s; ++ks) valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo[ks], q_hi[ks]);
 #pragma omp parallel for schedule(dynamic, 8) if (nb * rows * s.w > 8192)
   for (int64_t task = 0; task < nb * rows; ++task) {
     const int64_t i = task / rows, row = task % rows;
@@ -90,12 +92,16 @@ void col2im(const ConvShape& s, int64_t cg, const float* col, int64_t ld, int64_
       const int64_t op = t / s.stride_h;
       if (op >= s.p) continue;
       for (int64_t ks = 0; ks < s.s; ++ks) {
-        const float* d = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq + op * s.q;
-        int64_t q_lo, q_hi;
-        valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo, q_hi);
-        if (q_hi <= q_lo) continue;
-        float* xo = xr + (q_lo * s.stride_w - s.pad_w + ks);
-        for (int64_t oq = q_lo; oq < q_hi; ++oq) xo[(oq - q_lo) * s.stride_w] += d[oq];
+        const int64_t lo = q_lo[ks], hi = q_hi[ks];
+        if (hi <= lo) continue;
+        const float* d = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq + op * s.q + lo;
+        float* xo = xr + (lo * s.stride_w - s.pad_w + ks);
+        if (s.stride_w == 1) {
+#pragma omp simd
+          for (int64_t j = 0; j < hi - lo; ++j) xo[j] += d[j];
+        } else {
+          for (int64_t j = 0; j < hi - lo; ++j) xo[j * s.stride_w] += d[j];
+        }
       }
     }
   }
