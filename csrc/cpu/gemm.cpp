@@ -105,24 +105,6 @@ void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict
     for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
 }
 
-// The A sliver of rows [i0, i0 + MR) and k-steps [p0, p0 + kc): dst[p * MR + i] = op(A)(i0 + i, p0 + p).
-void pack_a(bool trans, const float* a, int64_t lda, int64_t m, int64_t i0, int64_t p0, int64_t kc, float* dst) {
-  const int64_t rows = std::min<int64_t>(MR, m - i0);
-  if (!trans) {
-    for (int64_t i = 0; i < rows; ++i) {
-      const float* src = a + (i0 + i) * lda + p0;
-      for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
-    }
-  } else {
-    for (int64_t p = 0; p < kc; ++p) {
-      const float* src = a + (p0 + p) * lda + i0;
-      for (int64_t i = 0; i < rows; ++i) dst[p * MR + i] = src[i];
-    }
-  }
-  for (int64_t p = 0; p < kc && rows < MR; ++p)
-    for (int64_t i = rows; i < MR; ++i) dst[p * MR + i] = 0.f;
-}
-
 #if defined(__AVX2__)
 // dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block.
 inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
@@ -145,6 +127,35 @@ inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd)
   }
 }
 #endif
+
+// The A sliver of rows [i0, i0 + MR) and k-steps [p0, p0 + kc): dst[p * MR + i] = op(A)(i0 + i, p0 + p).
+void pack_a(bool trans, const float* a, int64_t lda, int64_t m, int64_t i0, int64_t p0, int64_t kc, float* dst) {
+  const int64_t rows = std::min<int64_t>(MR, m - i0);
+  if (!trans) {
+    int64_t i = 0;
+#if defined(__AVX2__)
+    for (; i + 8 <= rows; i += 8) {  // 8 x 8 blocks through registers
+      const float* src = a + (i0 + i) * lda + p0;
+      int64_t p = 0;
+      for (; p + 8 <= kc; p += 8) transpose8x8(src + p, lda, dst + p * MR + i, MR);
+      for (; p < kc; ++p)
+        for (int64_t ii = 0; ii < 8; ++ii) dst[p * MR + i + ii] = src[ii * lda + p];
+    }
+#endif
+    for (; i < rows; ++i) {
+      const float* src = a + (i0 + i) * lda + p0;
+      for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
+    }
+  } else {
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = a + (p0 + p) * lda + i0;
+      for (int64_t i = 0; i < rows; ++i) dst[p * MR + i] = src[i];
+    }
+  }
+  for (int64_t p = 0; p < kc && rows < MR; ++p)
+    for (int64_t i = rows; i < MR; ++i) dst[p * MR + i] = 0.f;
+}
+
 
 // The B sliver of columns [j0, j0 + NR) and k-steps [p0, p0 + kc): dst[p * NR + j] = op(B)(p0 + p, j0 + j).
 void pack_b(bool trans, const float* b, int64_t ldb, int64_t n, int64_t j0, int64_t p0, int64_t kc, float* dst) {
