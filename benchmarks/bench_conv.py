@@ -1,0 +1,44 @@
+"""AlexNet's conv layers (one-device net: groups 1, 2, 1, 2, 2; conv1 on a 224x224 input with
+padding 2, stride 4 -> 55x55). Two cases per layer: forward (with bias), and backward
+(conv2d_backward: input, weight and bias gradients together, 2x the forward's flops).
+GFLOP/s counts 2 flops per multiply-add."""
+import numpy as np
+
+import convnet
+from convnet import ops
+
+# name: c, h, k, kernel, stride, pad, groups
+LAYERS = {
+    "conv1": (3, 224, 96, 11, 4, 2, 1),
+    "conv2": (96, 27, 256, 5, 1, 2, 2),
+    "conv3": (256, 13, 384, 3, 1, 1, 1),
+    "conv4": (384, 13, 384, 3, 1, 1, 2),
+    "conv5": (384, 13, 256, 3, 1, 1, 2),
+}
+
+
+def cases(ctx):
+    dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
+    rng = np.random.default_rng(0)
+    out = []
+    for name, (c, h, k, r, st, pd, g) in LAYERS.items():
+        p = (h + 2 * pd - r) // st + 1
+        x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+        w = (rng.standard_normal((k, c // g, r, r), dtype=np.float32) * 0.01).astype(np.float32)
+        b = rng.standard_normal(k, dtype=np.float32)
+        dy = rng.standard_normal((n, k, p, p), dtype=np.float32)
+        X, W, B, DY = (convnet.tensor(a, dev) for a in (x, w, b, dy))
+        flops = 2.0 * n * k * p * p * (c // g) * r * r
+        fwd = {"name": f"{name} forward", "flops": flops,
+               "ours": lambda X=X, W=W, B=B, st=st, pd=pd, g=g: ops.conv2d(X, W, B, st, pd, g)}
+        bwd = {"name": f"{name} backward", "flops": 2 * flops,
+               "ours": lambda X=X, W=W, DY=DY, st=st, pd=pd, g=g: ops.conv2d_backward(X, W, DY, st, pd, g)}
+        if torch is not None:
+            td = ctx["torch_device"]
+            tx, tw, tb, tdy = (torch.from_numpy(a).to(td) for a in (x, w, b, dy))
+            fwd["torch"] = lambda tx=tx, tw=tw, tb=tb, st=st, pd=pd, g=g: torch.nn.functional.conv2d(
+                tx, tw, tb, st, pd, 1, g)
+            bwd["torch"] = lambda tx=tx, tw=tw, tdy=tdy, k=k, st=st, pd=pd, g=g: torch.ops.aten.convolution_backward(
+                tdy, tx, tw, [k], [st, st], [pd, pd], [1, 1], False, [0, 0], g, [True, True, True])
+        out += [fwd, bwd]
+    return out

@@ -1,0 +1,306 @@
+// CPU GEMM in the BLIS style. op(A) and op(B) are packed into contiguous slivers: MR rows of
+// A and NR columns of B, k-block (KC) after k-block, zero-padded at the edges so the
+// micro-kernel never branches (all of A at once; B in column panels of at most 8 MiB). C is
+// then cut into tiles of TILE_M x TILE_N slivers handed out dynamically to the OpenMP threads
+// (the 2 cores are shared, so a static split would wait for the slowest); each tile runs the
+// k-blocks in order through a register-blocked MR x NR micro-kernel (AVX-512: 12 x 32, 24
+// accumulators in zmm registers, the B sliver of one k-block (32 KiB) hot in L1; AVX2: 6 x 16;
+// plain C++ elsewhere). Every element of C is summed in the same order whatever the thread
+// count, so results are deterministic. A B^T and A B with only a few rows of A (a fully-connected
+// layer's forward and input gradient on a small batch) skip packing: B is read from memory once.
+#include "gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#include <immintrin.h>
+#endif
+
+namespace convnet::cpu {
+namespace {
+
+// ---- the vector type of this build: load, store, broadcast, fused multiply-add ----
+#if defined(__AVX512F__)
+using vf = __m512;
+constexpr int VL = 16, MR = 12, NV = 2;
+inline vf vzero() { return _mm512_setzero_ps(); }
+inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
+inline vf vbroadcast(const float* p) { return _mm512_set1_ps(*p); }
+inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+#elif defined(__AVX2__) && defined(__FMA__)
+using vf = __m256;
+constexpr int VL = 8, MR = 6, NV = 2;
+inline vf vzero() { return _mm256_setzero_ps(); }
+inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+inline vf vbroadcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+#else
+using vf = float;
+constexpr int VL = 1, MR = 4, NV = 4;
+inline vf vzero() { return 0.f; }
+inline vf vload(const float* p) { return *p; }
+inline void vstore(float* p, vf v) { *p = v; }
+inline vf vbroadcast(const float* p) { return *p; }
+inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
+inline vf vadd(vf a, vf b) { return a + b; }
+#endif
+
+// The sum of a vector's lanes, in lane order.
+inline float vsum(vf v) {
+  alignas(64) float lanes[VL];
+  vstore(lanes, v);
+  float s = 0.f;
+  for (int i = 0; i < VL; ++i) s += lanes[i];
+  return s;
+}
+
+constexpr int NR = NV * VL;
+constexpr int64_t KC = 256;        // k-block: an A sliver plus a B sliver fit L1
+constexpr int64_t TILE_M = 8, TILE_N = 4;     // slivers per unit of work: 96 x 128 of C on AVX-512
+constexpr int64_t FEW_ROWS = 16;               // A B^T with at most this many rows: no packing
+constexpr int64_t PANEL_FLOATS = 1 << 21;      // packed B panel: at most 8 MiB (but one sliver wide)
+
+// c[0..mr) x [0..nr) = (or +=) the product of a packed A sliver (kc x MR) and a packed
+// B sliver (kc x NR). Full tiles are stored straight from the registers.
+void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
+                  int mr, int nr, bool accumulate) {
+  vf acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = vzero();
+  for (int64_t p = 0; p < kc; ++p, a += MR, b += NR) {
+    vf bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = vload(b + j * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      vf av = vbroadcast(a + i);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = vfma(av, bv[j], acc[i][j]);
+    }
+  }
+  if (mr == MR && nr == NR) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        float* cp = c + i * ldc + j * VL;
+        vstore(cp, accumulate ? vadd(vload(cp), acc[i][j]) : acc[i][j]);
+      }
+    return;
+  }
+  alignas(64) float tile[MR * NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) vstore(tile + i * NR + j * VL, acc[i][j]);
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + tile[i * NR + j] : tile[i * NR + j];
+}
+
+// The A sliver of rows [i0, i0 + MR) and k-steps [p0, p0 + kc): dst[p * MR + i] = op(A)(i0 + i, p0 + p).
+void pack_a(bool trans, const float* a, int64_t lda, int64_t m, int64_t i0, int64_t p0, int64_t kc, float* dst) {
+  const int64_t rows = std::min<int64_t>(MR, m - i0);
+  if (!trans) {
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* src = a + (i0 + i) * lda + p0;
+      for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
+    }
+  } else {
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = a + (p0 + p) * lda + i0;
+      for (int64_t i = 0; i < rows; ++i) dst[p * MR + i] = src[i];
+    }
+  }
+  for (int64_t p = 0; p < kc && rows < MR; ++p)
+    for (int64_t i = rows; i < MR; ++i) dst[p * MR + i] = 0.f;
+}
+
+// The B sliver of columns [j0, j0 + NR) and k-steps [p0, p0 + kc): dst[p * NR + j] = op(B)(p0 + p, j0 + j).
+void pack_b(bool trans, const float* b, int64_t ldb, int64_t n, int64_t j0, int64_t p0, int64_t kc, float* dst) {
+  const int64_t cols = std::min<int64_t>(NR, n - j0);
+  if (!trans) {
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = b + (p0 + p) * ldb + j0;
+      float* d = dst + p * NR;
+      for (int64_t j = 0; j < cols; ++j) d[j] = src[j];
+      for (int64_t j = cols; j < NR; ++j) d[j] = 0.f;
+    }
+  } else {
+    for (int64_t j = 0; j < cols; ++j) {
+      const float* src = b + (j0 + j) * ldb + p0;
+      for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p];
+    }
+    for (int64_t p = 0; p < kc && cols < NR; ++p)
+      for (int64_t j = cols; j < NR; ++j) dst[p * NR + j] = 0.f;
+  }
+}
+
+// A 64-byte aligned scratch buffer that grows and is reused, one per calling thread
+// (kernels run without the GIL, so two Python threads may multiply at once).
+struct Scratch {
+  float* data = nullptr;
+  size_t size = 0;
+  ~Scratch() { std::free(data); }
+  float* get(size_t n) {
+    if (n > size) {
+      std::free(data);
+      size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+      data = static_cast<float*>(std::aligned_alloc(64, bytes));
+      if (!data) throw std::bad_alloc();
+      size = n;
+    }
+    return data;
+  }
+};
+thread_local Scratch pack_scratch;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A TI x TJ block of C (=, or +=) dot products of TI rows of A with TJ rows of B (both
+// contiguous along k), vectorised along k.
+template <int TI, int TJ>
+void dot_tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+              bool accumulate) {
+  vf acc[TI][TJ];
+  for (int i = 0; i < TI; ++i)
+    for (int j = 0; j < TJ; ++j) acc[i][j] = vzero();
+  int64_t p = 0;
+  for (; p + VL <= k; p += VL) {
+    vf bv[TJ];
+    for (int j = 0; j < TJ; ++j) bv[j] = vload(b + j * ldb + p);
+    for (int i = 0; i < TI; ++i) {
+      vf av = vload(a + i * lda + p);
+      for (int j = 0; j < TJ; ++j) acc[i][j] = vfma(av, bv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < TI; ++i)
+    for (int j = 0; j < TJ; ++j) {
+      float sum = vsum(acc[i][j]);
+      for (int64_t q = p; q < k; ++q) sum += a[i * lda + q] * b[j * ldb + q];
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + sum : sum;
+    }
+}
+
+// C = A B^T for a few rows of A (a fully-connected layer's forward on a small batch): dot
+// products straight from the rows of B, which is read from memory once instead of being
+// packed (packing would double the traffic of this memory-bound product).
+void gemm_few_rows_bt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                      float* c, int64_t ldc, bool accumulate, int nt) {
+#pragma omp parallel for schedule(dynamic, 8) num_threads(nt) if (nt > 1)
+  for (int64_t j = 0; j < n; j += 4) {
+    const float* bj = b + j * ldb;
+    float* cj = c + j;
+    if (j + 4 <= n) {
+      int64_t i = 0;
+      for (; i + 4 <= m; i += 4) dot_tile<4, 4>(k, a + i * lda, lda, bj, ldb, cj + i * ldc, ldc, accumulate);
+      for (; i < m; ++i) dot_tile<1, 4>(k, a + i * lda, lda, bj, ldb, cj + i * ldc, ldc, accumulate);
+    } else {
+      for (int64_t jj = j; jj < n; ++jj) {
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4)
+          dot_tile<4, 1>(k, a + i * lda, lda, b + jj * ldb, ldb, c + i * ldc + jj, ldc, accumulate);
+        for (; i < m; ++i) dot_tile<1, 1>(k, a + i * lda, lda, b + jj * ldb, ldb, c + i * ldc + jj, ldc, accumulate);
+      }
+    }
+  }
+}
+
+// C = A B for a few rows of A (a fully-connected layer's input gradient on a small batch):
+// B is streamed from memory once, row after row of a column strip, with that strip of C
+// accumulating in L1.
+void gemm_few_rows_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                      float* c, int64_t ldc, bool accumulate, int nt) {
+  constexpr int64_t STRIP = 512;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+  for (int64_t j0 = 0; j0 < n; j0 += STRIP) {
+    const int64_t width = std::min(STRIP, n - j0);
+    alignas(64) float acc[FEW_ROWS][STRIP];
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < width; ++j) acc[i][j] = accumulate ? c[i * ldc + j0 + j] : 0.f;
+    for (int64_t p = 0; p < k; ++p) {
+      const float* brow = b + p * ldb + j0;
+      for (int64_t i = 0; i < m; ++i) {
+        const float av = a[i * lda + p];
+        float* ci = acc[i];
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) ci[j] += av * brow[j];
+      }
+    }
+    for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * ldc + j0, acc[i], width * sizeof(float));
+  }
+}
+
+}  // namespace
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, n * sizeof(float));
+    return;
+  }
+  // Threads: all of them, unless already inside a parallel region or the product is tiny.
+  int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (2.0 * m * n * k < 4e5) nt = 1;
+  if (m <= FEW_ROWS && !trans_a && trans_b) return gemm_few_rows_bt(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nt);
+  if (m <= FEW_ROWS && !trans_a && !trans_b) return gemm_few_rows_nn(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nt);
+
+  const int64_t kblocks = ceil_div(k, KC), kc = ceil_div(k, kblocks);  // even k-blocks
+  const int64_t ms = ceil_div(m, MR), ns = ceil_div(n, NR);              // slivers
+  // All of op(A) is packed once; op(B) a panel of columns at a time (all of it unless it is
+  // large, as a fully-connected layer's weights are).
+  const int64_t panel_slivers = std::max<int64_t>(1, std::min(ns, PANEL_FLOATS / (kblocks * kc * NR)));
+  const int64_t a_floats = ms * MR * kblocks * kc, b_floats = panel_slivers * NR * kblocks * kc;
+  float* pa = pack_scratch.get((size_t)(a_floats + b_floats));
+  float* pb = pa + a_floats;
+
+  // Packed layout: k-block kb of sliver s starts at (kb * slivers + s) * MR * kc (or NR * kc).
+  auto a_sliver = [&](int64_t kb, int64_t s) { return pa + (kb * ms + s) * MR * kc; };
+  auto b_sliver = [&](int64_t kb, int64_t s) { return pb + (kb * panel_slivers + s) * NR * kc; };
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+#pragma omp for schedule(dynamic, 4) collapse(2) nowait
+    for (int64_t kb = 0; kb < kblocks; ++kb)
+      for (int64_t s = 0; s < ms; ++s)
+        pack_a(trans_a, a, lda, m, s * MR, kb * kc, std::min(kc, k - kb * kc), a_sliver(kb, s));
+    for (int64_t j0 = 0; j0 < ns; j0 += panel_slivers) {
+      const int64_t pns = std::min(panel_slivers, ns - j0);  // slivers in this panel
+#pragma omp for schedule(dynamic, 4) collapse(2)
+      for (int64_t kb = 0; kb < kblocks; ++kb)
+        for (int64_t s = 0; s < pns; ++s)
+          pack_b(trans_b, b, ldb, n, (j0 + s) * NR, kb * kc, std::min(kc, k - kb * kc), b_sliver(kb, s));
+      // Tiles of at most TILE_M x TILE_N slivers, handed out as threads come free (a core
+      // shared with other work does not hold the others up); each tile runs every k-block in
+      // order, so each element of C is summed in the same order whatever thread computes it.
+      const int64_t tiles_m = ceil_div(ms, TILE_M), tiles_n = ceil_div(pns, TILE_N);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t tile = 0; tile < tiles_m * tiles_n; ++tile) {
+        const int64_t tm = tile / tiles_n, tn = tile % tiles_n;
+        const int64_t is0 = ms * tm / tiles_m, is1 = ms * (tm + 1) / tiles_m;
+        const int64_t js0 = pns * tn / tiles_n, js1 = pns * (tn + 1) / tiles_n;
+        for (int64_t kb = 0; kb < kblocks; ++kb) {
+          const int64_t kcur = std::min(kc, k - kb * kc);
+          const bool acc = accumulate || kb > 0;
+          for (int64_t js = js0; js < js1; ++js) {
+            const int64_t col = (j0 + js) * NR;
+            for (int64_t is = is0; is < is1; ++is)
+              micro_kernel(kcur, a_sliver(kb, is), b_sliver(kb, js), c + is * MR * ldc + col, ldc,
+                           (int)std::min<int64_t>(MR, m - is * MR), (int)std::min<int64_t>(NR, n - col), acc);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace convnet::cpu

@@ -1,0 +1,70 @@
+// CUDA twins of the convolution family: every op is an implicit GEMM on the one tiled core in
+// gemm.cuh (no im2col buffer, no cuDNN/cuBLAS). Per group g (grid.z), with Cg = c/groups,
+// Kg = k/groups, x (n, c, h, w), w (k, Cg, r, s), y/dy (n, k, p, q):
+//
+//   forward          y[i, gKg+m, p, q] = sum_{c,r,s} w[gKg+m, c, r, s] x[i, gCg+c, p*sh-ph+r, q*sw-pw+s]
+//                    M = Kg, N = n*P*Q (pixels), K = Cg*R*S; A = weights (rows contiguous in k),
+//                    B = the input gathered im2col-style (consecutive threads: consecutive q).
+//   backward-data    dx[i, gCg+c, h, w] = sum over (k, r, s) with p = (h+ph-r)/sh, q = (w+pw-s)/sw
+//                    integral and in range of w[gKg+k, c, r, s] dy[i, gKg+k, p, q].
+//                    Stride > 1 is split into sh*sw phases (grid.z = g*sh*sw + phase): phase
+//                    (ah, aw) covers the pixels h = ah + hh*sh, w = aw + ww*sw, and for those only
+//                    r = rh0 + rr*sh (rh0 = (ah+ph) mod sh) contribute, with p = hh + offh - rr
+//                    exactly (offh = (ah+ph-rh0)/sh). So no multiply-adds are wasted on the zero
+//                    taps of a strided transposed convolution. M = Cg, N = n*ceil(H/sh)*ceil(W/sw),
+//                    K = Kg*ceil(R/sh)*ceil(S/sw) (taps past the kernel edge read as 0).
+//   backward-filter  dw[gKg+m, c, r, s] = sum_{i,p,q} dy[i, gKg+m, p, q] x[i, gCg+c, p*sh-ph+r, q*sw-pw+s]
+//                    M = Kg, N = Cg*R*S, K = n*P*Q: few output tiles and a huge reduction, so
+//                    run_gemm splits K (partials in a workspace, summed in a fixed order).
+//   bias gradient    channel_sum (channel_sum.cu): fixed-order per-channel reduction.
+// All divisions by shape constants in the index maps use FastDiv (multiply-high + shift). The
+// element offsets inside one image (c*H*W + h*W + w, k*P*Q + ...) are 32-bit: checked below.
+//
+// ptxas -v (sm_90, CUDA 13.0, -O3; CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh):
+//   kernel (registers, static smem)       128x128 tile         64x64 tile         16x128 tile
+//   gemm_kernel: conv forward           127 regs 16.5 KB    89 regs  8.5 KB   123 regs  9.5 KB
+//   gemm_kernel: conv backward-data     167 regs 16.5 KB    95 regs  8.5 KB   127 regs  9.5 KB
+//   gemm_kernel: conv backward-filter   127 regs 16.5 KB    87 regs  8.5 KB   121 regs  9.5 KB
+//   gemm_kernel: linear forward         128 regs 16.5 KB    79 regs  8.5 KB   103 regs  9.5 KB
+//   gemm_kernel: linear dx              128 regs 16.5 KB    79 regs  8.5 KB    79 regs  9.5 KB
+//   gemm_kernel: linear dw              127 regs 16.5 KB    71 regs  8.5 KB    79 regs  9.5 KB
+//   Zero spills and zero stack on sm_90 (the H100/H200 target). The 128x128 tile is capped at 128
+//   registers (2 blocks/SM), except backward-data (167 regs, 1 block/SM: capped, it spilled 164
+//   bytes). sm_80 (A100 build) is within a few registers, with one exception: backward-filter
+//   128x128 spills 80 bytes there. gemm_reduce_kernel, channel sums: 30-34 regs, no spills.
+#include "conv_gemm.cuh"
+
+namespace convnet::cuda {
+namespace {
+
+// The per-image offsets (and the GEMM sizes) are 32-bit.
+void check_sizes(const ConvShape& sh) {
+  CHECK_VALUE(sh.c * sh.h * sh.w < INT32_MAX && sh.k * sh.p * sh.q < INT32_MAX &&
+                  sh.k * sh.c * sh.r * sh.s < INT32_MAX,
+              "tensors too large for the CUDA kernels' 32-bit per-image indexing");
+}
+
+template <class G>
+void run(const G& g, const char* name) {
+  run_gemm<G::A_KFAST, G::B_KFAST, typename G::Big>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name);
+}
+
+}  // namespace
+
+void conv2d(const ConvShape& sh, const float* x, const float* w, const float* b, float* y) {
+  check_sizes(sh);
+  run(conv_gemm::forward(sh, x, w, b, y), "conv2d forward");
+}
+
+void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, float* dx) {
+  check_sizes(sh);
+  run(conv_gemm::backward_data(sh, w, dy, dx), "conv2d backward-data");
+}
+
+void conv2d_backward_filter(const ConvShape& sh, const float* x, const float* dy, float* dw, float* db) {
+  check_sizes(sh);
+  run(conv_gemm::backward_filter(sh, x, dy, dw), "conv2d backward-filter");
+  if (db) channel_sum(dy, sh.n, sh.k, sh.p * sh.q, db);
+}
+
+}  // namespace convnet::cuda

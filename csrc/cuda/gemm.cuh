@@ -1,0 +1,376 @@
+// One tiled float32 GEMM core shared by the conv and linear families (csrc/cuda/conv.cu,
+// csrc/cuda/linear.cu): C[z](m, n) = sum_k A[z](m, k) * B[z](k, n) for z < batch, where A and B
+// are not matrices in memory but *loaders* that say which element (m, k) / (k, n) is (implicit
+// GEMM), and C is a *store* functor that says where (m, n) goes (and adds a bias). Every conv
+// and linear op is such a GEMM; only the index functors differ, so this is the one place where
+// tiling, synchronisation and bounds have to be right.
+//
+// Loader concept (see the functors in conv.cu / linear.cu):
+//   struct L { struct Col { bool ok; ... };
+//              Col col(int z, int mn) const;      // per-row/column state, hoisted out of the k loop;
+//                                                 // ok == false when mn is out of range
+//              float at(const Col&, int k) const; // the element; called only with ok and k < K
+//   };
+// Store concept: void operator()(int z, int m, int n, float v) const; called for m < M, n < N.
+//
+// Block tile BM x BN, k-step BK, thread micro-tile TM x TN (T = BM/TM * BN/TN threads); each
+// thread owns rows ty*TM.. and columns col(0..TN-1) of the tile (two groups of 4 when TN = 8).
+// Operands are staged k-major in shared memory (As[k][m], Bs[k][n], rows padded by 4 floats so
+// k-fast stores do not all hit one bank), double-buffered: the next k-tile is fetched into
+// registers while the current one is multiplied, then written to the other stage; one
+// __syncthreads per k-tile.
+// Global->register mapping per operand: KFAST (consecutive threads take consecutive k: for
+// operands contiguous along k) or MN-fast (consecutive threads take consecutive m/n). Either way
+// each thread's rows/columns are fixed for the whole k loop, so their Col state is computed once.
+//
+// Split-K (few output tiles, long reduction, e.g. backward-filter): blockIdx.z = z * splits +
+// split; each split writes its partial tile to a workspace and gemm_reduce_kernel sums the
+// splits in a fixed order and applies the store: deterministic, no atomics.
+// Arithmetic: float32 FFMA with float32 accumulators (no tensor cores / TF32).
+#pragma once
+#include <cstdint>
+
+#include "../core/device.h"
+#include "common.cuh"
+
+namespace convnet::cuda {
+
+// x / d and x % d for a divisor fixed at launch, by multiply-high and shift (Granlund and
+// Montgomery): valid for every 0 <= x < 2^31 and 1 <= d < 2^31.
+struct FastDiv {
+  uint32_t d = 1, mul = 1, shift = 0;
+  FastDiv() = default;
+  explicit FastDiv(int64_t divisor) : d(divisor > 1 ? (uint32_t)divisor : 1u) {
+    while ((uint64_t(1) << shift) < d) ++shift;
+    mul = (uint32_t)(((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1);
+  }
+  __host__ __device__ __forceinline__ int div(int x) const {
+#ifdef __CUDA_ARCH__
+    uint32_t hi = __umulhi((uint32_t)x, mul);
+#else
+    uint32_t hi = (uint32_t)(((uint64_t)(uint32_t)x * mul) >> 32);
+#endif
+    return (int)((hi + (uint32_t)x) >> shift);
+  }
+  __host__ __device__ __forceinline__ int mod(int x, int q) const { return x - q * (int)d; }
+};
+
+// Tile configurations. Big: the workhorse. Medium: problems where 128-wide tiles would be mostly
+// padding or too few. Thin: tiny M (e.g. backward-data of a 3-channel input).
+// MIN_BLOCKS: blocks per SM asked of ptxas (__launch_bounds__), i.e. a register cap.
+template <int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS_>
+struct TileCfg {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_, MIN_BLOCKS = MIN_BLOCKS_;
+  static constexpr int THREADS = (BM / TM) * (BN / TN);
+};
+using BigTile = TileCfg<128, 128, 8, 8, 8, 2>;    // 256 threads, <= 128 registers
+using BigTileWide = TileCfg<128, 128, 8, 8, 8, 1>;  // for index maps with more per-thread state
+using MediumTile = TileCfg<64, 64, 8, 4, 4, 1>;   // 256 threads
+using ThinTile = TileCfg<16, 128, 8, 2, 8, 1>;    // 128 threads
+
+constexpr int kSmemPad = 4;
+
+// Which (mn, k) of a ROWS x BK operand tile thread `tid` fetches in pass i.
+template <int ROWS, int BK, int T, bool KFAST>
+struct TileMap {
+  static_assert((ROWS * BK) % T == 0, "tile must split evenly over the threads");
+  static constexpr int LOADS = ROWS * BK / T;
+  static_assert(!KFAST || (T % BK == 0 && ROWS % (T / BK) == 0), "k-fast mapping does not fit");
+  static_assert(KFAST || (T % ROWS == 0 && BK % (T / ROWS) == 0), "mn-fast mapping does not fit");
+  __host__ __device__ static int mn(int tid, int i) { return KFAST ? tid / BK + i * (T / BK) : tid % ROWS; }
+  __host__ __device__ static int k(int tid, int i) { return KFAST ? tid % BK : tid / ROWS + i * (T / ROWS); }
+};
+
+struct GemmShape {
+  int batch, M, N, K;
+  int splits;       // split-K factor (1: no split)
+  int k_per_split;  // multiple of BK
+};
+
+#define GEMM_HD __host__ __device__ __forceinline__
+// Read-only global load (the CPU emulation reads plainly).
+#ifdef __CUDA_ARCH__
+#define GEMM_LDG(p) __ldg(p)
+#else
+#define GEMM_LDG(p) (*(p))
+#endif
+
+template <class Cfg>
+struct __align__(16) GemmSmem {
+  float As[2][Cfg::BK][Cfg::BM + kSmemPad];
+  float Bs[2][Cfg::BK][Cfg::BN + kSmemPad];
+};
+
+// One thread's part of a block tile: its registers and the steps of the k loop. The kernel below
+// runs these steps with __syncthreads between them; tools/emulate_gemm.cu runs the very same
+// steps for every thread of a block in turn on the CPU (barriers become loop boundaries), which
+// is how this code was checked without a GPU.
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad>
+struct GemmThread {
+  static constexpr int BM = Cfg::BM, BN = Cfg::BN, BK = Cfg::BK, TM = Cfg::TM, TN = Cfg::TN;
+  static constexpr int T = Cfg::THREADS;
+  using MapA = TileMap<BM, BK, T, A_KFAST>;
+  using MapB = TileMap<BN, BK, T, B_KFAST>;
+  static constexpr int LA = MapA::LOADS, LB = MapB::LOADS;
+
+  int tid, tx, ty, m0, n0, z, split, k_begin, k_end, ntiles;
+  typename ALoad::Col acol[LA];
+  typename BLoad::Col bcol[LB];
+  float ra[LA], rb[LB];
+  float acc[TM][TN];
+
+  GEMM_HD void init(const GemmShape& g, const ALoad& a, const BLoad& b, int thread, int bx, int by, int bz) {
+    tid = thread;
+    tx = tid % (BN / TN);
+    ty = tid / (BN / TN);
+    n0 = bx * BN;
+    m0 = by * BM;
+    z = bz / g.splits;
+    split = bz % g.splits;
+    k_begin = split * g.k_per_split;
+    k_end = g.K < k_begin + g.k_per_split ? g.K : k_begin + g.k_per_split;
+    ntiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
+#pragma unroll
+    for (int i = 0; i < LA; ++i) {
+      int m = m0 + MapA::mn(tid, i);
+      acol[i] = a.col(z, m < g.M ? m : -1);
+    }
+#pragma unroll
+    for (int i = 0; i < LB; ++i) {
+      int n = n0 + MapB::mn(tid, i);
+      bcol[i] = b.col(z, n < g.N ? n : -1);
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
+  }
+
+  // k-tile kt of this thread's share: global -> registers, zero outside the matrix.
+  GEMM_HD void fetch(const ALoad& a, const BLoad& b, int kt) {
+    const int kbase = k_begin + kt * BK;
+#pragma unroll
+    for (int i = 0; i < LA; ++i) {
+      int k = kbase + MapA::k(tid, i);
+      ra[i] = (acol[i].ok && k < k_end) ? a.at(acol[i], k) : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < LB; ++i) {
+      int k = kbase + MapB::k(tid, i);
+      rb[i] = (bcol[i].ok && k < k_end) ? b.at(bcol[i], k) : 0.f;
+    }
+  }
+
+  // registers -> shared stage
+  GEMM_HD void stash(GemmSmem<Cfg>& sm, int stage) const {
+#pragma unroll
+    for (int i = 0; i < LA; ++i) sm.As[stage][MapA::k(tid, i)][MapA::mn(tid, i)] = ra[i];
+#pragma unroll
+    for (int i = 0; i < LB; ++i) sm.Bs[stage][MapB::k(tid, i)][MapB::mn(tid, i)] = rb[i];
+  }
+
+  // The tile column of this thread's j-th accumulator column. With TN = 8 a thread owns two groups
+  // of 4 adjacent columns, BN/2 apart, so that the 8 threads of a float4 shared-memory phase read
+  // 128 contiguous bytes (columns tx*TN.. would put threads tx and tx+4 on the same banks).
+  GEMM_HD int col(int j) const {
+    if constexpr (TN % 4 == 0)
+      return (j / 4) * (BN / (TN / 4)) + tx * 4 + j % 4;
+    else
+      return tx * TN + j;
+  }
+
+  // acc += the stage's A tile rows ty*TM.. times its B tile columns col(0..TN-1)
+  GEMM_HD void multiply(const GemmSmem<Cfg>& sm, int stage) {
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float fa[TM], fb[TN];
+      if constexpr (TM % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < TM; i += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
+          fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < TM; ++i) fa[i] = sm.As[stage][kk][ty * TM + i];
+      }
+      if constexpr (TN % 4 == 0) {
+#pragma unroll
+        for (int j = 0; j < TN; j += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&sm.Bs[stage][kk][col(j)]);
+          fb[j] = v.x, fb[j + 1] = v.y, fb[j + 2] = v.z, fb[j + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < TN; ++j) fb[j] = sm.Bs[stage][kk][col(j)];
+      }
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(fa[i], fb[j], acc[i][j]);
+    }
+  }
+
+  // The result: through the store, or (split-K) into this split's partial tile.
+  template <class Store>
+  GEMM_HD void finish(const GemmShape& g, const Store& st, float* partial) const {
+    float* out = g.splits == 1 ? nullptr : partial + ((int64_t)split * g.batch + z) * g.M * g.N;
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+      int m = m0 + ty * TM + i;
+      if (m >= g.M) continue;
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        int n = n0 + col(j);
+        if (n >= g.N) continue;
+        if (out)
+          out[(int64_t)m * g.N + n] = acc[i][j];
+        else
+          st(z, m, n, acc[i][j]);
+      }
+    }
+  }
+};
+
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
+gemm_kernel(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial) {
+  __shared__ GemmSmem<Cfg> sm;
+  GemmThread<Cfg, A_KFAST, B_KFAST, ALoad, BLoad> t;
+  t.init(g, a, b, threadIdx.x, blockIdx.x, blockIdx.y, blockIdx.z);
+  if (t.ntiles > 0) {  // ntiles is the same for the whole block
+    t.fetch(a, b, 0);
+    t.stash(sm, 0);
+  }
+  __syncthreads();
+  for (int kt = 0; kt < t.ntiles; ++kt) {
+    const int stage = kt & 1;
+    if (kt + 1 < t.ntiles) t.fetch(a, b, kt + 1);  // in flight while we multiply
+    t.multiply(sm, stage);
+    // The other stage was last read in iteration kt-1, which every thread finished before the
+    // __syncthreads ending it; the barrier below publishes this write before it is read.
+    if (kt + 1 < t.ntiles) t.stash(sm, stage ^ 1);
+    __syncthreads();
+  }
+  t.finish(g, st, partial);
+}
+
+// Sums the split-K partials of every (z, m, n) in split order, then stores.
+template <class Store>
+__global__ void __launch_bounds__(256)
+gemm_reduce_kernel(GemmShape g, const float* __restrict__ partial, Store st) {
+  const int64_t per_split = (int64_t)g.batch * g.M * g.N;
+  const int64_t mn = (int64_t)g.M * g.N;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < per_split;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    float s = 0.f;
+    for (int sp = 0; sp < g.splits; ++sp) s += partial[sp * per_split + idx];
+    int z = (int)(idx / mn);
+    int64_t r = idx - z * mn;
+    int m = (int)(r / g.N), n = (int)(r - (int64_t)m * g.N);
+    st(z, m, n, s);
+  }
+}
+
+// Split the reduction when the output tiles alone would leave most SMs idle: aim for about two
+// blocks per SM, but keep at least 16 k-steps per split; every split gets a non-empty k range.
+inline void choose_split_k(GemmShape& g, int64_t blocks, int bk, int sms) {
+  int64_t splits = 1;
+  const int64_t want = 2 * (int64_t)sms;
+  if (blocks < want) {
+    int64_t by_k = g.K / (16 * bk);
+    splits = (want + blocks - 1) / blocks;
+    if (splits > by_k) splits = by_k;
+    if (splits > 65535 / g.batch) splits = 65535 / g.batch;
+    if (splits < 1) splits = 1;
+  }
+  int64_t kps = (g.K + splits - 1) / splits;
+  kps = (kps + bk - 1) / bk * bk;
+  if (kps == 0) kps = bk;
+  splits = (g.K + kps - 1) / kps;  // rounding kps up can leave the last splits empty: drop them
+  if (splits < 1) splits = 1;
+  g.splits = (int)splits;
+  g.k_per_split = (int)kps;
+}
+
+inline int sm_count() {
+  int dev = 0, n = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return n > 0 ? n : 1;
+}
+
+// Scratch on the current device, returned to the caching allocator when it goes out of scope
+// (stream-ordered: the allocator waits for this stream's work before handing the block out).
+struct GpuScratch {
+  int device = 0;
+  size_t bytes = 0;
+  void* p = nullptr;
+  explicit GpuScratch(size_t nbytes) : bytes(nbytes) {
+    CUDA_CHECK(cudaGetDevice(&device));
+    p = ::convnet::gpu::allocate(device, bytes);
+  }
+  ~GpuScratch() {
+    if (p) ::convnet::gpu::deallocate(device, p, bytes);
+  }
+  GpuScratch(const GpuScratch&) = delete;
+  GpuScratch& operator=(const GpuScratch&) = delete;
+};
+
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+void launch_gemm(int batch, int M, int N, int K, const ALoad& a, const BLoad& b, const Store& st,
+                 const char* name) {
+  GemmShape g{batch, M, N, K, 1, 0};
+  const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
+  CHECK_VALUE(tiles_m <= 65535, "GEMM ", name, " has too many rows (", M, ")");
+  choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sm_count());
+  const int64_t splits = g.splits;
+  CHECK_VALUE((int64_t)batch * splits <= 65535, "GEMM ", name, " batch too large (", batch, ")");
+
+  dim3 grid((unsigned)tiles_n, (unsigned)tiles_m, (unsigned)(batch * splits));
+  if (splits == 1) {
+    gemm_kernel<Cfg, A_KFAST, B_KFAST><<<grid, Cfg::THREADS, 0, stream()>>>(g, a, b, st, nullptr);
+    CUDA_CHECK_LAUNCH("gemm_kernel");
+    return;
+  }
+  const int64_t per_split = (int64_t)batch * M * N;
+  GpuScratch ws(sizeof(float) * (size_t)(per_split * splits));
+  float* partial = static_cast<float*>(ws.p);
+  gemm_kernel<Cfg, A_KFAST, B_KFAST><<<grid, Cfg::THREADS, 0, stream()>>>(g, a, b, st, partial);
+  CUDA_CHECK_LAUNCH("gemm_kernel (split-K)");
+  gemm_reduce_kernel<<<blocks_for(per_split, 256), 256, 0, stream()>>>(g, partial, st);
+  CUDA_CHECK_LAUNCH("gemm_reduce_kernel");
+}
+
+// Fraction of a padded tile grid that is real work.
+inline double tile_efficiency(int64_t M, int64_t N, int bm, int bn) {
+  int64_t pm = (M + bm - 1) / bm * bm, pn = (N + bn - 1) / bn * bn;
+  return (double)(M * N) / (double)(pm * pn);
+}
+
+// Picks the tile shape for the problem and runs it. The big tile does ~1.25x more work per
+// shared-memory byte than the medium one, hence the weight on its padding efficiency.
+template <bool A_KFAST, bool B_KFAST, class Big = BigTile, class ALoad, class BLoad, class Store>
+void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
+              const Store& st, const char* name) {
+  if (batch == 0 || M == 0 || N == 0) return;
+  CHECK_VALUE(M < INT32_MAX && N < INT32_MAX && K < INT32_MAX && batch < 65536, "GEMM ", name,
+              " too large for 32-bit indexing (M=", M, ", N=", N, ", K=", K, ")");
+  if (M <= ThinTile::BM) {
+    launch_gemm<ThinTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    return;
+  }
+  double big = tile_efficiency(M, N, Big::BM, Big::BN);
+  double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
+  if (big >= medium)
+    launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+  else
+    launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+}
+
+// out[c] = sum over i < outer, j < inner of in[(i * channels + c) * inner + j], summed in a fixed
+// order (a per-thread strided partial, then a fixed tree): deterministic bias gradients.
+// One block per channel (csrc/cuda/channel_sum.cu).
+void channel_sum(const float* in, int64_t outer, int64_t channels, int64_t inner, float* out);
+
+}  // namespace convnet::cuda

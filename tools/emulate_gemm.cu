@@ -1,0 +1,255 @@
+// CPU emulation of the CUDA GEMM core (csrc/cuda/gemm.cuh) with the real conv/linear index maps
+// (csrc/cuda/conv_gemm.cuh, linear_gemm.cuh): every thread of every block runs the kernel's own
+// steps (GemmThread::init/fetch/stash/multiply/finish) in turn, barriers becoming loop boundaries,
+// so the tiling, the double-buffered stages, the tile maps, split-K and the index math are checked
+// against float64 direct convolution / matrix products without a GPU. Outputs start as NaN, so an
+// element nobody writes fails. Host code only (no kernel is launched):
+//   nvcc -std=c++17 -O2 -x cu tools/emulate_gemm.cu -o /tmp/emulate_gemm && /tmp/emulate_gemm
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "../csrc/cuda/conv_gemm.cuh"
+#include "../csrc/cuda/linear_gemm.cuh"
+
+namespace convnet {
+const char* current_op() { return "emulate"; }
+}  // namespace convnet
+
+using namespace convnet;
+using namespace convnet::cuda;
+
+static int failures = 0;
+static std::mt19937_64 rng(12345);
+
+static std::vector<float> randn(size_t n) {
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// The kernel's block loop, thread by thread (same skeleton as gemm_kernel), then the split-K
+// reduction (same as gemm_reduce_kernel).
+template <class Cfg, bool AK, bool BK, class AL, class BL, class ST>
+void emulate(int64_t batch, int64_t M, int64_t N, int64_t K, const AL& a, const BL& b, const ST& st, int sms) {
+  if (batch == 0 || M == 0 || N == 0) return;
+  GemmShape g{(int)batch, (int)M, (int)N, (int)K, 1, 0};
+  const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
+  choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sms);
+  std::vector<float> partial(g.splits > 1 ? (size_t)g.splits * batch * M * N : 0, NAN);
+  using Thread = GemmThread<Cfg, AK, BK, AL, BL>;
+  std::vector<Thread> threads(Cfg::THREADS);
+  auto sm = std::make_unique<GemmSmem<Cfg>>();
+  for (int bz = 0; bz < batch * g.splits; ++bz)
+    for (int by = 0; by < tiles_m; ++by)
+      for (int bx = 0; bx < tiles_n; ++bx) {
+        float* flat = &sm->As[0][0][0];
+        for (size_t i = 0; i < sizeof(GemmSmem<Cfg>) / sizeof(float); ++i) flat[i] = NAN;
+        for (int t = 0; t < Cfg::THREADS; ++t) threads[t].init(g, a, b, t, bx, by, bz);
+        const int ntiles = threads[0].ntiles;
+        for (auto& t : threads)
+          if (t.ntiles != ntiles) { std::printf("FAIL: ntiles differs within a block\n"); ++failures; return; }
+        if (ntiles > 0)
+          for (auto& t : threads) { t.fetch(a, b, 0); t.stash(*sm, 0); }
+        // __syncthreads
+        for (int kt = 0; kt < ntiles; ++kt) {
+          const int stage = kt & 1;
+          for (auto& t : threads) {
+            if (kt + 1 < ntiles) t.fetch(a, b, kt + 1);
+            t.multiply(*sm, stage);
+            if (kt + 1 < ntiles) t.stash(*sm, stage ^ 1);
+          }
+          // __syncthreads
+        }
+        for (auto& t : threads) t.finish(g, st, partial.data());
+      }
+  if (g.splits > 1) {
+    const int64_t per_split = batch * M * N, mn = M * N;
+    for (int64_t idx = 0; idx < per_split; ++idx) {
+      float s = 0.f;
+      for (int sp = 0; sp < g.splits; ++sp) s += partial[sp * per_split + idx];
+      int z = (int)(idx / mn);
+      int64_t r = idx - z * mn;
+      int m = (int)(r / N), n = (int)(r - (int64_t)m * N);
+      st(z, m, n, s);
+    }
+  }
+}
+
+template <class G, class Cfg>
+void emulate_gemm(const G& g, int sms) {
+  emulate<Cfg, G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
+}
+
+// Compares against a float64 reference; tolerance scaled by the sum of |terms|.
+static void compare(const char* what, const std::vector<float>& got, const std::vector<double>& want,
+                    const std::vector<double>& mag) {
+  double worst = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    double err = std::fabs(got[i] - want[i]) / (mag[i] + 1e-30);
+    if (!(err <= 1e-5)) ++bad;  // NaN counts as bad
+    if (err > worst || std::isnan(got[i])) worst = std::isnan(got[i]) ? INFINITY : err;
+  }
+  if (bad) {
+    std::printf("FAIL %s: %zu of %zu wrong (worst rel %g)\n", what, bad, got.size(), worst);
+    ++failures;
+  }
+}
+
+template <class Cfg>
+void check_conv(const ConvShape& s, int sms, const char* cfg) {
+  const int64_t Cg = s.c / s.groups, Kg = s.k / s.groups;
+  auto x = randn(s.n * s.c * s.h * s.w), w = randn(s.k * Cg * s.r * s.s), bias = randn(s.k);
+  auto dy = randn(s.n * s.k * s.p * s.q);
+  std::vector<double> y_ref(dy.size(), 0), y_mag(dy.size(), 0), dx_ref(x.size(), 0), dx_mag(x.size(), 0),
+      dw_ref(w.size(), 0), dw_mag(w.size(), 0);
+  for (int64_t i = 0; i < s.n; ++i)
+    for (int64_t k = 0; k < s.k; ++k) {
+      int64_t g = k / Kg;
+      for (int64_t p = 0; p < s.p; ++p)
+        for (int64_t q = 0; q < s.q; ++q) {
+          int64_t yi = ((i * s.k + k) * s.p + p) * s.q + q;
+          y_ref[yi] = bias[k];
+          y_mag[yi] = std::fabs(bias[k]);
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t r = 0; r < s.r; ++r)
+              for (int64_t t = 0; t < s.s; ++t) {
+                int64_t h = p * s.stride_h - s.pad_h + r, ww = q * s.stride_w - s.pad_w + t;
+                if (h < 0 || h >= s.h || ww < 0 || ww >= s.w) continue;
+                int64_t xi = ((i * s.c + g * Cg + c) * s.h + h) * s.w + ww;
+                int64_t wi = ((k * Cg + c) * s.r + r) * s.s + t;
+                y_ref[yi] += (double)w[wi] * x[xi];
+                y_mag[yi] += std::fabs((double)w[wi] * x[xi]);
+                dx_ref[xi] += (double)w[wi] * dy[yi];
+                dx_mag[xi] += std::fabs((double)w[wi] * dy[yi]);
+                dw_ref[wi] += (double)x[xi] * dy[yi];
+                dw_mag[wi] += std::fabs((double)x[xi] * dy[yi]);
+              }
+        }
+    }
+  std::vector<float> y(y_ref.size(), NAN), dx(x.size(), NAN), dw(w.size(), NAN);
+  emulate_gemm<conv_gemm::Forward, Cfg>(conv_gemm::forward(s, x.data(), w.data(), bias.data(), y.data()), sms);
+  emulate_gemm<conv_gemm::BackwardData, Cfg>(conv_gemm::backward_data(s, w.data(), dy.data(), dx.data()), sms);
+  emulate_gemm<conv_gemm::BackwardFilter, Cfg>(conv_gemm::backward_filter(s, x.data(), dy.data(), dw.data()), sms);
+  char what[300];
+  auto name = [&](const char* op) {
+    std::snprintf(what, sizeof what, "%s %s n=%ld c=%ld h=%ld w=%ld k=%ld r=%ld s=%ld stride=(%ld,%ld) pad=(%ld,%ld) g=%ld",
+                  cfg, op, (long)s.n, (long)s.c, (long)s.h, (long)s.w, (long)s.k, (long)s.r, (long)s.s,
+                  (long)s.stride_h, (long)s.stride_w, (long)s.pad_h, (long)s.pad_w, (long)s.groups);
+    return what;
+  };
+  compare(name("forward"), y, y_ref, y_mag);
+  compare(name("backward-data"), dx, dx_ref, dx_mag);
+  compare(name("backward-filter"), dw, dw_ref, dw_mag);
+}
+
+template <class Cfg>
+void check_linear(int64_t n, int64_t in, int64_t out, int sms, const char* cfg) {
+  using namespace linear_gemm;
+  auto x = randn(n * in), w = randn(out * in), b = randn(out), dy = randn(n * out);
+  std::vector<double> y_ref(n * out), y_mag(n * out), dx_ref(n * in, 0), dx_mag(n * in, 0), dw_ref(out * in, 0),
+      dw_mag(out * in, 0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < out; ++o) {
+      double s = b[o], m = std::fabs(b[o]);
+      for (int64_t j = 0; j < in; ++j) {
+        s += (double)x[i * in + j] * w[o * in + j];
+        m += std::fabs((double)x[i * in + j] * w[o * in + j]);
+        dx_ref[i * in + j] += (double)dy[i * out + o] * w[o * in + j];
+        dx_mag[i * in + j] += std::fabs((double)dy[i * out + o] * w[o * in + j]);
+        dw_ref[o * in + j] += (double)dy[i * out + o] * x[i * in + j];
+        dw_mag[o * in + j] += std::fabs((double)dy[i * out + o] * x[i * in + j]);
+      }
+      y_ref[i * out + o] = s;
+      y_mag[i * out + o] = m;
+    }
+  std::vector<float> y(n * out, NAN), dx(n * in, NAN), dw(out * in, NAN);
+  // The same calls as csrc/cuda/linear.cu.
+  emulate<Cfg, true, true>(1, n, out, in, AlongRows{x.data(), in}, AlongRows{w.data(), in},
+                           RowMajorOutput{y.data(), out, b.data()}, sms);
+  emulate<Cfg, true, false>(1, n, in, out, AlongRows{dy.data(), out}, AlongColumns{w.data(), in},
+                            RowMajorOutput{dx.data(), in, nullptr}, sms);
+  emulate<Cfg, false, false>(1, out, in, n, AlongColumns{dy.data(), out}, AlongColumns{x.data(), in},
+                             RowMajorOutput{dw.data(), in, nullptr}, sms);
+  char what[200];
+  std::snprintf(what, sizeof what, "%s linear n=%ld in=%ld out=%ld", cfg, (long)n, (long)in, (long)out);
+  compare(what, y, y_ref, y_mag);
+  compare(what, dx, dx_ref, dx_mag);
+  compare(what, dw, dw_ref, dw_mag);
+}
+
+static void check_fastdiv() {
+  std::uniform_int_distribution<int64_t> dd(1, INT32_MAX - 1), xx(0, INT32_MAX - 1);
+  for (int t = 0; t < 200000; ++t) {
+    int64_t d = t < 5000 ? t % 5000 + 1 : dd(rng) >> (t % 31);
+    if (d < 1) d = 1;
+    FastDiv f(d);
+    int64_t xs[4] = {xx(rng), xx(rng) >> (t % 31), INT32_MAX - 1 - (t % 7), (int64_t)(t % 1000)};
+    for (int64_t x : xs) {
+      int q = f.div((int)x);
+      if (q != x / d || f.mod((int)x, q) != x % d) {
+        std::printf("FAIL FastDiv %ld / %ld: got %d\n", (long)x, (long)d, q);
+        ++failures;
+        return;
+      }
+    }
+  }
+}
+
+static ConvShape shape(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t r, int64_t s, int64_t sh,
+                       int64_t sw, int64_t ph, int64_t pw, int64_t g) {
+  ConvShape x{n, c, h, w, k, r, s, sh, sw, ph, pw, g, 0, 0};
+  x.p = (h + 2 * ph - r) / sh + 1;
+  x.q = (w + 2 * pw - s) / sw + 1;
+  return x;
+}
+
+template <class Cfg>
+void run_all(const char* cfg) {
+  const int sms_list[2] = {1, 132};  // 1: no split-K; 132: split wherever the tiles are few
+  for (int sms : sms_list) {
+    check_conv<Cfg>(shape(2, 3, 13, 11, 5, 3, 3, 1, 1, 1, 1, 1), sms, cfg);
+    check_conv<Cfg>(shape(1, 3, 23, 23, 6, 11, 11, 4, 4, 2, 2, 1), sms, cfg);     // conv1-like
+    check_conv<Cfg>(shape(2, 4, 9, 10, 6, 5, 5, 1, 1, 2, 2, 2), sms, cfg);        // conv2-like, groups
+    check_conv<Cfg>(shape(3, 6, 7, 7, 9, 3, 3, 2, 3, 1, 0, 3), sms, cfg);         // uneven strides
+    check_conv<Cfg>(shape(2, 2, 4, 5, 3, 6, 7, 1, 2, 2, 3, 1), sms, cfg);         // kernel > input
+    check_conv<Cfg>(shape(1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1), sms, cfg);         // all ones
+    check_conv<Cfg>(shape(2, 3, 8, 8, 4, 2, 2, 3, 3, 0, 0, 1), sms, cfg);         // stride > kernel
+    check_conv<Cfg>(shape(2, 5, 17, 16, 140, 1, 1, 1, 1, 0, 0, 1), sms, cfg);     // 1x1, M > 128
+    check_conv<Cfg>(shape(3, 20, 14, 13, 18, 3, 3, 1, 1, 1, 1, 2), sms, cfg);     // long K for split
+    check_linear<Cfg>(3, 7, 5, sms, cfg);
+    check_linear<Cfg>(130, 300, 17, sms, cfg);
+    check_linear<Cfg>(1, 1, 1, sms, cfg);
+    check_linear<Cfg>(20, 513, 150, sms, cfg);
+  }
+  std::uniform_int_distribution<int> u(1, 6);
+  for (int t = 0; t < 25; ++t) {
+    int64_t g = u(rng) % 3 + 1, sh = u(rng) % 3 + 1, sw = u(rng) % 3 + 1;
+    int64_t r = u(rng), s = u(rng), ph = u(rng) % 3, pw = u(rng) % 3;
+    int64_t h = r + u(rng) * 2 - 2 * ph, w = s + u(rng) * 2 - 2 * pw;
+    if (h < 1) h = 1 + u(rng);
+    if (w < 1) w = 1 + u(rng);
+    if (h + 2 * ph < r) ph = (r - h + 1) / 2;
+    if (w + 2 * pw < s) pw = (s - w + 1) / 2;
+    check_conv<Cfg>(shape(u(rng) % 3 + 1, g * u(rng), h, w, g * u(rng), r, s, sh, sw, ph, pw, g), t % 2 ? 132 : 7, cfg);
+  }
+}
+
+int main() {
+  check_fastdiv();
+  std::printf("FastDiv done (%d failures)\n", failures);
+  run_all<ThinTile>("thin");
+  std::printf("thin done (%d failures)\n", failures);
+  run_all<MediumTile>("medium");
+  std::printf("medium done (%d failures)\n", failures);
+  run_all<BigTile>("big");
+  run_all<BigTileWide>("big-wide");
+  std::printf("big done (%d failures)\n", failures);
+  std::printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
+  return failures ? 1 : 0;
+}
