@@ -1,10 +1,14 @@
-// CPU twins of the conv family: im2col + GEMM, one image and one group at a time, with the
-// parallelism inside im2col/col2im and the GEMM (both cores busy on every layer, and every
-// output element summed in a fixed order, whatever the thread count).
-//   forward          y_g (k/g x pq)    = w_g (k/g x crs) . col (crs x pq)      (+ bias)
-//   backward-data    dcol (crs x pq)   = w_g^T . dy_g, then col2im into dx
-//   backward-filter  dw_g (k/g x crs) += dy_g . col^T, image after image (in batch order)
-// with crs = (c/g) * r * s. A 1x1, stride-1, unpadded conv is already a GEMM on x: no im2col.
+// CPU twins of the conv family: im2col + GEMM, one group and one chunk of images at a time
+// (a chunk: as many images as make the GEMM about WIDE_N columns wide; one for the big early
+// layers). Threads share out the (chunk, group) items when there are enough of them, else
+// work inside im2col/col2im and the GEMM; every output element is summed in a fixed order,
+// whatever the thread count.
+//   forward          y_g (k/g x nb*pq)    = w_g (k/g x crs) . col (crs x nb*pq)   (+ bias)
+//   backward-data    dcol (crs x nb*pq)   = w_g^T . dy_g, then col2im into dx
+//   backward-filter  dw_g (k/g x crs)    += dy_g . col^T, chunk after chunk (in batch order)
+// with crs = (c/g) * r * s. A 1x1, stride-1, unpadded conv of one image is already a GEMM on x.
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -14,6 +18,9 @@
 
 namespace convnet::cpu {
 namespace {
+
+constexpr int64_t WIDE_N = 1024;      // GEMM columns worth gathering several images for
+constexpr int64_t PARTIAL_SUMS = 4;   // weight-gradient partial sums (parts of the batch)
 
 bool is_pointwise(const ConvShape& s) {
   return s.r == 1 && s.s == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
@@ -26,28 +33,38 @@ void valid_outputs(int64_t k, int64_t pad, int64_t stride, int64_t in, int64_t o
   hi = std::max(lo, std::min(out, ceil_pos(in + pad - k)));
 }
 
-// col (crs rows, p*q columns) of one image's group: row (ci, kr, ks), column (op, oq) holds
-// x[ci, op*stride_h - pad_h + kr, oq*stride_w - pad_w + ks], or 0 in the padding.
-void im2col(const ConvShape& s, int64_t cg, const float* x, float* col) {
+// Images are taken nb at a time, side by side along the GEMM's n (columns (image, op, oq)), so
+// that the small late layers (13x13 outputs) still give the GEMM a wide product.
+int64_t images_per_chunk(const ConvShape& s) {
+  const int64_t pq = s.p * s.q, chunks = std::max<int64_t>(1, (s.n * pq) / WIDE_N);
+  return std::max<int64_t>(1, (s.n + chunks - 1) / chunks);
+}
+
+// col (crs rows of ld floats) for nb images of one group, image i at x + i * x_stride:
+// row (ci, kr, ks), column i * pq + (op, oq) holds
+// x_i[ci, op*stride_h - pad_h + kr, oq*stride_w - pad_w + ks], or 0 in the padding.
+void im2col(const ConvShape& s, int64_t cg, const float* x, int64_t x_stride, int64_t nb, float* col, int64_t ld) {
   const int64_t rows = cg * s.r * s.s, pq = s.p * s.q;
-#pragma omp parallel for schedule(static) if (rows * pq > 32768)
-  for (int64_t row = 0; row < rows; ++row) {
+#pragma omp parallel for schedule(dynamic, 16) if (nb * rows * pq > 32768)
+  for (int64_t task = 0; task < nb * rows; ++task) {
+    const int64_t i = task / rows, row = task % rows;
     const int64_t ci = row / (s.r * s.s), kr = row / s.s % s.r, ks = row % s.s;
-    const float* xc = x + ci * s.h * s.w;
-    float* out = col + row * pq;
+    const float* xc = x + i * x_stride + ci * s.h * s.w;
+    float* out = col + row * ld + i * pq;
     int64_t p_lo, p_hi, q_lo, q_hi;
     valid_outputs(kr, s.pad_h, s.stride_h, s.h, s.p, p_lo, p_hi);
     valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo, q_hi);
     std::fill(out, out + p_lo * s.q, 0.f);
     for (int64_t op = p_lo; op < p_hi; ++op) {
       float* o = out + op * s.q;
-      const float* xr = xc + (op * s.stride_h - s.pad_h + kr) * s.w + (q_lo * s.stride_w - s.pad_w + ks);
       std::fill(o, o + q_lo, 0.f);
-      if (q_hi == q_lo) {
-      } else if (s.stride_w == 1) {
-        std::memcpy(o + q_lo, xr, (q_hi - q_lo) * sizeof(float));
-      } else {
-        for (int64_t oq = q_lo; oq < q_hi; ++oq) o[oq] = xr[(oq - q_lo) * s.stride_w];
+      if (q_hi > q_lo) {
+        const float* xr = xc + (op * s.stride_h - s.pad_h + kr) * s.w + (q_lo * s.stride_w - s.pad_w + ks);
+        if (s.stride_w == 1) {
+          std::memcpy(o + q_lo, xr, (q_hi - q_lo) * sizeof(float));
+        } else {
+          for (int64_t oq = q_lo; oq < q_hi; ++oq) o[oq] = xr[(oq - q_lo) * s.stride_w];
+        }
       }
       std::fill(o + q_hi, o + s.q, 0.f);
     }
@@ -55,15 +72,16 @@ void im2col(const ConvShape& s, int64_t cg, const float* x, float* col) {
   }
 }
 
-// dx (cg x h x w, overwritten) = the sum of every col entry over the input pixel it was read
-// from. Gathered per input row (ci, ih), so rows are independent and each sum runs in the
-// fixed order (kr, ks, oq).
-void col2im(const ConvShape& s, int64_t cg, const float* col, float* dx) {
-  const int64_t pq = s.p * s.q;
-#pragma omp parallel for schedule(static) if (cg * s.h * s.w > 8192)
-  for (int64_t row = 0; row < cg * s.h; ++row) {
+// The inverse gather: dx_i (cg x h x w at dx + i * dx_stride, overwritten) = the sum of every
+// col entry over the input pixel it was read from. Done per input row (i, ci, ih), so rows
+// are independent and each sum runs in the fixed order (kr, ks, oq).
+void col2im(const ConvShape& s, int64_t cg, const float* col, int64_t ld, int64_t nb, float* dx, int64_t dx_stride) {
+  const int64_t pq = s.p * s.q, rows = cg * s.h;
+#pragma omp parallel for schedule(dynamic, 8) if (nb * rows * s.w > 8192)
+  for (int64_t task = 0; task < nb * rows; ++task) {
+    const int64_t i = task / rows, row = task % rows;
     const int64_t ci = row / s.h, ih = row % s.h;
-    float* xr = dx + row * s.w;
+    float* xr = dx + i * dx_stride + row * s.w;
     std::fill(xr, xr + s.w, 0.f);
     for (int64_t kr = 0; kr < s.r; ++kr) {
       const int64_t t = ih + s.pad_h - kr;  // = op * stride_h
@@ -71,9 +89,10 @@ void col2im(const ConvShape& s, int64_t cg, const float* col, float* dx) {
       const int64_t op = t / s.stride_h;
       if (op >= s.p) continue;
       for (int64_t ks = 0; ks < s.s; ++ks) {
-        const float* d = col + ((ci * s.r + kr) * s.s + ks) * pq + op * s.q;
+        const float* d = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq + op * s.q;
         int64_t q_lo, q_hi;
         valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo, q_hi);
+        if (q_hi <= q_lo) continue;
         float* xo = xr + (q_lo * s.stride_w - s.pad_w + ks);
         for (int64_t oq = q_lo; oq < q_hi; ++oq) xo[(oq - q_lo) * s.stride_w] += d[oq];
       }
@@ -81,57 +100,128 @@ void col2im(const ConvShape& s, int64_t cg, const float* col, float* dx) {
   }
 }
 
-// The im2col buffer, reused across calls by each calling thread.
-float* col_scratch(size_t n) {
-  thread_local std::vector<float> buf;
+// rows x (nb images) blocks between NCHW-like storage (image i, row kk at t + i * t_stride + kk * pq)
+// and a matrix with the images side by side (row kk at m + kk * nb * pq + i * pq).
+void images_to_matrix(const float* t, int64_t t_stride, int64_t rows, int64_t pq, int64_t nb, float* m) {
+#pragma omp parallel for schedule(static) if (rows * nb * pq > 65536)
+  for (int64_t kk = 0; kk < rows; ++kk)
+    for (int64_t i = 0; i < nb; ++i) std::memcpy(m + (kk * nb + i) * pq, t + i * t_stride + kk * pq, pq * sizeof(float));
+}
+void matrix_to_images(const float* m, int64_t rows, int64_t pq, int64_t nb, const float* bias, float* t,
+                      int64_t t_stride) {
+#pragma omp parallel for schedule(static) if (rows * nb * pq > 65536)
+  for (int64_t kk = 0; kk < rows; ++kk)
+    for (int64_t i = 0; i < nb; ++i) {
+      const float* src = m + (kk * nb + i) * pq;
+      float* dst = t + i * t_stride + kk * pq;
+      const float add = bias ? bias[kk] : 0.f;
+      for (int64_t j = 0; j < pq; ++j) dst[j] = src[j] + add;
+    }
+}
+
+// Scratch buffers reused across calls, one set per thread (each OpenMP thread, and each
+// Python thread calling in, as kernels run without the GIL).
+float* scratch(std::vector<float>& buf, size_t n) {
   if (buf.size() < n) buf.resize(n);
   return buf.data();
+}
+thread_local std::vector<float> col_buf, mat_buf, partial_buf;
+
+// body(item) for every item in [0, items). With at least one item per thread: one parallel
+// region handing items out as threads come free (no barrier but the last, which matters on
+// cores shared with other work; im2col and GEMM inside then run on their thread alone).
+// Otherwise one item after another, each using every thread inside im2col and the GEMM.
+// Results are the same either way: how work is split never changes an order of summation.
+template <class Body>
+void for_each_item(int64_t items, const Body& body) {
+  if (items > 1 && items >= omp_get_max_threads() && !omp_in_parallel()) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < items; ++i) body(i);
+  } else {
+    for (int64_t i = 0; i < items; ++i) body(i);
+  }
 }
 
 }  // namespace
 
+// Items: (chunk of images, group).
 void conv2d(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
-  const bool pointwise = is_pointwise(s);
-  float* col = pointwise ? nullptr : col_scratch(crs * pq);
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      const float* xg = x + (n * s.c + g * cg) * s.h * s.w;
-      float* yg = y + (n * s.k + g * kg) * pq;
-      if (!pointwise) im2col(s, cg, xg, col);
-      if (b) {  // start from the bias and accumulate the product onto it
-        for (int64_t i = 0; i < kg; ++i) std::fill(yg + i * pq, yg + (i + 1) * pq, b[g * kg + i]);
-      }
-      gemm(false, false, kg, pq, crs, w + g * kg * crs, crs, pointwise ? xg : col, pq, yg, pq, b != nullptr);
+  const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
+  const int64_t chunks = (s.n + nb_max - 1) / nb_max;
+  for_each_item(chunks * s.groups, [&](int64_t item) {
+    const int64_t n0 = item / s.groups * nb_max, g = item % s.groups;
+    const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
+    const bool pointwise = is_pointwise(s) && nb == 1;
+    const float* xg = x + n0 * chw + g * cg * s.h * s.w;
+    float* yg = y + n0 * kpq + g * kg * pq;
+    const float* bg = b ? b + g * kg : nullptr;
+    float* col = pointwise ? nullptr : scratch(col_buf, crs * ld);
+    if (!pointwise) im2col(s, cg, xg, chw, nb, col, ld);
+    const float* B = pointwise ? xg : col;
+    if (nb == 1) {  // straight into y: start from the bias and accumulate the product onto it
+      if (bg)
+        for (int64_t i = 0; i < kg; ++i) std::fill(yg + i * pq, yg + (i + 1) * pq, bg[i]);
+      gemm(false, false, kg, pq, crs, w + g * kg * crs, crs, B, pq, yg, pq, bg != nullptr);
+    } else {
+      float* mat = scratch(mat_buf, kg * ld);
+      gemm(false, false, kg, ld, crs, w + g * kg * crs, crs, B, ld, mat, ld, false);
+      matrix_to_images(mat, kg, pq, nb, bg, yg, kpq);
     }
-  }
+  });
 }
 
+// Items: (chunk of images, group).
 void conv2d_backward_data(const ConvShape& s, const float* w, const float* dy, float* dx) {
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
-  const bool pointwise = is_pointwise(s);
-  float* dcol = pointwise ? nullptr : col_scratch(crs * pq);
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      float* dxg = dx + (n * s.c + g * cg) * s.h * s.w;
-      const float* dyg = dy + (n * s.k + g * kg) * pq;
-      gemm(true, false, crs, pq, kg, w + g * kg * crs, crs, dyg, pq, pointwise ? dxg : dcol, pq, false);
-      if (!pointwise) col2im(s, cg, dcol, dxg);
-    }
-  }
+  const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
+  const int64_t chunks = (s.n + nb_max - 1) / nb_max;
+  for_each_item(chunks * s.groups, [&](int64_t item) {
+    const int64_t n0 = item / s.groups * nb_max, g = item % s.groups;
+    const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
+    const bool pointwise = is_pointwise(s) && nb == 1;
+    float* dxg = dx + n0 * chw + g * cg * s.h * s.w;
+    const float* dyg = dy + n0 * kpq + g * kg * pq;
+    float* dcol = pointwise ? nullptr : scratch(col_buf, crs * ld);
+    float* mat = nb > 1 ? scratch(mat_buf, kg * ld) : nullptr;
+    if (nb > 1) images_to_matrix(dyg, kpq, kg, pq, nb, mat);
+    gemm(true, false, crs, ld, kg, w + g * kg * crs, crs, nb > 1 ? mat : dyg, ld, pointwise ? dxg : dcol, ld,
+         false);
+    if (!pointwise) col2im(s, cg, dcol, ld, nb, dxg, chw);
+  });
 }
 
+// The batch is cut into at most PARTIAL_SUMS contiguous parts (fixed by the batch size alone);
+// each part's dw is summed chunk after chunk in batch order, then the parts are added in
+// order: the same result for any thread count. Items: (part, group).
 void conv2d_backward_filter(const ConvShape& s, const float* x, const float* dy, float* dw, float* db) {
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
-  const bool pointwise = is_pointwise(s);
-  if (s.n == 0) std::fill(dw, dw + s.k * crs, 0.f);
-  float* col = pointwise ? nullptr : col_scratch(crs * pq);
-  for (int64_t n = 0; n < s.n; ++n) {
-    for (int64_t g = 0; g < s.groups; ++g) {
-      const float* xg = x + (n * s.c + g * cg) * s.h * s.w;
-      const float* dyg = dy + (n * s.k + g * kg) * pq;
-      if (!pointwise) im2col(s, cg, xg, col);
-      gemm(false, true, kg, crs, pq, dyg, pq, pointwise ? xg : col, pq, dw + g * kg * crs, crs, n > 0);
+  const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s), kcrs = s.k * crs;
+  if (s.n == 0) std::fill(dw, dw + kcrs, 0.f);
+  const int64_t parts = std::min(s.n, PARTIAL_SUMS);
+  float* extra = parts > 1 ? scratch(partial_buf, (parts - 1) * kcrs) : nullptr;  // parts 1.. (part 0 is dw)
+  for_each_item(parts * s.groups, [&](int64_t item) {
+    const int64_t part = item / s.groups, g = item % s.groups;
+    const int64_t i0 = s.n * part / parts, i1 = s.n * (part + 1) / parts;
+    float* dwg = (part == 0 ? dw : extra + (part - 1) * kcrs) + g * kg * crs;
+    for (int64_t n0 = i0; n0 < i1; n0 += nb_max) {
+      const int64_t nb = std::min(nb_max, i1 - n0), ld = nb * pq;
+      const bool pointwise = is_pointwise(s) && nb == 1;
+      const float* xg = x + n0 * chw + g * cg * s.h * s.w;
+      const float* dyg = dy + n0 * kpq + g * kg * pq;
+      float* col = pointwise ? nullptr : scratch(col_buf, crs * ld);
+      float* mat = nb > 1 ? scratch(mat_buf, kg * ld) : nullptr;
+      if (!pointwise) im2col(s, cg, xg, chw, nb, col, ld);
+      if (nb > 1) images_to_matrix(dyg, kpq, kg, pq, nb, mat);
+      gemm(false, true, kg, crs, ld, nb > 1 ? mat : dyg, ld, pointwise ? xg : col, ld, dwg, crs, n0 > i0);
+    }
+  });
+  if (parts > 1) {
+#pragma omp parallel for schedule(static) if (kcrs * parts > 65536)
+    for (int64_t e = 0; e < kcrs; ++e) {
+      float sum = dw[e];
+      for (int64_t part = 1; part < parts; ++part) sum += extra[(part - 1) * kcrs + e];
+      dw[e] = sum;
     }
   }
   if (!db) return;
