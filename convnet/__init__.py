@@ -4,7 +4,13 @@ Tensors live on a device named "cpu" or "cuda:N"; `convnet.ops` holds the kernel
 """
 import numpy as np
 
-from . import _C
+try:
+    from . import _C
+except ImportError as e:  # the checkout's sources without a build, ahead of the installed package
+    raise ImportError(
+        f"convnet's compiled module is missing next to {__file__}: install with `pip install .` and run "
+        "from outside the checkout (or `pytest`, not `python -m pytest`), or build in place with "
+        "tools/dev_build.sh") from e
 from ._C import Tensor
 
 __all__ = ["Tensor", "tensor", "from_dlpack", "empty", "zeros", "cuda_available", "device_count",
