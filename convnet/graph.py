@@ -7,8 +7,8 @@ devices (`devices[tower]`: "cpu:N" or "cuda:N"); logical devices map onto physic
 GPUs, so with one GPU both towers share cuda:0. Where a layer reads an output that lives on
 another physical device it copies it over (Tensor.to), and the gradient flows back the same way.
 
-With `parallel=True` (the default when the net uses GPUs and more than one logical device)
-each logical device's layers run in their own Python thread: the kernels release the GIL and
+With `parallel=True` (the default when the net has several towers and uses a GPU) each
+tower's layers run in their own Python thread: the kernels release the GIL and
 launch on the CUDA per-thread default stream, so towers overlap even on one GPU. A thread
 synchronises its device before handing an output (or gradient) to another thread.
 
@@ -90,9 +90,11 @@ class Net:
                 raise ValueError(f"layer {layer.name!r}: negative tower {layer.tower}")
             layer.logical = devices[layer.tower]
             layer.device = self._placement[layer.logical]
+        by_name = {layer.name: layer for layer in self.layers}
+        for layer in self.layers:
+            layer.input_grad = any(not isinstance(by_name[n], Input) for n in layer.inputs)
         if parallel is None:
-            parallel = len(set(l.logical for l in self.layers)) > 1 and any(
-                l.device != "cpu" for l in self.layers)
+            parallel = towers > 1 and any(l.device != "cpu" for l in self.layers)
         self.parallel = bool(parallel)
         self._infer_shapes()
         for layer in self.layers:
@@ -200,6 +202,17 @@ class Net:
     def num_params(self):
         return sum(math.prod(s) for s in self.shapes().values())
 
+    def forward_macs(self):
+        """Multiply-adds of one image's forward pass in the conv and FC layers (a training step
+        is about three times this: forward, backward-data, backward-weights)."""
+        total = 0
+        for layer in self.layers:
+            if layer.type == "conv":
+                total += math.prod(layer.shape) * (layer.in_channels // layer.groups) * layer.kernel ** 2
+            elif layer.type == "linear":
+                total += layer.in_features * layer.out_features
+        return total
+
     def init_params(self, seed):
         """The paper's initialisation, drawn in the one-device layout (so every placement gets the
         same weights): weights N(0, std) (std 0.01 unless a spec says otherwise), biases from the
@@ -271,16 +284,16 @@ class Net:
         return dict(self._placement)
 
     def _workers(self, layers):
-        """The layers each thread runs, in order: one list per logical device, or one in all."""
+        """The layers each thread runs, in order: one list per tower, or one in all."""
         if not self.parallel:
             return [layers]
         groups = defaultdict(list)
         for layer in layers:
-            groups[layer.logical].append(layer)
+            groups[layer.tower].append(layer)
         return list(groups.values())
 
     def _run(self, layers, work, deps, dependents):
-        """Run work(layer) for each layer in order, in threads per logical device when parallel.
+        """Run work(layer) for each layer in order, in one thread per tower when parallel.
         deps(layer): layers that must finish first; dependents(layer): layers that wait on it."""
         workers = self._workers(layers)
         if len(workers) == 1:
@@ -313,7 +326,7 @@ class Net:
                 for dev in {l.device for l in todo if l.device != "cpu"}:
                     _C.synchronize(dev)
 
-        threads = [threading.Thread(target=run, args=(i, w), name=f"convnet-{w[0].logical}")
+        threads = [threading.Thread(target=run, args=(i, w), name=f"convnet-tower{w[0].tower}")
                    for i, w in enumerate(workers)]
         for t in threads:
             t.start()
@@ -368,6 +381,9 @@ class Net:
         self._run(todo, work, deps=lambda l: [self.by_name[n] for n in l.inputs],
                   dependents=lambda l: self.readers.get(l.name, []))
         self._trained_forward = train and with_loss
+        if not self._trained_forward:
+            for layer in self.layers:
+                layer.clear()  # nothing will call backward: let go of what it would need
         if train:
             self.step = step + 1
         logits = outputs[self.output_layer.name]

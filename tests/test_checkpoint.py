@@ -34,7 +34,7 @@ def test_resume_equals_never_stopping(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     checkpoint.save(path, a, opt_a, {"epoch": 1, "step": 2, "rng": {"state": [1, 2, 3]}})
     # a fresh process would rebuild the net from the saved config
-    b, opt_state, meta = checkpoint.load(path)
+    b, opt_state, meta = checkpoint.load(path, devices=CPU2)
     opt_b = SGD(b, lr=opt_state["lr"])
     assert meta["epoch"] == 1 and meta["step"] == 2 and meta["rng"] == {"state": [1, 2, 3]}
     assert meta["lr"] == 0.05 and meta["config"] == a.config and b.step == a.step == 2

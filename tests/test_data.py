@@ -358,6 +358,8 @@ def test_loader_eval_and_steps_off(device, small):
     np.testing.assert_allclose(x.numpy()[0, :, 0, 0], images[0, 0, 0] - [1, 2, 3])
     with pytest.raises(ValueError, match="pca"):
         Loader(small.train, 4, train=True)
+    with pytest.raises(TypeError, match="Loader: split.images must be uint8"):
+        Loader(convnet.data.Split("f", np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, np.int32)), 2, train=False)
     with pytest.raises(ValueError, match="crop"):
         Loader(small.train, 4, train=True, crop=21, lighting=0)
 

@@ -112,7 +112,7 @@ def test_dropout_p0_keeps_all(device, rng):
     np.testing.assert_array_equal(y.numpy(), x)
 
 
-def test_dropout_thread_count_independent(tmp_path):
+def test_dropout_thread_count_independent():
     """The CPU mask is the same with 1 and 2 OpenMP threads (on top of matching the NumPy hash)."""
     import hashlib
     import os
@@ -122,7 +122,7 @@ def test_dropout_thread_count_independent(tmp_path):
     code = ("import hashlib, numpy as np, convnet; from convnet import ops; "
             "m = ops.dropout(convnet.tensor(np.ones(300007, np.float32)), 0.3, 77)[1].numpy(); "
             "print(hashlib.sha256(m.tobytes()).hexdigest())")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))  # this convnet, built
     digests = []
     for threads in ("1", "2"):
         env = dict(os.environ, OMP_NUM_THREADS=threads, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -39,6 +39,7 @@ def test_full_alexnet_shapes_and_count(full_alexnet):
     assert by_name["fc6_a"].in_features == 9216
     neurons = sum(int(np.prod(l.shape)) for l in net.layers if l.type in ("conv", "linear"))
     assert 600_000 < neurons < 700_000  # "650,000 neurons"
+    assert abs(net.forward_macs() / 1e6 - 724) < 3  # ALEXNET.md: about 724 M multiply-adds per image
     text = net.summary()
     assert "conv3_a" in text and "pool2_a,pool2_b" in text and "drop7_a,drop7_b" in text
     assert "60,965,224 parameters" in text
@@ -70,6 +71,13 @@ def test_variants_shapes():
     assert hs["conv1.weight"] == (48, 3, 11, 11) and hs["conv2.weight"] == (128, 48, 5, 5)
     assert hs["conv3.weight"] == (192, 128, 3, 3) and hs["conv4.weight"] == (192, 192, 3, 3)
     assert hs["conv5.weight"] == (256, 192, 3, 3) and hs["fc6.weight"] == (4096, 9216)
+    small_half = models.alexnet(towers=1, half=True, devices=["cpu"], input_size=67, width=0.125, num_classes=5)
+    assert {l.groups for l in small_half.layers if l.type in ("conv", "lrn")} == {1}
+    x = np.random.default_rng(0).standard_normal((2, 3, 67, 67)).astype(np.float32)
+    logits, loss = small_half.forward(x, np.array([1, 4]), train=True)
+    small_half.backward()
+    assert logits.shape == (2, 5) and abs(loss - np.log(5)) < 0.1  # tiny weights: near-uniform softmax
+    assert all(np.isfinite(g).all() for g in small_half.grad_dict().values())
     six = models.alexnet(towers=2, extra_conv=True, devices=CPU2, width=0.25, num_classes=10)
     assert six.shapes()["conv6.weight"] == (64, 32, 3, 3)
     assert [l.name for l in six.order].index("conv6_a") > [l.name for l in six.order].index("pool5_a")

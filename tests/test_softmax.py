@@ -63,6 +63,18 @@ def test_softmax_xent_huge_logits(device):
     assert_close(probs.numpy(), want_probs, 1e-6, "probs")
 
 
+def test_softmax_small_probabilities_relative_accuracy(device):
+    # Each element to a relative 1e-6, down to probabilities near float's smallest normal:
+    # the max-normalised error of the other tests would not see a bad tail of exp.
+    x = np.linspace(-87.0, 0.0, 2001).astype(np.float32)
+    logits = np.stack([np.zeros_like(x), x], axis=1)
+    labels = np.ones(len(x), np.int32)
+    loss, probs = ops.softmax_cross_entropy(convnet.tensor(logits, device), convnet.tensor(labels, device))
+    want_loss, want = ref_softmax_xent(logits, labels)
+    np.testing.assert_allclose(probs.numpy(), want, rtol=1e-6, atol=0)
+    assert abs(loss - want_loss) <= 1e-6 * abs(want_loss)
+
+
 def test_softmax_xent_deterministic(device, rng):
     x = convnet.tensor(rng.standard_normal((300, 1000)), device)
     labels = convnet.tensor(rng.integers(0, 1000, 300).astype(np.int32), device)

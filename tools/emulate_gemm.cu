@@ -248,6 +248,7 @@ int main() {
   run_all<MediumTile>("medium");
   std::printf("medium done (%d failures)\n", failures);
   run_all<BigTile>("big");
+  run_all<BigTileWide>("big-wide");
   std::printf("big done (%d failures)\n", failures);
   std::printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
   return failures ? 1 : 0;

@@ -1,15 +1,15 @@
 """The built-in dataset: generated images of shapes and textures, deterministic from a seed,
 written in the prepared-dataset shard format (convnet.data.shards).
 
-Each image holds one object of its class, drawn at a random position, scale (radius 20-40% of
+Each image holds one object of its class, drawn at a random position, scale (radius 24-42% of
 the image side), rotation and colour over a cluttered background (a colour gradient, soft
-colour waves, a few thin lines and small dots of other colours) with moderate pixel noise.
+colour waves, two thin lines and two small dots of other colours) with moderate pixel noise.
 Colours are drawn independently of the class, so only shape and texture tell classes apart.
 
     python -m convnet.data.builtin [DST] [--size 64] [--seed 0]   # generate
     python -m convnet.data.builtin --linear-baseline              # softmax regression on raw pixels
 
-Generation is split into chunks of CHUNK images, each drawn from its own generator seeded by
+Generation is split into chunks of about CHUNK_PIXELS pixels, each drawn from its own generator seeded by
 (seed, split, chunk), so the bytes do not depend on the number of worker processes.
 """
 import argparse
@@ -26,7 +26,7 @@ from . import shards
 
 CLASSES = ["circle", "square", "triangle", "star", "ring", "ellipse", "plus", "crescent", "stripes",
            "checker", "dots", "ell"]
-CHUNK = 500
+CHUNK_PIXELS = 500 * 64 * 64  # images per chunk: 500 at 64x64, fewer when larger (bounded memory)
 _SPLIT_IDS = {"train": 1, "val": 2}
 
 
@@ -115,48 +115,52 @@ def _contrasting_colours(rng, background, min_dist=110.0):
     return colour
 
 
+def _paint(planes, where, colour):
+    """Set the pixels `where` (n, S, S) of each image to its colour (n, 3); planes is (3, n, S, S)."""
+    for c in range(3):
+        np.copyto(planes[c], colour[:, c, None, None], where=where)
+
+
 def render(labels, size, rng):
     """uint8 (n, size, size, 3) images of the given class labels."""
     n = len(labels)
     S = size
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
     xs, ys = xx / S - 0.5, yy / S - 0.5  # in [-0.5, 0.5]
+    col = lambda a: a[:, None, None]  # noqa: E731  (n,) -> (n, 1, 1), to broadcast over pixels
 
-    # Background: base colour + gradient + two soft colour waves.
+    # Background: base colour + gradient + two soft colour waves. Planes (3, n, S, S) while drawing.
     base = rng.uniform(0, 255, (n, 3)).astype(np.float32)
-    img = np.broadcast_to(base[:, None, None, :], (n, S, S, 3)).copy()
     grad = rng.uniform(-70, 70, (n, 2)).astype(np.float32)
-    img += (grad[:, 0, None, None] * xs + grad[:, 1, None, None] * ys)[..., None]
+    shade = col(grad[:, 0]) * xs + col(grad[:, 1]) * ys
+    planes = np.stack([shade + col(base[:, c]) for c in range(3)])
     for _ in range(2):
         ang = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
         freq = rng.uniform(1.0, 3.0, n).astype(np.float32) * 2 * np.pi
         phase = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
-        amp = rng.uniform(-25, 25, (n, 3)).astype(np.float32)
-        wave = np.sin(freq[:, None, None] * (np.cos(ang)[:, None, None] * xs + np.sin(ang)[:, None, None] * ys)
-                      + phase[:, None, None])
-        img += wave[..., None] * amp[:, None, None, :]
+        amp = rng.uniform(-18, 18, (n, 3)).astype(np.float32)
+        wave = np.sin(col(freq) * (col(np.cos(ang)) * xs + col(np.sin(ang)) * ys) + col(phase))
+        for c in range(3):
+            planes[c] += wave * col(amp[:, c])
 
     # Clutter: thin lines and small dots in random colours, behind the object.
-    for _ in range(3):
+    for _ in range(2):
         p0 = rng.uniform(0, S, (n, 2)).astype(np.float32)
         p1 = rng.uniform(0, S, (n, 2)).astype(np.float32)
-        col = rng.uniform(0, 255, (n, 3)).astype(np.float32)
+        colour = rng.uniform(0, 255, (n, 3)).astype(np.float32)
         d = p1 - p0
-        t = ((xx - p0[:, 0, None, None]) * d[:, 0, None, None] + (yy - p0[:, 1, None, None]) * d[:, 1, None, None])
-        t = np.clip(t / np.maximum((d * d).sum(1), 1e-6)[:, None, None], 0, 1)
-        dist2 = (xx - p0[:, 0, None, None] - t * d[:, 0, None, None]) ** 2 + \
-                (yy - p0[:, 1, None, None] - t * d[:, 1, None, None]) ** 2
-        on = (dist2 < (0.018 * S) ** 2)[..., None]
-        img = np.where(on, col[:, None, None, :], img)
-    for _ in range(3):
+        rx, ry = xx - col(p0[:, 0]), yy - col(p0[:, 1])
+        t = np.clip((rx * col(d[:, 0]) + ry * col(d[:, 1])) / col(np.maximum((d * d).sum(1), 1e-6)), 0, 1)
+        dist2 = (rx - t * col(d[:, 0])) ** 2 + (ry - t * col(d[:, 1])) ** 2  # to the nearest point of the segment
+        _paint(planes, dist2 < (0.014 * S) ** 2, colour)
+    for _ in range(2):
         c = rng.uniform(0, S, (n, 2)).astype(np.float32)
-        rad = rng.uniform(0.02, 0.045, n).astype(np.float32) * S
-        col = rng.uniform(0, 255, (n, 3)).astype(np.float32)
-        on = ((xx - c[:, 0, None, None]) ** 2 + (yy - c[:, 1, None, None]) ** 2 < (rad ** 2)[:, None, None])[..., None]
-        img = np.where(on, col[:, None, None, :], img)
+        rad = rng.uniform(0.015, 0.035, n).astype(np.float32) * S
+        colour = rng.uniform(0, 255, (n, 3)).astype(np.float32)
+        _paint(planes, (xx - col(c[:, 0])) ** 2 + (yy - col(c[:, 1])) ** 2 < col(rad ** 2), colour)
 
     # The object.
-    radius = rng.uniform(0.2, 0.4, n).astype(np.float32) * S
+    radius = rng.uniform(0.24, 0.42, n).astype(np.float32) * S
     cx = rng.uniform(radius, S - radius).astype(np.float32)
     cy = rng.uniform(radius, S - radius).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
@@ -164,9 +168,9 @@ def render(labels, size, rng):
               "freq": rng.uniform(2.6, 4.0, n).astype(np.float32),
               "square_region": rng.random(n) < 0.5}
     colour = _contrasting_colours(rng, base).astype(np.float32)
-    noise_sigma = rng.uniform(3, 9, n).astype(np.float32)
-    dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
-    ca, sa, r = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None], radius[:, None, None]
+    noise_sigma = rng.uniform(2, 7, n).astype(np.float32)
+    dx, dy = xx - col(cx), yy - col(cy)
+    ca, sa, r = col(np.cos(angle)), col(np.sin(angle)), col(radius)
     u = (dx * ca + dy * sa) / r
     v = (-dx * sa + dy * ca) / r
     mask = np.zeros((n, S, S), bool)
@@ -174,10 +178,16 @@ def render(labels, size, rng):
         sel = np.nonzero(labels == k)[0]
         p = {key: val[sel][:, None, None] for key, val in params.items()}
         mask[sel] = MASKS[k](u[sel], v[sel], p)
-    img = np.where(mask[..., None], colour[:, None, None, :], img)
+    _paint(planes, mask, colour)
 
-    img += rng.standard_normal(img.shape, dtype=np.float32) * noise_sigma[:, None, None, None]
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    # Pixel noise: uniform with standard deviation noise_sigma (cheaper to draw than Gaussian).
+    img = np.empty((n, S, S, 3), np.uint8)
+    for c in range(3):
+        noise = rng.random((n, S, S), dtype=np.float32)
+        planes[c] += (noise - 0.5) * col(noise_sigma * np.float32(12 ** 0.5))
+        np.clip(np.rint(planes[c]), 0, 255, out=planes[c])
+        img[..., c] = planes[c]
+    return img
 
 
 def _render_chunk(args):
@@ -209,35 +219,49 @@ def generate(dst, num_train=10000, num_val=2000, size=64, seed=0, num_classes=10
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / shards.INDEX).unlink(missing_ok=True)
+    for stale in dst.glob(".*.tmp*"):  # leftovers of an interrupted generation
+        stale.unlink()
     workers = workers or os.cpu_count() or 1
     t0 = time.time()
     jobs, plan = [], []
+    chunk = max(8, CHUNK_PIXELS // (size * size))
     for split, count in (("train", num_train), ("val", num_val)):
         labels = split_labels(seed, split, count, num_classes)
-        for c, start in enumerate(range(0, count, CHUNK)):
-            jobs.append((seed, _SPLIT_IDS[split], c, labels[start:start + CHUNK], size))
+        for c, start in enumerate(range(0, count, chunk)):
+            jobs.append((seed, _SPLIT_IDS[split], c, labels[start:start + chunk], size))
             plan.append(split)
+    # Chunks arrive in order and go straight into each split's (memory-mapped) shard file.
+    counts = {"train": num_train, "val": num_val}
+    stats_split = "train" if num_train else "val"  # no training split: statistics of the val images
+    out, pos, splits, stats = {}, {}, {}, shards.PixelStats(size, size)
+    for split, count in counts.items():
+        if count:
+            tmp = dst / f".{split}-00000.npy.tmp{os.getpid()}.npy"
+            out[split] = (tmp, np.lib.format.open_memmap(tmp, "w+", np.uint8, (count, size, size, 3)))
+            pos[split] = 0
+    pool = None
     if workers > 1 and len(jobs) > 1:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(min(workers, len(jobs))) as pool:
-            chunks = pool.map(_render_chunk, jobs, chunksize=1)
-    else:
-        chunks = [_render_chunk(j) for j in jobs]
-
-    splits, stats = {}, shards.PixelStats(size, size)
-    for split, count in (("train", num_train), ("val", num_val)):
-        if count == 0:
-            continue
-        images = np.concatenate([c for c, s in zip(chunks, plan) if s == split])
+        pool = ctx.Pool(min(workers, len(jobs)))
+    try:
+        chunks = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
+        for split, images in zip(plan, chunks):
+            out[split][1][pos[split]:pos[split] + len(images)] = images
+            pos[split] += len(images)
+            if split == stats_split:
+                stats.add(images)
+    finally:
+        if pool:
+            pool.terminate()
+    for split, (tmp, images) in out.items():
+        images.flush()
+        del images
+        os.replace(tmp, dst / f"{split}-00000.npy")
         labels = np.concatenate([j[3] for j, s in zip(jobs, plan) if s == split])
-        shards.atomic_save_npy(dst / f"{split}-00000.npy", images)
         shards.atomic_save_npy(dst / f"{split}-labels.npy", labels)
-        splits[split] = {"count": count, "shards": [{"file": f"{split}-00000.npy", "count": count}],
+        splits[split] = {"count": counts[split], "shards": [{"file": f"{split}-00000.npy", "count": counts[split]}],
                          "labels": f"{split}-labels.npy"}
-        if split == "train":
-            stats.add(images)
-    if num_train == 0:  # no training split: statistics from the validation images
-        stats.add(np.load(dst / "val-00000.npy"))
+    out.clear()
     shards.atomic_save_npy(dst / "mean.npy", stats.mean_image())
     eigval, eigvec = stats.pca()
     shards.write_index(dst, size, CLASSES[:num_classes], splits, "mean.npy", eigval, eigvec, shards.PCA_NOTE,

@@ -33,8 +33,8 @@ class Loader:
     len(loader) is the number of batches in an epoch. One pass over the loader yields batches
     start_batch .. len-1 of the current epoch, in the same order as an uninterrupted epoch;
     start_batch then returns to 0. set_epoch(e) picks the epoch of the next pass.
-    drop_last (default: train) drops a last partial batch. workers threads (default
-    min(4, cores)) keep up to workers + prefetch batches in flight.
+    drop_last (default: train) drops a last partial batch. workers threads (default 1 on the
+    CPU, min(4, cores) for a GPU) keep up to workers + prefetch batches in flight.
     """
 
     def __init__(self, split, batch_size, *, train, crop=None, mean=None, pca=None, flip=True, lighting=0.1,
@@ -45,6 +45,10 @@ class Loader:
             raise ValueError(f"Loader: batch_size must be positive, got {batch_size}")
         self.split, self.batch_size, self.train = split, int(batch_size), bool(train)
         self.images, self.labels = split.images, np.asarray(split.labels, dtype=np.int32)
+        shape = tuple(getattr(self.images, "shape", ()))
+        if len(shape) != 4 or shape[3] != 3 or np.dtype(getattr(self.images, "dtype", None)) != np.uint8:
+            raise TypeError(f"Loader: split.images must be uint8 (N, H, W, 3), got "
+                            f"{getattr(self.images, 'dtype', type(self.images).__name__)} {shape}")
         h, w = int(self.images.shape[1]), int(self.images.shape[2])
         self.image_hw = (h, w)
         if crop is None:
@@ -73,7 +77,10 @@ class Loader:
             self.mean = convnet.tensor(np.ascontiguousarray(m, np.float32), self.device)
         self.seed, self.epoch, self.start_batch = int(seed), int(epoch), int(start_batch)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.workers = max(1, int(workers) if workers else min(4, os.cpu_count() or 1))
+        # On the CPU one thread is enough (the kernel itself runs on every core) and more would
+        # compete with the training step's threads; on a GPU, threads overlap gathers and copies.
+        default_workers = 1 if self.device == "cpu" else min(4, os.cpu_count() or 1)
+        self.workers = max(1, int(workers) if workers else default_workers)
         self.prefetch = max(0, int(prefetch))
         if not 0 <= self.start_batch <= len(self):
             raise ValueError(f"Loader: start_batch {start_batch} outside 0..{len(self)}")

@@ -284,12 +284,15 @@ class _Progress:
 
 # ---- the whole run ----
 
-def _plan_digest(plan, size, classes):
+def _plan_digest(plan, size, classes, src):
+    """Identifies the work: files (relative to SRC, so SRC may be spelled differently), labels,
+    shard boundaries, size and classes."""
     h = hashlib.sha256(json.dumps([size, classes], sort_keys=True).encode())
     for split, jobs in plan.items():
-        for items in jobs:
+        for i, items in enumerate(jobs):
+            h.update(f"shard {split} {i}\n".encode())
             for path, label in items:
-                h.update(f"{split}\0{path}\0{label}\n".encode())
+                h.update(f"{_rel(path, src)}\0{label}\n".encode())
     return h.hexdigest()
 
 
@@ -308,7 +311,7 @@ def prepare(src, dst, size=256, shard_size=1000, workers=None, val_labels=None, 
     plan = {split: [items[split][i:i + shard_size] for i in range(0, len(items[split]), shard_size)]
             for split in ("train", "val")}
     dst.mkdir(parents=True, exist_ok=True)
-    digest = _plan_digest(plan, size, classes)
+    digest = _plan_digest(plan, size, classes, src)
     plan_file = dst / PLAN
     if plan_file.is_file():
         old = json.loads(plan_file.read_text())

@@ -24,7 +24,7 @@ void dropout(const float* x, float* y, uint8_t* mask, int64_t n, double p, uint6
   const uint64_t key = random::stream_key(seed);
   const uint32_t threshold = random::drop_threshold(p);
   const float scale = (float)(1.0 / (1.0 - p));
-#pragma omp parallel for simd schedule(static) if (parallel : n > 32768)
+#pragma omp parallel for simd schedule(static) if (parallel : n > 65536)
   for (int64_t i = 0; i < n; ++i) {
     const bool keep = random::uniform24(key, (uint64_t)i) >= threshold;
     mask[i] = keep ? 1 : 0;

@@ -20,9 +20,18 @@
 // All divisions by shape constants in the index maps use FastDiv (multiply-high + shift). The
 // element offsets inside one image (c*H*W + h*W + w, k*P*Q + ...) are 32-bit: checked below.
 //
-// ptxas (sm_90, CUDA 13, -O3; see csrc/cuda/gemm.cuh for the kernel): see the table at the end
-// of this comment block, refreshed with CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh.
-//   PTXAS_TABLE
+// ptxas -v (sm_90, CUDA 13.0, -O3; CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh):
+//   kernel (registers, static smem)       128x128 tile         64x64 tile         16x128 tile
+//   gemm_kernel: conv forward           127 regs 16.5 KB    89 regs  8.5 KB   123 regs  9.5 KB
+//   gemm_kernel: conv backward-data     167 regs 16.5 KB    95 regs  8.5 KB   127 regs  9.5 KB
+//   gemm_kernel: conv backward-filter   127 regs 16.5 KB    87 regs  8.5 KB   121 regs  9.5 KB
+//   gemm_kernel: linear forward         128 regs 16.5 KB    79 regs  8.5 KB   103 regs  9.5 KB
+//   gemm_kernel: linear dx              128 regs 16.5 KB    79 regs  8.5 KB    79 regs  9.5 KB
+//   gemm_kernel: linear dw              127 regs 16.5 KB    71 regs  8.5 KB    79 regs  9.5 KB
+//   Zero spills and zero stack on sm_90 (the H100/H200 target). The 128x128 tile is capped at 128
+//   registers (2 blocks/SM), except backward-data (167 regs, 1 block/SM: capped, it spilled 164
+//   bytes). sm_80 (A100 build) is within a few registers, with one exception: backward-filter
+//   128x128 spills 80 bytes there. gemm_reduce_kernel, channel sums: 30-34 regs, no spills.
 #include "conv_gemm.cuh"
 
 namespace convnet::cuda {
@@ -37,7 +46,7 @@ void check_sizes(const ConvShape& sh) {
 
 template <class G>
 void run(const G& g, const char* name) {
-  run_gemm<G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name);
+  run_gemm<G::A_KFAST, G::B_KFAST, typename G::Big>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name);
 }
 
 }  // namespace

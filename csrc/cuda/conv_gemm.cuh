@@ -219,9 +219,10 @@ struct BwdFilterOutput {
 
 // ---- the three GEMMs of a conv layer ----
 
-template <class A, class B, class S, bool AK, bool BK>
+template <class A, class B, class S, bool AK, bool BK, class BigCfg = BigTile>
 struct Gemm {
   static constexpr bool A_KFAST = AK, B_KFAST = BK;
+  using Big = BigCfg;  // the large tile's register budget (see gemm.cuh)
   int64_t batch, M, N, K;
   A a;
   B b;
@@ -229,7 +230,8 @@ struct Gemm {
 };
 
 using Forward = Gemm<FwdWeights, FwdInput, FwdOutput, true, false>;
-using BackwardData = Gemm<BwdDataWeights, BwdDataGrad, BwdDataOutput, true, false>;
+// Its per-thread column state (phase offsets) does not fit 128 registers without spilling.
+using BackwardData = Gemm<BwdDataWeights, BwdDataGrad, BwdDataOutput, true, false, BigTileWide>;
 using BackwardFilter = Gemm<BwdFilterGrad, BwdFilterInput, BwdFilterOutput, true, true>;
 
 inline Forward forward(const ConvShape& sh, const float* x, const float* w, const float* b, float* y) {

@@ -14,10 +14,11 @@
 // Store concept: void operator()(int z, int m, int n, float v) const; called for m < M, n < N.
 //
 // Block tile BM x BN, k-step BK, thread micro-tile TM x TN (T = BM/TM * BN/TN threads); each
-// thread owns rows ty*TM.. and columns tx*TN.. of the tile. Operands are staged k-major in
-// shared memory (As[k][m], Bs[k][n], rows padded by 4 floats so k-fast stores do not all hit one
-// bank), double-buffered: the next k-tile is fetched into registers while the current one is
-// multiplied, then written to the other stage; one __syncthreads per k-tile.
+// thread owns rows ty*TM.. and columns col(0..TN-1) of the tile (two groups of 4 when TN = 8).
+// Operands are staged k-major in shared memory (As[k][m], Bs[k][n], rows padded by 4 floats so
+// k-fast stores do not all hit one bank), double-buffered: the next k-tile is fetched into
+// registers while the current one is multiplied, then written to the other stage; one
+// __syncthreads per k-tile.
 // Global->register mapping per operand: KFAST (consecutive threads take consecutive k: for
 // operands contiguous along k) or MN-fast (consecutive threads take consecutive m/n). Either way
 // each thread's rows/columns are fixed for the whole k loop, so their Col state is computed once.
@@ -56,14 +57,16 @@ struct FastDiv {
 
 // Tile configurations. Big: the workhorse. Medium: problems where 128-wide tiles would be mostly
 // padding or too few. Thin: tiny M (e.g. backward-data of a 3-channel input).
-template <int BM_, int BN_, int BK_, int TM_, int TN_>
+// MIN_BLOCKS: blocks per SM asked of ptxas (__launch_bounds__), i.e. a register cap.
+template <int BM_, int BN_, int BK_, int TM_, int TN_, int MIN_BLOCKS_>
 struct TileCfg {
-  static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_;
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, TM = TM_, TN = TN_, MIN_BLOCKS = MIN_BLOCKS_;
   static constexpr int THREADS = (BM / TM) * (BN / TN);
 };
-using BigTile = TileCfg<128, 128, 8, 8, 8>;    // 256 threads
-using MediumTile = TileCfg<64, 64, 8, 4, 4>;   // 256 threads
-using ThinTile = TileCfg<16, 128, 8, 2, 8>;    // 128 threads
+using BigTile = TileCfg<128, 128, 8, 8, 8, 2>;    // 256 threads, <= 128 registers
+using BigTileWide = TileCfg<128, 128, 8, 8, 8, 1>;  // for index maps with more per-thread state
+using MediumTile = TileCfg<64, 64, 8, 4, 4, 1>;   // 256 threads
+using ThinTile = TileCfg<16, 128, 8, 2, 8, 1>;    // 128 threads
 
 constexpr int kSmemPad = 4;
 
@@ -166,26 +169,40 @@ struct GemmThread {
     for (int i = 0; i < LB; ++i) sm.Bs[stage][MapB::k(tid, i)][MapB::mn(tid, i)] = rb[i];
   }
 
-  // acc += the stage's A tile rows ty*TM.. times its B tile columns tx*TN..
+  // The tile column of this thread's j-th accumulator column. With TN = 8 a thread owns two groups
+  // of 4 adjacent columns, BN/2 apart, so that the 8 threads of a float4 shared-memory phase read
+  // 128 contiguous bytes (columns tx*TN.. would put threads tx and tx+4 on the same banks).
+  GEMM_HD int col(int j) const {
+    if constexpr (TN % 4 == 0)
+      return (j / 4) * (BN / (TN / 4)) + tx * 4 + j % 4;
+    else
+      return tx * TN + j;
+  }
+
+  // acc += the stage's A tile rows ty*TM.. times its B tile columns col(0..TN-1)
   GEMM_HD void multiply(const GemmSmem<Cfg>& sm, int stage) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float fa[TM], fb[TN];
       if constexpr (TM % 4 == 0) {
 #pragma unroll
-        for (int i = 0; i < TM; i += 4)
-          *reinterpret_cast<float4*>(&fa[i]) = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
+        for (int i = 0; i < TM; i += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
+          fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < TM; ++i) fa[i] = sm.As[stage][kk][ty * TM + i];
       }
       if constexpr (TN % 4 == 0) {
 #pragma unroll
-        for (int j = 0; j < TN; j += 4)
-          *reinterpret_cast<float4*>(&fb[j]) = *reinterpret_cast<const float4*>(&sm.Bs[stage][kk][tx * TN + j]);
+        for (int j = 0; j < TN; j += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&sm.Bs[stage][kk][col(j)]);
+          fb[j] = v.x, fb[j + 1] = v.y, fb[j + 2] = v.z, fb[j + 3] = v.w;
+        }
       } else {
 #pragma unroll
-        for (int j = 0; j < TN; ++j) fb[j] = sm.Bs[stage][kk][tx * TN + j];
+        for (int j = 0; j < TN; ++j) fb[j] = sm.Bs[stage][kk][col(j)];
       }
 #pragma unroll
       for (int i = 0; i < TM; ++i)
@@ -204,7 +221,7 @@ struct GemmThread {
       if (m >= g.M) continue;
 #pragma unroll
       for (int j = 0; j < TN; ++j) {
-        int n = n0 + tx * TN + j;
+        int n = n0 + col(j);
         if (n >= g.N) continue;
         if (out)
           out[(int64_t)m * g.N + n] = acc[i][j];
@@ -216,7 +233,7 @@ struct GemmThread {
 };
 
 template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
-__global__ void __launch_bounds__(Cfg::THREADS)
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
 gemm_kernel(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial) {
   __shared__ GemmSmem<Cfg> sm;
   GemmThread<Cfg, A_KFAST, B_KFAST, ALoad, BLoad> t;
@@ -333,7 +350,7 @@ inline double tile_efficiency(int64_t M, int64_t N, int bm, int bn) {
 
 // Picks the tile shape for the problem and runs it. The big tile does ~1.25x more work per
 // shared-memory byte than the medium one, hence the weight on its padding efficiency.
-template <bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+template <bool A_KFAST, bool B_KFAST, class Big = BigTile, class ALoad, class BLoad, class Store>
 void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
               const Store& st, const char* name) {
   if (batch == 0 || M == 0 || N == 0) return;
@@ -343,10 +360,10 @@ void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, co
     launch_gemm<ThinTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
     return;
   }
-  double big = tile_efficiency(M, N, BigTile::BM, BigTile::BN);
+  double big = tile_efficiency(M, N, Big::BM, Big::BN);
   double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
   if (big >= medium)
-    launch_gemm<BigTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
   else
     launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
 }
