@@ -43,7 +43,7 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         import pybind11
 
-        out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve() / "convnet"
+        out_dir = Path(self.get_ext_fullpath(ext.name)).parent.resolve()  # .../convnet
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         mode = os.environ.get("CONVNET_CUDA", "").strip().lower()

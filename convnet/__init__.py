@@ -4,7 +4,13 @@ Tensors live on a device named "cpu" or "cuda:N"; `convnet.ops` holds the kernel
 """
 import numpy as np
 
-from . import _C
+try:
+    from . import _C
+except ImportError as e:  # the checkout's sources without a build, ahead of the installed package
+    raise ImportError(
+        f"convnet's compiled module is missing next to {__file__}: install with `pip install .` and run "
+        "from outside the checkout (or `pytest`, not `python -m pytest`), or build in place with "
+        "tools/dev_build.sh") from e
 from ._C import Tensor
 
 __all__ = ["Tensor", "tensor", "from_dlpack", "empty", "zeros", "cuda_available", "device_count",
@@ -45,8 +51,10 @@ def from_dlpack(obj):
     if not hasattr(obj, "__dlpack__"):
         raise TypeError(f"from_dlpack: {type(obj).__name__} does not support the DLPack protocol")
     dev_type, _ = obj.__dlpack_device__()
-    if dev_type == 2:  # CUDA: let the producer order its work before our per-thread stream (2)
-        capsule = obj.__dlpack__(stream=2)
+    if dev_type == 2:
+        # CUDA: the producer orders its pending work before the legacy default stream (1);
+        # our per-thread streams are blocking streams, so they wait for that stream too.
+        capsule = obj.__dlpack__(stream=1)
     else:
         capsule = obj.__dlpack__()
     return _C.from_dlpack_capsule(capsule)

@@ -53,16 +53,10 @@ def _dropout_seed(seed, step, index):
     return int(np.random.SeedSequence([int(seed), int(step), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _f32(a):
-    """A contiguous float32 array whose dtype is NumPy's own float32 object (the binding
-    recognises dtypes by identity, so an equal but distinct dtype object is refused)."""
-    return np.ascontiguousarray(a, dtype=np.float32).view(np.float32)
-
-
 def _to_tensor(x, device):
     if isinstance(x, _C.Tensor):
         return x.to(device)
-    return _C.from_numpy(_f32(x), device)
+    return _C.from_numpy(np.ascontiguousarray(x, dtype=np.float32), device)
 
 
 class Net:
@@ -90,6 +84,9 @@ class Net:
                 raise ValueError(f"layer {layer.name!r}: negative tower {layer.tower}")
             layer.logical = devices[layer.tower]
             layer.device = self._placement[layer.logical]
+        by_name = {layer.name: layer for layer in self.layers}
+        for layer in self.layers:
+            layer.input_grad = any(not isinstance(by_name[n], Input) for n in layer.inputs)
         if parallel is None:
             parallel = towers > 1 and any(l.device != "cpu" for l in self.layers)
         self.parallel = bool(parallel)
@@ -267,7 +264,7 @@ class Net:
             if a.dtype.kind != "f":
                 raise TypeError(f"{what}: {key} has dtype {a.dtype}, expected float32")
             for p in ps:
-                getattr(p, attr).copy_(_C.from_numpy(_f32(a[p.rows[0]:p.rows[1]]), p.data.device))
+                getattr(p, attr).copy_(_C.from_numpy(np.ascontiguousarray(a[p.rows[0]:p.rows[1]], dtype=np.float32), p.data.device))
 
     def load_state_dict(self, state):
         self._split_into(state, "data", "load_state_dict")

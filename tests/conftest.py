@@ -1,11 +1,17 @@
 """Shared test fixtures: every kernel test runs once per device (cpu, and cuda:0 when a GPU
 is present, skipped with the reason otherwise), with output poisoning on so that an element
 a kernel forgets to write reads as NaN."""
-import numpy as np
-import pytest
+import os
 
-import convnet
-from convnet import _C
+# The NumPy references run on one BLAS thread: OpenBLAS threads on 2 shared cores made a
+# small float64 matmul 100x slower. Must be set before NumPy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import convnet  # noqa: E402
+from convnet import _C  # noqa: E402
 
 _C.set_poison(True)
 

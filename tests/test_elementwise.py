@@ -126,7 +126,9 @@ def test_dropout_thread_count_independent():
     digests = []
     for threads in ("1", "2"):
         env = dict(os.environ, OMP_NUM_THREADS=threads, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        # cwd=root too: `python -c` puts the working directory first on sys.path
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                             check=True)
         digests.append(out.stdout.strip())
     want = hashlib.sha256(ref_dropout_mask((300007,), 0.3, 77).tobytes()).hexdigest()
     assert digests == [want, want]
