@@ -136,6 +136,24 @@ void check_conv(const ConvShape& s, int sms, const char* cfg) {
   emulate_gemm<conv_gemm::Forward, Cfg>(conv_gemm::forward(s, x.data(), w.data(), bias.data(), y.data()), sms);
   emulate_gemm<conv_gemm::BackwardData, Cfg>(conv_gemm::backward_data(s, w.data(), dy.data(), dx.data()), sms);
   emulate_gemm<conv_gemm::BackwardFilter, Cfg>(conv_gemm::backward_filter(s, x.data(), dy.data(), dw.data()), sms);
+  // The column path of backward-data (used on the GPU when Cg <= 16; checked here for every
+  // shape), in chunks of images as conv.cu runs it, here 2 images a chunk to cover the chunking.
+  std::vector<float> dx_cols(x.size(), NAN);
+  {
+    const int64_t chunk = 2, chw = s.c * s.h * s.w;
+    std::vector<float> cols((size_t)(s.c * s.r * s.s * chunk * s.p * s.q), NAN);
+    for (int64_t img0 = 0; img0 < s.n; img0 += chunk) {
+      const int64_t images = chunk < s.n - img0 ? chunk : s.n - img0;
+      emulate_gemm<conv_gemm::Columns, Cfg>(
+          conv_gemm::backward_data_columns(s, w.data(), dy.data(), img0, images, cols.data()), sms);
+      auto f = conv_gemm::backward_data_col2im(s, cols.data(), images);
+      for (int64_t i = 0; i < images; ++i)  // as col2im_kernel
+        for (int e = 0; e < chw; ++e) {
+          int ch = (int)(e / (s.h * s.w)), rest = (int)(e % (s.h * s.w));
+          dx_cols[(img0 + i) * chw + e] = f((int)i, ch, rest / (int)s.w, rest % (int)s.w);
+        }
+    }
+  }
   char what[300];
   auto name = [&](const char* op) {
     std::snprintf(what, sizeof what, "%s %s n=%ld c=%ld h=%ld w=%ld k=%ld r=%ld s=%ld stride=(%ld,%ld) pad=(%ld,%ld) g=%ld",
@@ -146,6 +164,7 @@ void check_conv(const ConvShape& s, int sms, const char* cfg) {
   compare(name("forward"), y, y_ref, y_mag);
   compare(name("backward-data"), dx, dx_ref, dx_mag);
   compare(name("backward-filter"), dw, dw_ref, dw_mag);
+  compare(name("backward-data via columns"), dx_cols, dx_ref, dx_mag);
 }
 
 template <class Cfg>

@@ -13,6 +13,10 @@
 //                    exactly (offh = (ah+ph-rh0)/sh). So no multiply-adds are wasted on the zero
 //                    taps of a strided transposed convolution. M = Cg, N = n*ceil(H/sh)*ceil(W/sw),
 //                    K = Kg*ceil(R/sh)*ceil(S/sw) (taps past the kernel edge read as 0).
+//                    When Cg <= 16 (conv1: 3) that GEMM would do only Cg multiply-adds per gathered
+//                    dy element, so instead: cols = W^T dy per group (a dense GEMM, M = Cg*R*S,
+//                    N = images*P*Q, K = Kg, into a workspace of <= ~256 MB, a chunk of images at a
+//                    time), then col2im_kernel gathers each dx element's taps from cols in a fixed order.
 //   backward-filter  dw[gKg+m, c, r, s] = sum_{i,p,q} dy[i, gKg+m, p, q] x[i, gCg+c, p*sh-ph+r, q*sw-pw+s]
 //                    M = Kg, N = Cg*R*S, K = n*P*Q: few output tiles and a huge reduction, so
 //                    run_gemm splits K (partials in a workspace, summed in a fixed order).
@@ -49,6 +53,18 @@ void run(const G& g, const char* name) {
   run_gemm<G::A_KFAST, G::B_KFAST, typename G::Big>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name);
 }
 
+// dx[img0 + blockIdx.y] from the chunk's columns: one thread per element, grid-stride over the image.
+__global__ void __launch_bounds__(256)
+col2im_kernel(conv_gemm::Col2im f, float* __restrict__ dx, int64_t img0, int chw, FastDiv hw, FastDiv w) {
+  const int i = blockIdx.y;
+  float* out = dx + (img0 + i) * chw;
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < chw; e += gridDim.x * blockDim.x) {
+    int ch = hw.div(e), rest = hw.mod(e, ch);
+    int h = w.div(rest), x = w.mod(rest, h);
+    out[e] = f(i, ch, h, x);
+  }
+}
+
 }  // namespace
 
 void conv2d(const ConvShape& sh, const float* x, const float* w, const float* b, float* y) {
@@ -58,7 +74,23 @@ void conv2d(const ConvShape& sh, const float* x, const float* w, const float* b,
 
 void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, float* dx) {
   check_sizes(sh);
-  run(conv_gemm::backward_data(sh, w, dy, dx), "conv2d backward-data");
+  if (!conv_gemm::backward_data_via_columns(sh)) {
+    run(conv_gemm::backward_data(sh, w, dy, dx), "conv2d backward-data");
+    return;
+  }
+  int64_t chunk = conv_gemm::columns_chunk(sh);
+  if (chunk > 65535) chunk = 65535;  // images of a chunk go on grid.y
+  GpuScratch ws(sizeof(float) * (size_t)(sh.c * sh.r * sh.s * chunk * sh.p * sh.q));
+  float* cols = static_cast<float*>(ws.p);
+  const int64_t chw = sh.c * sh.h * sh.w;
+  for (int64_t img0 = 0; img0 < sh.n; img0 += chunk) {
+    const int64_t images = chunk < sh.n - img0 ? chunk : sh.n - img0;
+    run(conv_gemm::backward_data_columns(sh, w, dy, img0, images, cols), "conv2d backward-data (columns)");
+    const dim3 grid(blocks_for(chw, 256, 4096), (unsigned)images);
+    col2im_kernel<<<grid, 256, 0, stream()>>>(conv_gemm::backward_data_col2im(sh, cols, images), dx, img0, (int)chw,
+                                             FastDiv(sh.h * sh.w), FastDiv(sh.w));
+    CUDA_CHECK_LAUNCH("col2im_kernel");
+  }
 }
 
 void conv2d_backward_filter(const ConvShape& sh, const float* x, const float* dy, float* dw, float* db) {
