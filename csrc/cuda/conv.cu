@@ -34,8 +34,10 @@
 //   gemm_kernel: linear dw              127 regs 16.5 KB    71 regs  8.5 KB    79 regs  9.5 KB
 //   Zero spills and zero stack on sm_90 (the H100/H200 target). The 128x128 tile is capped at 128
 //   registers (2 blocks/SM), except backward-data (167 regs, 1 block/SM: capped, it spilled 164
-//   bytes). sm_80 (A100 build) is within a few registers, with one exception: backward-filter
-//   128x128 spills 80 bytes there. gemm_reduce_kernel, channel sums: 30-34 regs, no spills.
+//   bytes). The backward-data columns GEMM: 128/79/103 regs (128x128/64x64/16x128).
+//   sm_80 (A100 build) is within a few registers, except that the 128x128 backward-filter and
+//   columns GEMMs spill 80 and 56 bytes there. gemm_reduce_kernel, channel sums, col2im: 30-34
+//   regs, no spills.
 #include "conv_gemm.cuh"
 
 namespace convnet::cuda {
