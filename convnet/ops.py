@@ -53,6 +53,25 @@ def sgd_update(w, dw, v, lr, momentum=0.9, weight_decay=5e-4):
     _C.sgd_update(w, dw, v, float(lr), float(momentum), float(weight_decay))
 
 
+# ---- layer-graph plumbing: csrc/ops/join.cpp ----
+
+def add_(a, b):
+    """a += b in place (same shape and device); returns a. Sums the gradients of an output
+    that several layers read."""
+    return _C.add_(a, b)
+
+
+def concat(xs, axis=1):
+    """A new tensor joining the tensors xs (same device, same shape outside `axis`) along axis."""
+    return _C.concat(list(xs), int(axis))
+
+
+def split(x, sizes, axis=1):
+    """New tensors holding consecutive slices of x along axis, of the given sizes (summing to
+    x.shape[axis]): the inverse of concat."""
+    return _C.split(x, [int(s) for s in sizes], int(axis))
+
+
 # ---- local response normalisation: csrc/ops/lrn.cpp ----
 
 def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
@@ -124,3 +143,20 @@ def linear_backward(x, w, dy):
 
 
 # ---- data augmentation: csrc/ops/augment.cpp ----
+
+def augment(images, offsets, flips=None, rgb_shift=None, mean=None, crop=None, source=None):
+    """Crop, flip, subtract the mean image, add the lighting shift and go to NCHW, in one pass.
+
+    images uint8 (B, H, W, 3); offsets int32 (N, 2) as (y, x) of each crop's top-left corner;
+    flips uint8 (N,) (nonzero = horizontal reflection of the crop); rgb_shift float32 (N, 3), the
+    per-image PCA lighting term eigvec @ (alpha * eigval); mean float32 (H, W, 3), subtracted at
+    the source pixel; crop an int or (crop_h, crop_w) (None: the whole image); source int32 (N,)
+    picks the input image of each output (None: output k from image k, N = B), so ten views
+    need no copies of the images. All tensors on one device. Returns float32 (N, 3, crop_h, crop_w):
+    out[k, c, i, j] = images[s, y+i, x+j', c] - mean[y+i, x+j', c] + rgb_shift[k, c],
+    j' = crop_w-1-j when flipped."""
+    if crop is None:
+        crop_h, crop_w = int(images.shape[1]), int(images.shape[2])
+    else:
+        crop_h, crop_w = _pair(crop, "crop")
+    return _C.augment(images, offsets, flips, rgb_shift, mean, crop_h, crop_w, source)

@@ -15,10 +15,13 @@ using namespace convnet;
 
 namespace {
 
+// By value (kind, size, native byte order): arrays from files or pickles carry dtype
+// objects that are equal to, but not the same object as, NumPy's own.
 DType dtype_from_numpy(const py::dtype& dt) {
-  if (dt.is(py::dtype::of<float>())) return DType::f32;
-  if (dt.is(py::dtype::of<int32_t>())) return DType::i32;
-  if (dt.is(py::dtype::of<uint8_t>())) return DType::u8;
+  bool native = dt.byteorder() != '>' ;
+  if (native && dt.kind() == 'f' && dt.itemsize() == 4) return DType::f32;
+  if (native && dt.kind() == 'i' && dt.itemsize() == 4) return DType::i32;
+  if (dt.kind() == 'u' && dt.itemsize() == 1) return DType::u8;
   OpScope s("tensor");
   CHECK_TYPE(false, "unsupported dtype ", std::string(py::str(dt)), " (convnet holds float32, int32 and uint8)");
   return DType::f32;
@@ -251,4 +254,5 @@ PYBIND11_MODULE(_C, m) {
   register_conv(m);
   register_linear(m);
   register_augment(m);
+  register_join(m);
 }

@@ -105,7 +105,7 @@ def test_random_shapes(device, rng, seed):
     (1, 37, 17, 17, 45, 3, 3, (1, 1), (1, 1), 1),   # channels not multiples of any tile
     (2, 16, 12, 12, 16, 5, 5, (2, 2), (2, 2), 16),  # depthwise
     (3, 4, 30, 30, 6, 3, 3, (1, 1), (1, 1), 2),     # images gathered 2 + 1 along the GEMM's columns
-    (5, 3, 20, 20, 4, 1, 1, (1, 1), (0, 0), 1),     # pointwise, images gathered 3 + 2
+    (7, 3, 20, 20, 4, 1, 1, (1, 1), (0, 0), 1),     # pointwise, images gathered 4 + 3
 ])
 def test_edge_shapes(device, rng, case):
     run_conv(device, rng, *case)

@@ -32,3 +32,169 @@ def test_relu_bad_input(device):
         ops.relu_backward(x, convnet.tensor(np.ones((3, 2), np.float32), device))
     with pytest.raises(TypeError):
         ops.relu(np.ones(3, np.float32))
+
+
+# ---- dropout ----
+# NumPy twin of csrc/kernels/random.h: SplitMix64 read at position i of a stream keyed by
+# mix64(seed); element i is kept when its top 24 bits >= ceil(p * 2^24). Asserting the exact
+# mask pins the hash, its independence from thread count, and CPU == CUDA.
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def ref_dropout_mask(shape, p, seed):
+    n = int(np.prod(shape))
+    key = _mix64(np.array([seed & _M64], dtype=np.uint64))  # arrays: uint64 products wrap silently
+    bits = _mix64(key + np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)
+    threshold = np.uint64(int(np.ceil(p * 2.0**24)))
+    return (bits >= threshold).astype(np.uint8).reshape(shape)
+
+
+def ref_dropout(x, mask, p):
+    return x * mask / (1.0 - p)
+
+
+DROPOUT_CASES = [((1,), 0.5, 0), ((7,), 0.5, 1), ((3, 5), 0.25, 2**63 - 1), ((2, 3, 4, 5), 0.5, -7),
+                 ((5, 4096), 0.5, 12345), ((1031,), 0.9, 99), ((40000,), 0.5, 3)]
+
+
+@pytest.mark.parametrize("shape,p,seed", DROPOUT_CASES)
+def test_dropout_forward_backward(device, rng, shape, p, seed):
+    x = rng.standard_normal(shape)
+    dy = rng.standard_normal(shape)
+    y, mask = ops.dropout(convnet.tensor(x, device), p, seed)
+    assert y.device == device and y.dtype == "float32" and y.shape == shape
+    assert mask.device == device and mask.dtype == "uint8" and mask.shape == shape
+    want_mask = ref_dropout_mask(shape, p, seed)
+    np.testing.assert_array_equal(mask.numpy(), want_mask)
+    if x.size >= 8:
+        assert 0 < want_mask.sum() < x.size  # the case really drops some and keeps some
+    assert_close(y.numpy(), ref_dropout(x.astype(np.float32), want_mask, p), 1e-6)
+    dx = ops.dropout_backward(convnet.tensor(dy, device), mask, p).numpy()
+    if x.size <= 64:  # the reference's own gradient, by finite differences
+        assert_close(numeric_grad(lambda v: ref_dropout(v, want_mask, p) * dy, x),
+                     want_mask * dy / (1 - p), 1e-6)
+    assert_close(dx, ref_dropout(dy.astype(np.float32), want_mask, p), 1e-6)
+
+
+def test_dropout_seeds(device, rng):
+    x = convnet.tensor(rng.standard_normal((64, 100)), device)
+    y1, m1 = ops.dropout(x, 0.5, 42)
+    y2, m2 = ops.dropout(x, 0.5, 42)
+    _, m3 = ops.dropout(x, 0.5, 43)
+    np.testing.assert_array_equal(m1.numpy(), m2.numpy())
+    np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+    assert np.mean(m1.numpy() != m3.numpy()) > 0.3  # independent masks differ in ~half the places
+    # seed=None draws a fresh seed each call
+    assert np.any(ops.dropout(x)[1].numpy() != ops.dropout(x)[1].numpy())
+
+
+@pytest.mark.parametrize("p", [0.5, 0.1, 0.8])
+def test_dropout_keep_rate(device, p):
+    n = 1 << 20
+    _, mask = ops.dropout(convnet.tensor(np.ones(n, np.float32), device), p, 2024)
+    kept = mask.numpy().mean()
+    sigma = np.sqrt(p * (1 - p) / n)
+    # A 6-sigma bound: a correct generator fails it about once in 5e8 runs.
+    assert abs(kept - (1 - p)) < 6 * sigma, f"kept {kept:.5f}, expected {1 - p} +- {6 * sigma:.5f}"
+
+
+def test_dropout_p0_keeps_all(device, rng):
+    x = rng.standard_normal((3, 1001)).astype(np.float32)
+    y, mask = ops.dropout(convnet.tensor(x, device), 0.0, 5)
+    assert mask.numpy().all()
+    np.testing.assert_array_equal(y.numpy(), x)
+
+
+def test_dropout_thread_count_independent():
+    """The CPU mask is the same with 1 and 2 OpenMP threads (on top of matching the NumPy hash)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, numpy as np, convnet; from convnet import ops; "
+            "m = ops.dropout(convnet.tensor(np.ones(300007, np.float32)), 0.3, 77)[1].numpy(); "
+            "print(hashlib.sha256(m.tobytes()).hexdigest())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))  # this convnet, built
+    digests = []
+    for threads in ("1", "2"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        digests.append(out.stdout.strip())
+    want = hashlib.sha256(ref_dropout_mask((300007,), 0.3, 77).tobytes()).hexdigest()
+    assert digests == [want, want]
+
+
+def test_dropout_bad_input(device):
+    x = convnet.tensor(np.ones((2, 3), np.float32), device)
+    m = convnet.tensor(np.ones((2, 3), np.uint8), device)
+    for p in (1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"dropout: drop probability p must be in \[0, 1\)"):
+            ops.dropout(x, p, 0)
+        with pytest.raises(ValueError, match=r"dropout_backward: drop probability p"):
+            ops.dropout_backward(x, m, p)
+    with pytest.raises(TypeError, match="dropout: 'x' must be float32"):
+        ops.dropout(convnet.tensor(np.ones(3, np.int32), device), 0.5, 0)
+    with pytest.raises(TypeError, match="dropout_backward: 'mask' must be uint8"):
+        ops.dropout_backward(x, x, 0.5)
+    with pytest.raises(ValueError, match="dropout_backward: 'mask' must have shape"):
+        ops.dropout_backward(x, convnet.tensor(np.ones((3, 2), np.uint8), device), 0.5)
+    if device != "cpu":
+        with pytest.raises(ValueError, match="dropout_backward: 'dy' is on cuda:0 but 'mask' is on cpu"):
+            ops.dropout_backward(x, convnet.tensor(np.ones((2, 3), np.uint8)), 0.5)
+
+
+# ---- SGD with momentum and weight decay (the paper's rule) ----
+
+def ref_sgd(w, dw, v, lr, momentum, weight_decay):
+    v = momentum * v - weight_decay * lr * w - lr * dw
+    return w + v, v
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (96, 3, 11, 11), (1031,), (5, 4, 3)])
+def test_sgd_update_steps(device, rng, shape):
+    lr, momentum, weight_decay = 0.01, 0.9, 5e-4
+    w64 = rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+    v64 = 0.1 * rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+    w = convnet.tensor(w64, device)
+    v = convnet.tensor(v64, device)
+    for step in range(4):
+        dw64 = rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+        assert ops.sgd_update(w, convnet.tensor(dw64, device), v, lr, momentum, weight_decay) is None
+        w64, v64 = ref_sgd(w64, dw64, v64, lr, momentum, weight_decay)
+        assert_close(v.numpy(), v64, 1e-5, f"v after step {step}")
+        assert_close(w.numpy(), w64, 1e-5, f"w after step {step}")
+    assert w.device == device and w.shape == shape
+
+
+def test_sgd_weight_decay_is_l2_gradient(rng):
+    """The reference's decay term is lr times the gradient of the L2 penalty (wd/2)*|w|^2."""
+    w = rng.standard_normal(6)
+    lr, wd = 0.1, 0.05
+    _, v = ref_sgd(w, np.zeros(6), np.zeros(6), lr, 0.0, wd)
+    assert_close(-v, lr * numeric_grad(lambda u: 0.5 * wd * np.sum(u * u), w), 1e-7)
+
+
+def test_sgd_update_bad_input(device):
+    def t(shape, dtype=np.float32, dev=device):
+        return convnet.tensor(np.ones(shape, dtype), dev)
+
+    w = t((4, 3))
+    with pytest.raises(ValueError, match=r"sgd_update: 'dw' must have shape \(4, 3\)"):
+        ops.sgd_update(w, t((3, 4)), t((4, 3)), 0.01)
+    with pytest.raises(ValueError, match=r"sgd_update: 'v' must have shape \(4, 3\)"):
+        ops.sgd_update(w, t((4, 3)), t((12,)), 0.01)
+    with pytest.raises(TypeError, match="sgd_update: 'dw' must be float32"):
+        ops.sgd_update(w, t((4, 3), np.int32), t((4, 3)), 0.01)
+    with pytest.raises(ValueError, match="sgd_update: w, dw and v must be three different tensors"):
+        ops.sgd_update(w, t((4, 3)), w, 0.01)
+    if device != "cpu":
+        with pytest.raises(ValueError, match="sgd_update: 'w' is on cuda:0 but 'v' is on cpu"):
+            ops.sgd_update(w, t((4, 3)), t((4, 3), dev="cpu"), 0.01)

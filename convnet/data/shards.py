@@ -1,0 +1,190 @@
+"""The on-disk format of a prepared dataset (written by convnet.prepare and
+convnet.data.builtin, read by open_dataset).
+
+A prepared dataset is a folder holding:
+
+    index.json              {"format": "convnet-shards", "version": 1, "image_size": S,
+                             "classes": [names], "splits": {"train": {"count": N,
+                             "shards": [{"file": "train-00000.npy", "count": n}, ...],
+                             "labels": "train-labels.npy"}, "val": {...}},
+                             "mean": "mean.npy", "pca": {"eigval": [3], "eigvec": [[3]x3]},
+                             "pca_note": "..."}
+    <split>-NNNNN.npy       uint8 (n, S, S, 3) images, RGB, memory-mappable (np.load mmap_mode="r")
+    <split>-labels.npy      int32 (N,) labels of the split's images in shard order
+    mean.npy                float32 (S, S, 3): the mean training image (per pixel, per channel)
+
+PCA lighting: eigval/eigvec are the eigen-decomposition of the 3x3 covariance of the RGB
+values of every pixel of every training image, with values scaled to [0, 1]; eigval is then
+multiplied by 255 so that eigvec @ (alpha * eigval) is a shift in 0..255 pixel units (the
+convention behind ImageNet's often quoted [55.46, 4.79, 1.15]). eigvec's columns are the
+eigenvectors, ordered by decreasing eigenvalue.
+
+index.json is written last (atomically), so a folder without it is an unfinished preparation.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "convnet-shards"
+VERSION = 1
+INDEX = "index.json"
+
+
+def atomic_write_bytes(path, data):
+    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(path, array):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+class ShardedImages:
+    """The images of a split stored in several shard files, read as one (N, H, W, 3) uint8 array.
+
+    Supports len(), .shape, .dtype, integer / slice / integer-array indexing along the first
+    axis, take(indices, out=) and np.asarray (which reads everything)."""
+
+    def __init__(self, arrays):
+        self._arrays = list(arrays)
+        counts = [len(a) for a in self._arrays]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        item = self._arrays[0].shape[1:]
+        self.shape = (int(self._starts[-1]),) + tuple(item)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 4
+
+    def __len__(self):
+        return self.shape[0]
+
+    def take(self, indices, out=None):
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if indices.size and (indices.min() < -n or indices.max() >= n):
+            raise IndexError(f"index out of range for {n} images")
+        indices = np.where(indices < 0, indices + n, indices)
+        if out is None:
+            out = np.empty((len(indices),) + self.shape[1:], np.uint8)
+        shard = np.searchsorted(self._starts, indices, side="right") - 1
+        for s in np.unique(shard):
+            where = np.nonzero(shard == s)[0]
+            out[where] = self._arrays[s][indices[where] - self._starts[s]]
+        return out
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            first, rest = key[0], key[1:]
+            return self[first][(slice(None),) + rest] if not np.isscalar(first) else self[first][rest]
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= k < len(self):
+                raise IndexError(f"index {key} out of range for {len(self)} images")
+            s = int(np.searchsorted(self._starts, k, side="right") - 1)
+            return self._arrays[s][k - self._starts[s]]
+        if isinstance(key, slice):
+            return self.take(np.arange(len(self))[key])
+        return self.take(key)
+
+    def __array__(self, dtype=None, copy=None):
+        a = np.concatenate([np.asarray(x) for x in self._arrays])
+        return a if dtype is None else a.astype(dtype)
+
+
+def open_images(folder, shards):
+    """Memory-map a split's shard files: the plain np.memmap when there is one shard."""
+    arrays = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in shards if s["count"] > 0]
+    if not arrays:
+        return None
+    return arrays[0] if len(arrays) == 1 else ShardedImages(arrays)
+
+
+def write_index(folder, image_size, classes, splits, mean_file, eigval, eigvec, note, extra=None):
+    index = {"format": FORMAT, "version": VERSION, "image_size": int(image_size), "classes": list(classes),
+             "splits": splits, "mean": mean_file,
+             "pca": {"eigval": [float(v) for v in eigval], "eigvec": [[float(v) for v in r] for r in eigvec]},
+             "pca_note": note}
+    if extra:
+        index.update(extra)
+    atomic_write_json(Path(folder) / INDEX, index)
+
+
+class PixelStats:
+    """Running sums for the mean image and the RGB covariance (float64: exact enough for
+    ImageNet's 1.2 million images). Mergeable, so each worker keeps its own."""
+
+    def __init__(self, h, w):
+        self.count = 0
+        self.sum_image = np.zeros((h, w, 3), np.float64)
+        self.sum_rgb = np.zeros(3, np.float64)
+        self.sum_outer = np.zeros((3, 3), np.float64)
+
+    def add(self, images):
+        """images uint8 (n, h, w, 3)."""
+        if len(images) == 0:
+            return
+        self.count += len(images)
+        self.sum_image += images.sum(axis=0, dtype=np.float64)
+        step = max(1, (1 << 20) // (images.shape[1] * images.shape[2]))  # ~1M pixels at a time
+        for i in range(0, len(images), step):
+            px = images[i:i + step].reshape(-1, 3).astype(np.float64)
+            self.sum_rgb += px.sum(axis=0)
+            self.sum_outer += px.T @ px
+
+    def merge(self, other):
+        self.count += other.count
+        self.sum_image += other.sum_image
+        self.sum_rgb += other.sum_rgb
+        self.sum_outer += other.sum_outer
+
+    def to_arrays(self):
+        return {"count": np.array(self.count), "sum_image": self.sum_image, "sum_rgb": self.sum_rgb,
+                "sum_outer": self.sum_outer}
+
+    @classmethod
+    def from_arrays(cls, d):
+        s = cls(*d["sum_image"].shape[:2])
+        s.count = int(d["count"])
+        s.sum_image[...] = d["sum_image"]
+        s.sum_rgb[...] = d["sum_rgb"]
+        s.sum_outer[...] = d["sum_outer"]
+        return s
+
+    def mean_image(self):
+        return (self.sum_image / max(self.count, 1)).astype(np.float32)
+
+    def pca(self):
+        """(eigval (3,), eigvec (3, 3) columns): covariance of RGB in [0, 1], eigval times 255."""
+        n = max(self.count * self.sum_image.shape[0] * self.sum_image.shape[1], 1)
+        mu = self.sum_rgb / n
+        cov = (self.sum_outer / n - np.outer(mu, mu)) / 255.0**2
+        return pca_from_cov(cov)
+
+
+def pca_from_cov(cov):
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1]
+    vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
+    vecs = vecs * np.where(vecs.sum(axis=0) < 0, -1.0, 1.0)  # a fixed sign: deterministic output
+    return (vals * 255.0).astype(np.float32), vecs.astype(np.float32)
+
+
+PCA_NOTE = ("eigen-decomposition of the covariance of the RGB values (scaled to [0,1]) of every pixel of "
+            "every training image; eigval multiplied by 255 so eigvec @ (alpha*eigval) is in pixel units")

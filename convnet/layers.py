@@ -1,0 +1,397 @@
+"""Layers of the graph (convnet/graph.py): each wraps the kernels of convnet.ops.
+
+A layer has a name, the names of the layers it reads (`inputs`), its parameters (`params`:
+name -> Param), and the physical device it runs on (`device`, set by the Net). When a layer
+reads several inputs they are joined along the channel axis (axis 1) first: that is how a
+crossover layer (conv3, fc6, fc7, fc8) sees the maps of both towers.
+
+forward(xs, train) takes the input tensors (already on this layer's device) and returns the
+output; backward(dy) takes the output gradient and returns one input gradient per input (None
+for inputs that need none) and fills each param's .grad. Per-sample shapes (no batch axis)
+are inferred by out_shape(in_shapes) so the net can be checked and printed without running.
+"""
+import math
+
+from . import ops
+from . import _C
+
+
+class Param:
+    """A learned tensor with its gradient and its momentum buffer (both on the same device).
+
+    `key` names it in the one-device layout (e.g. "conv2.weight"); `rows` is the slice of
+    that tensor's first (output) axis this part holds: a tower holds half the kernels."""
+
+    def __init__(self, key, shape, rows, full_rows, device):
+        self.key = key
+        self.shape = tuple(shape)
+        self.rows = rows  # (start, stop) along axis 0 of the full tensor
+        self.full_rows = full_rows
+        self.data = _C.zeros(list(shape), "float32", device)
+        self.momentum = _C.zeros(list(shape), "float32", device)
+        self.grad = None
+
+    @property
+    def full_shape(self):
+        return (self.full_rows,) + self.shape[1:]
+
+    def __repr__(self):
+        return f"Param({self.key}[{self.rows[0]}:{self.rows[1]}], shape={self.shape})"
+
+
+class Layer:
+    type = None
+    has_params = False
+    multi_input = False  # whether several inputs (joined along axis 1) are allowed
+
+    def __init__(self, spec):
+        self.spec = dict(spec)
+        self.name = spec["name"]
+        self.inputs = list(spec.get("inputs", []))
+        self.tower = int(spec.get("tower", 0))
+        # The layer in the one-device net this one is part of (conv1_a and conv1_b: "conv1").
+        self.group = spec.get("group", self.name)
+        self.params = {}
+        self.device = None    # physical device, set by the Net
+        self.logical = None   # logical device name, set by the Net
+        self.in_shapes = None
+        self.shape = None     # per-sample output shape
+        self._split = None    # channel counts of the joined inputs
+
+    # -- shapes --
+    def out_shape(self, in_shapes):
+        """The per-sample output shape for these per-sample input shapes (checks them)."""
+        if len(in_shapes) > 1:
+            if not self.multi_input:
+                raise ValueError(f"layer {self.name!r} ({self.type}) takes one input, got {len(in_shapes)}")
+            first = in_shapes[0]
+            for s in in_shapes[1:]:
+                if len(s) != len(first) or tuple(s[1:]) != tuple(first[1:]):
+                    raise ValueError(f"layer {self.name!r}: inputs {self.inputs} have shapes {in_shapes} "
+                                     "that differ outside the channel axis")
+            joined = (sum(s[0] for s in in_shapes),) + tuple(first[1:])
+        else:
+            joined = tuple(in_shapes[0])
+        self._split = [s[0] for s in in_shapes]
+        self.in_shapes = [tuple(s) for s in in_shapes]
+        self.shape = tuple(self._shape(joined))
+        return self.shape
+
+    def _shape(self, s):
+        return s
+
+    def make_params(self, device):
+        pass
+
+    def num_params(self):
+        return sum(math.prod(p.shape) for p in self.params.values())
+
+    # -- compute --
+    def forward(self, xs, train):
+        x = xs[0] if len(xs) == 1 else ops.concat(xs, 1)
+        return self._forward(x, train)
+
+    def backward(self, dy):
+        dx = self._backward(dy)
+        if dx is None:
+            return [None] * len(self.inputs)
+        if len(self._split) == 1:
+            return [dx]
+        return ops.split(dx, self._split, 1)
+
+    def clear(self):
+        """Drop what forward kept for backward."""
+        for k in [k for k in vars(self) if k.startswith("_saved")]:
+            setattr(self, k, None)
+
+    def describe(self):
+        return self.type
+
+
+class Input(Layer):
+    """The images: a source with a fixed per-sample shape (C, H, W)."""
+    type = "input"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.shape = tuple(spec["shape"])
+
+
+def _param_spec(spec, out):
+    """(key prefix, first row, full rows) of this layer's part of the one-device parameters."""
+    start, full = spec.get("rows", (0, out))
+    return spec.get("group", spec["name"]), int(start), int(full)
+
+
+class Conv(Layer):
+    type = "conv"
+    has_params = True
+    multi_input = True
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.out_channels = int(spec["out_channels"])
+        self.kernel = int(spec["kernel"])
+        self.stride = int(spec.get("stride", 1))
+        self.padding = int(spec.get("padding", 0))
+        self.groups = int(spec.get("groups", 1))
+        self.weight_std = float(spec.get("weight_std", 0.01))
+        self.bias_init = float(spec.get("bias_init", 0.0))
+
+    def _shape(self, s):
+        if len(s) != 3:
+            raise ValueError(f"layer {self.name!r} (conv) needs (C, H, W) input, got {s}")
+        c, h, w = s
+        if c % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"layer {self.name!r}: {c} input and {self.out_channels} output channels "
+                             f"do not divide into {self.groups} groups")
+        oh = (h + 2 * self.padding - self.kernel) // self.stride + 1
+        ow = (w + 2 * self.padding - self.kernel) // self.stride + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"layer {self.name!r}: {self.kernel}x{self.kernel} kernel does not fit a {h}x{w} input")
+        self.in_channels = c
+        return (self.out_channels, oh, ow)
+
+    def make_params(self, device):
+        key, start, full = _param_spec(self.spec, self.out_channels)
+        rows = (start, start + self.out_channels)
+        self.params = {
+            "weight": Param(f"{key}.weight", (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel),
+                            rows, full, device),
+            "bias": Param(f"{key}.bias", (self.out_channels,), rows, full, device)}
+
+    def _forward(self, x, train):
+        self._saved_x = x
+        return ops.conv2d(x, self.params["weight"].data, self.params["bias"].data, self.stride, self.padding,
+                          self.groups)
+
+    def _backward(self, dy):
+        dx, dw, db = ops.conv2d_backward(self._saved_x, self.params["weight"].data, dy, self.stride, self.padding,
+                                         self.groups)
+        self.params["weight"].grad = dw
+        self.params["bias"].grad = db
+        return dx
+
+    def describe(self):
+        g = f" groups {self.groups}" if self.groups > 1 else ""
+        return f"conv {self.kernel}x{self.kernel}/{self.stride} pad {self.padding}{g}"
+
+
+class Linear(Layer):
+    """Fully connected; flattens its (joined) input to (N, features) first."""
+    type = "linear"
+    has_params = True
+    multi_input = True
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.out_features = int(spec["out_features"])
+        self.weight_std = float(spec.get("weight_std", 0.01))
+        self.bias_init = float(spec.get("bias_init", 0.0))
+
+    def _shape(self, s):
+        self.in_features = math.prod(s)
+        return (self.out_features,)
+
+    def make_params(self, device):
+        key, start, full = _param_spec(self.spec, self.out_features)
+        rows = (start, start + self.out_features)
+        self.params = {"weight": Param(f"{key}.weight", (self.out_features, self.in_features), rows, full, device),
+                       "bias": Param(f"{key}.bias", (self.out_features,), rows, full, device)}
+
+    def _forward(self, x, train):
+        self._saved_shape = x.shape
+        x = x.reshape([x.shape[0], -1])
+        self._saved_x = x
+        return ops.linear(x, self.params["weight"].data, self.params["bias"].data)
+
+    def _backward(self, dy):
+        dx, dw, db = ops.linear_backward(self._saved_x, self.params["weight"].data, dy)
+        self.params["weight"].grad = dw
+        self.params["bias"].grad = db
+        return dx.reshape(list(self._saved_shape))
+
+    def describe(self):
+        return "fc"
+
+
+class ReLU(Layer):
+    type = "relu"
+
+    def _forward(self, x, train):
+        self._saved_y = ops.relu(x)
+        return self._saved_y
+
+    def _backward(self, dy):
+        return ops.relu_backward(self._saved_y, dy)
+
+
+class LRN(Layer):
+    """The paper's local response normalisation across channels. With groups > 1 each group of
+    channels is normalised on its own, so a one-device grouped net computes what two towers
+    compute (each tower normalises only its own maps)."""
+    type = "lrn"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.size = int(spec.get("size", 5))
+        self.alpha = float(spec.get("alpha", 1e-4))
+        self.beta = float(spec.get("beta", 0.75))
+        self.k = float(spec.get("k", 2.0))
+        self.groups = int(spec.get("groups", 1))
+
+    def _shape(self, s):
+        if len(s) != 3 or s[0] % self.groups:
+            raise ValueError(f"layer {self.name!r} (lrn) needs (C, H, W) input with C divisible by {self.groups}, got {s}")
+        return s
+
+    def _args(self):
+        return self.size, self.alpha, self.beta, self.k
+
+    def _forward(self, x, train):
+        if self.groups == 1:
+            y = ops.lrn(x, *self._args())
+            self._saved_x, self._saved_y = [x], [y]
+            return y
+        xs = ops.split(x, [x.shape[1] // self.groups] * self.groups, 1)
+        ys = [ops.lrn(xi, *self._args()) for xi in xs]
+        self._saved_x, self._saved_y = xs, ys
+        return ops.concat(ys, 1)
+
+    def _backward(self, dy):
+        if self.groups == 1:
+            return ops.lrn_backward(self._saved_x[0], self._saved_y[0], dy, *self._args())
+        dys = ops.split(dy, [dy.shape[1] // self.groups] * self.groups, 1)
+        return ops.concat([ops.lrn_backward(x, y, d, *self._args())
+                           for x, y, d in zip(self._saved_x, self._saved_y, dys)], 1)
+
+    def describe(self):
+        g = f" groups {self.groups}" if self.groups > 1 else ""
+        return f"lrn n={self.size}{g}"
+
+
+class MaxPool(Layer):
+    type = "maxpool"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.size = int(spec.get("size", 3))
+        self.stride = int(spec.get("stride", 2))
+
+    def _shape(self, s):
+        if len(s) != 3 or s[1] < self.size or s[2] < self.size:
+            raise ValueError(f"layer {self.name!r} (maxpool {self.size}) needs a (C, H, W) input of at least "
+                             f"{self.size}x{self.size}, got {s}")
+        return (s[0], (s[1] - self.size) // self.stride + 1, (s[2] - self.size) // self.stride + 1)
+
+    def _forward(self, x, train):
+        y = ops.max_pool(x, self.size, self.stride)
+        self._saved_x, self._saved_y = x, y
+        return y
+
+    def _backward(self, dy):
+        return ops.max_pool_backward(self._saved_x, self._saved_y, dy, self.size, self.stride)
+
+    def describe(self):
+        return f"maxpool {self.size}/{self.stride}"
+
+
+class Dropout(Layer):
+    """Dropout with probability p while training (scaled by 1/(1-p), so identity at test time).
+    The Net sets `seed` before each training forward (derived from the net's seed and step)."""
+    type = "dropout"
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.p = float(spec.get("p", 0.5))
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"layer {self.name!r}: dropout p must be in [0, 1), got {self.p}")
+        self.seed = 0
+
+    def _forward(self, x, train):
+        self._saved_mask = None
+        if not train or self.p == 0.0:
+            return x
+        y, self._saved_mask = ops.dropout(x, self.p, self.seed)
+        return y
+
+    def _backward(self, dy):
+        if self._saved_mask is None:
+            return dy
+        return ops.dropout_backward(dy, self._saved_mask, self.p)
+
+    def describe(self):
+        return f"dropout {self.p:g}"
+
+
+class Flatten(Layer):
+    type = "flatten"
+    multi_input = True
+
+    def _shape(self, s):
+        return (math.prod(s),)
+
+    def _forward(self, x, train):
+        self._saved_shape = x.shape
+        return x.reshape([x.shape[0], -1])
+
+    def _backward(self, dy):
+        return dy.reshape(list(self._saved_shape))
+
+
+class Concat(Layer):
+    """Joins its inputs along the channel axis (every layer can do this itself; this one only joins)."""
+    type = "concat"
+    multi_input = True
+
+    def _forward(self, x, train):
+        return x
+
+    def _backward(self, dy):
+        return dy
+
+
+class SoftmaxLoss(Layer):
+    """Softmax over the classes with the mean cross-entropy loss. Its output is the loss (a float);
+    `labels` (int32, on this layer's device) is set by the Net before forward."""
+    type = "softmax_loss"
+
+    def _shape(self, s):
+        if len(s) != 1:
+            raise ValueError(f"layer {self.name!r} (softmax_loss) needs (classes,) input, got {s}")
+        return ()
+
+    def forward(self, xs, train, labels=None):
+        x = xs[0] if len(xs) == 1 else ops.concat(xs, 1)
+        loss, probs = ops.softmax_cross_entropy(x, labels)
+        self._saved_probs, self._saved_labels = probs, labels
+        return loss
+
+    def _backward(self, dy):
+        return ops.softmax_cross_entropy_backward(self._saved_probs, self._saved_labels)
+
+    def describe(self):
+        return "softmax + cross-entropy"
+
+
+LAYER_TYPES = {cls.type: cls for cls in (Input, Conv, Linear, ReLU, LRN, MaxPool, Dropout, Flatten, Concat,
+                                          SoftmaxLoss)}
+LAYER_TYPES["fc"] = Linear
+
+
+def make_layer(spec):
+    if not isinstance(spec, dict):
+        raise TypeError(f"a layer spec is a dict, got {type(spec).__name__}")
+    for key in ("name", "type"):
+        if key not in spec:
+            raise ValueError(f"layer spec {spec!r} has no {key!r}")
+    if spec["type"] not in LAYER_TYPES:
+        raise ValueError(f"layer {spec['name']!r}: unknown type {spec['type']!r} "
+                         f"(known: {', '.join(sorted(LAYER_TYPES))})")
+    try:
+        return LAYER_TYPES[spec["type"]](spec)
+    except KeyError as e:
+        raise ValueError(f"layer {spec['name']!r} ({spec['type']}) needs the setting {e.args[0]!r}") from None
+
+
+__all__ = ["Param", "Layer", "make_layer", "LAYER_TYPES"] + [c.__name__ for c in set(LAYER_TYPES.values())]

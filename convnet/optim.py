@@ -1,0 +1,106 @@
+"""The paper's SGD and its learning-rate schedules.
+
+    v <- momentum * v - weight_decay * lr * w - lr * dL/dw ;  w <- w + v
+
+applied by ops.sgd_update to each parameter part on its own device. The momentum buffers
+live in the net's Params (Param.momentum); state_dict() gives them in the one-device layout.
+"""
+import math
+
+
+class SGD:
+    def __init__(self, net, lr=0.01, momentum=0.9, weight_decay=5e-4):
+        if lr < 0 or momentum < 0 or weight_decay < 0:
+            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
+        self.net = net
+        self.lr = float(lr)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.steps = 0
+
+    def step(self):
+        """One update of every parameter from the gradients of the last backward."""
+        from . import ops
+
+        params = self.net.params()
+        missing = [p.key for p in params if p.grad is None]
+        if missing:
+            raise RuntimeError(f"SGD.step: no gradient for {missing[:3]}...: call net.backward() first")
+        for p in params:
+            ops.sgd_update(p.data, p.grad, p.momentum, self.lr, self.momentum, self.weight_decay)
+            p.grad = None  # each gradient is used once
+        self.steps += 1
+
+    def state_dict(self):
+        """Momentum buffers in the one-device layout ("conv1.weight" -> array) and the settings."""
+        return {"momentum": self.net.momentum_dict(), "lr": self.lr, "momentum_factor": self.momentum,
+                "weight_decay": self.weight_decay, "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.net.load_momentum_dict(state["momentum"])
+        for key, attr in (("lr", "lr"), ("momentum_factor", "momentum"), ("weight_decay", "weight_decay"),
+                          ("steps", "steps")):
+            if key in state:
+                setattr(self, attr, type(getattr(self, attr))(state[key]))
+
+
+class ReduceOnPlateau:
+    """Divide the learning rate by 1/factor (10) when the validation error has not improved
+    (by more than `threshold`) for `patience` evaluations in a row; at most `max_cuts` times
+    (the paper cut three times). step(val_error) returns True when it cut."""
+
+    def __init__(self, opt, factor=0.1, patience=2, max_cuts=3, threshold=1e-3):
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceOnPlateau: factor must be in (0, 1), got {factor}")
+        self.opt = opt
+        self.factor = factor
+        self.patience = int(patience)
+        self.max_cuts = int(max_cuts)
+        self.threshold = threshold
+        self.best = math.inf
+        self.bad = 0
+        self.cuts = 0
+
+    def step(self, val_error):
+        if val_error < self.best - self.threshold:
+            self.best = val_error
+            self.bad = 0
+            return False
+        self.bad += 1
+        if self.bad >= self.patience and self.cuts < self.max_cuts:
+            self.opt.lr *= self.factor
+            self.cuts += 1
+            self.bad = 0
+            return True
+        return False
+
+    def state_dict(self):
+        return {"best": self.best, "bad": self.bad, "cuts": self.cuts}
+
+    def load_state_dict(self, state):
+        self.best, self.bad, self.cuts = float(state["best"]), int(state["bad"]), int(state["cuts"])
+
+
+class StepSchedule:
+    """lr = base_lr * factor ** (number of milestones reached); step(epoch) sets it."""
+
+    def __init__(self, opt, milestones, factor=0.1, base_lr=None):
+        self.opt = opt
+        self.milestones = sorted(int(m) for m in milestones)
+        self.factor = factor
+        self.base_lr = opt.lr if base_lr is None else float(base_lr)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.factor ** sum(1 for m in self.milestones if epoch >= m)
+
+    def step(self, epoch):
+        self.opt.lr = self.lr_at(epoch)
+        return self.opt.lr
+
+    def state_dict(self):
+        return {"base_lr": self.base_lr, "milestones": self.milestones, "factor": self.factor}
+
+    def load_state_dict(self, state):
+        self.base_lr = float(state["base_lr"])
+        self.milestones = list(state["milestones"])
+        self.factor = float(state["factor"])

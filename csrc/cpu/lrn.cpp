@@ -1,0 +1,135 @@
+// CPU twins of the local response normalisation family.
+// Work is split into tasks of (image, block of kBlock pixels); a task walks the channels,
+// and every inner loop runs over the block's contiguous pixels (vectorised). Window sums
+// are recomputed directly (size multiply-adds from rows still in L1) rather than slid by
+// add-and-subtract, so no cancellation error creeps in along the channels.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../kernels/lrn.h"
+
+namespace convnet::cpu {
+namespace {
+
+constexpr int64_t kBlock = 128;  // pixels per task: rows of 512 B, a window of them stays in L1
+
+// s^-beta, s > 0. The paper's beta = 3/4 as 1/(sqrt(s) sqrt(sqrt(s))), which vectorises;
+// other betas through powf.
+struct PowThreeQuarters {
+  float operator()(float s) const {
+    float r = std::sqrt(s);
+    return 1.f / (r * std::sqrt(r));
+  }
+};
+struct PowGeneral {
+  float neg_beta;
+  float operator()(float s) const { return std::pow(s, neg_beta); }
+};
+
+// s[p] = k + alpha * sum_{j=lo..hi} x[j*hw + p]^2 for p < len, channels in ascending order.
+inline void window_denominator(const LrnShape& sh, const float* x, int64_t lo, int64_t hi, int64_t len, float* s) {
+  const int64_t hw = sh.hw;
+#pragma omp simd
+  for (int64_t p = 0; p < len; ++p) s[p] = 0.f;
+  for (int64_t j = lo; j <= hi; ++j) {
+    const float* r = x + j * hw;
+#pragma omp simd
+    for (int64_t p = 0; p < len; ++p) s[p] += r[p] * r[p];
+  }
+#pragma omp simd
+  for (int64_t p = 0; p < len; ++p) s[p] = sh.k + sh.alpha * s[p];
+}
+
+int64_t blocks_of(int64_t hw) { return (hw + kBlock - 1) / kBlock; }
+
+template <class NegPow>
+void lrn_forward(const LrnShape& sh, const float* x, float* y, NegPow neg_pow) {
+  const int64_t C = sh.c, HW = sh.hw, half = sh.size / 2, nb = blocks_of(HW);
+#pragma omp parallel for schedule(static) if (sh.n * C * HW > 65536)
+  for (int64_t task = 0; task < sh.n * nb; ++task) {
+    const int64_t n = task / nb, p0 = (task % nb) * kBlock, len = std::min(kBlock, HW - p0);
+    const float* xb = x + n * C * HW + p0;
+    float* yb = y + n * C * HW + p0;
+    alignas(64) float s[kBlock];
+    for (int64_t i = 0; i < C; ++i) {
+      window_denominator(sh, xb, std::max<int64_t>(0, i - half), std::min(C - 1, i + half), len, s);
+      const float* xi = xb + i * HW;
+      float* yi = yb + i * HW;
+#pragma omp simd
+      for (int64_t p = 0; p < len; ++p) yi[p] = xi[p] * neg_pow(s[p]);
+    }
+  }
+}
+
+// One pass over the channels with a lag of `half`: step j computes p_j = s_j^-beta and
+// t_j = dy_j x_j s_j^(-beta-1) into rings of 2*half+1 rows, then finishes channel
+// i = j - half, whose window's t are all known by then.
+template <class NegPow>
+void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, float* dx, NegPow neg_pow) {
+  const int64_t C = sh.c, HW = sh.hw, nb = blocks_of(HW);
+  const int64_t half = std::min(sh.size / 2, C - 1);  // a wider window sees the same channels
+  const int64_t ring = 2 * half + 1;
+  const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
+#pragma omp parallel if (sh.n * C * HW > 65536)
+  {
+    std::vector<float> t_ring(ring * kBlock), p_ring(ring * kBlock);
+    alignas(64) float s[kBlock];
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < sh.n * nb; ++task) {
+      const int64_t n = task / nb, p0 = (task % nb) * kBlock, len = std::min(kBlock, HW - p0);
+      const float* xb = x + n * C * HW + p0;
+      const float* dyb = dy + n * C * HW + p0;
+      float* dxb = dx + n * C * HW + p0;
+      for (int64_t j = 0; j < C + half; ++j) {
+        if (j < C) {
+          window_denominator(sh, xb, std::max<int64_t>(0, j - half), std::min(C - 1, j + half), len, s);
+          const float* xj = xb + j * HW;
+          const float* dyj = dyb + j * HW;
+          float* pj = p_ring.data() + (j % ring) * kBlock;
+          float* tj = t_ring.data() + (j % ring) * kBlock;
+#pragma omp simd
+          for (int64_t p = 0; p < len; ++p) {
+            float q = neg_pow(s[p]);
+            pj[p] = q;
+            tj[p] = dyj[p] * xj[p] * q / s[p];
+          }
+        }
+        const int64_t i = j - half;
+        if (i < 0) continue;
+        // s doubles as the accumulator of sum_{m in window(i)} t_m, in ascending m
+#pragma omp simd
+        for (int64_t p = 0; p < len; ++p) s[p] = 0.f;
+        for (int64_t m = std::max<int64_t>(0, i - half); m <= std::min(C - 1, i + half); ++m) {
+          const float* tm = t_ring.data() + (m % ring) * kBlock;
+#pragma omp simd
+          for (int64_t p = 0; p < len; ++p) s[p] += tm[p];
+        }
+        const float* xi = xb + i * HW;
+        const float* dyi = dyb + i * HW;
+        const float* pi = p_ring.data() + (i % ring) * kBlock;
+        float* dxi = dxb + i * HW;
+#pragma omp simd
+        for (int64_t p = 0; p < len; ++p) dxi[p] = dyi[p] * pi[p] - two_alpha_beta * xi[p] * s[p];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void lrn(const LrnShape& sh, const float* x, float* y) {
+  if (sh.beta == 0.75f)
+    lrn_forward(sh, x, y, PowThreeQuarters{});
+  else
+    lrn_forward(sh, x, y, PowGeneral{-sh.beta});
+}
+
+void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
+  if (sh.beta == 0.75f)
+    lrn_backward_impl(sh, x, dy, dx, PowThreeQuarters{});
+  else
+    lrn_backward_impl(sh, x, dy, dx, PowGeneral{-sh.beta});
+}
+
+}  // namespace convnet::cpu

@@ -1,0 +1,281 @@
+// CUDA twins of the local response normalisation family.
+//
+// Mapping: one thread per (image, chunk of channels, pixel), pixel fastest, so a warp reads
+// 32 consecutive floats of one channel plane (coalesced along W). Each thread walks its
+// channel chunk keeping the window in registers: a ring of x values shifted one channel per
+// step (indices are compile-time after unrolling, so the ring never touches local memory),
+// with kAhead extra slots so each thread keeps kAhead+1 loads in flight. The window sum is
+// recomputed from the ring each step (no add/subtract drift), in ascending channel order
+// like the CPU twin. The chunk count is picked so that a launch has >= ~2^19 threads; a
+// chunk re-reads 2*half (forward) or 4*half (backward) halo channels, mostly from L2.
+// Windows wider than kMaxHalf channels each side fall back to direct-sum kernels (global
+// re-reads, and a scratch tensor for the backward); slow but rare (the paper uses size 5).
+//
+// Backward, in one pass per chunk: lead index j computes p_j = s_j^-beta and
+// t_j = dy_j x_j p_j / s_j into rings; channel i = j - half is then finished as
+// dx_i = dy_i p_i - 2 alpha beta x_i sum_{|m-i|<=half} t_m.
+//
+// ptxas (sm_90, CUDA 13, -O3; registers, no spills, no stack for any of them):
+//   see the table filled in below from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh
+#include "../kernels/lrn.h"
+#include "../core/device.h"
+#include "common.cuh"
+
+namespace convnet::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kAhead = 4;    // extra loads in flight per thread
+constexpr int kMaxHalf = 4;  // ring kernels for size <= 9 (after clipping to the channel count)
+
+template <bool kThreeQuarters>
+__device__ __forceinline__ float neg_pow(float s, float neg_beta) {
+  if (kThreeQuarters) {
+    float r = rsqrtf(s);  // s^-1/2
+    return r * sqrtf(r);  // s^-3/4
+  }
+  return powf(s, neg_beta);
+}
+
+struct Split {
+  int64_t chunk, nchunks, total;  // channels per chunk, chunks, threads
+};
+
+Split split_channels(const LrnShape& sh) {
+  const int64_t pixels = sh.n * sh.hw;
+  int64_t want = ((int64_t)1 << 19) / (pixels > 0 ? pixels : 1);  // chunks for ~2^19 threads
+  int64_t most = (sh.c + 31) / 32;                                 // but chunks of >= 32 channels
+  int64_t nchunks = want < 1 ? 1 : (want > most ? most : want);
+  if (nchunks < 1) nchunks = 1;
+  int64_t chunk = (sh.c + nchunks - 1) / nchunks;
+  nchunks = (sh.c + chunk - 1) / chunk;
+  return Split{chunk, nchunks, pixels * nchunks};
+}
+
+// Which (image, chunk, pixel) thread `idx` is: the base offset of its pixel in channel 0 and
+// its channel range [c0, c1).
+struct Place {
+  int64_t base, c0, c1;
+};
+__device__ __forceinline__ Place place(const LrnShape& sh, const Split& sp, int64_t idx) {
+  const int64_t p = idx % sh.hw, rest = idx / sh.hw;
+  const int64_t cb = rest % sp.nchunks, n = rest / sp.nchunks;
+  const int64_t c0 = cb * sp.chunk;
+  return Place{n * sh.c * sh.hw + p, c0, min(sh.c, c0 + sp.chunk)};
+}
+
+// x at channel j of this pixel, 0 outside [0, limit).
+__device__ __forceinline__ float load_or_zero(const float* __restrict__ v, int64_t j, int64_t limit, int64_t hw) {
+  return (j >= 0 && j < limit) ? __ldg(v + j * hw) : 0.f;
+}
+
+template <int H, bool kThreeQuarters>
+__global__ void __launch_bounds__(kThreads) lrn_ring_kernel(const LrnShape sh, const Split sp,
+                                                             const float* __restrict__ x, float* __restrict__ y) {
+  constexpr int R = 2 * H + 1 + kAhead;  // win[m] = x_{i-H+m}
+  const int64_t hw = sh.hw;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < sp.total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const Place pl = place(sh, sp, idx);
+    const float* xp = x + pl.base;
+    float* yp = y + pl.base;
+    const int64_t limit = min(sh.c, pl.c1 + H);  // last channel this chunk reads, + 1
+    float win[R];
+#pragma unroll
+    for (int m = 0; m < R - 1; ++m) win[m] = load_or_zero(xp, pl.c0 - H + m, limit, hw);
+    for (int64_t i = pl.c0; i < pl.c1; ++i) {
+      win[R - 1] = load_or_zero(xp, i + H + kAhead, limit, hw);
+      float sum = 0.f;
+#pragma unroll
+      for (int m = 0; m <= 2 * H; ++m) sum += win[m] * win[m];
+      yp[i * hw] = win[H] * neg_pow<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta);
+#pragma unroll
+      for (int m = 0; m < R - 1; ++m) win[m] = win[m + 1];
+    }
+  }
+}
+
+template <int H, bool kThreeQuarters>
+__global__ void __launch_bounds__(kThreads) lrn_backward_ring_kernel(const LrnShape sh, const Split sp,
+                                                                      const float* __restrict__ x,
+                                                                      const float* __restrict__ dy,
+                                                                      float* __restrict__ dx) {
+  constexpr int RX = 2 * H + 1 + kAhead;  // X[m] = x_{j-H+m}
+  constexpr int RD = H + 1 + kAhead;      // D[m] = dy_{j-H+m}
+  const int64_t hw = sh.hw;
+  const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < sp.total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const Place pl = place(sh, sp, idx);
+    const float* xp = x + pl.base;
+    const float* dyp = dy + pl.base;
+    float* dxp = dx + pl.base;
+    const int64_t x_limit = min(sh.c, pl.c1 + 2 * H), dy_limit = min(sh.c, pl.c1 + H);
+    float X[RX], D[RD], P[H + 1], T[2 * H + 1];  // P[m] = p_{j-H+m}, T[m] = t_{j-2H+m}
+#pragma unroll
+    for (int m = 0; m < RX - 1; ++m) X[m] = load_or_zero(xp, pl.c0 - 2 * H + m, x_limit, hw);
+#pragma unroll
+    for (int m = 0; m < RD - 1; ++m) D[m] = load_or_zero(dyp, pl.c0 - 2 * H + m, dy_limit, hw);
+#pragma unroll
+    for (int m = 0; m <= H; ++m) P[m] = 0.f;
+#pragma unroll
+    for (int m = 0; m <= 2 * H; ++m) T[m] = 0.f;
+    for (int64_t j = pl.c0 - H; j < pl.c1 + H; ++j) {
+      X[RX - 1] = load_or_zero(xp, j + H + kAhead, x_limit, hw);
+      D[RD - 1] = load_or_zero(dyp, j + kAhead, dy_limit, hw);
+      float sum = 0.f;
+#pragma unroll
+      for (int m = 0; m <= 2 * H; ++m) sum += X[m] * X[m];
+      const float s = sh.k + sh.alpha * sum;
+      const float p = neg_pow<kThreeQuarters>(s, -sh.beta);
+      P[H] = p;
+      T[2 * H] = (j >= 0 && j < sh.c) ? D[H] * X[H] * p / s : 0.f;
+      const int64_t i = j - H;
+      if (i >= pl.c0) {
+        float tsum = 0.f;
+#pragma unroll
+        for (int m = 0; m <= 2 * H; ++m) tsum += T[m];
+        dxp[i * hw] = D[0] * P[0] - two_alpha_beta * X[0] * tsum;
+      }
+#pragma unroll
+      for (int m = 0; m < RX - 1; ++m) X[m] = X[m + 1];
+#pragma unroll
+      for (int m = 0; m < RD - 1; ++m) D[m] = D[m + 1];
+#pragma unroll
+      for (int m = 0; m < H; ++m) P[m] = P[m + 1];
+#pragma unroll
+      for (int m = 0; m < 2 * H; ++m) T[m] = T[m + 1];
+    }
+  }
+}
+
+// ---- fallback for wide windows: one thread per element, direct sums over the window ----
+
+__device__ __forceinline__ float window_denominator(const LrnShape& sh, const float* __restrict__ xp, int64_t i,
+                                                    int64_t half) {
+  const int64_t lo = i - half < 0 ? 0 : i - half, hi = min(sh.c - 1, i + half);
+  float sum = 0.f;
+  for (int64_t j = lo; j <= hi; ++j) {
+    float v = __ldg(xp + j * sh.hw);
+    sum += v * v;
+  }
+  return sh.k + sh.alpha * sum;
+}
+
+// Element e = (n, c, p) of a dense (n, c, hw) tensor: the offset of (n, 0, p) and c.
+__device__ __forceinline__ void element(const LrnShape& sh, int64_t e, int64_t& base, int64_t& c) {
+  const int64_t p = e % sh.hw, rest = e / sh.hw;
+  c = rest % sh.c;
+  base = (rest / sh.c) * sh.c * sh.hw + p;
+}
+
+__global__ void lrn_direct_kernel(const LrnShape sh, int64_t half, const float* __restrict__ x,
+                                  float* __restrict__ y) {
+  const int64_t total = sh.n * sh.c * sh.hw;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t base, c;
+    element(sh, e, base, c);
+    y[e] = x[e] * powf(window_denominator(sh, x + base, c, half), -sh.beta);
+  }
+}
+
+// t = dy x s^(-beta-1), into scratch
+__global__ void lrn_backward_direct_t_kernel(const LrnShape sh, int64_t half, const float* __restrict__ x,
+                                             const float* __restrict__ dy, float* __restrict__ t) {
+  const int64_t total = sh.n * sh.c * sh.hw;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t base, c;
+    element(sh, e, base, c);
+    const float s = window_denominator(sh, x + base, c, half);
+    t[e] = dy[e] * x[e] * powf(s, -sh.beta) / s;
+  }
+}
+
+__global__ void lrn_backward_direct_dx_kernel(const LrnShape sh, int64_t half, const float* __restrict__ x,
+                                              const float* __restrict__ dy, const float* __restrict__ t,
+                                              float* __restrict__ dx) {
+  const int64_t total = sh.n * sh.c * sh.hw;
+  const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
+  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+    int64_t base, c;
+    element(sh, e, base, c);
+    const float s = window_denominator(sh, x + base, c, half);
+    const int64_t lo = c - half < 0 ? 0 : c - half, hi = min(sh.c - 1, c + half);
+    float tsum = 0.f;
+    for (int64_t j = lo; j <= hi; ++j) tsum += t[base + j * sh.hw];
+    dx[e] = dy[e] * powf(s, -sh.beta) - two_alpha_beta * x[e] * tsum;
+  }
+}
+
+int64_t clipped_half(const LrnShape& sh) {
+  const int64_t half = sh.size / 2;
+  return half < sh.c - 1 ? half : sh.c - 1;  // a wider window sees the same channels
+}
+
+template <int H, bool kThreeQuarters>
+void launch_forward(const LrnShape& sh, const Split& sp, const float* x, float* y) {
+  lrn_ring_kernel<H, kThreeQuarters><<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
+  CUDA_CHECK_LAUNCH("lrn_ring_kernel");
+}
+
+template <int H, bool kThreeQuarters>
+void launch_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
+  lrn_backward_ring_kernel<H, kThreeQuarters>
+      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
+  CUDA_CHECK_LAUNCH("lrn_backward_ring_kernel");
+}
+
+// Calls F::template run<H, kThreeQuarters>() for the clipped half-window, if a ring kernel has it.
+template <class F>
+bool with_ring(const LrnShape& sh, F&& f) {
+  const bool b34 = sh.beta == 0.75f;
+  switch (clipped_half(sh)) {
+    case 0: b34 ? f.template run<0, true>() : f.template run<0, false>(); return true;
+    case 1: b34 ? f.template run<1, true>() : f.template run<1, false>(); return true;
+    case 2: b34 ? f.template run<2, true>() : f.template run<2, false>(); return true;
+    case 3: b34 ? f.template run<3, true>() : f.template run<3, false>(); return true;
+    case 4: b34 ? f.template run<4, true>() : f.template run<4, false>(); return true;
+    default: return false;
+  }
+}
+static_assert(kMaxHalf == 4, "with_ring lists the ring kernels 0..kMaxHalf");
+
+struct Forward {
+  const LrnShape& sh; const Split& sp; const float* x; float* y;
+  template <int H, bool B> void run() { launch_forward<H, B>(sh, sp, x, y); }
+};
+struct Backward {
+  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
+  template <int H, bool B> void run() { launch_backward<H, B>(sh, sp, x, dy, dx); }
+};
+
+}  // namespace
+
+void lrn(const LrnShape& sh, const float* x, float* y) {
+  const Split sp = split_channels(sh);
+  if (with_ring(sh, Forward{sh, sp, x, y})) return;
+  const int64_t total = sh.n * sh.c * sh.hw;
+  lrn_direct_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(sh, clipped_half(sh), x, y);
+  CUDA_CHECK_LAUNCH("lrn_direct_kernel");
+}
+
+void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
+  const Split sp = split_channels(sh);
+  if (with_ring(sh, Backward{sh, sp, x, dy, dx})) return;
+  const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const size_t bytes = (size_t)total * sizeof(float);
+  float* t = static_cast<float*>(gpu::allocate(device, bytes));
+  const unsigned blocks = blocks_for(total, kThreads);
+  lrn_backward_direct_t_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t);
+  cudaError_t launched = cudaGetLastError();
+  if (launched == cudaSuccess) {
+    lrn_backward_direct_dx_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t, dx);
+    launched = cudaGetLastError();
+  }
+  gpu::deallocate(device, t, bytes);  // stream-ordered: reused only after these kernels
+  CUDA_CHECK(launched);
+}
+
+}  // namespace convnet::cuda

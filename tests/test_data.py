@@ -1,0 +1,372 @@
+"""Data pipeline: prepare (ImageNet-style trees with messy files, resume, bad input), the
+shard format, the built-in dataset, CIFAR-10 reading, and the Loader (determinism, resume,
+augmentation against the NumPy reference, every device)."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import convnet
+from convnet.data import Loader, builtin, open_dataset, shards
+from convnet.data.prepare import PrepareError, load_image, prepare
+from test_augment import ref_augment
+
+SIZE = 32
+
+
+# ---- a small ImageNet-style tree with messy files ----
+
+def _jpeg(path, array, mode="RGB", **kw):
+    Image.fromarray(array).convert(mode).save(path, "JPEG", quality=95, **kw)
+
+
+def _smooth(rng, h, w):
+    """A smooth random colour image (JPEG keeps it close to the original)."""
+    small = rng.integers(0, 256, (3, 4, 3)).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+
+
+def make_tree(root, rng, flat_val=True):
+    train = root / "train"
+    for c in ("n001", "n002", "n003"):
+        (train / c).mkdir(parents=True)
+    # n001: plain JPEGs of several aspect ratios, and a grayscale JPEG.
+    _jpeg(train / "n001" / "a.JPEG", _smooth(rng, 60, 90))
+    _jpeg(train / "n001" / "b.JPEG", _smooth(rng, 100, 40))
+    _jpeg(train / "n001" / "gray.JPEG", _smooth(rng, 50, 50), mode="L")
+    # n002: a CMYK JPEG, a PNG named .JPEG, a truncated JPEG, a landscape image whose central
+    # square is red and whose sides are blue (checks the shorter-side scale + central crop).
+    _jpeg(train / "n002" / "cmyk.JPEG", _smooth(rng, 48, 64), mode="CMYK")
+    Image.fromarray(_smooth(rng, 40, 40)).save(train / "n002" / "png_named.JPEG", "PNG")
+    _jpeg(train / "n002" / "truncated.JPEG", _smooth(rng, 80, 80))
+    data = (train / "n002" / "truncated.JPEG").read_bytes()
+    (train / "n002" / "truncated.JPEG").write_bytes(data[:len(data) // 2])
+    centre = np.zeros((64, 128, 3), np.uint8)
+    centre[..., 2] = 255
+    centre[:, 32:96] = [255, 0, 0]
+    Image.fromarray(centre).save(train / "n002" / "centre.png")
+    (train / "n002" / "notes.txt").write_text("not an image")
+    # n003: PNGs, one with alpha, one palette, in a subfolder.
+    (train / "n003" / "sub").mkdir()
+    Image.fromarray(_smooth(rng, 33, 47)).convert("RGBA").save(train / "n003" / "rgba.png")
+    Image.fromarray(_smooth(rng, 36, 36)).convert("P").save(train / "n003" / "sub" / "pal.png")
+    val = root / "val"
+    val.mkdir()
+    truth = [("v1.JPEG", "n003"), ("v2.JPEG", "n001"), ("v3.JPEG", "n002"), ("v4.JPEG", "n001")]
+    for name, c in truth:
+        if flat_val:
+            _jpeg(val / name, _smooth(rng, 45, 70))
+        else:
+            (val / c).mkdir(exist_ok=True)
+            _jpeg(val / c / name, _smooth(rng, 45, 70))
+    if flat_val:
+        (root / "val.csv").write_text("ImageId,PredictionString\n" +
+                                      "".join(f"{n.split('.')[0]},{c} 1 2 3 4\n" for n, c in truth))
+    return truth
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imagenet")
+    make_tree(root, np.random.default_rng(5))
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tree, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("prepared")
+    prepare(tree, dst, size=SIZE, shard_size=3, workers=1, progress=False)
+    return dst
+
+
+def test_prepare_outputs(tree, prepared):
+    ds = open_dataset(prepared)
+    assert ds.classes == ["n001", "n002", "n003"] and ds.image_size == SIZE
+    # 9 training image files, the truncated one skipped; 4 validation images.
+    assert len(ds.train) == 8 and len(ds.val) == 4
+    assert list(ds.train.labels) == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert list(ds.val.labels) == [2, 0, 1, 0]
+    assert ds.train.images.shape == (8, SIZE, SIZE, 3) and ds.train.images.dtype == np.uint8
+    index = json.loads((prepared / "index.json").read_text())
+    assert [s["count"] for s in index["splits"]["train"]["shards"]] == [3, 3, 2]  # the truncated file was in shard 2
+    # The shards hold exactly what load_image makes of each file, in order.
+    files = [f for i in range(3) for f in json.loads((prepared / f"train-{i:05d}.json").read_text())["files"]]
+    assert files[3:5] == ["train/n002/centre.png", "train/n002/cmyk.JPEG"]
+    for k, f in enumerate(files):
+        np.testing.assert_array_equal(ds.train.images[k], load_image(tree / f, SIZE))
+    # Shorter side to SIZE then the central square: the red centre fills the image.
+    centre = ds.train.images[3].astype(int)
+    assert (np.abs(centre[:, 2:-2] - [255, 0, 0]) < 8).all()
+    # Grayscale decoded to equal channels; the report names the truncated file with a reason.
+    gray = ds.train.images[2].astype(int)
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    report = (prepared / "prepare-report.txt").read_text()
+    assert "train/n002/truncated.JPEG" in report and "truncated" in report.split("n002/truncated.JPEG")[1].lower()
+    assert index["skipped"] == 1
+    # Mean image and PCA of all training pixels, as documented.
+    imgs = np.asarray(ds.train.images, np.float64)
+    np.testing.assert_allclose(ds.mean, imgs.mean(0), rtol=1e-5, atol=1e-3)
+    cov = np.cov(imgs.reshape(-1, 3).T / 255.0, bias=True)
+    np.testing.assert_allclose(ds.pca_eigvec @ np.diag(ds.pca_eigval / 255.0) @ ds.pca_eigvec.T, cov, atol=1e-6)
+    assert ds.pca_eigval[0] >= ds.pca_eigval[1] >= ds.pca_eigval[2] >= 0
+
+
+def test_prepare_resume_gives_same_shards(tree, prepared, tmp_path):
+    dst = tmp_path / "resumed"
+    prepare(tree, dst, size=SIZE, shard_size=3, workers=1, progress=False, stop_after_shards=2)
+    assert not (dst / "index.json").exists()  # interrupted: not a dataset yet
+    with pytest.raises(ValueError, match="not a prepared dataset"):
+        open_dataset(dst)
+    first = (dst / "train-00000.npy").stat().st_mtime_ns
+    (dst / ".train-00002.npy.tmp123.npy").write_bytes(b"half a shard")  # a write cut short
+    prepare(tree, dst, size=SIZE, shard_size=3, workers=2, progress=False)
+    assert (dst / "train-00000.npy").stat().st_mtime_ns == first  # finished shards are skipped
+    assert not list(dst.glob(".*tmp*"))
+    for f in sorted(os.listdir(prepared)):
+        if f.endswith(".npy") or f == "index.json":
+            assert (dst / f).read_bytes() == (prepared / f).read_bytes(), f
+    # Another source into the same folder is refused.
+    with pytest.raises(PrepareError, match="holds a preparation of other"):
+        prepare(tree, dst, size=SIZE + 1, shard_size=3, workers=1, progress=False)
+
+
+def test_prepare_val_class_folders_and_numbered_list(tmp_path):
+    rng = np.random.default_rng(1)
+    a = tmp_path / "a"
+    truth = make_tree(a, rng, flat_val=False)
+    ds = open_dataset(prepare(a, tmp_path / "pa", size=16, workers=1, progress=False))
+    want = sorted(truth, key=lambda t: (t[1], t[0]))  # class folders, then names
+    assert list(ds.val.labels) == [ds.classes.index(c) for _, c in want]
+    b = tmp_path / "b"
+    truth = make_tree(b, rng)
+    (b / "val.csv").unlink()
+    with pytest.raises(PrepareError, match="--val-labels"):
+        prepare(b, tmp_path / "pb", size=16, workers=1, progress=False)
+    gt = b / "ILSVRC2012_validation_ground_truth.txt"
+    gt.write_text("".join(f"{['n001', 'n002', 'n003'].index(c) + 1}\n" for _, c in truth))
+    with pytest.raises(PrepareError, match="--synsets"):
+        prepare(b, tmp_path / "pb", size=16, workers=1, progress=False)
+    ds = open_dataset(prepare(b, tmp_path / "pb", size=16, workers=1, progress=False, synsets="sorted"))
+    assert list(ds.val.labels) == [2, 0, 1, 0]
+    syn = tmp_path / "synsets.txt"
+    syn.write_text("n003 a\nn001 b\nn002 c\n")  # ids in another order
+    gt.write_text("1\n2\n3\n2\n")
+    ds = open_dataset(prepare(b, tmp_path / "pc", size=16, workers=1, progress=False, synsets=syn))
+    assert list(ds.val.labels) == [2, 0, 1, 0]
+
+
+def test_prepare_folder_tree_without_splits(tmp_path):
+    rng = np.random.default_rng(2)
+    for c in ("cat", "dog"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i in range(2):
+            _jpeg(tmp_path / "src" / c / f"{i}.jpg", _smooth(rng, 30, 40))
+    ds = open_dataset(prepare(tmp_path / "src", tmp_path / "out", size=16, workers=1, progress=False))
+    assert ds.classes == ["cat", "dog"] and len(ds.train) == 4 and ds.val is None
+
+
+def test_prepare_bad_input(tmp_path):
+    rng = np.random.default_rng(3)
+    with pytest.raises(PrepareError, match="no such folder"):
+        prepare(tmp_path / "missing", tmp_path / "out", progress=False)
+    src = tmp_path / "src"
+    make_tree(src, rng)
+    (src / "train" / "n004").mkdir()
+    with pytest.raises(PrepareError, match="class folder .*n004 is empty"):
+        prepare(src, tmp_path / "out", progress=False)
+    (src / "train" / "n004").rmdir()
+    csv = (src / "val.csv").read_text()
+    (src / "val.csv").write_text(csv + "v9,n001\n")  # a label without an image
+    with pytest.raises(PrepareError, match="does not match the validation images"):
+        prepare(src, tmp_path / "out", progress=False)
+    (src / "val.csv").write_text(csv.replace("v2,", "v7,"))  # an image without a label
+    with pytest.raises(PrepareError, match="1 images without a label"):
+        prepare(src, tmp_path / "out", progress=False)
+    (src / "val.csv").write_text(csv.replace("n003", "n999"))
+    with pytest.raises(PrepareError, match="not a training class"):
+        prepare(src, tmp_path / "out", progress=False)
+    (src / "val.csv").unlink()
+    (src / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n3\n")  # 3 labels, 4 images
+    with pytest.raises(PrepareError, match="has 3 labels but the validation folder has 4 images"):
+        prepare(src, tmp_path / "out", progress=False, synsets="sorted")
+
+
+def test_prepare_cli(tree, tmp_path, capsys):
+    from convnet.prepare import main
+    assert main([str(tree), str(tmp_path / "o"), "--size", "16", "--quiet", "--workers", "1"]) == 0
+    assert "1 files skipped" in capsys.readouterr().out
+    assert main([str(tmp_path / "nope"), str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+# ---- opening datasets ----
+
+def test_open_dataset_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        open_dataset(tmp_path / "missing")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a prepared dataset: run python -m convnet.prepare"):
+        open_dataset(tmp_path / "junk")
+
+
+def test_sharded_images_read_as_one_array(prepared):
+    ds = open_dataset(prepared)
+    imgs = ds.train.images
+    assert isinstance(imgs, shards.ShardedImages) and len(imgs) == 8
+    whole = np.asarray(imgs)
+    assert whole.shape == (8, SIZE, SIZE, 3)
+    idx = np.array([7, 0, 3, 3, 5])
+    np.testing.assert_array_equal(imgs[idx], whole[idx])
+    np.testing.assert_array_equal(imgs[2:6], whole[2:6])
+    np.testing.assert_array_equal(imgs[-1], whole[-1])
+    np.testing.assert_array_equal(imgs[4, 1:3], whole[4, 1:3])
+    with pytest.raises(IndexError):
+        imgs[8]
+
+
+def write_fake_cifar(folder, rng, per_batch=6):
+    folder.mkdir()
+    names = [f"class{i}" for i in range(10)]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in names], b"num_vis": 3072}, f, protocol=2)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [int(x) for x in rng.integers(0, 10, per_batch)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels,
+                         b"filenames": [b"x.png"] * per_batch}, f, protocol=2)
+        batches[name] = (data, labels)
+    return names, batches
+
+
+def test_cifar_folder(tmp_path):
+    names, batches = write_fake_cifar(tmp_path / "cifar-10-batches-py", np.random.default_rng(4))
+    for path in (tmp_path / "cifar-10-batches-py", tmp_path):  # the folder or its parent
+        ds = open_dataset(path)
+        assert ds.classes == names and len(ds.train) == 30 and len(ds.val) == 6 and ds.image_size == 32
+    data, labels = batches["data_batch_2"]
+    img = ds.train.images[6 + 4]  # the 5th image of the 2nd batch
+    # Row layout: 1024 red values, then green, then blue, each 32x32 row-major.
+    assert img[7, 9, 0] == data[4, 7 * 32 + 9] and img[7, 9, 2] == data[4, 2048 + 7 * 32 + 9]
+    assert ds.train.labels[10] == labels[4]
+    assert list(ds.val.labels) == batches["test_batch"][1]
+    np.testing.assert_allclose(ds.mean, np.asarray(ds.train.images, np.float64).mean(0), atol=1e-3)
+    loader = Loader(ds.train, 8, train=True, crop=28, mean=ds.mean, pca=ds.pca, seed=1)
+    x, y = next(iter(loader))
+    assert x.shape == (8, 3, 28, 28) and y.shape == (8,)
+
+
+# ---- the built-in dataset ----
+
+def test_builtin_deterministic(tmp_path):
+    kw = dict(num_train=40, num_val=12, size=24, seed=7, num_classes=12)
+    a = builtin.generate(tmp_path / "a", workers=1, **kw)
+    b = builtin.generate(tmp_path / "b", workers=2, **kw)
+    for f in ("train-00000.npy", "train-labels.npy", "val-00000.npy", "val-labels.npy", "mean.npy", "index.json"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    c = builtin.generate(tmp_path / "c", **dict(kw, seed=8))
+    assert (a / "train-00000.npy").read_bytes() != (c / "train-00000.npy").read_bytes()
+    ds = open_dataset(a)
+    assert len(ds.classes) == 12 and len(ds.train) == 40 and len(ds.val) == 12
+    assert np.bincount(ds.train.labels, minlength=12).min() == 3  # balanced
+    assert ds.train.images.shape == (40, 24, 24, 3) and ds.train.images.std() > 20
+    # ensure() reuses a matching folder and regenerates a different one.
+    stamp = (a / "train-00000.npy").stat().st_mtime_ns
+    assert builtin.ensure(a, **kw) == a and (a / "train-00000.npy").stat().st_mtime_ns == stamp
+    builtin.ensure(a, **dict(kw, num_val=6))
+    assert len(open_dataset(a).val) == 6
+    with pytest.raises(ValueError, match="num_classes"):
+        builtin.generate(tmp_path / "d", num_classes=40)
+
+
+def test_builtin_default_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVNET_DATA", str(tmp_path))
+    assert builtin.default_path() == tmp_path / "builtin-64-s0"
+    assert builtin.default_path(32, 1, 100, 10, 5) == tmp_path / "builtin-32-s1-100-10-c5"
+
+
+# ---- the loader ----
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return open_dataset(builtin.generate(tmp_path_factory.mktemp("bi"), num_train=50, num_val=13, size=20, seed=3))
+
+
+def batches(loader):
+    return [(x.numpy(), y.numpy()) for x, y in loader]
+
+
+def test_loader_matches_reference(device, small):
+    tr = small.train
+    loader = Loader(tr, 8, train=True, crop=16, mean=small.mean, pca=small.pca, lighting=0.1, device=device,
+                    seed=11, epoch=2)
+    out = batches(loader)
+    assert len(out) == len(loader) == 6  # 50 // 8, the partial batch dropped
+    seen = []
+    for b, (x, y) in enumerate(out):
+        idx = loader.batch_indices(b)
+        offsets, flips, shift = loader.draws(b, len(idx))
+        assert flips.any() and np.abs(shift).max() > 0.01
+        want = ref_augment(np.asarray(tr.images)[idx], offsets, flips, shift, small.mean, 16, 16)
+        np.testing.assert_allclose(x, want, rtol=1e-6, atol=1e-3)
+        np.testing.assert_array_equal(y, tr.labels[idx])
+        assert x.dtype == np.float32 and y.dtype == np.int32
+        seen += list(idx)
+    assert len(set(seen)) == 48  # no image twice in an epoch
+
+
+def test_loader_determinism_and_resume(small):
+    kw = dict(train=True, crop=16, mean=small.mean, pca=small.pca, seed=5)
+    a = batches(Loader(small.train, 7, epoch=1, workers=1, **kw))
+    b = batches(Loader(small.train, 7, epoch=1, workers=3, prefetch=0, **kw))
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    resumed = batches(Loader(small.train, 7, epoch=1, start_batch=4, **kw))
+    assert len(resumed) == len(a) - 4
+    for (xa, ya), (xr, yr) in zip(a[4:], resumed):
+        assert np.array_equal(xa, xr) and np.array_equal(ya, yr)
+    loader = Loader(small.train, 7, epoch=1, start_batch=4, **kw)
+    assert len(batches(loader)) == 3 and len(batches(loader)) == 7  # start_batch applies once
+    loader.set_epoch(2)
+    c = batches(loader)
+    assert not np.array_equal(a[0][1], c[0][1])  # another epoch: another order
+    assert not np.array_equal(a[0][0], batches(Loader(small.train, 7, epoch=1, **dict(kw, seed=6)))[0][0])
+
+
+def test_loader_eval_and_steps_off(device, small):
+    val = small.val
+    loader = Loader(val, 5, train=False, crop=16, mean=small.mean, device=device)
+    out = batches(loader)
+    assert [len(y) for _, y in out] == [5, 5, 3]  # keeps the partial batch
+    images = np.asarray(val.images)
+    c = (20 - 16) // 2
+    want = images[:, c:c + 16, c:c + 16].transpose(0, 3, 1, 2) - small.mean[c:c + 16, c:c + 16].transpose(2, 0, 1)
+    np.testing.assert_allclose(np.concatenate([x for x, _ in out]), want, atol=1e-4)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in out]), val.labels)
+    # Training with every step off: the images themselves, shuffled.
+    raw = Loader(small.train, 10, train=True, crop=None, flip=False, lighting=0, mean=None, device=device, seed=2)
+    for b, (x, y) in enumerate(batches(raw)):
+        idx = raw.batch_indices(b)
+        np.testing.assert_array_equal(x, np.asarray(small.train.images)[idx].transpose(0, 3, 1, 2))
+    # A per-channel mean works too; lighting without pca is refused.
+    x, _ = next(iter(Loader(val, 4, train=False, mean=np.array([1, 2, 3], np.float32), device=device)))
+    np.testing.assert_allclose(x.numpy()[0, :, 0, 0], images[0, 0, 0] - [1, 2, 3])
+    with pytest.raises(ValueError, match="pca"):
+        Loader(small.train, 4, train=True)
+    with pytest.raises(TypeError, match="Loader: split.images must be uint8"):
+        Loader(convnet.data.Split("f", np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, np.int32)), 2, train=False)
+    with pytest.raises(ValueError, match="crop"):
+        Loader(small.train, 4, train=True, crop=21, lighting=0)
+
+
+@pytest.mark.skipif(not convnet.cuda_available(), reason="CUDA: no GPU visible")
+def test_loader_cpu_and_gpu_agree(small):
+    kw = dict(train=True, crop=16, mean=small.mean, pca=small.pca, seed=9, epoch=3)
+    for (xc, yc), (xg, yg) in zip(batches(Loader(small.train, 8, **kw)),
+                                  batches(Loader(small.train, 8, device="cuda:0", **kw))):
+        assert np.array_equal(xc, xg) and np.array_equal(yc, yg)

@@ -1,0 +1,274 @@
+"""The layer graph: towers vs one grouped device (same function, same gradients), finite
+differences end to end, placement, threads, validation and bad input."""
+import numpy as np
+import pytest
+
+import convnet
+from convnet import models
+from convnet.graph import Net, physical_device
+
+TINY = dict(num_classes=5, input_size=40, widths=(8, 12, 16, 16, 12), fc=(24, 24), dropout=0.0)
+
+
+def batch(rng, n, size, classes):
+    x = rng.standard_normal((n, 3, size, size)).astype(np.float32)
+    y = rng.integers(0, classes, n).astype(np.int32)
+    return x, y
+
+
+def lively_state(net, rng):
+    """Weights scaled by fan-in (He) and non-zero biases, so activations and gradients are O(1):
+    the paper's N(0, 0.01) makes them too small to compare meaningfully."""
+    state = {}
+    for k, shape in net.shapes().items():
+        if k.endswith(".weight"):
+            fan_in = int(np.prod(shape[1:]))
+            state[k] = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        else:
+            state[k] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    return state
+
+
+def run_step(net, x, y):
+    logits, loss = net.forward(x, y, train=True)
+    net.backward()
+    return logits.numpy(), loss, net.grad_dict()
+
+
+def assert_same_step(a, b, rtol=2e-4):
+    (la, lossa, ga), (lb, lossb, gb) = a, b
+    scale = np.abs(la).max()
+    np.testing.assert_allclose(la, lb, rtol=0, atol=rtol * scale)
+    assert abs(lossa - lossb) <= rtol * max(1.0, abs(lossa))
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        err = np.abs(ga[k] - gb[k]).max() / np.abs(ga[k]).max()
+        assert err < rtol * 10, f"{k}: relative gradient difference {err:.2e}"
+
+
+def towers_vs_grouped(make, rng, devices2, devices1, n=3, **kw):
+    two = make(towers=2, devices=devices2, **kw)
+    one = make(towers=1, devices=devices1, **kw)
+    state = lively_state(one, rng)
+    one.load_state_dict(state)
+    two.load_state_dict(state)
+    size = one.input_layer.shape[1]
+    x, y = batch(rng, n, size, one.output_layer.shape[0])
+    return run_step(two, x, y), run_step(one, x, y), two, one, x
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_two_towers_equal_grouped_small(rng, parallel):
+    make = lambda **k: models.small_alexnet(parallel=parallel if k["towers"] == 2 else None, **TINY, **k)  # noqa: E731
+    a, b, two, one, x = towers_vs_grouped(make, rng, ["cpu:0", "cpu:1"], ["cpu:0"])
+    assert two.parallel == parallel
+    assert_same_step(a, b)
+    np.testing.assert_allclose(two.features(x, "fc7"), one.features(x, "fc7"), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("extra_conv", [False, True])
+def test_two_towers_equal_grouped_alexnet_structure(rng, extra_conv):
+    # The real AlexNet layers (conv1 11x11/4 pad 2, 5x5 conv2, LRN, 3/2 pools) at 1/8 width, 67x67 input.
+    make = lambda **k: models.alexnet(num_classes=7, input_size=67, width=0.125, dropout=0.0,  # noqa: E731
+                                      extra_conv=extra_conv, **k)
+    a, b, *_ = towers_vs_grouped(make, rng, ["cpu:0", "cpu:1"], ["cpu:0"], n=2)
+    assert_same_step(a, b)
+
+
+def test_two_towers_equal_grouped_cuda(rng):
+    if not convnet.cuda_available():
+        pytest.skip("CUDA: no GPU visible" if convnet._C.cuda_built() else "CUDA: convnet built without CUDA")
+    make = lambda **k: models.small_alexnet(**TINY, **k)  # noqa: E731
+    # both logical GPUs on cuda:0 (or cuda:1 if present), in two threads on per-thread streams
+    a, b, two, one, x = towers_vs_grouped(make, rng, ["cuda:0", "cuda:1"], ["cuda:0"])
+    assert two.parallel
+    assert_same_step(a, b)
+    # and the CPU computes the same
+    cpu = models.small_alexnet(towers=1, devices=["cpu"], **TINY)
+    cpu.load_state_dict(one.state_dict())
+    y = np.arange(3, dtype=np.int32) % 5
+    assert_same_step(run_step(cpu, x, y), run_step(one, x, y), rtol=1e-3)
+    # the same net again for a full AlexNet-shaped step, mixed placement cuda + cpu
+    mixed = models.small_alexnet(towers=2, devices=["cuda:0", "cpu:1"], **TINY)
+    mixed.load_state_dict(one.state_dict())
+    assert mixed.placement() == {"cuda:0": "cuda:0", "cpu:1": "cpu"}
+    assert_same_step(run_step(mixed, x, y), run_step(one, x, y), rtol=1e-3)
+
+
+def test_finite_differences():
+    """Analytic gradients against central differences of the float32 loss. A few entries sit on a
+    kink (a ReLU or a max-pool choice flips within eps): those are recognised by two step sizes
+    disagreeing and left out, and most entries must remain."""
+    rng = np.random.default_rng(7)
+    net = models.small_alexnet(towers=2, devices=["cpu:0", "cpu:1"], num_classes=4, input_size=40,
+                               widths=(4, 6, 8, 8, 6), fc=(10, 10), dropout=0.0)
+    net.load_state_dict(lively_state(net, rng))
+    x, y = batch(rng, 2, 40, 4)
+    _, _, grads = run_step(net, x, y)
+    state = net.state_dict()
+
+    def central(key, idx, eps):
+        losses = []
+        for sign in (1, -1):
+            s = {k: v.copy() for k, v in state.items()}
+            s[key][idx] += sign * eps
+            net.load_state_dict(s)
+            losses.append(net.forward(x, y)[1])
+        return (losses[0] - losses[1]) / (2 * eps)
+
+    num, ana, kinks = [], [], 0
+    for key, g in grads.items():
+        flat = np.abs(g).ravel()
+        for i in list(rng.choice(flat.size, 2, replace=False)) + [int(flat.argmax())]:
+            idx = np.unravel_index(i, g.shape)
+            a, b = central(key, idx, 1e-4), central(key, idx, 2e-4)
+            if abs(a - b) > 2e-3 + 0.02 * abs(a):
+                kinks += 1
+                continue
+            num.append(a)
+            ana.append(g[idx])
+    net.load_state_dict(state)
+    num, ana = np.array(num), np.array(ana)
+    assert kinks <= len(num) // 4, f"{kinks} of {kinks + len(num)} entries on kinks"
+    assert np.linalg.norm(ana) > 1e-2  # the check has something to compare
+    rel = np.linalg.norm(num - ana) / np.linalg.norm(ana)
+    assert rel < 1e-2, f"finite differences disagree: relative error {rel:.3g}\n{np.c_[num, ana]}"
+
+
+def test_gradients_match_torch_float64(rng):
+    """Every gradient of the two-tower net against PyTorch autograd in float64 (same graph)."""
+    torch = pytest.importorskip("torch")
+    from convnet.torch_net import TorchNet
+
+    net = models.small_alexnet(towers=2, devices=["cpu:0", "cpu:1"], **TINY)
+    net.load_state_dict(lively_state(net, rng))
+    x, y = batch(rng, 3, 40, 5)
+    logits, loss, grads = run_step(net, x, y)
+    ref = TorchNet(net, dtype=torch.float64)
+    tlogits, tloss = ref.forward(x, y)
+    tloss.backward()
+    np.testing.assert_allclose(logits, tlogits.detach().numpy(), rtol=1e-4, atol=1e-5 * np.abs(logits).max())
+    assert abs(loss - tloss.item()) < 1e-5 * max(1, abs(loss))
+    for k, g in ref.grads().items():
+        err = np.abs(grads[k] - g).max() / np.abs(g).max()
+        assert err < 1e-4, f"{k}: relative error {err:.2e} against PyTorch float64"
+
+
+def test_dropout_reproducible_and_off_at_test_time(rng):
+    net = models.small_alexnet(devices=["cpu:0", "cpu:1"], **{**TINY, "dropout": 0.5})
+    net.load_state_dict(lively_state(net, rng))
+    x, y = batch(rng, 4, 40, 5)
+    l0 = net.forward(x, y, train=True, step=3)[1]
+    l1 = net.forward(x, y, train=True, step=3)[1]
+    l2 = net.forward(x, y, train=True, step=4)[1]
+    assert l0 == l1 and l0 != l2
+    assert net.step == 5
+    t0 = net.forward(x).numpy()
+    np.testing.assert_array_equal(t0, net.forward(x).numpy())
+
+
+def test_gradients_accumulate_over_readers(rng):
+    # "a" feeds both b and c, which are joined again: da = db + dc.
+    specs = [{"name": "x", "type": "input", "shape": [4, 5, 5]},
+             {"name": "a", "type": "conv", "inputs": ["x"], "out_channels": 3, "kernel": 3, "padding": 1},
+             {"name": "b", "type": "relu", "inputs": ["a"]},
+             {"name": "c", "type": "conv", "inputs": ["a"], "out_channels": 2, "kernel": 1},
+             {"name": "d", "type": "linear", "inputs": ["b", "c"], "out_features": 3},
+             {"name": "loss", "type": "softmax_loss", "inputs": ["d"]}]
+    net = Net(specs, devices=["cpu"])
+    net.load_state_dict(lively_state(net, rng))
+    x = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    y = np.array([0, 2])
+    _, _, g = run_step(net, x, y)
+    # NumPy: same graph by hand, to check the sum at "a" (a is 3 channels, b = relu(a), c = 1x1 conv of a).
+    s = net.state_dict()
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    a = np.einsum("oikl,nihwkl->nohw", s["a.weight"],
+                  np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))) + s["a.bias"][:, None, None]
+    b = np.maximum(a, 0)
+    c = np.einsum("oi,nihw->nohw", s["c.weight"][:, :, 0, 0], a) + s["c.bias"][:, None, None]
+    h = np.concatenate([b, c], 1).reshape(2, -1)
+    d = h @ s["d.weight"].T + s["d.bias"]
+    p = np.exp(d - d.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    dd = (p - np.eye(3)[y]) / 2
+    dh = (dd @ s["d.weight"]).reshape(2, 5, 5, 5)
+    da = dh[:, :3] * (a > 0) + np.einsum("oi,nohw->nihw", s["c.weight"][:, :, 0, 0], dh[:, 3:])
+    np.testing.assert_allclose(g["a.bias"], da.sum((0, 2, 3)), rtol=1e-4, atol=1e-6)
+
+
+def test_placement_and_table():
+    net = models.small_alexnet(**TINY)
+    assert net.placement() == ({"cuda:0": "cuda:0", "cuda:1": "cuda:1" if convnet.device_count() > 1 else "cuda:0"}
+                               if convnet.cuda_available() else {"cpu:0": "cpu", "cpu:1": "cpu"})
+    text = str(net)
+    assert "conv3_a" in text and "pool2_a,pool2_b" in text and "relu7_a,relu7_b" in text
+    assert f"{net.num_params():,} parameters" in text
+    assert physical_device("cpu:3") == "cpu"
+
+
+@pytest.mark.parametrize("name", ["tpu:0", "gpu", "cuda:x", "cpu:-1", "", 3])
+def test_unknown_device_names(name):
+    with pytest.raises(ValueError, match="device"):
+        models.small_alexnet(devices=["cpu:0", name], **TINY)
+
+
+def test_cuda_device_without_gpu():
+    if convnet.cuda_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ValueError, match="cuda:0"):
+        models.small_alexnet(devices=["cuda:0", "cuda:1"], **TINY)
+
+
+def test_too_few_devices():
+    with pytest.raises(ValueError, match="2 towers"):
+        models.small_alexnet(devices=["cpu:0"], **TINY)
+
+
+BASE = [{"name": "x", "type": "input", "shape": [3, 8, 8]},
+        {"name": "f", "type": "linear", "inputs": ["x"], "out_features": 2}]
+
+
+@pytest.mark.parametrize("extra, match", [
+    ([{"name": "f", "type": "relu", "inputs": ["x"]}], "duplicate"),
+    ([{"name": "g", "type": "relu", "inputs": ["nope"]}], "unknown layer 'nope'"),
+    ([{"name": "g", "type": "relu", "inputs": ["h"]}, {"name": "h", "type": "relu", "inputs": ["g"]}], "cycle"),
+    ([{"name": "g", "type": "warp", "inputs": ["f"]}], "unknown type"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"]}], "out_channels"),
+    ([{"name": "g", "type": "relu", "inputs": []}], "no input"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 9}], "does not fit"),
+    ([{"name": "g", "type": "relu", "inputs": ["x", "f"]}], "takes one input"),
+    ([{"name": "y", "type": "input", "shape": [1]}], "exactly one input"),
+])
+def test_graph_validation(extra, match):
+    with pytest.raises(ValueError, match=match):
+        Net(BASE + extra, devices=["cpu"])
+
+
+def test_bad_forward_input(rng):
+    net = models.small_alexnet(devices=["cpu:0", "cpu:1"], **TINY)
+    x, y = batch(rng, 2, 40, 5)
+    with pytest.raises(ValueError, match=r"\(N, 3, 40, 40\)"):
+        net.forward(x[:, :, :32, :32])
+    with pytest.raises(ValueError, match=r"\(N, 3, 40, 40\)"):
+        net.forward(x[0])
+    with pytest.raises(ValueError, match="softmax"):
+        net.forward(x, np.array([0, 5]))
+    with pytest.raises(ValueError, match="softmax"):
+        net.forward(x, np.array([-1, 0]))
+    with pytest.raises(ValueError, match="labels"):
+        net.forward(x, np.array([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="backward"):
+        net.forward(x, y)  # test-time forward keeps nothing for backward
+        net.backward()
+    with pytest.raises(ValueError, match="features"):
+        net.features(x, "fc9")
+
+
+def test_forward_accepts_tensors(rng):
+    net = models.small_alexnet(devices=["cpu:0", "cpu:1"], **TINY)
+    x, y = batch(rng, 2, 40, 5)
+    a = net.forward(x).numpy()
+    b = net.forward(convnet.tensor(x)).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, 5)

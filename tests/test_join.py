@@ -1,0 +1,48 @@
+"""The layer graph's plumbing ops: concat / split along an axis and in-place add."""
+import numpy as np
+import pytest
+
+import convnet
+from convnet import ops
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+def test_concat_split_roundtrip(device, rng, axis):
+    shapes = []
+    for k in (3, 1, 4):
+        s = [2, 5, 3, 7]
+        s[axis] = k
+        shapes.append(s)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    y = ops.concat([convnet.tensor(a, device) for a in arrays], axis)
+    want = np.concatenate(arrays, axis)
+    np.testing.assert_array_equal(y.numpy(), want)
+    parts = ops.split(y, [a.shape[axis] for a in arrays], axis)
+    for p, a in zip(parts, arrays):
+        np.testing.assert_array_equal(p.numpy(), a)
+
+
+def test_add_inplace(device, rng):
+    a = rng.standard_normal((3, 1001)).astype(np.float32)
+    b = rng.standard_normal((3, 1001)).astype(np.float32)
+    ta = convnet.tensor(a, device)
+    out = ops.add_(ta, convnet.tensor(b, device))
+    np.testing.assert_array_equal(ta.numpy(), a + b)
+    np.testing.assert_array_equal(out.numpy(), a + b)
+
+
+def test_bad_input(device):
+    a = convnet.zeros((2, 3, 4), device=device)
+    b = convnet.zeros((2, 3, 5), device=device)
+    with pytest.raises(ValueError, match="concat"):
+        ops.concat([a, b], 1)
+    with pytest.raises(ValueError, match="concat"):
+        ops.concat([], 1)
+    with pytest.raises(ValueError, match="split"):
+        ops.split(a, [1, 1], 1)
+    with pytest.raises(ValueError, match="split"):
+        ops.split(a, [3], 5)
+    with pytest.raises(ValueError, match="add_"):
+        ops.add_(a, b)
+    with pytest.raises(TypeError, match="add_"):
+        ops.add_(a, convnet.zeros((2, 3, 4), dtype="int32", device=device))

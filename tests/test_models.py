@@ -1,0 +1,165 @@
+"""AlexNet and its variants: shapes, parameter count, the paper's initialisation, rebuilding
+from config, and SGD (the paper's update rule) with its learning-rate schedules."""
+import json
+
+import numpy as np
+import pytest
+
+from convnet import models
+from convnet.optim import SGD, ReduceOnPlateau, StepSchedule
+
+PAPER_SHAPES = {
+    "conv1.weight": (96, 3, 11, 11), "conv1.bias": (96,),
+    "conv2.weight": (256, 48, 5, 5), "conv2.bias": (256,),
+    "conv3.weight": (384, 256, 3, 3), "conv3.bias": (384,),
+    "conv4.weight": (384, 192, 3, 3), "conv4.bias": (384,),
+    "conv5.weight": (256, 192, 3, 3), "conv5.bias": (256,),
+    "fc6.weight": (4096, 9216), "fc6.bias": (4096,),
+    "fc7.weight": (4096, 4096), "fc7.bias": (4096,),
+    "fc8.weight": (1000, 4096), "fc8.bias": (1000,),
+}
+CPU2 = ["cpu:0", "cpu:1"]
+
+
+@pytest.fixture(scope="module")
+def full_alexnet():
+    return models.alexnet(devices=CPU2)
+
+
+def test_full_alexnet_shapes_and_count(full_alexnet):
+    net = full_alexnet
+    assert net.shapes() == PAPER_SHAPES
+    assert net.num_params() == 60_965_224  # "about 60 million parameters"
+    by_name = {l.name: l for l in net.layers}
+    # conv1 at 224 with pad 2: 55x55; the pools 55 -> 27 -> 13 -> 6
+    assert by_name["conv1_a"].shape == (48, 55, 55)
+    assert by_name["pool1_b"].shape == (48, 27, 27)
+    assert by_name["pool2_a"].shape == (128, 13, 13)
+    assert by_name["pool5_b"].shape == (128, 6, 6)
+    assert by_name["fc6_a"].in_features == 9216
+    neurons = sum(int(np.prod(l.shape)) for l in net.layers if l.type in ("conv", "linear"))
+    assert 600_000 < neurons < 700_000  # "650,000 neurons"
+    assert abs(net.forward_macs() / 1e6 - 724) < 3  # ALEXNET.md: about 724 M multiply-adds per image
+    text = net.summary()
+    assert "conv3_a" in text and "pool2_a,pool2_b" in text and "drop7_a,drop7_b" in text
+    assert "60,965,224 parameters" in text
+
+
+def test_full_alexnet_paper_init(full_alexnet):
+    sd = full_alexnet.state_dict()
+    assert set(sd) == set(PAPER_SHAPES)
+    for k, a in sd.items():
+        assert a.dtype == np.float32 and a.shape == PAPER_SHAPES[k]
+        if k.endswith(".weight"):
+            bound = 5 * 0.01 / np.sqrt(a.size)  # five standard errors
+            assert abs(a.std() - 0.01) < bound and abs(a.mean()) < bound
+        else:
+            layer = k.split(".")[0]
+            np.testing.assert_array_equal(a, 1.0 if layer in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0)
+
+
+def test_variants_shapes():
+    one = models.alexnet(towers=1, devices=["cpu"], num_classes=10, width=0.25)
+    two = models.alexnet(towers=2, devices=CPU2, num_classes=10, width=0.25)
+    assert one.shapes() == two.shapes()
+    # same weights whatever the placement (drawn in the one-device layout from the seed)
+    for k, a in one.state_dict().items():
+        np.testing.assert_array_equal(a, two.state_dict()[k])
+    assert {l.groups for l in one.layers if l.type == "conv"} == {1, 2}
+    half = models.alexnet(towers=1, half=True, devices=["cpu"], input_size=224)
+    hs = half.shapes()
+    assert hs["conv1.weight"] == (48, 3, 11, 11) and hs["conv2.weight"] == (128, 48, 5, 5)
+    assert hs["conv3.weight"] == (192, 128, 3, 3) and hs["conv4.weight"] == (192, 192, 3, 3)
+    assert hs["conv5.weight"] == (256, 192, 3, 3) and hs["fc6.weight"] == (4096, 9216)
+    six = models.alexnet(towers=2, extra_conv=True, devices=CPU2, width=0.25, num_classes=10)
+    assert six.shapes()["conv6.weight"] == (64, 32, 3, 3)
+    assert [l.name for l in six.order].index("conv6_a") > [l.name for l in six.order].index("pool5_a")
+    with pytest.raises(ValueError, match="half"):
+        models.alexnet(towers=2, half=True)
+
+
+def test_build_from_config_roundtrip():
+    net = models.small_alexnet(devices=CPU2, seed=3, widths=(8, 8, 8, 8, 8), fc=(16, 16))
+    cfg = json.loads(json.dumps(net.config))
+    again = models.build(cfg, devices=CPU2)
+    assert again.config == net.config
+    for k, a in net.state_dict().items():
+        np.testing.assert_array_equal(a, again.state_dict()[k])
+    other = models.build(cfg, devices=["cpu"], towers=1)
+    assert other.shapes() == net.shapes()
+    with pytest.raises(ValueError, match="unknown model"):
+        models.build({"model": "vgg"})
+    raw = models.build({"layers": [{"name": "x", "type": "input", "shape": [2, 3, 3]},
+                                   {"name": "f", "type": "linear", "inputs": ["x"], "out_features": 4}]})
+    assert raw.shapes() == {"f.weight": (4, 18), "f.bias": (4,)}
+
+
+def test_state_dict_errors():
+    net = models.small_alexnet(devices=CPU2, widths=(8, 8, 8, 8, 8), fc=(16, 16))
+    sd = net.state_dict()
+    bad = dict(sd)
+    del bad["conv3.bias"]
+    with pytest.raises(ValueError, match="missing keys.*conv3.bias"):
+        net.load_state_dict(bad)
+    with pytest.raises(ValueError, match="unexpected keys.*extra"):
+        net.load_state_dict({**sd, "extra": np.zeros(1, np.float32)})
+    with pytest.raises(ValueError, match=r"fc6.weight has shape \(16, 31\).*\(16, 32\)"):
+        net.load_state_dict({**sd, "fc6.weight": np.zeros((16, 31), np.float32)})
+    with pytest.raises(TypeError, match="conv1.weight"):
+        net.load_state_dict({**sd, "conv1.weight": sd["conv1.weight"].astype(np.int32)})
+    with pytest.raises(RuntimeError, match="grad"):
+        net.grad_dict()
+
+
+def sgd_reference(w, g, v, lr, momentum=0.9, wd=5e-4):
+    v = momentum * v - wd * lr * w - lr * g
+    return w + v, v
+
+
+def test_sgd_matches_paper_rule():
+    rng = np.random.default_rng(0)
+    net = models.small_alexnet(devices=CPU2, widths=(8, 8, 8, 8, 8), fc=(16, 16), num_classes=4, input_size=40)
+    opt = SGD(net, lr=0.05)
+    x = rng.standard_normal((3, 3, 40, 40)).astype(np.float32)
+    y = np.array([0, 1, 3])
+    w = {k: a.astype(np.float64) for k, a in net.state_dict().items()}
+    v = {k: np.zeros_like(a) for k, a in w.items()}
+    for lr in (0.05, 0.02):  # two steps so that the momentum term is non-zero
+        opt.lr = lr
+        net.forward(x, y, train=True)
+        net.backward()
+        g = net.grad_dict()
+        opt.step()
+        for k in w:
+            w[k], v[k] = sgd_reference(w[k], g[k], v[k], lr)
+    got, mom = net.state_dict(), opt.state_dict()["momentum"]
+    for k in w:
+        np.testing.assert_allclose(got[k], w[k], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(mom[k], v[k], rtol=1e-5, atol=1e-8)
+        assert np.abs(mom[k]).max() > 0
+    with pytest.raises(RuntimeError, match="backward"):
+        opt.step()  # the gradients were used
+
+
+def test_reduce_on_plateau():
+    class Opt:
+        lr = 0.01
+    opt = Opt()
+    sched = ReduceOnPlateau(opt, patience=2, max_cuts=3)
+    errors = [0.9, 0.8, 0.8, 0.81, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
+    cuts = [sched.step(e) for e in errors]
+    assert cuts == [False, False, False, True, False, False, True, False, True, False, False, False, False, False]
+    assert opt.lr == pytest.approx(1e-5)
+    state = sched.state_dict()
+    other = ReduceOnPlateau(Opt())
+    other.load_state_dict(state)
+    assert other.cuts == 3
+
+
+def test_step_schedule():
+    class Opt:
+        lr = 0.01
+    opt = Opt()
+    sched = StepSchedule(opt, [30, 60, 80])
+    assert [sched.step(e) for e in (0, 29, 30, 59, 60, 80, 89)] == pytest.approx(
+        [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-5, 1e-5])

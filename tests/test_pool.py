@@ -1,0 +1,187 @@
+"""Overlapping max-pool: no padding, floor output size, gradient to the first maximal element."""
+import numpy as np
+import pytest
+
+import convnet
+from convnet import ops
+
+from reference import assert_close, numeric_grad
+
+
+# ---- NumPy float64 references ----
+
+def _windows(h, w, size, stride):
+    """(oh, ow, rows, cols) of every window, output positions in row-major order."""
+    p, q = (h - size) // stride + 1, (w - size) // stride + 1
+    for oh in range(p):
+        for ow in range(q):
+            yield oh, ow, slice(oh * stride, oh * stride + size), slice(ow * stride, ow * stride + size)
+
+
+def max_pool_ref(x, size, stride):
+    x = np.asarray(x, np.float64)
+    n, c, h, w = x.shape
+    y = np.empty((n, c, (h - size) // stride + 1, (w - size) // stride + 1))
+    for oh, ow, rows, cols in _windows(h, w, size, stride):
+        y[:, :, oh, ow] = x[:, :, rows, cols].max(axis=(2, 3))  # NaN propagates
+    return y
+
+
+def max_pool_backward_ref(x, dy, size, stride):
+    """Each window's dy to its first maximal element (np.argmax: first in row-major order)."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    n, c, h, w = x.shape
+    dx = np.zeros_like(x)
+    ni, ci = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    for oh, ow, rows, cols in _windows(h, w, size, stride):
+        flat = x[:, :, rows, cols].reshape(n, c, -1).argmax(axis=2)
+        r, col = rows.start + flat // size, cols.start + flat % size
+        dx[ni, ci, r, col] += dy[:, :, oh, ow]
+    return dx
+
+
+def _distinct(rng, shape):
+    """Inputs with all values distinct and well apart (no ties, safe for finite differences)."""
+    v = rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float64)
+    return (v - v.mean()) * 0.01
+
+
+# (x shape, size, stride)
+CASES = [
+    ((1, 1, 3, 3), 3, 2),      # a single window
+    ((2, 3, 8, 8), 3, 2),      # the last window would be partial: dropped (out 3x3, row/col 7 unused)
+    ((1, 2, 7, 9), 3, 2),      # odd H/W, batch 1
+    ((1, 3, 11, 6), 3, 2),     # H != W
+    ((2, 4, 6, 6), 2, 2),      # size == stride
+    ((1, 3, 5, 7), 1, 1),      # identity
+    ((1, 2, 9, 10), 2, 3),     # size < stride: gaps that get no gradient
+    ((1, 2, 4, 6), 4, 1),      # window as tall as the input
+    ((2, 5, 10, 10), 3, 1),    # each element in up to 9 windows
+    ((2, 96, 55, 55), 3, 2),   # AlexNet pool1: 55 -> 27
+    ((2, 256, 27, 27), 3, 2),  # pool2: 27 -> 13
+    ((2, 256, 13, 13), 3, 2),  # pool5: 13 -> 6
+]
+
+
+@pytest.mark.parametrize("size,stride", [(3, 2), (2, 2), (2, 1), (1, 2)])
+def test_max_pool_reference_gradient(rng, size, stride):
+    x = _distinct(rng, (2, 2, 5, 6))
+    dy = rng.standard_normal(max_pool_ref(x, size, stride).shape)
+    num = numeric_grad(lambda v: max_pool_ref(v, size, stride) * dy, x, eps=1e-4)
+    assert_close(max_pool_backward_ref(x, dy, size, stride), num, 1e-8, "reference gradient")
+
+
+@pytest.mark.parametrize("shape,size,stride", CASES)
+def test_max_pool_forward_backward(device, rng, shape, size, stride):
+    x = rng.standard_normal(shape).astype(np.float32)
+    yref = max_pool_ref(x, size, stride)
+    dy = rng.standard_normal(yref.shape).astype(np.float32)
+    xt = convnet.tensor(x, device)
+    y = ops.max_pool(xt, size, stride)
+    assert y.device == device and y.dtype == "float32" and y.shape == yref.shape
+    assert_close(y.numpy(), yref, 0, "max_pool")
+    dx = ops.max_pool_backward(xt, y, convnet.tensor(dy, device), size, stride)
+    assert dx.device == device and dx.shape == shape
+    assert_close(dx.numpy(), max_pool_backward_ref(x, dy, size, stride), 1e-6, "max_pool_backward")
+
+
+def test_max_pool_output_sizes(device):
+    x = convnet.tensor(np.random.default_rng(0).standard_normal((1, 1, 55, 55)), device)
+    sizes = []
+    for _ in range(3):
+        x = ops.max_pool(x, 3, 2)
+        sizes.append(x.shape[2:])
+    assert sizes == [(27, 27), (13, 13), (6, 6)]
+    assert ops.max_pool(convnet.tensor(np.zeros((1, 1, 8, 9), np.float32) + 1, device), 3, 2).shape == (1, 1, 3, 4)
+
+
+@pytest.mark.parametrize("size,stride", [(3, 2), (2, 2), (3, 1)])
+def test_max_pool_ties_go_to_first(device, rng, size, stride):
+    # Few distinct values: most windows hold repeated maxima.
+    x = rng.integers(0, 3, (2, 3, 9, 8)).astype(np.float32)
+    yref = max_pool_ref(x, size, stride)
+    dy = rng.standard_normal(yref.shape).astype(np.float32)
+    xt = convnet.tensor(x, device)
+    y = ops.max_pool(xt, size, stride)
+    assert_close(y.numpy(), yref, 0, "max_pool")
+    dx = ops.max_pool_backward(xt, y, convnet.tensor(dy, device), size, stride).numpy()
+    assert_close(dx, max_pool_backward_ref(x, dy, size, stride), 1e-6, "max_pool_backward")
+    # by hand: a constant input sends every window's gradient to its top-left corner
+    ones = convnet.tensor(np.ones((1, 1, 5, 5), np.float32), device)
+    dy2 = np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32)
+    dx2 = ops.max_pool_backward(ones, ops.max_pool(ones, 3, 2), convnet.tensor(dy2, device), 3, 2).numpy()
+    want = np.zeros((1, 1, 5, 5), np.float32)
+    want[0, 0, 0, 0], want[0, 0, 0, 2], want[0, 0, 2, 0], want[0, 0, 2, 2] = 1, 2, 3, 4
+    assert np.array_equal(dx2, want)
+
+
+def test_max_pool_deterministic(device, rng):
+    x = rng.integers(0, 4, (2, 8, 13, 13)).astype(np.float32)
+    xt = convnet.tensor(x, device)
+    y = ops.max_pool(xt, 3, 1)
+    dy = convnet.tensor(rng.standard_normal(y.shape), device)
+    first = ops.max_pool_backward(xt, y, dy, 3, 1).numpy()
+    for _ in range(3):
+        assert np.array_equal(ops.max_pool_backward(xt, y, dy, 3, 1).numpy(), first)
+
+
+def test_max_pool_nan_propagates(device, rng):
+    x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
+    x[0, 0, 3, 3] = np.nan  # in four 3/2 windows
+    x[0, 1, 0, 1] = np.nan
+    x[0, 1, 1, 0] = np.nan  # a second NaN in the same window: the first one gets the gradient
+    xt = convnet.tensor(x, device)
+    y = ops.max_pool(xt, 3, 2).numpy()
+    yref = max_pool_ref(x, 3, 2)
+    assert np.array_equal(np.isnan(y), np.isnan(yref))
+    assert np.array_equal(y[~np.isnan(y)], yref[~np.isnan(yref)])
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = ops.max_pool_backward(xt, convnet.tensor(y, device), convnet.tensor(dy, device), 3, 2).numpy()
+    assert_close(dx, max_pool_backward_ref(x, dy, 3, 2), 1e-6, "max_pool_backward")
+
+
+def test_max_pool_matches_torch(device, rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    for shape, size, stride in [((2, 5, 13, 13), 3, 2), ((1, 3, 8, 10), 2, 2), ((1, 2, 9, 7), 3, 1)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        xt = convnet.tensor(x, device)
+        y = ops.max_pool(xt, size, stride)
+        tx = torch.tensor(x, requires_grad=True)
+        ty = F.max_pool2d(tx, size, stride)
+        dy = rng.standard_normal(tuple(ty.shape)).astype(np.float32)
+        ty.backward(torch.tensor(dy))
+        dx = ops.max_pool_backward(xt, y, convnet.tensor(dy, device), size, stride)
+        assert_close(y.numpy(), ty.detach().numpy(), 0, "max_pool vs torch")
+        assert_close(dx.numpy(), tx.grad.numpy(), 1e-6, "max_pool_backward vs torch")
+
+
+def test_max_pool_bad_input(device):
+    x = convnet.tensor(np.ones((2, 3, 8, 8), np.float32), device)
+    with pytest.raises(ValueError, match="max_pool: 'x' must have 4 dimensions"):
+        ops.max_pool(convnet.tensor(np.ones((3, 8, 8), np.float32), device))
+    with pytest.raises(TypeError, match="max_pool: 'x' must be float32"):
+        ops.max_pool(convnet.tensor(np.ones((2, 3, 8, 8), np.uint8), device))
+    with pytest.raises(ValueError, match="max_pool: window size 9 is larger than the input"):
+        ops.max_pool(x, 9, 1)
+    with pytest.raises(ValueError, match="max_pool: window size 4 is larger"):
+        ops.max_pool(convnet.tensor(np.ones((1, 1, 8, 3), np.float32), device), 4, 1)
+    with pytest.raises(ValueError, match="max_pool: size must be >= 1"):
+        ops.max_pool(x, 0, 1)
+    with pytest.raises(ValueError, match="max_pool: stride must be >= 1"):
+        ops.max_pool(x, 3, 0)
+    y = ops.max_pool(x, 3, 2)  # (2, 3, 3, 3)
+    with pytest.raises(ValueError, match="max_pool_backward: 'dy' must have shape"):
+        ops.max_pool_backward(x, y, x, 3, 2)
+    with pytest.raises(ValueError, match="max_pool_backward: 'y' must have shape"):
+        ops.max_pool_backward(x, ops.max_pool(x, 2, 2), y, 3, 2)
+    with pytest.raises(TypeError, match="max_pool_backward: 'dy' must be float32"):
+        ops.max_pool_backward(x, y, convnet.tensor(np.ones((2, 3, 3, 3), np.int32), device), 3, 2)
+    with pytest.raises(ValueError, match="max_pool_backward: window size 9"):
+        ops.max_pool_backward(x, y, y, 9, 2)
+    other = "cpu" if device != "cpu" else ("cuda:0" if convnet.cuda_available() else None)
+    if other is not None:  # a second device to mismatch with
+        with pytest.raises(ValueError, match="max_pool_backward: 'x' is on"):
+            ops.max_pool_backward(x, y, y.to(other), 3, 2)
+        with pytest.raises(ValueError, match="max_pool_backward: 'x' is on"):
+            ops.max_pool_backward(x, y.to(other), y, 3, 2)

@@ -1,0 +1,122 @@
+"""The Tensor type, devices, copies and DLPack."""
+import numpy as np
+import pytest
+
+import convnet
+from convnet import _C
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.uint8])
+def test_roundtrip(device, rng, dtype):
+    a = (rng.standard_normal((2, 3, 5)) * 50).astype(dtype)
+    t = convnet.tensor(a, device)
+    assert t.shape == (2, 3, 5) and t.dtype == np.dtype(dtype).name and t.device == device
+    assert t.ndim == 3 and t.size == 30 and len(t) == 2
+    np.testing.assert_array_equal(t.numpy(), a)
+    np.testing.assert_array_equal(t.to("cpu").numpy(), a)
+    np.testing.assert_array_equal(t.clone().numpy(), a)
+
+
+def test_default_dtype_conversion():
+    assert convnet.tensor(np.zeros(3)).dtype == "float32"
+    assert convnet.tensor(np.arange(3)).dtype == "int32"
+    assert convnet.tensor([True, False]).dtype == "uint8"
+    assert convnet.tensor([[1.5, 2.5]]).shape == (1, 2)
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        convnet.tensor(np.array(["a"]))
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        convnet.tensor(np.zeros(2), dtype="float16")
+
+
+def test_empty_and_zeros(device):
+    z = convnet.zeros((4, 5), "int32", device)
+    np.testing.assert_array_equal(z.numpy(), np.zeros((4, 5), np.int32))
+    e = convnet.empty((0, 3), "float32", device)
+    assert e.shape == (0, 3) and e.numpy().shape == (0, 3)
+    # tests run with poisoning on: fresh float tensors read as NaN
+    assert np.isnan(convnet.empty((7,), "float32", device).numpy()).all()
+
+
+def test_copy_and_reshape(device, rng):
+    a = rng.standard_normal((3, 4)).astype(np.float32)
+    t = convnet.tensor(a, device)
+    dst = convnet.empty((3, 4), "float32", device)
+    dst.copy_(convnet.tensor(a))  # from the CPU, whatever dst's device
+    np.testing.assert_array_equal(dst.numpy(), a)
+    np.testing.assert_array_equal(t.reshape([4, -1]).numpy(), a.reshape(4, 3))
+    with pytest.raises(ValueError, match="cannot reshape"):
+        t.reshape([5, 3])
+    with pytest.raises(ValueError, match="different shape"):
+        dst.copy_(convnet.tensor(np.zeros((4, 3), np.float32)))
+
+
+def test_device_names():
+    assert _C.parse_device("cpu") == "cpu"
+    assert _C.parse_device("cpu:1") == "cpu"
+    for bad in ["gpu", "cuda:x", "cpu:", "tpu:0", ""]:
+        with pytest.raises(ValueError, match="device"):
+            convnet.tensor(np.zeros(2), bad)
+    n = convnet.device_count()
+    with pytest.raises(RuntimeError, match="cuda"):
+        convnet.tensor(np.zeros(2), f"cuda:{n}")
+
+
+def test_numpy_view_shares_memory_on_cpu(rng):
+    t = convnet.tensor(rng.standard_normal(4).astype(np.float32))
+    v = t.numpy()
+    v[0] = 42.0
+    assert t.numpy()[0] == 42.0
+    del t
+    assert v[0] == 42.0  # the view keeps the storage alive
+
+
+def test_dlpack_numpy_both_ways(device, rng):
+    a = rng.standard_normal((3, 7)).astype(np.float32)
+    t = convnet.from_dlpack(a)  # zero copy
+    assert t.data_ptr() == a.ctypes.data
+    np.testing.assert_array_equal(t.numpy(), a)
+    back = np.from_dlpack(convnet.tensor(a))
+    np.testing.assert_array_equal(back, a)
+    with pytest.raises(ValueError, match="not contiguous"):
+        convnet.from_dlpack(np.asfortranarray(a))
+    with pytest.raises(TypeError, match="dtype"):
+        convnet.from_dlpack(a.astype(np.float64))
+    with pytest.raises(TypeError, match="DLPack"):
+        convnet.from_dlpack([1, 2])
+    assert convnet.tensor(a, device).__dlpack_device__()[0] == (1 if device == "cpu" else 2)
+
+
+def test_dlpack_torch(device, rng):
+    torch = pytest.importorskip("torch")
+    if device != "cpu" and not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA here")
+    a = rng.standard_normal((2, 5)).astype(np.float32)
+    tt = torch.from_numpy(a).to(device)
+    ours = convnet.from_dlpack(tt)
+    assert ours.device == device and ours.data_ptr() == tt.data_ptr()
+    y = convnet.ops.relu(ours)
+    back = torch.from_dlpack(y)
+    assert back.device.type == ("cpu" if device == "cpu" else "cuda")
+    np.testing.assert_array_equal(back.cpu().numpy(), np.maximum(a, 0))
+
+
+@pytest.mark.skipif(not convnet.cuda_available(), reason="CUDA: no GPU visible or no CUDA build")
+def test_gpu_to_gpu_copy_and_allocator(rng):
+    a = rng.standard_normal((64, 33)).astype(np.float32)
+    n = convnet.device_count()
+    t = convnet.tensor(a, "cuda:0")
+    other = f"cuda:{n - 1}"
+    np.testing.assert_array_equal(t.to(other).to("cuda:0").numpy(), a)
+    before = _C.memory_allocated(0)
+    for _ in range(10):  # same-size allocations hit the cache
+        convnet.ops.relu(t)
+    assert _C.memory_allocated(0) == before
+    assert _C.memory_cached(0) > 0
+    assert isinstance(_C.cuda_device_name(0), str)
+
+
+def test_check_finite(device):
+    t = convnet.tensor(np.array([1.0, np.nan, np.inf, 2.0], np.float32), device)
+    with pytest.raises(ValueError, match="2 NaN or infinite"):
+        _C.check_finite(t, "t")
+    _C.check_finite(convnet.tensor(np.ones(5, np.float32), device), "ok")

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The one script to run on a machine with a GPU: build, run the whole test suite (CUDA
+# cases included), run the kernel and whole-step benchmarks, a short full-size training
+# run, and write everything to $OUT (default benchmarks/results/latest):
+#   summary.md   GPU, commit, pass/fail counts, benchmark table, training images/s
+#   build.log tests.log bench.txt bench.json train.log
+# Each stage has its own time limit so a hang in one still leaves the others' results.
+# Usage: tools/gpu_check.sh [stages...]   (stages: build tests bench train; default all)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/latest}
+mkdir -p "$OUT"
+STAGES=${*:-build tests bench train}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+summary="$OUT/summary.md"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain 2>/dev/null | grep -v '^??' | wc -l)
+{
+  echo "# GPU check"
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "- commit: $commit$([ "$dirty" != 0 ] && echo " (+ uncommitted changes)")"
+  echo "- GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo none)"
+  echo "- python: $($PY --version 2>&1); torch: $($PY -c 'import torch; print(torch.__version__)' 2>/dev/null || echo none)"
+  echo "- nvcc: $(nvcc --version 2>/dev/null | tail -1)"
+} > "$summary"
+
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+t0=$(date +%s)
+elapsed() { echo $(( $(date +%s) - t0 ))s; }
+
+if stage build; then
+  echo "== build ($(elapsed))"
+  if CONVNET_CUDA=ON JOBS=$(nproc) CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${CONVNET_CUDA_ARCH:-90-real} -DCONVNET_PTXAS_VERBOSE=ON" \
+     timeout 300 tools/dev_build.sh > "$OUT/build.log" 2>&1; then
+    echo "- build: ok ($(elapsed)); spills reported: $(grep -c 'bytes spill stores' "$OUT/build.log" | tr -d ' ') lines, non-zero: $(grep 'bytes spill' "$OUT/build.log" | grep -vc ' 0 bytes spill stores, 0 bytes spill loads')" >> "$summary"
+  else
+    echo "- build: FAILED (see build.log)" >> "$summary"; tail -40 "$OUT/build.log"; exit 1
+  fi
+  $PY -c "import convnet; assert convnet.cuda_available(), 'no GPU visible to convnet'; print('GPUs:', convnet.device_count(), convnet._C.cuda_device_name(0))" 2>&1 | tee -a "$OUT/build.log"
+fi
+
+if stage tests; then
+  echo "== tests ($(elapsed))"
+  timeout ${TEST_TIMEOUT:-300} $PY -m pytest -v -rfEs --maxfail=30 -p no:cacheprovider tests ${TEST_ARGS:-} > "$OUT/tests.log" 2>&1
+  rc=$?
+  line=$(grep -E '^[=]* *[0-9]+ (passed|failed)|^[0-9]+ (passed|failed)|error' "$OUT/tests.log" | tail -1)
+  echo "- tests (rc $rc): $line" >> "$summary"
+  echo "- CUDA cases passed: $(grep -E 'cuda.*PASSED' "$OUT/tests.log" | wc -l | tr -d ' '), failed: $(grep -E 'cuda.*(FAILED|ERROR)' "$OUT/tests.log" | wc -l | tr -d ' ')" >> "$summary"
+  grep -E '^(FAILED|ERROR)' "$OUT/tests.log" | head -40 | sed 's/^/  - /' >> "$summary"
+fi
+
+if stage bench; then
+  echo "== bench ($(elapsed))"
+  timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda:0 --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
+  echo "- bench rc $?" >> "$summary"
+  { echo; echo '```'; sed -n '/^# cuda/,$p' "$OUT/bench.txt"; echo '```'; } >> "$summary"
+fi
+
+if stage train; then
+  echo "== train ($(elapsed))"
+  timeout ${TRAIN_TIMEOUT:-150} $PY -m convnet.train ${TRAIN_ARGS:---model alexnet --input-size 224 --builtin-size 256 --builtin-train 2560 --builtin-val 512 --epochs 1 --devices cuda:0,cuda:0 --run-dir /tmp/convnet-gpu-run} > "$OUT/train.log" 2>&1
+  echo "- train rc $?: $(grep -iE 'images/s|val' "$OUT/train.log" | tail -3 | tr '\n' ' ')" >> "$summary"
+fi
+echo "- total $(elapsed)" >> "$summary"
+cat "$summary"
