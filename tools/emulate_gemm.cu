@@ -268,6 +268,9 @@ int main() {
   std::printf("medium done (%d failures)\n", failures);
   run_all<BigTile>("big");
   run_all<BigTileWide>("big-wide");
+  // AlexNet conv1 and conv2 at full size (one image), as run_gemm would tile them.
+  check_conv<BigTile>(shape(1, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1), 132, "big (conv1)");
+  check_conv<MediumTile>(shape(1, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), 132, "medium (conv2)");
   std::printf("big done (%d failures)\n", failures);
   std::printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
   return failures ? 1 : 0;
