@@ -24,6 +24,9 @@
 // All divisions by shape constants in the index maps use FastDiv (multiply-high + shift). The
 // element offsets inside one image (c*H*W + h*W + w, k*P*Q + ...) are 32-bit: checked below.
 //
+// Checked without a GPU by tools/emulate_gemm.cu, which runs these exact index maps through the
+// kernel's own per-thread steps on the CPU against float64 references (its header: how to run).
+//
 // ptxas -v (sm_90, CUDA 13.0, -O3; CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh):
 //   kernel (registers, static smem)       128x128 tile         64x64 tile         16x128 tile
 //   gemm_kernel: conv forward           127 regs 16.5 KB    89 regs  8.5 KB   123 regs  9.5 KB
