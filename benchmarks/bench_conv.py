@@ -1,6 +1,6 @@
 """AlexNet's conv layers (one-device net: groups 1, 2, 1, 2, 2; conv1 on a 224x224 input with
-padding 2, stride 4 -> 55x55). Two cases per layer: forward (with bias), and backward
-(conv2d_backward: input, weight and bias gradients together, 2x the forward's flops).
+padding 2, stride 4 -> 55x55). Three cases per layer: forward (with bias), backward-data
+(the input gradient) and backward-filter (weight and bias gradients), each the forward's flops.
 GFLOP/s counts 2 flops per multiply-add."""
 import numpy as np
 
@@ -31,14 +31,20 @@ def cases(ctx):
         flops = 2.0 * n * k * p * p * (c // g) * r * r
         fwd = {"name": f"{name} forward", "flops": flops,
                "ours": lambda X=X, W=W, B=B, st=st, pd=pd, g=g: ops.conv2d(X, W, B, st, pd, g)}
-        bwd = {"name": f"{name} backward", "flops": 2 * flops,
-               "ours": lambda X=X, W=W, DY=DY, st=st, pd=pd, g=g: ops.conv2d_backward(X, W, DY, st, pd, g)}
+        bwd_data = {"name": f"{name} backward-data", "flops": flops,
+                    "ours": lambda X=X, W=W, DY=DY, st=st, pd=pd, g=g: ops.conv2d_backward(
+                        X, W, DY, st, pd, g, weight_grad=False)}
+        bwd_filter = {"name": f"{name} backward-filter", "flops": flops,
+                      "ours": lambda X=X, W=W, DY=DY, st=st, pd=pd, g=g: ops.conv2d_backward(
+                          X, W, DY, st, pd, g, input_grad=False)}
         if torch is not None:
             td = ctx["torch_device"]
             tx, tw, tb, tdy = (torch.from_numpy(a).to(td) for a in (x, w, b, dy))
             fwd["torch"] = lambda tx=tx, tw=tw, tb=tb, st=st, pd=pd, g=g: torch.nn.functional.conv2d(
                 tx, tw, tb, st, pd, 1, g)
-            bwd["torch"] = lambda tx=tx, tw=tw, tdy=tdy, k=k, st=st, pd=pd, g=g: torch.ops.aten.convolution_backward(
-                tdy, tx, tw, [k], [st, st], [pd, pd], [1, 1], False, [0, 0], g, [True, True, True])
-        out += [fwd, bwd]
+            for case, mask in ((bwd_data, [True, False, False]), (bwd_filter, [False, True, True])):
+                case["torch"] = lambda tx=tx, tw=tw, tdy=tdy, k=k, st=st, pd=pd, g=g, mask=mask: \
+                    torch.ops.aten.convolution_backward(tdy, tx, tw, [k], [st, st], [pd, pd], [1, 1], False,
+                                                        [0, 0], g, mask)
+        out += [fwd, bwd_data, bwd_filter]
     return out

@@ -45,8 +45,10 @@ def from_dlpack(obj):
     if not hasattr(obj, "__dlpack__"):
         raise TypeError(f"from_dlpack: {type(obj).__name__} does not support the DLPack protocol")
     dev_type, _ = obj.__dlpack_device__()
-    if dev_type == 2:  # CUDA: let the producer order its work before our per-thread stream (2)
-        capsule = obj.__dlpack__(stream=2)
+    if dev_type == 2:
+        # CUDA: the producer orders its pending work before the legacy default stream (1);
+        # our per-thread streams are blocking streams, so they wait for that stream too.
+        capsule = obj.__dlpack__(stream=1)
     else:
         capsule = obj.__dlpack__()
     return _C.from_dlpack_capsule(capsule)

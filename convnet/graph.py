@@ -90,6 +90,9 @@ class Net:
                 raise ValueError(f"layer {layer.name!r}: negative tower {layer.tower}")
             layer.logical = devices[layer.tower]
             layer.device = self._placement[layer.logical]
+        by_name = {layer.name: layer for layer in self.layers}
+        for layer in self.layers:
+            layer.input_grad = any(not isinstance(by_name[n], Input) for n in layer.inputs)
         if parallel is None:
             parallel = towers > 1 and any(l.device != "cpu" for l in self.layers)
         self.parallel = bool(parallel)

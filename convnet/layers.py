@@ -53,6 +53,7 @@ class Layer:
         self.group = spec.get("group", self.name)
         self.params = {}
         self.device = None    # physical device, set by the Net
+        self.input_grad = True  # False when the Net needs no gradient for the inputs (they are images)
         self.logical = None   # logical device name, set by the Net
         self.in_shapes = None
         self.shape = None     # per-sample output shape
@@ -167,7 +168,7 @@ class Conv(Layer):
 
     def _backward(self, dy):
         dx, dw, db = ops.conv2d_backward(self._saved_x, self.params["weight"].data, dy, self.stride, self.padding,
-                                         self.groups)
+                                         self.groups, input_grad=self.input_grad)
         self.params["weight"].grad = dw
         self.params["bias"].grad = db
         return dx

@@ -123,11 +123,12 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     return _C.conv2d(x, w, b, sh, sw, ph, pw, int(groups))
 
 
-def conv2d_backward(x, w, dy, stride=1, padding=0, groups=1):
-    """(dx, dw, db): gradients of conv2d with respect to its input, weights and bias."""
+def conv2d_backward(x, w, dy, stride=1, padding=0, groups=1, input_grad=True, weight_grad=True):
+    """(dx, dw, db): gradients of conv2d with respect to its input, weights and bias.
+    input_grad=False skips dx (None), weight_grad=False skips dw and db (None)."""
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
-    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, int(groups))
+    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, int(groups), bool(input_grad), bool(weight_grad))
 
 
 # ---- fully connected: csrc/ops/linear.cpp ----

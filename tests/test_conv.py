@@ -104,8 +104,9 @@ def test_random_shapes(device, rng, seed):
     (2, 2, 7, 30, 3, 3, 1, (1, 2), (0, 3), 1),      # non-square everything
     (1, 37, 17, 17, 45, 3, 3, (1, 1), (1, 1), 1),   # channels not multiples of any tile
     (2, 16, 12, 12, 16, 5, 5, (2, 2), (2, 2), 16),  # depthwise
-    (3, 4, 30, 30, 6, 3, 3, (1, 1), (1, 1), 2),     # images gathered 2 + 1 along the GEMM's columns
-    (7, 3, 20, 20, 4, 1, 1, (1, 1), (0, 0), 1),     # pointwise, images gathered 4 + 3
+    (3, 4, 14, 14, 6, 3, 3, (1, 1), (1, 1), 2),     # images gathered 2 + 1 along the GEMM's columns
+    (7, 3, 9, 9, 20, 1, 1, (1, 1), (0, 0), 1),      # pointwise, images gathered 4 + 3
+    (5, 6, 20, 20, 20, 3, 3, (1, 1), (1, 1), 1),    # one image per GEMM
 ])
 def test_edge_shapes(device, rng, case):
     run_conv(device, rng, *case)
@@ -196,3 +197,20 @@ def test_wrong_device():
         ops.conv2d(x, w.to("cpu"), b)
     with pytest.raises(ValueError, match="conv2d_backward: 'x' is on cpu but 'dy' is on cuda:0"):
         ops.conv2d_backward(x, w.to("cpu"), convnet.tensor(np.ones((1, 3, 3, 3), np.float32), "cuda:0"))
+
+
+def test_backward_parts_can_be_skipped(device, rng):
+    """input_grad=False / weight_grad=False return None for the skipped gradients and the
+    same values as the full call for the others."""
+    x = rng.standard_normal((2, 5, 11, 9)).astype(np.float32)
+    w = rng.standard_normal((6, 5, 3, 4)).astype(np.float32)
+    dy = rng.standard_normal((2, 6, 6, 3)).astype(np.float32)  # (11 + 2 - 3) // 2 + 1 = 6 rows
+    X, W, DY = (convnet.tensor(a, device) for a in (x, w, dy))
+    dx, dw, db = ops.conv2d_backward(X, W, DY, stride=2, padding=(1, 0))
+    only_dx = ops.conv2d_backward(X, W, DY, stride=2, padding=(1, 0), weight_grad=False)
+    only_dw = ops.conv2d_backward(X, W, DY, stride=2, padding=(1, 0), input_grad=False)
+    assert only_dx[1] is None and only_dx[2] is None and only_dw[0] is None
+    np.testing.assert_array_equal(only_dx[0].numpy(), dx.numpy())
+    np.testing.assert_array_equal(only_dw[1].numpy(), dw.numpy())
+    np.testing.assert_array_equal(only_dw[2].numpy(), db.numpy())
+    assert np.isfinite(dx.numpy()).all() and np.isfinite(dw.numpy()).all()

@@ -272,3 +272,24 @@ def test_forward_accepts_tensors(rng):
     b = net.forward(convnet.tensor(x)).numpy()
     np.testing.assert_array_equal(a, b)
     assert a.shape == (2, 5)
+
+
+def test_explicit_concat_and_flatten_layers(rng):
+    """concat + flatten + linear computes what a linear layer reading both inputs computes."""
+    head = [{"name": "x", "type": "input", "shape": [2, 3, 3]},
+            {"name": "a", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 1, "tower": 0},
+            {"name": "b", "type": "conv", "inputs": ["x"], "out_channels": 3, "kernel": 1, "tower": 1}]
+    tail = [{"name": "loss", "type": "softmax_loss", "inputs": ["f"]}]
+    joined = Net(head + [{"name": "f", "type": "linear", "inputs": ["a", "b"], "out_features": 4}] + tail,
+                 devices=["cpu:0", "cpu:1"])
+    explicit = Net(head + [{"name": "c", "type": "concat", "inputs": ["a", "b"]},
+                           {"name": "flat", "type": "flatten", "inputs": ["c"]},
+                           {"name": "f", "type": "linear", "inputs": ["flat"], "out_features": 4}] + tail,
+                   devices=["cpu:0", "cpu:1"], parallel=True)
+    state = lively_state(joined, rng)
+    joined.load_state_dict(state)
+    explicit.load_state_dict(state)
+    x, y = batch(rng, 3, 3, 4)
+    x = x[:, :2]
+    assert_same_step(run_step(joined, x, y), run_step(explicit, x, y), rtol=1e-6)
+    assert explicit.by_name["flat"].shape == (45,)

@@ -71,6 +71,13 @@ def test_variants_shapes():
     assert hs["conv1.weight"] == (48, 3, 11, 11) and hs["conv2.weight"] == (128, 48, 5, 5)
     assert hs["conv3.weight"] == (192, 128, 3, 3) and hs["conv4.weight"] == (192, 192, 3, 3)
     assert hs["conv5.weight"] == (256, 192, 3, 3) and hs["fc6.weight"] == (4096, 9216)
+    small_half = models.alexnet(towers=1, half=True, devices=["cpu"], input_size=67, width=0.125, num_classes=5)
+    assert {l.groups for l in small_half.layers if l.type in ("conv", "lrn")} == {1}
+    x = np.random.default_rng(0).standard_normal((2, 3, 67, 67)).astype(np.float32)
+    logits, loss = small_half.forward(x, np.array([1, 4]), train=True)
+    small_half.backward()
+    assert logits.shape == (2, 5) and abs(loss - np.log(5)) < 0.1  # tiny weights: near-uniform softmax
+    assert all(np.isfinite(g).all() for g in small_half.grad_dict().values())
     six = models.alexnet(towers=2, extra_conv=True, devices=CPU2, width=0.25, num_classes=10)
     assert six.shapes()["conv6.weight"] == (64, 32, 3, 3)
     assert [l.name for l in six.order].index("conv6_a") > [l.name for l in six.order].index("pool5_a")

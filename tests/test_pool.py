@@ -125,6 +125,21 @@ def test_max_pool_deterministic(device, rng):
         assert np.array_equal(ops.max_pool_backward(xt, y, dy, 3, 1).numpy(), first)
 
 
+def test_max_pool_devices_agree_bitwise(device, rng):
+    # Both twins send each window's dy to the same element and add in the same (row-major) order.
+    if device == "cpu":
+        pytest.skip("compares a GPU against the CPU")
+    x = rng.integers(0, 5, (2, 16, 27, 27)).astype(np.float32)  # many ties
+    out = {}
+    for dev in ("cpu", device):
+        xt = convnet.tensor(x, dev)
+        y = ops.max_pool(xt, 3, 2)
+        dy = convnet.tensor(np.random.default_rng(1).standard_normal(y.shape), dev)
+        out[dev] = (y.numpy(), ops.max_pool_backward(xt, y, dy, 3, 2).numpy())
+    assert np.array_equal(out["cpu"][0], out[device][0])
+    assert np.array_equal(out["cpu"][1], out[device][1])
+
+
 def test_max_pool_nan_propagates(device, rng):
     x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
     x[0, 0, 3, 3] = np.nan  # in four 3/2 windows

@@ -14,7 +14,7 @@ STAGES=${*:-build tests bench train}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 summary="$OUT/summary.md"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 dirty=$(git status --porcelain 2>/dev/null | grep -v '^??' | wc -l)
 {
   echo "# GPU check"

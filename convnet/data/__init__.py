@@ -107,7 +107,7 @@ def _open_prepared(path, index_file):
         missing = [s["file"] for s in info["shards"] if not (path / s["file"]).is_file()]
         if missing or not (path / info["labels"]).is_file():
             raise FileNotFoundError(f"open_dataset: {path} is incomplete: missing {missing or info['labels']}")
-        images = shards.open_images(path, info["shards"])
+        images = shards.open_images(path, info["shards"], index["image_size"])
         labels = np.load(path / info["labels"], mmap_mode="r")
         splits[name] = Split(name, images, labels)
     mean = np.load(path / index["mean"])

@@ -1,9 +1,9 @@
 """The built-in dataset: generated images of shapes and textures, deterministic from a seed,
 written in the prepared-dataset shard format (convnet.data.shards).
 
-Each image holds one object of its class, drawn at a random position, scale (radius 20-40% of
+Each image holds one object of its class, drawn at a random position, scale (radius 24-42% of
 the image side), rotation and colour over a cluttered background (a colour gradient, soft
-colour waves, a few thin lines and small dots of other colours) with moderate pixel noise.
+colour waves, two thin lines and two small dots of other colours) with moderate pixel noise.
 Colours are drawn independently of the class, so only shape and texture tell classes apart.
 
     python -m convnet.data.builtin [DST] [--size 64] [--seed 0]   # generate
@@ -138,13 +138,13 @@ def render(labels, size, rng):
         ang = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
         freq = rng.uniform(1.0, 3.0, n).astype(np.float32) * 2 * np.pi
         phase = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
-        amp = rng.uniform(-25, 25, (n, 3)).astype(np.float32)
+        amp = rng.uniform(-18, 18, (n, 3)).astype(np.float32)
         wave = np.sin(col(freq) * (col(np.cos(ang)) * xs + col(np.sin(ang)) * ys) + col(phase))
         for c in range(3):
             planes[c] += wave * col(amp[:, c])
 
     # Clutter: thin lines and small dots in random colours, behind the object.
-    for _ in range(3):
+    for _ in range(2):
         p0 = rng.uniform(0, S, (n, 2)).astype(np.float32)
         p1 = rng.uniform(0, S, (n, 2)).astype(np.float32)
         colour = rng.uniform(0, 255, (n, 3)).astype(np.float32)
@@ -152,15 +152,15 @@ def render(labels, size, rng):
         rx, ry = xx - col(p0[:, 0]), yy - col(p0[:, 1])
         t = np.clip((rx * col(d[:, 0]) + ry * col(d[:, 1])) / col(np.maximum((d * d).sum(1), 1e-6)), 0, 1)
         dist2 = (rx - t * col(d[:, 0])) ** 2 + (ry - t * col(d[:, 1])) ** 2  # to the nearest point of the segment
-        _paint(planes, dist2 < (0.018 * S) ** 2, colour)
-    for _ in range(3):
+        _paint(planes, dist2 < (0.014 * S) ** 2, colour)
+    for _ in range(2):
         c = rng.uniform(0, S, (n, 2)).astype(np.float32)
-        rad = rng.uniform(0.02, 0.045, n).astype(np.float32) * S
+        rad = rng.uniform(0.015, 0.035, n).astype(np.float32) * S
         colour = rng.uniform(0, 255, (n, 3)).astype(np.float32)
         _paint(planes, (xx - col(c[:, 0])) ** 2 + (yy - col(c[:, 1])) ** 2 < col(rad ** 2), colour)
 
     # The object.
-    radius = rng.uniform(0.2, 0.4, n).astype(np.float32) * S
+    radius = rng.uniform(0.24, 0.42, n).astype(np.float32) * S
     cx = rng.uniform(radius, S - radius).astype(np.float32)
     cy = rng.uniform(radius, S - radius).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
@@ -168,7 +168,7 @@ def render(labels, size, rng):
               "freq": rng.uniform(2.6, 4.0, n).astype(np.float32),
               "square_region": rng.random(n) < 0.5}
     colour = _contrasting_colours(rng, base).astype(np.float32)
-    noise_sigma = rng.uniform(3, 9, n).astype(np.float32)
+    noise_sigma = rng.uniform(2, 7, n).astype(np.float32)
     dx, dy = xx - col(cx), yy - col(cy)
     ca, sa, r = col(np.cos(angle)), col(np.sin(angle)), col(radius)
     u = (dx * ca + dy * sa) / r

@@ -60,17 +60,28 @@ def atomic_write_json(path, obj):
 class ShardedImages:
     """The images of a split stored in several shard files, read as one (N, H, W, 3) uint8 array.
 
-    Supports len(), .shape, .dtype, integer / slice / integer-array indexing along the first
-    axis, take(indices, out=) and np.asarray (which reads everything)."""
+    Shards are memory-mapped on first use. Supports len(), .shape, .dtype, integer / slice /
+    integer-array indexing along the first axis, take(indices, out=) and np.asarray (which
+    reads everything)."""
 
-    def __init__(self, arrays):
-        self._arrays = list(arrays)
-        counts = [len(a) for a in self._arrays]
+    def __init__(self, paths, counts, item_shape):
+        self._paths = [str(p) for p in paths]
+        self._arrays = [None] * len(self._paths)
         self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        item = self._arrays[0].shape[1:]
-        self.shape = (int(self._starts[-1]),) + tuple(item)
+        self.shape = (int(self._starts[-1]),) + tuple(item_shape)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 4
+        _allow_open_files(len(self._paths))
+
+    def _shard(self, s):
+        a = self._arrays[s]
+        if a is None:  # two threads may both map it: harmless, one mapping is kept
+            a = np.load(self._paths[s], mmap_mode="r")
+            if len(a) != self._starts[s + 1] - self._starts[s] or a.shape[1:] != self.shape[1:]:
+                raise ValueError(f"shard {self._paths[s]} holds {a.shape}, the index says "
+                                 f"{self._starts[s + 1] - self._starts[s]} images of {self.shape[1:]}")
+            self._arrays[s] = a
+        return a
 
     def __len__(self):
         return self.shape[0]
@@ -86,7 +97,7 @@ class ShardedImages:
         shard = np.searchsorted(self._starts, indices, side="right") - 1
         for s in np.unique(shard):
             where = np.nonzero(shard == s)[0]
-            out[where] = self._arrays[s][indices[where] - self._starts[s]]
+            out[where] = self._shard(s)[indices[where] - self._starts[s]]
         return out
 
     def __getitem__(self, key):
@@ -98,22 +109,39 @@ class ShardedImages:
             if not 0 <= k < len(self):
                 raise IndexError(f"index {key} out of range for {len(self)} images")
             s = int(np.searchsorted(self._starts, k, side="right") - 1)
-            return self._arrays[s][k - self._starts[s]]
+            return self._shard(s)[k - self._starts[s]]
         if isinstance(key, slice):
             return self.take(np.arange(len(self))[key])
         return self.take(key)
 
     def __array__(self, dtype=None, copy=None):
-        a = np.concatenate([np.asarray(x) for x in self._arrays])
+        a = np.concatenate([np.asarray(self._shard(s)) for s in range(len(self._paths))])
         return a if dtype is None else a.astype(dtype)
 
 
-def open_images(folder, shards):
+def _allow_open_files(n):
+    """Each memory-mapped shard holds a file descriptor: raise the soft limit when ImageNet's
+    ~1300 shards would pass it (up to the hard limit)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = n + 256
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard),
+                                                        hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def open_images(folder, shards, image_size):
     """Memory-map a split's shard files: the plain np.memmap when there is one shard."""
-    arrays = [np.load(Path(folder) / s["file"], mmap_mode="r") for s in shards if s["count"] > 0]
-    if not arrays:
+    used = [s for s in shards if s["count"] > 0]
+    if not used:
         return None
-    return arrays[0] if len(arrays) == 1 else ShardedImages(arrays)
+    if len(used) == 1:
+        return np.load(Path(folder) / used[0]["file"], mmap_mode="r")
+    return ShardedImages([Path(folder) / s["file"] for s in used], [s["count"] for s in used],
+                         (image_size, image_size, 3))
 
 
 def write_index(folder, image_size, classes, splits, mean_file, eigval, eigvec, note, extra=None):

@@ -2,9 +2,9 @@
 // exception. The message starts with the name of the op that was running, so a
 // CUDA fault three layers deep still says which kernel it came from.
 #pragma once
-#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace convnet {
 
@@ -30,18 +30,21 @@ struct OpScope {
 };
 
 namespace detail {
-inline void append(std::ostringstream&) {}
-template <class T, class... R>
-void append(std::ostringstream& s, const T& v, const R&... rest) {
-  s << v;
-  append(s, rest...);
-}
+// Messages are built with std::string and std::to_string, not iostreams: formatting a
+// number through an ostream needs the locale facets, which some toolchains (seen with a
+// statically linked C++ runtime on a GPU machine) leave uninitialised inside a module.
+inline void append_one(std::string& s, const std::string& v) { s += v; }
+inline void append_one(std::string& s, const char* v) { s += v; }
+inline void append_one(std::string& s, char v) { s += v; }
+inline void append_one(std::string& s, bool v) { s += v ? "true" : "false"; }
+template <class T, std::enable_if_t<std::is_arithmetic_v<T>, int> = 0>
+void append_one(std::string& s, T v) { s += std::to_string(v); }
 template <class... A>
 std::string message(const A&... parts) {
-  std::ostringstream s;
-  s << current_op() << ": ";
-  append(s, parts...);
-  return s.str();
+  std::string s = current_op();
+  s += ": ";
+  (append_one(s, parts), ...);
+  return s;
 }
 }  // namespace detail
 

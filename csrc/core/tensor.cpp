@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <sstream>
 
 #include "device.h"
 
@@ -96,12 +95,10 @@ int64_t Tensor::numel() const {
 }
 
 std::string Tensor::shape_str() const {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < shape.size(); ++i) o << (i ? ", " : "") << shape[i];
-  if (shape.size() == 1) o << ",";
-  o << ")";
-  return o.str();
+  std::string o = "(";
+  for (size_t i = 0; i < shape.size(); ++i) o += (i ? ", " : "") + std::to_string(shape[i]);
+  if (shape.size() == 1) o += ",";
+  return o + ")";
 }
 
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device d) {

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <vector>
 
 #include "../kernels/conv.h"
@@ -19,7 +20,7 @@
 namespace convnet::cpu {
 namespace {
 
-constexpr int64_t WIDE_N = 1024;      // GEMM columns worth gathering several images for
+constexpr int64_t WIDE_N = 256;       // GEMM columns worth gathering several images for
 constexpr int64_t PARTIAL_SUMS = 4;   // weight-gradient partial sums (parts of the batch)
 
 bool is_pointwise(const ConvShape& s) {
@@ -77,6 +78,8 @@ void im2col(const ConvShape& s, int64_t cg, const float* x, int64_t x_stride, in
 // are independent and each sum runs in the fixed order (kr, ks, oq).
 void col2im(const ConvShape& s, int64_t cg, const float* col, int64_t ld, int64_t nb, float* dx, int64_t dx_stride) {
   const int64_t pq = s.p * s.q, rows = cg * s.h;
+  std::vector<int64_t> q_lo(s.s), q_hi(s.s);  // valid output columns for each kernel column
+  for (int64_t ks = 0; ks < s.s; ++ks) valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo[ks], q_hi[ks]);
 #pragma omp parallel for schedule(dynamic, 8) if (nb * rows * s.w > 8192)
   for (int64_t task = 0; task < nb * rows; ++task) {
     const int64_t i = task / rows, row = task % rows;
@@ -89,12 +92,16 @@ void col2im(const ConvShape& s, int64_t cg, const float* col, int64_t ld, int64_
       const int64_t op = t / s.stride_h;
       if (op >= s.p) continue;
       for (int64_t ks = 0; ks < s.s; ++ks) {
-        const float* d = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq + op * s.q;
-        int64_t q_lo, q_hi;
-        valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo, q_hi);
-        if (q_hi <= q_lo) continue;
-        float* xo = xr + (q_lo * s.stride_w - s.pad_w + ks);
-        for (int64_t oq = q_lo; oq < q_hi; ++oq) xo[(oq - q_lo) * s.stride_w] += d[oq];
+        const int64_t lo = q_lo[ks], hi = q_hi[ks];
+        if (hi <= lo) continue;
+        const float* d = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq + op * s.q + lo;
+        float* xo = xr + (lo * s.stride_w - s.pad_w + ks);
+        if (s.stride_w == 1) {
+#pragma omp simd
+          for (int64_t j = 0; j < hi - lo; ++j) xo[j] += d[j];
+        } else {
+          for (int64_t j = 0; j < hi - lo; ++j) xo[j * s.stride_w] += d[j];
+        }
       }
     }
   }
@@ -132,11 +139,22 @@ thread_local std::vector<float> col_buf, mat_buf, partial_buf;
 // cores shared with other work; im2col and GEMM inside then run on their thread alone).
 // Otherwise one item after another, each using every thread inside im2col and the GEMM.
 // Results are the same either way: how work is split never changes an order of summation.
+// An exception (out of memory for a scratch buffer) must not leave a parallel region: the
+// first one is kept and thrown after it.
 template <class Body>
 void for_each_item(int64_t items, const Body& body) {
   if (items > 1 && items >= omp_get_max_threads() && !omp_in_parallel()) {
+    std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t i = 0; i < items; ++i) body(i);
+    for (int64_t i = 0; i < items; ++i) {
+      try {
+        body(i);
+      } catch (...) {
+#pragma omp critical(convnet_conv_error)
+        if (!error) error = std::current_exception();
+      }
+    }
+    if (error) std::rethrow_exception(error);
   } else {
     for (int64_t i = 0; i < items; ++i) body(i);
   }

@@ -16,7 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -123,6 +123,29 @@ void pack_a(bool trans, const float* a, int64_t lda, int64_t m, int64_t i0, int6
     for (int64_t i = rows; i < MR; ++i) dst[p * MR + i] = 0.f;
 }
 
+#if defined(__AVX2__)
+// dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block.
+inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256 a = t[4 * i + h], b = t[4 * i + 2 + h];
+      r[4 * i + 2 * h] = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0));
+      r[4 * i + 2 * h + 1] = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(r[i], r[4 + i], 0x20));
+    _mm256_storeu_ps(dst + (4 + i) * ldd, _mm256_permute2f128_ps(r[i], r[4 + i], 0x31));
+  }
+}
+#endif
+
 // The B sliver of columns [j0, j0 + NR) and k-steps [p0, p0 + kc): dst[p * NR + j] = op(B)(p0 + p, j0 + j).
 void pack_b(bool trans, const float* b, int64_t ldb, int64_t n, int64_t j0, int64_t p0, int64_t kc, float* dst) {
   const int64_t cols = std::min<int64_t>(NR, n - j0);
@@ -134,7 +157,17 @@ void pack_b(bool trans, const float* b, int64_t ldb, int64_t n, int64_t j0, int6
       for (int64_t j = cols; j < NR; ++j) d[j] = 0.f;
     }
   } else {
-    for (int64_t j = 0; j < cols; ++j) {
+    int64_t j = 0;
+#if defined(__AVX2__)
+    for (; j + 8 <= cols; j += 8) {  // 8 x 8 blocks through registers
+      const float* src = b + (j0 + j) * ldb + p0;
+      int64_t p = 0;
+      for (; p + 8 <= kc; p += 8) transpose8x8(src + p, ldb, dst + p * NR + j, NR);
+      for (; p < kc; ++p)
+        for (int64_t jj = 0; jj < 8; ++jj) dst[p * NR + j + jj] = src[jj * ldb + p];
+    }
+#endif
+    for (; j < cols; ++j) {
       const float* src = b + (j0 + j) * ldb + p0;
       for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p];
     }

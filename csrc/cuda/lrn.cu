@@ -15,8 +15,14 @@
 // t_j = dy_j x_j p_j / s_j into rings; channel i = j - half is then finished as
 // dx_i = dy_i p_i - 2 alpha beta x_i sum_{|m-i|<=half} t_m.
 //
-// ptxas (sm_90, CUDA 13, -O3; registers, no spills, no stack for any of them):
-//   see the table filled in below from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh
+// ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
+// every kernel: 0 bytes stack frame, 0 bytes spill stores/loads. Registers by half-window H
+// (0..4), beta = 3/4 fast path / general powf:
+//   lrn_ring_kernel<H>            48/32  56/39  64/40  61/40  64/40
+//   lrn_backward_ring_kernel<H>   60/42  58/54  65/57  72/63  78/70
+//   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
+// At 64 registers a 256-thread block leaves 4 blocks (1024 threads) per SM, each thread with
+// kAhead + 1 = 5 loads in flight. Not yet timed on a GPU.
 #include "../kernels/lrn.h"
 #include "../core/device.h"
 #include "common.cuh"

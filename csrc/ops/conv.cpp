@@ -63,24 +63,35 @@ Tensor conv2d(const Tensor& x, const Tensor& w, const std::optional<Tensor>& b, 
   return y;
 }
 
-std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& x, const Tensor& w, const Tensor& dy,
-                                                   int64_t stride_h, int64_t stride_w, int64_t pad_h,
-                                                   int64_t pad_w, int64_t groups) {
+// input_grad / weight_grad = false skip that gradient (returned as None): the first layer
+// of a net never needs the gradient of its images, the costliest part of conv1's backward.
+std::tuple<std::optional<Tensor>, std::optional<Tensor>, std::optional<Tensor>> conv2d_backward(
+    const Tensor& x, const Tensor& w, const Tensor& dy, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+    int64_t pad_w, int64_t groups, bool input_grad, bool weight_grad) {
   OpScope op("conv2d_backward");
   ConvShape s = conv_shape(x, w, stride_h, stride_w, pad_h, pad_w, groups);
   check_defined(dy, "dy");
   check_dtype(dy, DType::f32, "dy");
   check_same_device(x, "x", dy, "dy");
   check_shape(dy, {s.n, s.k, s.p, s.q}, "dy");
-  Tensor dx = Tensor::empty_like(x);
-  if (s.n == 0) {  // an empty batch: no input gradient, zero weight and bias gradients
-    return {dx, Tensor::zeros(w.shape, DType::f32, x.device()), Tensor::zeros({s.k}, DType::f32, x.device())};
+  std::optional<Tensor> dx, dw, db;
+  if (input_grad) dx = Tensor::empty_like(x);
+  if (weight_grad) {
+    dw = Tensor::empty_like(w);
+    db = Tensor::empty({s.k}, DType::f32, x.device());
   }
-  Tensor dw = Tensor::empty_like(w);
-  Tensor db = Tensor::empty({s.k}, DType::f32, x.device());
-  CONVNET_DISPATCH(x.device(), conv2d_backward_data, s, w.data<float>(), dy.data<float>(), dx.data<float>());
-  CONVNET_DISPATCH(x.device(), conv2d_backward_filter, s, x.data<float>(), dy.data<float>(), dw.data<float>(),
-                   db.data<float>());
+  if (s.n == 0) {  // an empty batch: no input gradient, zero weight and bias gradients
+    if (weight_grad) {
+      dw = Tensor::zeros(w.shape, DType::f32, x.device());
+      db = Tensor::zeros({s.k}, DType::f32, x.device());
+    }
+    return {dx, dw, db};
+  }
+  if (input_grad)
+    CONVNET_DISPATCH(x.device(), conv2d_backward_data, s, w.data<float>(), dy.data<float>(), dx->data<float>());
+  if (weight_grad)
+    CONVNET_DISPATCH(x.device(), conv2d_backward_filter, s, x.data<float>(), dy.data<float>(), dw->data<float>(),
+                     db->data<float>());
   return {dx, dw, db};
 }
 
@@ -90,7 +101,8 @@ void register_conv(py::module_& m) {
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride_h"), py::arg("stride_w"),
         py::arg("pad_h"), py::arg("pad_w"), py::arg("groups"), CONVNET_NOGIL);
   m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("stride_h"),
-        py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"), py::arg("groups"), CONVNET_NOGIL);
+        py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"), py::arg("groups"), py::arg("input_grad") = true,
+        py::arg("weight_grad") = true, CONVNET_NOGIL);
 }
 
 }  // namespace convnet

@@ -13,6 +13,8 @@ PoolShape pool_shape(const Tensor& x, int64_t size, int64_t stride) {
   CHECK_VALUE(stride >= 1, "stride must be >= 1, got ", stride);
   CHECK_VALUE(size <= x.size(2) && size <= x.size(3), "window size ", size, " is larger than the input ",
               x.shape_str());
+  CHECK_VALUE(x.size(2) * x.size(3) < ((int64_t)1 << 31), "planes of 2^31 or more elements are not supported, got ",
+              x.shape_str());
   PoolShape sh{x.size(0), x.size(1), x.size(2), x.size(3), size, stride, 0, 0};
   sh.p = (sh.h - size) / stride + 1;
   sh.q = (sh.w - size) / stride + 1;

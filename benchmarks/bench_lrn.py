@@ -1,0 +1,57 @@
+"""Local response normalisation on the AlexNet shapes (after conv1 and conv2), the paper's
+constants. Bytes moved: forward reads x and writes y; backward reads x and dy and writes dx
+(s is recomputed from x, y is not read)."""
+import numpy as np
+
+import convnet
+from convnet import ops
+
+SHAPES = [("conv1", (96, 55, 55)), ("conv2", (256, 27, 27))]
+SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0
+
+
+def _window_sums(v, size):
+    """Sum over the channel window by a cumulative sum along C (NumPy's fastest route)."""
+    half = size // 2
+    cs = np.cumsum(v, axis=1, dtype=np.float32)
+    cs = np.concatenate([np.zeros_like(cs[:, :1]), cs], axis=1)
+    c = v.shape[1]
+    hi = np.minimum(np.arange(c) + half + 1, c)
+    lo = np.maximum(np.arange(c) - half, 0)
+    return cs[:, hi] - cs[:, lo]
+
+
+def numpy_lrn(a):
+    return a * (K + ALPHA * _window_sums(a * a, SIZE)) ** -BETA
+
+
+def numpy_lrn_backward(a, g):
+    s = K + ALPHA * _window_sums(a * a, SIZE)
+    p = s ** -BETA
+    return g * p - 2 * ALPHA * BETA * a * _window_sums(g * a * p / s, SIZE)
+
+
+def cases(ctx):
+    dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
+    out = []
+    for name, shape in SHAPES:
+        a = np.abs(np.random.standard_normal((n,) + shape)).astype(np.float32) * 20  # ReLU outputs
+        g = np.random.standard_normal(a.shape).astype(np.float32)
+        x, dy = convnet.tensor(a, dev), convnet.tensor(g, dev)
+        y = ops.lrn(x, SIZE, ALPHA, BETA, K)
+        fwd = {"name": f"lrn {name}", "bytes": 2 * a.nbytes,
+               "ours": lambda x=x: ops.lrn(x, SIZE, ALPHA, BETA, K),
+               "numpy": lambda a=a: numpy_lrn(a)}
+        bwd = {"name": f"lrn_backward {name}", "bytes": 3 * a.nbytes,
+               "ours": lambda x=x, y=y, dy=dy: ops.lrn_backward(x, y, dy, SIZE, ALPHA, BETA, K),
+               "numpy": lambda a=a, g=g: numpy_lrn_backward(a, g)}
+        if torch is not None:
+            F = torch.nn.functional
+            t = torch.from_numpy(a).to(ctx["torch_device"])
+            fwd["torch"] = lambda t=t: F.local_response_norm(t, SIZE, ALPHA * SIZE, BETA, K)  # torch divides by size
+            tx = t.clone().requires_grad_(True)
+            ty = F.local_response_norm(tx, SIZE, ALPHA * SIZE, BETA, K)
+            tg = torch.from_numpy(g).to(ctx["torch_device"])
+            bwd["torch"] = lambda tx=tx, ty=ty, tg=tg: torch.autograd.grad(ty, tx, tg, retain_graph=True)
+        out += [fwd, bwd]
+    return out

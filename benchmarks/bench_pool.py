@@ -1,0 +1,57 @@
+"""Overlapping max-pool (3/2) on the AlexNet shapes: 55 -> 27 (after conv1), 27 -> 13 (conv2),
+13 -> 6 (conv5). Bytes moved: forward reads x and writes y; backward reads x, y and dy and
+writes dx (the argmax is recomputed, nothing is stored by the forward)."""
+import numpy as np
+
+import convnet
+from convnet import ops
+
+SHAPES = [("55->27", (96, 55, 55)), ("27->13", (256, 27, 27)), ("13->6", (256, 13, 13))]
+SIZE, STRIDE = 3, 2
+
+
+def _windows(a):
+    v = np.lib.stride_tricks.sliding_window_view(a, (SIZE, SIZE), axis=(2, 3))
+    return v[:, :, ::STRIDE, ::STRIDE]  # (n, c, p, q, size, size), a view
+
+
+def numpy_max_pool(a):
+    return _windows(a).max(axis=(4, 5))
+
+
+def numpy_max_pool_backward(a, g):
+    n, c, p, q = g.shape
+    first = _windows(a).reshape(n, c, p, q, SIZE * SIZE).argmax(axis=4)  # first maximum
+    rows = np.arange(p)[:, None] * STRIDE + first // SIZE
+    cols = np.arange(q)[None, :] * STRIDE + first % SIZE
+    dx = np.zeros_like(a)
+    ni, ci = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    np.add.at(dx, (ni[:, :, None, None], ci[:, :, None, None], rows, cols), g)
+    return dx
+
+
+def cases(ctx):
+    dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
+    out = []
+    for name, shape in SHAPES:
+        a = np.random.standard_normal((n,) + shape).astype(np.float32)
+        x = convnet.tensor(a, dev)
+        y = ops.max_pool(x, SIZE, STRIDE)
+        g = np.random.standard_normal(y.shape).astype(np.float32)
+        dy = convnet.tensor(g, dev)
+        fwd = {"name": f"max_pool {name}", "bytes": a.nbytes + g.nbytes,
+               "ours": lambda x=x: ops.max_pool(x, SIZE, STRIDE),
+               "numpy": lambda a=a: numpy_max_pool(a)}
+        bwd = {"name": f"max_pool_backward {name}", "bytes": 2 * a.nbytes + 2 * g.nbytes,
+               "ours": lambda x=x, y=y, dy=dy: ops.max_pool_backward(x, y, dy, SIZE, STRIDE),
+               "numpy": lambda a=a, g=g: numpy_max_pool_backward(a, g)}
+        if torch is not None:
+            F = torch.nn.functional
+            t = torch.from_numpy(a).to(ctx["torch_device"])
+            fwd["torch"] = lambda t=t: F.max_pool2d(t, SIZE, STRIDE)
+            tx = t.clone().requires_grad_(True)
+            ty = F.max_pool2d(tx, SIZE, STRIDE)
+            tg = torch.from_numpy(g).to(ctx["torch_device"])
+            bwd["torch"] = lambda tx=tx, ty=ty, tg=tg: torch.autograd.grad(ty, tx, tg, retain_graph=True)
+        out += [fwd, bwd]
+    return out

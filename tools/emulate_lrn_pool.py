@@ -1,0 +1,171 @@
+"""CPU emulation of the CUDA LRN and max-pool kernels (csrc/cuda/lrn.cu, pool.cu), for checking
+their index maps, rings, chunking and grid-stride loops without a GPU.
+
+The kernel bodies are cut verbatim out of the .cu files and compiled as host C++ with a few
+stand-ins (__ldg -> load, rsqrtf -> 1/sqrtf, blockIdx/threadIdx globals); every thread of
+every block then runs in turn. The host launchers (with <<<>>>) are mirrored by the small
+driver below. Outputs start as NaN, so an unwritten element fails; results are compared
+with the float64 references of tests/test_lrn.py and tests/test_pool.py, on their cases,
+with grids of 1, 3 and 1000 blocks (and the 64-bit index path of the pool kernels).
+
+    python tools/emulate_lrn_pool.py        (needs g++; about ten seconds)
+"""
+import ctypes
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+STANDINS = r'''
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+struct Dim { int64_t x = 0, y = 0, z = 0; };
+static Dim blockIdx, threadIdx, blockDim, gridDim;
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+template <class T> T __ldg(const T* p) { return *p; }
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+using std::min;
+template <class K, class... A> void launch(int64_t grid, int64_t block, K kernel, A... args) {
+  gridDim.x = grid; blockDim.x = block;
+  for (int64_t b = 0; b < grid; ++b)
+    for (int64_t t = 0; t < block; ++t) { blockIdx.x = b; threadIdx.x = t; kernel(args...); }
+}
+namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1; } }
+'''
+
+DRIVER = r'''
+using namespace convnet;
+using namespace convnet::cuda;
+template <int H, bool B> void fwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
+  launch(g, kThreads, lrn_ring_kernel<H, B>, sh, sp, x, y); }
+template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
+  launch(g, kThreads, lrn_backward_ring_kernel<H, B>, sh, sp, x, dy, dx); }
+#define RING(F, ...) switch (clipped_half(sh)) { \
+  case 0: b34 ? F<0, true>(__VA_ARGS__) : F<0, false>(__VA_ARGS__); return; \
+  case 1: b34 ? F<1, true>(__VA_ARGS__) : F<1, false>(__VA_ARGS__); return; \
+  case 2: b34 ? F<2, true>(__VA_ARGS__) : F<2, false>(__VA_ARGS__); return; \
+  case 3: b34 ? F<3, true>(__VA_ARGS__) : F<3, false>(__VA_ARGS__); return; \
+  case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return; }
+extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
+                        const float* x, float* y, int64_t g) {
+  LrnShape sh{n, c, hw, size, alpha, beta, k};
+  Split sp = split_channels(sh);
+  bool b34 = beta == 0.75f;
+  RING(fwd, g, sh, sp, x, y)
+  launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
+}
+extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
+                                 float k, const float* x, const float* dy, float* dx, int64_t g) {
+  LrnShape sh{n, c, hw, size, alpha, beta, k};
+  Split sp = split_channels(sh);
+  bool b34 = beta == 0.75f;
+  RING(bwd, g, sh, sp, x, dy, dx)
+  std::vector<float> t(n * c * hw, NAN);
+  launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
+  launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx);
+}
+extern "C" void emu_pool(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
+                         const float* x, float* y, int64_t g) {
+  PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
+  if (g < 0) launch(-g, pool::kThreads, pool::max_pool_kernel<int64_t>, sh, x, y);
+  else launch(g, pool::kThreads, pool::max_pool_kernel<uint32_t>, sh, x, y);
+}
+extern "C" void emu_pool_backward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
+                                  const float* x, const float* y, const float* dy, float* dx, int64_t g) {
+  PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
+  if (g < 0) launch(-g, pool::kThreads, pool::max_pool_backward_kernel<int64_t>, sh, x, y, dy, dx);
+  else launch(g, pool::kThreads, pool::max_pool_backward_kernel<uint32_t>, sh, x, y, dy, dx);
+}
+'''
+
+
+def between(text, start, end):
+    i = text.index(start)
+    return text[i:text.index(end, i)]
+
+
+def build(workdir):
+    lrn = (ROOT / "csrc/cuda/lrn.cu").read_text()
+    pool = (ROOT / "csrc/cuda/pool.cu").read_text()
+    # from the namespace's opening to the first host launcher; both leave `namespace {` open
+    lrn_kernels = between(lrn, "namespace convnet::cuda {", "template <int H, bool kThreeQuarters>\nvoid launch_forward")
+    pool_kernels = between(pool, "namespace {", "}  // namespace\n\n")
+    src = STANDINS + f'#include "{ROOT}/csrc/kernels/lrn.h"\n#include "{ROOT}/csrc/kernels/pool.h"\n'
+    src += lrn_kernels + "}  // namespace\n\n"
+    src += "namespace pool { using convnet::PoolShape;\n" + pool_kernels + "}  // namespace\n}  // namespace pool\n"
+    src += "}  // namespace convnet::cuda\n" + DRIVER.replace("pool::", "convnet::cuda::pool::")
+    cpp, so = Path(workdir) / "emulate.cpp", Path(workdir) / "emulate.so"
+    cpp.write_text(src)
+    subprocess.check_call(["g++", "-O2", "-std=gnu++17", "-shared", "-fPIC", "-o", str(so), str(cpp)])
+    lib = ctypes.CDLL(str(so))
+    I, F, P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+    lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I]
+    lib.emu_lrn_backward.argtypes = [I, I, I, I, F, F, F, P, P, P, I]
+    lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, I]
+    lib.emu_pool_backward.argtypes = [I, I, I, I, I, I, P, P, P, P, I]
+    return lib
+
+
+def main():
+    import test_lrn as tl
+    import test_pool as tp
+    from reference import rel_error
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = build(tmp)
+        ptr = lambda a: a.ctypes.data
+        rng = np.random.default_rng(5)
+        failures, checked = 0, 0
+        lrn_cases = tl.CASES + [((1, 300, 2, 3), 5, 0.2, 0.75, 1.0, 1.0), ((1, 300, 2, 3), 3, 0.2, 0.6, 1.0, 1.0),
+                                ((1, 33, 1, 1), 7, 0.2, 0.6, 1.0, 1.0)]
+        for grid in (1, 3, 1000, -7):  # -7: 7 blocks, the pool kernels' 64-bit index path
+            small_only = abs(grid) == 1
+            for shape, size, alpha, beta, k, scale in lrn_cases if grid > 0 else []:
+                if small_only and np.prod(shape) > 200000:
+                    continue
+                x = (rng.standard_normal(shape) * scale).astype(np.float32)
+                dy = rng.standard_normal(shape).astype(np.float32)
+                y, dx = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+                n, c, h, w = shape
+                lib.emu_lrn(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(y), grid)
+                lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid)
+                p = dict(size=size, alpha=alpha, beta=beta, k=k)
+                e1, e2 = rel_error(y, tl.lrn_ref(x, **p)), rel_error(dx, tl.lrn_backward_ref(x, dy, **p))
+                checked += 1
+                if e1 > 2e-6 or e2 > 1e-5:
+                    failures += 1
+                    print(f"FAIL lrn {shape} size {size} beta {beta} grid {grid}: {e1:.3g} {e2:.3g}")
+            for shape, size, stride in tp.CASES:
+                if small_only and np.prod(shape) > 200000:
+                    continue
+                for ties in (False, True):
+                    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+                    yref = tp.max_pool_ref(x, size, stride)
+                    y = np.full(yref.shape, np.nan, np.float32)
+                    dy = rng.standard_normal(yref.shape).astype(np.float32)
+                    dx = np.full(shape, np.nan, np.float32)
+                    lib.emu_pool(*shape, size, stride, ptr(x), ptr(y), grid)
+                    lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(y), ptr(dy), ptr(dx), grid)
+                    e1 = rel_error(y, yref)
+                    e2 = rel_error(dx, tp.max_pool_backward_ref(x, dy, size, stride))
+                    checked += 1
+                    if e1 > 0 or e2 > 1e-6:
+                        failures += 1
+                        print(f"FAIL pool {shape} {size}/{stride} ties {ties} grid {grid}: {e1:.3g} {e2:.3g}")
+        print(f"emulated CUDA lrn/pool: {checked} cases, {failures} failed")
+        return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
