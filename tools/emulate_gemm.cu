@@ -5,6 +5,9 @@
 // against float64 direct convolution / matrix products without a GPU. Outputs start as NaN, so an
 // element nobody writes fails. Host code only (no kernel is launched):
 //   nvcc -std=c++17 -O2 -x cu tools/emulate_gemm.cu -o /tmp/emulate_gemm && /tmp/emulate_gemm
+// Both GEMM variants (CONVNET_CONV_VARIANT, csrc/cuda/conv.cu) run: variant 1's split-K choice
+// (choose_split_k_waves, emulated with 2 resident blocks per SM) and its stride-1 backward-data
+// (flipped weights through the forward GEMM, checked for every shape where it applies).
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +26,8 @@ using namespace convnet;
 using namespace convnet::cuda;
 
 static int failures = 0;
+static int variant = 0;  // the GEMM variant under test (see main)
+static int split_runs[2] = {0, 0};  // GEMMs emulated with split-K, per variant (coverage)
 static std::mt19937_64 rng(12345);
 
 static std::vector<float> randn(size_t n) {
@@ -39,7 +44,16 @@ void emulate(int64_t batch, int64_t M, int64_t N, int64_t K, const AL& a, const 
   if (batch == 0 || M == 0 || N == 0) return;
   GemmShape g{(int)batch, (int)M, (int)N, (int)K, 1, 0};
   const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
-  choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sms);
+  if (variant == 1)  // as launch_gemm, with 2 resident blocks per SM
+    choose_split_k_waves(g, tiles_m * tiles_n * batch, Cfg::BM, Cfg::BN, Cfg::BK, 2 * (int64_t)sms);
+  else
+    choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sms);
+  if (g.splits < 1 || (int64_t)g.splits * g.k_per_split < K || (g.splits - 1) * (int64_t)g.k_per_split >= (K > 0 ? K : 1) ||
+      g.k_per_split % Cfg::BK) {
+    std::printf("FAIL split-K choice: K=%ld splits=%d k_per_split=%d\n", (long)K, g.splits, g.k_per_split);
+    ++failures;
+  }
+  if (g.splits > 1) ++split_runs[variant];
   std::vector<float> partial(g.splits > 1 ? (size_t)g.splits * batch * M * N : 0, NAN);
   using Thread = GemmThread<Cfg, AK, BK, AL, BL>;
   std::vector<Thread> threads(Cfg::THREADS);
@@ -165,6 +179,14 @@ void check_conv(const ConvShape& s, int sms, const char* cfg) {
   compare(name("backward-data"), dx, dx_ref, dx_mag);
   compare(name("backward-filter"), dw, dw_ref, dw_mag);
   compare(name("backward-data via columns"), dx_cols, dx_ref, dx_mag);
+  if (conv_gemm::backward_data_via_flip(s)) {  // variant 1, stride 1: as conv2d_backward_data runs it
+    std::vector<float> wf(w.size(), NAN), dx_flip(x.size(), NAN);
+    const conv_gemm::FlippedWeight f{w.data(), (int)Cg, (int)Kg, (int)s.r, (int)s.s};
+    for (int e = 0; e < (int)wf.size(); ++e) wf[e] = f(e);  // as flip_weights_kernel
+    emulate_gemm<conv_gemm::Forward, Cfg>(
+        conv_gemm::forward(conv_gemm::flipped_shape(s), dy.data(), wf.data(), nullptr, dx_flip.data()), sms);
+    compare(name("backward-data via flipped weights"), dx_flip, dx_ref, dx_mag);
+  }
 }
 
 template <class Cfg>
@@ -262,16 +284,21 @@ void run_all(const char* cfg) {
 int main() {
   check_fastdiv();
   std::printf("FastDiv done (%d failures)\n", failures);
-  run_all<ThinTile>("thin");
-  std::printf("thin done (%d failures)\n", failures);
-  run_all<MediumTile>("medium");
-  std::printf("medium done (%d failures)\n", failures);
-  run_all<BigTile>("big");
-  run_all<BigTileWide>("big-wide");
-  // AlexNet conv1 and conv2 at full size (one image), as run_gemm would tile them.
-  check_conv<BigTile>(shape(1, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1), 132, "big (conv1)");
-  check_conv<MediumTile>(shape(1, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), 132, "medium (conv2)");
-  std::printf("big done (%d failures)\n", failures);
+  for (variant = 0; variant < 2; ++variant) {
+    std::printf("-- variant %d\n", variant);
+    run_all<ThinTile>("thin");
+    std::printf("thin done (%d failures)\n", failures);
+    run_all<MediumTile>("medium");
+    std::printf("medium done (%d failures)\n", failures);
+    run_all<BigTile>("big");
+    run_all<BigTileWide>("big-wide");
+    // AlexNet conv1 and conv2 at full size (one image), as run_gemm would tile them.
+    check_conv<BigTile>(shape(1, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1), 132, "big (conv1)");
+    check_conv<MediumTile>(shape(1, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), 132, "medium (conv2)");
+    std::printf("big done (%d failures)\n", failures);
+  }
+  std::printf("split-K GEMMs emulated: variant 0 %d, variant 1 %d\n", split_runs[0], split_runs[1]);
+  if (split_runs[1] == 0) { std::printf("FAIL: variant 1 never split\n"); ++failures; }
   std::printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
   return failures ? 1 : 0;
 }

@@ -55,7 +55,12 @@ void check_sizes(const ConvShape& sh) {
 
 template <class G>
 void run(const G& g, const char* name) {
-  run_gemm<G::A_KFAST, G::B_KFAST, typename G::Big>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name);
+  run_gemm<G::A_KFAST, G::B_KFAST, typename G::Big>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name,
+                                                    conv_variant());
+}
+
+__global__ void __launch_bounds__(256) flip_weights_kernel(conv_gemm::FlippedWeight f, float* __restrict__ wf, int n) {
+  for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) wf[e] = f(e);
 }
 
 // dx[img0 + blockIdx.y] from the chunk's columns: one thread per element, grid-stride over the image.
@@ -79,6 +84,16 @@ void conv2d(const ConvShape& sh, const float* x, const float* w, const float* b,
 
 void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, float* dx) {
   check_sizes(sh);
+  if (conv_variant() == 1 && !conv_gemm::backward_data_via_columns(sh) && conv_gemm::backward_data_via_flip(sh)) {
+    const int64_t nw = sh.k * (sh.c / sh.groups) * sh.r * sh.s;
+    GpuScratch ws(sizeof(float) * (size_t)nw);
+    float* wf = static_cast<float*>(ws.p);
+    const conv_gemm::FlippedWeight f{w, (int)(sh.c / sh.groups), (int)(sh.k / sh.groups), (int)sh.r, (int)sh.s};
+    flip_weights_kernel<<<blocks_for(nw, 256, 4096), 256, 0, stream()>>>(f, wf, (int)nw);
+    CUDA_CHECK_LAUNCH("flip_weights_kernel");
+    run(conv_gemm::forward(conv_gemm::flipped_shape(sh), dy, wf, nullptr, dx), "conv2d backward-data (flipped)");
+    return;
+  }
   if (!conv_gemm::backward_data_via_columns(sh)) {
     run(conv_gemm::backward_data(sh, w, dy, dx), "conv2d backward-data");
     return;

@@ -287,6 +287,40 @@ struct Col2im {
   }
 };
 
+// ---- backward-data, stride 1, variant 1: a forward conv of dy with flipped weights ----
+// With stride 1, dx[i, gCg+c, h, w] = sum_{kk, r', s'} wf[gCg+c, kk, r', s'] dy[i, gKg+kk, h-(R-1-ph)+r', w-(S-1-pw)+s']
+// where wf[gCg+c, kk, r', s'] = w[gKg+kk, c, R-1-r', S-1-s']: the forward conv of dy (channels K,
+// groups unchanged) with weights wf (C, Kg, R, S), padding (R-1-ph, S-1-pw), output H x W. So it
+// runs on the forward GEMM (128 registers, 2 blocks/SM) instead of the phase GEMM (167, 1/SM).
+
+// wf[e] for e < C*Kg*R*S (C = groups*Cg rows of Kg*R*S).
+struct FlippedWeight {
+  const float* w;
+  int Cg, Kg, R, S;
+  GEMM_HD float operator()(int e) const {
+    const int RS = R * S, row = e / (Kg * RS), t = e - row * (Kg * RS);
+    const int kk = t / RS, rs = t - kk * RS, r = rs / S, s = rs - r * S;
+    const int g = row / Cg, c = row - g * Cg;
+    return w[(((int64_t)g * Kg + kk) * Cg + c) * RS + (R - 1 - r) * S + (S - 1 - s)];
+  }
+};
+
+// Whether backward_data_flipped applies: stride 1 and padding < kernel (non-negative new padding).
+inline bool backward_data_via_flip(const ConvShape& sh) {
+  return sh.stride_h == 1 && sh.stride_w == 1 && sh.pad_h < sh.r && sh.pad_w < sh.s;
+}
+
+// The forward conv computing dx from dy and wf (see above).
+inline ConvShape flipped_shape(const ConvShape& sh) {
+  ConvShape t{};
+  t.n = sh.n, t.c = sh.k, t.h = sh.p, t.w = sh.q;
+  t.k = sh.c, t.r = sh.r, t.s = sh.s;
+  t.stride_h = 1, t.stride_w = 1, t.pad_h = sh.r - 1 - sh.pad_h, t.pad_w = sh.s - 1 - sh.pad_w;
+  t.groups = sh.groups;
+  t.p = sh.h, t.q = sh.w;  // = P + R - 1 - 2ph = H with stride 1
+  return t;
+}
+
 // ---- the three GEMMs of a conv layer ----
 
 template <class A, class B, class S, bool AK, bool BK, class BigCfg = BigTile>

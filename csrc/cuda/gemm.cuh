@@ -293,6 +293,39 @@ inline void choose_split_k(GemmShape& g, int64_t blocks, int bk, int sms) {
   g.k_per_split = (int)kps;
 }
 
+// Variant 1 (CONVNET_CONV_VARIANT=1, see csrc/cuda/conv.cu): the split count that minimises a
+// simple time model. Blocks run in waves of `slots` (resident blocks per SM, from the occupancy
+// API, times SMs); a wave lasts as long as one split's k-tiles plus ~4 k-tiles of prologue and
+// epilogue; each split adds its partials' traffic (8 bytes per element: write + read, ~2.5 TB/s)
+// expressed in the same unit (a wave of k-tiles at ~12.5 T multiply-adds/s). The rule above
+// asks for ceil(2*SMs / blocks) splits, which for most AlexNet layers gives a few blocks more
+// than the slots (e.g. conv3 backward-filter: 54 tiles x 5 = 270 blocks on 264 slots, fc6: 32 x 9
+// = 288), i.e. a second, almost empty wave that costs as much as the first. A split only
+// replaces no split when the model predicts >= 10% gain, so big grids are left as they were.
+inline void choose_split_k_waves(GemmShape& g, int64_t blocks, int bm, int bn, int bk, int64_t slots) {
+  g.splits = 1;
+  g.k_per_split = g.K > 0 ? (g.K + bk - 1) / bk * bk : bk;
+  if (g.K <= 0 || blocks <= 0) return;
+  if (slots < 1) slots = 1;
+  const int64_t ktiles = (g.K + bk - 1) / bk;
+  int64_t max_splits = g.K / (16 * bk);  // >= 16 k-steps per split, as variant 0
+  if (max_splits > 65535 / g.batch) max_splits = 65535 / g.batch;
+  if (max_splits > 1024) max_splits = 1024;
+  const double split_cost = 40.0 * g.batch * g.M * g.N / ((double)slots * bm * bn * bk);
+  auto waves = [&](int64_t s) { return (blocks * s + slots - 1) / slots; };
+  const double no_split = (double)waves(1) * (ktiles + 4);
+  double best = no_split;
+  int64_t best_tiles = ktiles, best_splits = 1;
+  for (int64_t s = 2; s <= max_splits; ++s) {
+    const int64_t tiles = (ktiles + s - 1) / s;        // k-tiles per split
+    const int64_t used = (ktiles + tiles - 1) / tiles;  // non-empty splits
+    const double cost = (double)waves(used) * (tiles + 4) + used * split_cost + 2;
+    if (cost < best && cost <= 0.9 * no_split) best = cost, best_tiles = tiles, best_splits = used;
+  }
+  g.splits = (int)best_splits;
+  g.k_per_split = (int)(best_tiles * bk);
+}
+
 inline int sm_count() {
   int dev = 0, n = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -317,13 +350,29 @@ struct GpuScratch {
   GpuScratch& operator=(const GpuScratch&) = delete;
 };
 
+// Blocks of this kernel one SM holds at once (registers, shared memory, threads), asked once.
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+int resident_blocks() {
+  static const int n = [] {
+    int blocks = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &blocks, gemm_kernel<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store>, Cfg::THREADS, 0));
+    return blocks > 0 ? blocks : 1;
+  }();
+  return n;
+}
+
 template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
 void launch_gemm(int batch, int M, int N, int K, const ALoad& a, const BLoad& b, const Store& st,
-                 const char* name) {
+                 const char* name, int variant) {
   GemmShape g{batch, M, N, K, 1, 0};
   const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
   CHECK_VALUE(tiles_m <= 65535, "GEMM ", name, " has too many rows (", M, ")");
-  choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sm_count());
+  if (variant == 1)
+    choose_split_k_waves(g, tiles_m * tiles_n * batch, Cfg::BM, Cfg::BN, Cfg::BK,
+                         (int64_t)sm_count() * resident_blocks<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store>());
+  else
+    choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sm_count());
   const int64_t splits = g.splits;
   CHECK_VALUE((int64_t)batch * splits <= 65535, "GEMM ", name, " batch too large (", batch, ")");
 
@@ -350,22 +399,23 @@ inline double tile_efficiency(int64_t M, int64_t N, int bm, int bn) {
 
 // Picks the tile shape for the problem and runs it. The big tile does ~1.25x more work per
 // shared-memory byte than the medium one, hence the weight on its padding efficiency.
+// variant: 0 = the split-K rule choose_split_k, 1 = choose_split_k_waves.
 template <bool A_KFAST, bool B_KFAST, class Big = BigTile, class ALoad, class BLoad, class Store>
 void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
-              const Store& st, const char* name) {
+              const Store& st, const char* name, int variant = 0) {
   if (batch == 0 || M == 0 || N == 0) return;
   CHECK_VALUE(M < INT32_MAX && N < INT32_MAX && K < INT32_MAX && batch < 65536, "GEMM ", name,
               " too large for 32-bit indexing (M=", M, ", N=", N, ", K=", K, ")");
   if (M <= ThinTile::BM) {
-    launch_gemm<ThinTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    launch_gemm<ThinTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
     return;
   }
   double big = tile_efficiency(M, N, Big::BM, Big::BN);
   double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
   if (big >= medium)
-    launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
   else
-    launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
 }
 
 // out[c] = sum over i < outer, j < inner of in[(i * channels + c) * inner + j], summed in a fixed
