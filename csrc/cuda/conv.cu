@@ -1,5 +1,19 @@
 // CUDA twins of the convolution family: every op is an implicit GEMM on the one tiled core in
-// gemm.cuh (no im2col buffer, no cuDNN/cuBLAS). Per group g (grid.z), with Cg = c/groups,
+// gemm.cuh (no im2col buffer, no cuDNN/cuBLAS).
+//
+// Variants, chosen at run time by CONVNET_CONV_VARIANT (read once; default 0), or from Python by
+// the hidden convnet._C.set_conv_variant(v) / _C.conv_variant() (tests switch with these). They
+// apply to the conv and the linear GEMMs (linear.cu) alike; results agree to float32 rounding
+// (the summation order of split-K partials differs), each is deterministic:
+//   0  the reference: split-K by choose_split_k (gemm.cuh), backward-data as described below.
+//   1  split-K by choose_split_k_waves (a wave-quantisation model: no nearly-empty last wave,
+//      e.g. conv2 backward-filter 260 blocks instead of 280 on 264 slots), and stride-1
+//      backward-data with padding < kernel and > 16 input channels per group as a forward conv
+//      of dy with flipped weights (conv_gemm.cuh: FlippedWeight; the forward GEMM has 128
+//      registers / 2 blocks per SM against the phase GEMM's 167 / 1). Predictions and
+//      measurements: benchmarks/results/NOTES-conv-cuda.md.
+//
+// Per group g (grid.z), with Cg = c/groups,
 // Kg = k/groups, x (n, c, h, w), w (k, Cg, r, s), y/dy (n, k, p, q):
 //
 //   forward          y[i, gKg+m, p, q] = sum_{c,r,s} w[gKg+m, c, r, s] x[i, gCg+c, p*sh-ph+r, q*sw-pw+s]
