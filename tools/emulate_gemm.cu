@@ -242,6 +242,34 @@ static void check_fastdiv() {
   }
 }
 
+// Both split-K rules over many sizes: every split non-empty, the splits cover K, k_per_split a
+// multiple of BK, grid.z = batch * splits within CUDA's limit.
+static void check_split_rules() {
+  std::uniform_int_distribution<int64_t> e(0, 20);
+  for (int t = 0; t < 20000; ++t) {
+    const int64_t batch = 1 + (rng() % 3 == 0 ? rng() % 5000 : rng() % 4);
+    const int64_t M = 1 + (int64_t)(rng() % 5000), N = 1 + (int64_t)(rng() % 5000);
+    const int64_t K = t % 10 == 0 ? (int64_t)(rng() % 40) : (int64_t)((rng() % ((int64_t)1 << e(rng))) + 1);
+    const int64_t blocks = ((M + 127) / 128) * ((N + 127) / 128) * batch;
+    for (int v = 0; v < 2; ++v) {
+      GemmShape g{(int)batch, (int)M, (int)N, (int)K, 1, 0};
+      const int sms = 1 + (int)(rng() % 200);
+      if (v) choose_split_k_waves(g, blocks, 128, 128, 8, sms * (1 + (int64_t)(rng() % 4)));
+      else choose_split_k(g, blocks, 8, sms);
+      const bool ok = g.splits >= 1 && g.k_per_split > 0 && g.k_per_split % 8 == 0 &&
+                      (int64_t)g.splits * g.k_per_split >= K &&
+                      (K == 0 ? g.splits == 1 : (int64_t)(g.splits - 1) * g.k_per_split < K) &&
+                      batch * g.splits <= 65535;
+      if (!ok) {
+        std::printf("FAIL split rule %d: batch=%ld M=%ld N=%ld K=%ld -> splits=%d k_per_split=%d\n", v, (long)batch,
+                    (long)M, (long)N, (long)K, g.splits, g.k_per_split);
+        ++failures;
+        return;
+      }
+    }
+  }
+}
+
 static ConvShape shape(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t r, int64_t s, int64_t sh,
                        int64_t sw, int64_t ph, int64_t pw, int64_t g) {
   ConvShape x{n, c, h, w, k, r, s, sh, sw, ph, pw, g, 0, 0};
@@ -284,6 +312,8 @@ void run_all(const char* cfg) {
 int main() {
   check_fastdiv();
   std::printf("FastDiv done (%d failures)\n", failures);
+  check_split_rules();
+  std::printf("split rules done (%d failures)\n", failures);
   for (variant = 0; variant < 2; ++variant) {
     std::printf("-- variant %d\n", variant);
     run_all<ThinTile>("thin");

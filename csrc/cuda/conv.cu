@@ -54,7 +54,8 @@
 //   bytes). The backward-data columns GEMM: 128/79/103 regs (128x128/64x64/16x128).
 //   sm_80 (A100 build) is within a few registers, except that the 128x128 backward-filter and
 //   columns GEMMs spill 80 and 56 bytes there. gemm_reduce_kernel, channel sums, col2im: 30-34
-//   regs, no spills.
+//   regs, no spills. Variant 1 adds only flip_weights_kernel (26 regs, no spills); its flipped
+//   backward-data is the forward GEMM instantiation itself.
 #include "conv_gemm.cuh"
 
 namespace convnet::cuda {
