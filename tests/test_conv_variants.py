@@ -3,7 +3,7 @@ csrc/cuda/conv.cu): every variant against the NumPy float64 reference, switched 
 the hidden _C.set_conv_variant. The shapes are chosen to reach each path of each variant:
 split-K (few output tiles, long reduction), stride-1 backward-data through flipped weights
 (more than 16 input channels per group, padding < kernel), the phase GEMM (strided, or padding >=
-kernel) and the column path (<= 16 input channels per group)."""
+kernel), the column path (<= 16 input channels per group) and variant 2's 48-row tile (M <= 96)."""
 import os
 import subprocess
 import sys
@@ -19,7 +19,7 @@ from reference import assert_close
 
 from test_conv import run_conv
 
-VARIANTS = (0, 1)
+VARIANTS = (0, 1, 2)
 VARIANT_IDS = [f"cuda-v{v}" for v in VARIANTS]  # "cuda" in the id: tools/gpu_check.sh counts these
 needs_gpu = pytest.mark.skipif(
     not convnet.cuda_available(),
@@ -43,6 +43,8 @@ CONV_CASES = [
     (2, 20, 15, 15, 9, 5, 5, (2, 2), (2, 2), 1),     # strided: phase path
     (2, 3, 31, 31, 16, 11, 11, (4, 4), (2, 2), 1),   # conv1-like: column path
     (6, 24, 14, 14, 32, 3, 3, (1, 1), (1, 1), 2),    # long backward-filter reduction: split-K
+    (1, 3, 35, 35, 96, 11, 11, (4, 4), (2, 2), 1),   # conv1-like, M = 96: variant 2's 48-row tile
+    (2, 96, 9, 9, 64, 5, 5, (1, 1), (2, 2), 2),      # conv2-like: flipped backward-data M = 48
 ]
 
 
@@ -71,7 +73,7 @@ def test_conv_variant_random(variant, rng, seed):
 
 @needs_gpu
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True, ids=VARIANT_IDS)
-@pytest.mark.parametrize("n,i,o", [(64, 600, 300), (5, 33, 7), (128, 1100, 130)])
+@pytest.mark.parametrize("n,i,o", [(64, 600, 300), (5, 33, 7), (128, 1100, 130), (96, 500, 200)])
 def test_linear_variant(variant, rng, n, i, o):
     x = rng.standard_normal((n, i)).astype(np.float32)
     w = (rng.standard_normal((o, i)) / np.sqrt(i)).astype(np.float32)
@@ -92,15 +94,15 @@ def test_variant_switch_and_bad_values():
         for v in VARIANTS:
             _C.set_conv_variant(v)
             assert _C.conv_variant() == v
-        with pytest.raises(ValueError, match="variant must be 0 or 1"):
-            _C.set_conv_variant(2)
-        with pytest.raises(ValueError, match="variant must be 0 or 1"):
+        with pytest.raises(ValueError, match="variant must be 0, 1 or 2"):
+            _C.set_conv_variant(3)
+        with pytest.raises(ValueError, match="variant must be 0, 1 or 2"):
             _C.set_conv_variant(-1)
     finally:
         _C.set_conv_variant(before)
 
 
-@pytest.mark.parametrize("value,expect", [("1", "1"), ("0", "0"), ("", "0"), ("7", "ValueError")])
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("0", "0"), ("", "0"), ("7", "ValueError")])
 def test_variant_from_environment(value, expect):
     code = ("from convnet import _C\n"
             "try:\n    print(_C.conv_variant())\n"

@@ -10,8 +10,11 @@
 //      e.g. conv2 backward-filter 260 blocks instead of 280 on 264 slots), and stride-1
 //      backward-data with padding < kernel and > 16 input channels per group as a forward conv
 //      of dy with flipped weights (conv_gemm.cuh: FlippedWeight; the forward GEMM has 128
-//      registers / 2 blocks per SM against the phase GEMM's 167 / 1). Predictions and
-//      measurements: benchmarks/results/NOTES-conv-cuda.md.
+//      registers / 2 blocks per SM against the phase GEMM's 167 / 1).
+//   2  variant 1, plus a 48x128 tile (gemm.cuh: Tile48) for GEMMs with M <= 96 where it pads
+//      less than the 128/64 tiles: conv1 forward and backward-filter (M = 96), conv2's flipped
+//      backward-data (M = 48 per group).
+//   Predictions (and measurements, once run): benchmarks/results/NOTES-conv-cuda.md.
 //
 // Per group g (grid.z), with Cg = c/groups,
 // Kg = k/groups, x (n, c, h, w), w (k, Cg, r, s), y/dy (n, k, p, q):
@@ -99,7 +102,7 @@ void conv2d(const ConvShape& sh, const float* x, const float* w, const float* b,
 
 void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, float* dx) {
   check_sizes(sh);
-  if (conv_variant() == 1 && !conv_gemm::backward_data_via_columns(sh) && conv_gemm::backward_data_via_flip(sh)) {
+  if (conv_variant() >= 1 && !conv_gemm::backward_data_via_columns(sh) && conv_gemm::backward_data_via_flip(sh)) {
     const int64_t nw = sh.k * (sh.c / sh.groups) * sh.r * sh.s;
     GpuScratch ws(sizeof(float) * (size_t)nw);
     float* wf = static_cast<float*>(ws.p);

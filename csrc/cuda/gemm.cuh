@@ -67,16 +67,25 @@ using BigTile = TileCfg<128, 128, 8, 8, 8, 2>;    // 256 threads, <= 128 registe
 using BigTileWide = TileCfg<128, 128, 8, 8, 8, 1>;  // for index maps with more per-thread state
 using MediumTile = TileCfg<64, 64, 8, 4, 4, 1>;   // 256 threads
 using ThinTile = TileCfg<16, 128, 8, 2, 8, 1>;    // 128 threads
+// Variant 2 only: 48-row tiles for M = 48 or 96 (conv2's flipped backward-data, conv1's forward
+// and backward-filter), which the 128/64-row tiles pad to 128 (25-62% padding). 128 threads,
+// 3 blocks per SM (capped at 4 it spilled 72-156 bytes; uncapped 155-161 registers, no spills).
+// Needs a k-fast A operand (48 rows do not split over 128 m-fast threads).
+using Tile48 = TileCfg<48, 128, 8, 6, 8, 3>;
 
 constexpr int kSmemPad = 4;
+
+// Whether a ROWS x BK operand tile splits evenly over T threads with the given mapping.
+constexpr bool tile_map_fits(int ROWS, int BK, int T, bool KFAST) {
+  return (ROWS * BK) % T == 0 && (KFAST ? (T % BK == 0 && ROWS % (T / BK) == 0)
+                                        : (T % ROWS == 0 && BK % (T / ROWS) == 0));
+}
 
 // Which (mn, k) of a ROWS x BK operand tile thread `tid` fetches in pass i.
 template <int ROWS, int BK, int T, bool KFAST>
 struct TileMap {
-  static_assert((ROWS * BK) % T == 0, "tile must split evenly over the threads");
+  static_assert(tile_map_fits(ROWS, BK, T, KFAST), "operand tile does not split over the threads");
   static constexpr int LOADS = ROWS * BK / T;
-  static_assert(!KFAST || (T % BK == 0 && ROWS % (T / BK) == 0), "k-fast mapping does not fit");
-  static_assert(KFAST || (T % ROWS == 0 && BK % (T / ROWS) == 0), "mn-fast mapping does not fit");
   __host__ __device__ static int mn(int tid, int i) { return KFAST ? tid / BK + i * (T / BK) : tid % ROWS; }
   __host__ __device__ static int k(int tid, int i) { return KFAST ? tid % BK : tid / ROWS + i * (T / ROWS); }
 };
@@ -190,6 +199,12 @@ struct GemmThread {
           const float4 v = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
           fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
         }
+      } else if constexpr (TM % 2 == 0 && (Cfg::BM + kSmemPad) % 2 == 0) {  // 8-byte aligned pairs
+#pragma unroll
+        for (int i = 0; i < TM; i += 2) {
+          const float2 v = *reinterpret_cast<const float2*>(&sm.As[stage][kk][ty * TM + i]);
+          fa[i] = v.x, fa[i + 1] = v.y;
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < TM; ++i) fa[i] = sm.As[stage][kk][ty * TM + i];
@@ -293,7 +308,7 @@ inline void choose_split_k(GemmShape& g, int64_t blocks, int bk, int sms) {
   g.k_per_split = (int)kps;
 }
 
-// Variant 1 (CONVNET_CONV_VARIANT=1, see csrc/cuda/conv.cu): the split count that minimises a
+// Variants >= 1 (CONVNET_CONV_VARIANT, see csrc/cuda/conv.cu): the split count that minimises a
 // simple time model. Blocks run in waves of `slots` (resident blocks per SM, from the occupancy
 // API, times SMs); a wave lasts as long as one split's k-tiles plus ~4 k-tiles of prologue and
 // epilogue; each split adds its partials' traffic (8 bytes per element: write + read, ~2.5 TB/s)
@@ -368,7 +383,7 @@ void launch_gemm(int batch, int M, int N, int K, const ALoad& a, const BLoad& b,
   GemmShape g{batch, M, N, K, 1, 0};
   const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
   CHECK_VALUE(tiles_m <= 65535, "GEMM ", name, " has too many rows (", M, ")");
-  if (variant == 1)
+  if (variant >= 1)
     choose_split_k_waves(g, tiles_m * tiles_n * batch, Cfg::BM, Cfg::BN, Cfg::BK,
                          (int64_t)sm_count() * resident_blocks<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store>());
   else
@@ -399,7 +414,7 @@ inline double tile_efficiency(int64_t M, int64_t N, int bm, int bn) {
 
 // Picks the tile shape for the problem and runs it. The big tile does ~1.25x more work per
 // shared-memory byte than the medium one, hence the weight on its padding efficiency.
-// variant: 0 = the split-K rule choose_split_k, 1 = choose_split_k_waves.
+// variant: 0 = the split-K rule choose_split_k; 1 = choose_split_k_waves; 2 = that and Tile48.
 template <bool A_KFAST, bool B_KFAST, class Big = BigTile, class ALoad, class BLoad, class Store>
 void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
               const Store& st, const char* name, int variant = 0) {
@@ -412,6 +427,15 @@ void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, co
   }
   double big = tile_efficiency(M, N, Big::BM, Big::BN);
   double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
+  if constexpr (tile_map_fits(Tile48::BM, Tile48::BK, Tile48::THREADS, A_KFAST) &&
+                tile_map_fits(Tile48::BN, Tile48::BK, Tile48::THREADS, B_KFAST)) {
+    // 0.85: ~1.1x the medium tile's work per shared-memory byte (48x128 against 64x64)
+    const double t48 = 0.85 * tile_efficiency(M, N, Tile48::BM, Tile48::BN);
+    if (variant >= 2 && M <= 2 * Tile48::BM && t48 > big && t48 > medium) {
+      launch_gemm<Tile48, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
+      return;
+    }
+  }
   if (big >= medium)
     launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
   else

@@ -14,7 +14,7 @@ namespace convnet {
 
 namespace {
 
-constexpr int kConvVariants = 2;
+constexpr int kConvVariants = 3;
 
 std::atomic<int>& variant_slot() {
   static std::atomic<int> v{[] {
@@ -22,7 +22,7 @@ std::atomic<int>& variant_slot() {
     if (!env || !*env) return 0;
     char* end = nullptr;
     long x = std::strtol(env, &end, 10);
-    CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0 or 1, got '", env, "'");
+    CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0, 1 or 2, got '", env, "'");
     return (int)x;
   }()};
   return v;
@@ -116,7 +116,7 @@ std::tuple<std::optional<Tensor>, std::optional<Tensor>, std::optional<Tensor>> 
 int conv_variant() { return variant_slot().load(std::memory_order_relaxed); }
 
 void set_conv_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0 or 1, got ", variant);
+  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0, 1 or 2, got ", variant);
   variant_slot().store(variant, std::memory_order_relaxed);
 }
 
