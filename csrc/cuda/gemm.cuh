@@ -199,7 +199,8 @@ struct GemmThread {
           const float4 v = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
           fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
         }
-      } else if constexpr (TM % 2 == 0 && (Cfg::BM + kSmemPad) % 2 == 0) {  // 8-byte aligned pairs
+      } else if constexpr (TM % 2 == 0 && TM > 2 && (Cfg::BM + kSmemPad) % 2 == 0) {
+        // 8-byte aligned pairs (Tile48; the thin tile keeps its scalar loads, as before variants)
 #pragma unroll
         for (int i = 0; i < TM; i += 2) {
           const float2 v = *reinterpret_cast<const float2*>(&sm.As[stage][kk][ty * TM + i]);
