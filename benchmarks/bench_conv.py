@@ -1,11 +1,14 @@
 """AlexNet's conv layers (one-device net: groups 1, 2, 1, 2, 2; conv1 on a 224x224 input with
 padding 2, stride 4 -> 55x55). Three cases per layer: forward (with bias), backward-data
 (the input gradient) and backward-filter (weight and bias gradients), each the forward's flops.
-GFLOP/s counts 2 flops per multiply-add."""
+GFLOP/s counts 2 flops per multiply-add. CONVNET_BENCH_VARIANTS=0,1,2 times every case under
+each CUDA GEMM variant (with_variants)."""
+import os
+
 import numpy as np
 
 import convnet
-from convnet import ops
+from convnet import _C, ops
 
 # name: c, h, k, kernel, stride, pad, groups
 LAYERS = {
@@ -15,6 +18,26 @@ LAYERS = {
     "conv4": (384, 13, 384, 3, 1, 1, 2),
     "conv5": (384, 13, 256, 3, 1, 1, 2),
 }
+
+
+def with_variants(cases, ctx):
+    """CONVNET_BENCH_VARIANTS=0,1,2 on a GPU: every case once per CUDA GEMM variant (see
+    csrc/cuda/conv.cu), named '<case> v<variant>', side by side in one run."""
+    wanted = os.environ.get("CONVNET_BENCH_VARIANTS", "")
+    if not wanted or not str(ctx["device"]).startswith("cuda"):
+        return cases
+    def under(f, v):  # the variant is read when a kernel is launched, so restoring it after is safe
+        def run():
+            before = _C.conv_variant()
+            _C.set_conv_variant(v)
+            try:
+                return f()
+            finally:
+                _C.set_conv_variant(before)
+        return run
+
+    return [dict(case, name=f"{case['name']} v{v}", ours=under(case["ours"], v))
+            for case in cases for v in (int(x) for x in wanted.split(","))]
 
 
 def cases(ctx):
@@ -47,4 +70,4 @@ def cases(ctx):
                     torch.ops.aten.convolution_backward(tdy, tx, tw, [k], [st, st], [pd, pd], [1, 1], False,
                                                         [0, 0], g, mask)
         out += [fwd, bwd_data, bwd_filter]
-    return out
+    return with_variants(out, ctx)

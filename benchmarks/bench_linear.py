@@ -1,8 +1,9 @@
 """AlexNet's fully-connected layers: forward (with bias), and backward (linear_backward: dx, dw
-and db together, 2x the forward's flops). GFLOP/s counts 2 flops per multiply-add."""
+and db together, 2x the forward's flops). GFLOP/s counts 2 flops per multiply-add. CONVNET_BENCH_VARIANTS: see bench_conv.with_variants."""
 import numpy as np
 
 import convnet
+from bench_conv import with_variants
 from convnet import ops
 
 LAYERS = {"fc6": (9216, 4096), "fc7": (4096, 4096), "fc8": (4096, 1000)}
@@ -28,4 +29,4 @@ def cases(ctx):
             fwd["torch"] = lambda tx=tx, tw=tw, tb=tb: torch.nn.functional.linear(tx, tw, tb)
             bwd["torch"] = lambda tx=tx, tw=tw, tdy=tdy: (tdy @ tw, tdy.t() @ tx, tdy.sum(0))
         out += [fwd, bwd]
-    return out
+    return with_variants(out, ctx)

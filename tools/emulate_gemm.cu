@@ -5,6 +5,10 @@
 // against float64 direct convolution / matrix products without a GPU. Outputs start as NaN, so an
 // element nobody writes fails. Host code only (no kernel is launched):
 //   nvcc -std=c++17 -O2 -x cu tools/emulate_gemm.cu -o /tmp/emulate_gemm && /tmp/emulate_gemm
+// Both GEMM variants (CONVNET_CONV_VARIANT, csrc/cuda/conv.cu) run: variant 1's split-K choice
+// (choose_split_k_waves, emulated with 2 resident blocks per SM) and its stride-1 backward-data
+// (flipped weights through the forward GEMM, checked for every shape where it applies), and its
+// 48-row tile (Tile48) on every GEMM with a k-fast A operand.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +27,8 @@ using namespace convnet;
 using namespace convnet::cuda;
 
 static int failures = 0;
+static int variant = 0;  // the GEMM variant under test (see main)
+static int split_runs[2] = {0, 0};  // GEMMs emulated with split-K, per variant (coverage)
 static std::mt19937_64 rng(12345);
 
 static std::vector<float> randn(size_t n) {
@@ -39,7 +45,16 @@ void emulate(int64_t batch, int64_t M, int64_t N, int64_t K, const AL& a, const 
   if (batch == 0 || M == 0 || N == 0) return;
   GemmShape g{(int)batch, (int)M, (int)N, (int)K, 1, 0};
   const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
-  choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sms);
+  if (variant >= 1)  // as launch_gemm, with 2 resident blocks per SM
+    choose_split_k_waves(g, tiles_m * tiles_n * batch, Cfg::BM, Cfg::BN, Cfg::BK, 2 * (int64_t)sms);
+  else
+    choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sms);
+  if (g.splits < 1 || (int64_t)g.splits * g.k_per_split < K || (g.splits - 1) * (int64_t)g.k_per_split >= (K > 0 ? K : 1) ||
+      g.k_per_split % Cfg::BK) {
+    std::printf("FAIL split-K choice: K=%ld splits=%d k_per_split=%d\n", (long)K, g.splits, g.k_per_split);
+    ++failures;
+  }
+  if (g.splits > 1) ++split_runs[variant];
   std::vector<float> partial(g.splits > 1 ? (size_t)g.splits * batch * M * N : 0, NAN);
   using Thread = GemmThread<Cfg, AK, BK, AL, BL>;
   std::vector<Thread> threads(Cfg::THREADS);
@@ -136,6 +151,25 @@ void check_conv(const ConvShape& s, int sms, const char* cfg) {
   emulate_gemm<conv_gemm::Forward, Cfg>(conv_gemm::forward(s, x.data(), w.data(), bias.data(), y.data()), sms);
   emulate_gemm<conv_gemm::BackwardData, Cfg>(conv_gemm::backward_data(s, w.data(), dy.data(), dx.data()), sms);
   emulate_gemm<conv_gemm::BackwardFilter, Cfg>(conv_gemm::backward_filter(s, x.data(), dy.data(), dw.data()), sms);
+  // The column path of backward-data (used on the GPU when Cg <= 16; checked here for every
+  // shape), in chunks of images as conv.cu runs it, here 2 images a chunk to cover the chunking.
+  std::vector<float> dx_cols(x.size(), NAN);
+  constexpr bool columns_fit = tile_map_fits(Cfg::BM, Cfg::BK, Cfg::THREADS, conv_gemm::Columns::A_KFAST);
+  if constexpr (columns_fit) {  // (Tile48 cannot run it; run_gemm never gives it one)
+    const int64_t chunk = 2, chw = s.c * s.h * s.w;
+    std::vector<float> cols((size_t)(s.c * s.r * s.s * chunk * s.p * s.q), NAN);
+    for (int64_t img0 = 0; img0 < s.n; img0 += chunk) {
+      const int64_t images = chunk < s.n - img0 ? chunk : s.n - img0;
+      emulate_gemm<conv_gemm::Columns, Cfg>(
+          conv_gemm::backward_data_columns(s, w.data(), dy.data(), img0, images, cols.data()), sms);
+      auto f = conv_gemm::backward_data_col2im(s, cols.data(), images);
+      for (int64_t i = 0; i < images; ++i)  // as col2im_kernel
+        for (int e = 0; e < chw; ++e) {
+          int ch = (int)(e / (s.h * s.w)), rest = (int)(e % (s.h * s.w));
+          dx_cols[(img0 + i) * chw + e] = f((int)i, ch, rest / (int)s.w, rest % (int)s.w);
+        }
+    }
+  }
   char what[300];
   auto name = [&](const char* op) {
     std::snprintf(what, sizeof what, "%s %s n=%ld c=%ld h=%ld w=%ld k=%ld r=%ld s=%ld stride=(%ld,%ld) pad=(%ld,%ld) g=%ld",
@@ -146,6 +180,15 @@ void check_conv(const ConvShape& s, int sms, const char* cfg) {
   compare(name("forward"), y, y_ref, y_mag);
   compare(name("backward-data"), dx, dx_ref, dx_mag);
   compare(name("backward-filter"), dw, dw_ref, dw_mag);
+  if (columns_fit) compare(name("backward-data via columns"), dx_cols, dx_ref, dx_mag);
+  if (conv_gemm::backward_data_via_flip(s)) {  // variant 1, stride 1: as conv2d_backward_data runs it
+    std::vector<float> wf(w.size(), NAN), dx_flip(x.size(), NAN);
+    const conv_gemm::FlippedWeight f{w.data(), (int)Cg, (int)Kg, (int)s.r, (int)s.s};
+    for (int e = 0; e < (int)wf.size(); ++e) wf[e] = f(e);  // as flip_weights_kernel
+    emulate_gemm<conv_gemm::Forward, Cfg>(
+        conv_gemm::forward(conv_gemm::flipped_shape(s), dy.data(), wf.data(), nullptr, dx_flip.data()), sms);
+    compare(name("backward-data via flipped weights"), dx_flip, dx_ref, dx_mag);
+  }
 }
 
 template <class Cfg>
@@ -174,13 +217,15 @@ void check_linear(int64_t n, int64_t in, int64_t out, int sms, const char* cfg) 
                            RowMajorOutput{y.data(), out, b.data()}, sms);
   emulate<Cfg, true, false>(1, n, in, out, AlongRows{dy.data(), out}, AlongColumns{w.data(), in},
                             RowMajorOutput{dx.data(), in, nullptr}, sms);
-  emulate<Cfg, false, false>(1, out, in, n, AlongColumns{dy.data(), out}, AlongColumns{x.data(), in},
-                             RowMajorOutput{dw.data(), in, nullptr}, sms);
+  constexpr bool dw_fits = tile_map_fits(Cfg::BM, Cfg::BK, Cfg::THREADS, false);
+  if constexpr (dw_fits)  // (Tile48 cannot run it; run_gemm never gives it one)
+    emulate<Cfg, false, false>(1, out, in, n, AlongColumns{dy.data(), out}, AlongColumns{x.data(), in},
+                               RowMajorOutput{dw.data(), in, nullptr}, sms);
   char what[200];
   std::snprintf(what, sizeof what, "%s linear n=%ld in=%ld out=%ld", cfg, (long)n, (long)in, (long)out);
   compare(what, y, y_ref, y_mag);
   compare(what, dx, dx_ref, dx_mag);
-  compare(what, dw, dw_ref, dw_mag);
+  if (dw_fits) compare(what, dw, dw_ref, dw_mag);
 }
 
 static void check_fastdiv() {
@@ -194,6 +239,34 @@ static void check_fastdiv() {
       int q = f.div((int)x);
       if (q != x / d || f.mod((int)x, q) != x % d) {
         std::printf("FAIL FastDiv %ld / %ld: got %d\n", (long)x, (long)d, q);
+        ++failures;
+        return;
+      }
+    }
+  }
+}
+
+// Both split-K rules over many sizes: every split non-empty, the splits cover K, k_per_split a
+// multiple of BK, grid.z = batch * splits within CUDA's limit.
+static void check_split_rules() {
+  std::uniform_int_distribution<int64_t> e(0, 20);
+  for (int t = 0; t < 20000; ++t) {
+    const int64_t batch = 1 + (rng() % 3 == 0 ? rng() % 5000 : rng() % 4);
+    const int64_t M = 1 + (int64_t)(rng() % 5000), N = 1 + (int64_t)(rng() % 5000);
+    const int64_t K = t % 10 == 0 ? (int64_t)(rng() % 40) : (int64_t)((rng() % ((int64_t)1 << e(rng))) + 1);
+    const int64_t blocks = ((M + 127) / 128) * ((N + 127) / 128) * batch;
+    for (int v = 0; v < 2; ++v) {
+      GemmShape g{(int)batch, (int)M, (int)N, (int)K, 1, 0};
+      const int sms = 1 + (int)(rng() % 200);
+      if (v) choose_split_k_waves(g, blocks, 128, 128, 8, sms * (1 + (int64_t)(rng() % 4)));
+      else choose_split_k(g, blocks, 8, sms);
+      const bool ok = g.splits >= 1 && g.k_per_split > 0 && g.k_per_split % 8 == 0 &&
+                      (int64_t)g.splits * g.k_per_split >= K &&
+                      (K == 0 ? g.splits == 1 : (int64_t)(g.splits - 1) * g.k_per_split < K) &&
+                      batch * g.splits <= 65535;
+      if (!ok) {
+        std::printf("FAIL split rule %d: batch=%ld M=%ld N=%ld K=%ld -> splits=%d k_per_split=%d\n", v, (long)batch,
+                    (long)M, (long)N, (long)K, g.splits, g.k_per_split);
         ++failures;
         return;
       }
@@ -243,13 +316,29 @@ void run_all(const char* cfg) {
 int main() {
   check_fastdiv();
   std::printf("FastDiv done (%d failures)\n", failures);
-  run_all<ThinTile>("thin");
-  std::printf("thin done (%d failures)\n", failures);
-  run_all<MediumTile>("medium");
-  std::printf("medium done (%d failures)\n", failures);
-  run_all<BigTile>("big");
-  run_all<BigTileWide>("big-wide");
-  std::printf("big done (%d failures)\n", failures);
+  check_split_rules();
+  std::printf("split rules done (%d failures)\n", failures);
+  for (variant = 0; variant < 2; ++variant) {
+    std::printf("-- variant %d\n", variant);
+    run_all<ThinTile>("thin");
+    std::printf("thin done (%d failures)\n", failures);
+    run_all<MediumTile>("medium");
+    std::printf("medium done (%d failures)\n", failures);
+    run_all<BigTile>("big");
+    run_all<BigTileWide>("big-wide");
+    // AlexNet conv1 and conv2 at full size (one image), as run_gemm would tile them.
+    check_conv<BigTile>(shape(1, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1), 132, "big (conv1)");
+    check_conv<MediumTile>(shape(1, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), 132, "medium (conv2)");
+    std::printf("big done (%d failures)\n", failures);
+    if (variant == 1) {  // the 48-row tile (variant 2 = variant 1's split rule + this tile)
+      run_all<Tile48>("tile48");
+      check_conv<Tile48>(shape(1, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1), 132, "tile48 (conv1)");
+      check_conv<Tile48>(shape(1, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), 132, "tile48 (conv2)");
+      std::printf("tile48 done (%d failures)\n", failures);
+    }
+  }
+  std::printf("split-K GEMMs emulated: variant 0 %d, variant 1 %d\n", split_runs[0], split_runs[1]);
+  if (split_runs[1] == 0) { std::printf("FAIL: variant 1 never split\n"); ++failures; }
   std::printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
   return failures ? 1 : 0;
 }

@@ -217,6 +217,110 @@ struct BwdFilterOutput {
   }
 };
 
+// ---- backward-data for few input channels: columns, then a gather (col2im) ----
+// With Cg tiny (conv1: 3) the phase GEMM above has M = Cg, so every gathered dy element feeds
+// only Cg multiply-adds. Instead: cols[g][(c, r, s)][(img, p, q)] = sum_kk w[g*Kg + kk, c, r, s]
+// dy[img, g*Kg + kk, p, q] (a dense GEMM, M = Cg*R*S, N = images*P*Q, K = Kg), then each dx
+// element gathers its taps from cols (col2im_element), for a chunk of images at a time.
+
+// A(m = (c, r, s), k = kk) = w[g*Kg + kk][m]: contiguous along m.
+struct ColsWeights {
+  const float* w;
+  int Kg, CRS;
+  struct Col {
+    bool ok;
+    const float* base;
+  };
+  GEMM_HD Col col(int z, int m) const {
+    if (m < 0) return {false, w};
+    return {true, w + (int64_t)z * Kg * CRS + m};
+  }
+  GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.base + (int64_t)k * CRS); }
+};
+
+// B(k = kk, n = (i, pq)) = dy[img0 + i, g*Kg + kk, pq]: contiguous along n within an image.
+struct ColsGrad {
+  const float* dy;
+  int64_t KPQ;
+  int Kg, img0;
+  FastDiv PQ;
+  struct Col {
+    bool ok;
+    const float* base;
+  };
+  GEMM_HD Col col(int z, int n) const {
+    if (n < 0) return {false, dy};
+    int i = PQ.div(n), pq = PQ.mod(n, i);
+    return {true, dy + (int64_t)(img0 + i) * KPQ + (int64_t)z * Kg * PQ.d + pq};
+  }
+  GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.base + (int64_t)k * PQ.d); }
+};
+
+// C(m, n) -> cols[(g*CRS + m) * Nc + n].
+struct ColsOutput {
+  float* cols;
+  int CRS;
+  int64_t Nc;
+  GEMM_HD void operator()(int z, int m, int n, float v) const { cols[((int64_t)z * CRS + m) * Nc + n] = v; }
+};
+
+// dx[img0 + i, ch, h, w] from the columns of its chunk: the taps r = (h+ph) mod sh, + sh, ...
+// with 0 <= p = (h+ph-r)/sh < P (and likewise s, q), in that fixed order.
+struct Col2im {
+  const float* cols;
+  int64_t Nc;  // columns per row of cols: images in the chunk * P * Q
+  int Cg, R, S, P, Q, sh, sw, ph, pw;
+  GEMM_HD float operator()(int i, int ch, int h, int w) const {
+    const int g = ch / Cg, c = ch - g * Cg;
+    const float* base = cols + ((int64_t)g * Cg + c) * R * S * Nc + (int64_t)i * P * Q;
+    float sum = 0.f;
+    for (int r = (h + ph) % sh; r < R && r <= h + ph; r += sh) {
+      const int p = (h + ph - r) / sh;
+      if (p >= P) continue;
+      for (int s = (w + pw) % sw; s < S && s <= w + pw; s += sw) {
+        const int q = (w + pw - s) / sw;
+        if (q >= Q) continue;
+        sum += base[(int64_t)(r * S + s) * Nc + p * Q + q];
+      }
+    }
+    return sum;
+  }
+};
+
+// ---- backward-data, stride 1, variant 1: a forward conv of dy with flipped weights ----
+// With stride 1, dx[i, gCg+c, h, w] = sum_{kk, r', s'} wf[gCg+c, kk, r', s'] dy[i, gKg+kk, h-(R-1-ph)+r', w-(S-1-pw)+s']
+// where wf[gCg+c, kk, r', s'] = w[gKg+kk, c, R-1-r', S-1-s']: the forward conv of dy (channels K,
+// groups unchanged) with weights wf (C, Kg, R, S), padding (R-1-ph, S-1-pw), output H x W. So it
+// runs on the forward GEMM (128 registers, 2 blocks/SM) instead of the phase GEMM (167, 1/SM).
+
+// wf[e] for e < C*Kg*R*S (C = groups*Cg rows of Kg*R*S).
+struct FlippedWeight {
+  const float* w;
+  int Cg, Kg, R, S;
+  GEMM_HD float operator()(int e) const {
+    const int RS = R * S, row = e / (Kg * RS), t = e - row * (Kg * RS);
+    const int kk = t / RS, rs = t - kk * RS, r = rs / S, s = rs - r * S;
+    const int g = row / Cg, c = row - g * Cg;
+    return w[(((int64_t)g * Kg + kk) * Cg + c) * RS + (R - 1 - r) * S + (S - 1 - s)];
+  }
+};
+
+// Whether backward_data_flipped applies: stride 1 and padding < kernel (non-negative new padding).
+inline bool backward_data_via_flip(const ConvShape& sh) {
+  return sh.stride_h == 1 && sh.stride_w == 1 && sh.pad_h < sh.r && sh.pad_w < sh.s;
+}
+
+// The forward conv computing dx from dy and wf (see above).
+inline ConvShape flipped_shape(const ConvShape& sh) {
+  ConvShape t{};
+  t.n = sh.n, t.c = sh.k, t.h = sh.p, t.w = sh.q;
+  t.k = sh.c, t.r = sh.r, t.s = sh.s;
+  t.stride_h = 1, t.stride_w = 1, t.pad_h = sh.r - 1 - sh.pad_h, t.pad_w = sh.s - 1 - sh.pad_w;
+  t.groups = sh.groups;
+  t.p = sh.h, t.q = sh.w;  // = P + R - 1 - 2ph = H with stride 1
+  return t;
+}
+
 // ---- the three GEMMs of a conv layer ----
 
 template <class A, class B, class S, bool AK, bool BK, class BigCfg = BigTile>
@@ -262,6 +366,34 @@ inline BackwardFilter backward_filter(const ConvShape& sh, const float* x, const
                     (int)sh.pad_h, (int)sh.pad_w, FastDiv(sh.r * sh.s), FastDiv(sh.s), FastDiv(PQ), FastDiv(sh.q)};
   BwdFilterOutput out{dw, (int)Kg, (int)(Cg * sh.r * sh.s)};
   return {sh.groups, Kg, Cg * sh.r * sh.s, sh.n * PQ, a, bx, out};
+}
+
+// Backward-data goes through columns when the input has few channels per group (see above).
+inline bool backward_data_via_columns(const ConvShape& sh) { return sh.c / sh.groups <= ThinTile::BM; }
+
+// Images per chunk of the column path: its workspace stays under about 256 MB.
+inline int64_t columns_chunk(const ConvShape& sh) {
+  const int64_t per_image = sh.c * sh.r * sh.s * sh.p * sh.q;  // groups * Cg*R*S * P*Q floats
+  int64_t chunk = (int64_t(64) << 20) / (per_image > 0 ? per_image : 1);
+  if (chunk < 1) chunk = 1;
+  return chunk < sh.n ? chunk : sh.n;
+}
+
+using Columns = Gemm<ColsWeights, ColsGrad, ColsOutput, false, false>;
+
+// The columns of images [img0, img0 + images) into cols (groups * Cg*R*S rows of images*P*Q).
+inline Columns backward_data_columns(const ConvShape& sh, const float* w, const float* dy, int64_t img0,
+                                     int64_t images, float* cols) {
+  const int64_t Cg = sh.c / sh.groups, Kg = sh.k / sh.groups, PQ = sh.p * sh.q, CRS = Cg * sh.r * sh.s;
+  ColsWeights a{w, (int)Kg, (int)CRS};
+  ColsGrad b{dy, sh.k * PQ, (int)Kg, (int)img0, FastDiv(PQ)};
+  ColsOutput out{cols, (int)CRS, images * PQ};
+  return {sh.groups, CRS, images * PQ, Kg, a, b, out};
+}
+
+inline Col2im backward_data_col2im(const ConvShape& sh, const float* cols, int64_t images) {
+  return {cols, images * sh.p * sh.q, (int)(sh.c / sh.groups), (int)sh.r, (int)sh.s, (int)sh.p, (int)sh.q,
+          (int)sh.stride_h, (int)sh.stride_w, (int)sh.pad_h, (int)sh.pad_w};
 }
 
 }  // namespace convnet::cuda::conv_gemm

@@ -67,16 +67,25 @@ using BigTile = TileCfg<128, 128, 8, 8, 8, 2>;    // 256 threads, <= 128 registe
 using BigTileWide = TileCfg<128, 128, 8, 8, 8, 1>;  // for index maps with more per-thread state
 using MediumTile = TileCfg<64, 64, 8, 4, 4, 1>;   // 256 threads
 using ThinTile = TileCfg<16, 128, 8, 2, 8, 1>;    // 128 threads
+// Variant 2 only: 48-row tiles for M = 48 or 96 (conv2's flipped backward-data, conv1's forward
+// and backward-filter), which the 128/64-row tiles pad to 128 (25-62% padding). 128 threads,
+// 3 blocks per SM (capped at 4 it spilled 72-156 bytes; uncapped 155-161 registers, no spills).
+// Needs a k-fast A operand (48 rows do not split over 128 m-fast threads).
+using Tile48 = TileCfg<48, 128, 8, 6, 8, 3>;
 
 constexpr int kSmemPad = 4;
+
+// Whether a ROWS x BK operand tile splits evenly over T threads with the given mapping.
+constexpr bool tile_map_fits(int ROWS, int BK, int T, bool KFAST) {
+  return (ROWS * BK) % T == 0 && (KFAST ? (T % BK == 0 && ROWS % (T / BK) == 0)
+                                        : (T % ROWS == 0 && BK % (T / ROWS) == 0));
+}
 
 // Which (mn, k) of a ROWS x BK operand tile thread `tid` fetches in pass i.
 template <int ROWS, int BK, int T, bool KFAST>
 struct TileMap {
-  static_assert((ROWS * BK) % T == 0, "tile must split evenly over the threads");
+  static_assert(tile_map_fits(ROWS, BK, T, KFAST), "operand tile does not split over the threads");
   static constexpr int LOADS = ROWS * BK / T;
-  static_assert(!KFAST || (T % BK == 0 && ROWS % (T / BK) == 0), "k-fast mapping does not fit");
-  static_assert(KFAST || (T % ROWS == 0 && BK % (T / ROWS) == 0), "mn-fast mapping does not fit");
   __host__ __device__ static int mn(int tid, int i) { return KFAST ? tid / BK + i * (T / BK) : tid % ROWS; }
   __host__ __device__ static int k(int tid, int i) { return KFAST ? tid % BK : tid / ROWS + i * (T / ROWS); }
 };
@@ -190,6 +199,13 @@ struct GemmThread {
           const float4 v = *reinterpret_cast<const float4*>(&sm.As[stage][kk][ty * TM + i]);
           fa[i] = v.x, fa[i + 1] = v.y, fa[i + 2] = v.z, fa[i + 3] = v.w;
         }
+      } else if constexpr (TM % 2 == 0 && TM > 2 && (Cfg::BM + kSmemPad) % 2 == 0) {
+        // 8-byte aligned pairs (Tile48; the thin tile keeps its scalar loads, as before variants)
+#pragma unroll
+        for (int i = 0; i < TM; i += 2) {
+          const float2 v = *reinterpret_cast<const float2*>(&sm.As[stage][kk][ty * TM + i]);
+          fa[i] = v.x, fa[i + 1] = v.y;
+        }
       } else {
 #pragma unroll
         for (int i = 0; i < TM; ++i) fa[i] = sm.As[stage][kk][ty * TM + i];
@@ -293,6 +309,39 @@ inline void choose_split_k(GemmShape& g, int64_t blocks, int bk, int sms) {
   g.k_per_split = (int)kps;
 }
 
+// Variants >= 1 (CONVNET_CONV_VARIANT, see csrc/cuda/conv.cu): the split count that minimises a
+// simple time model. Blocks run in waves of `slots` (resident blocks per SM, from the occupancy
+// API, times SMs); a wave lasts as long as one split's k-tiles plus ~4 k-tiles of prologue and
+// epilogue; each split adds its partials' traffic (8 bytes per element: write + read, ~2.5 TB/s)
+// expressed in the same unit (a wave of k-tiles at ~12.5 T multiply-adds/s). The rule above
+// asks for ceil(2*SMs / blocks) splits, which for most AlexNet layers gives a few blocks more
+// than the slots (e.g. conv3 backward-filter: 54 tiles x 5 = 270 blocks on 264 slots, fc6: 32 x 9
+// = 288), i.e. a second, almost empty wave that costs as much as the first. A split only
+// replaces no split when the model predicts >= 10% gain, so big grids are left as they were.
+inline void choose_split_k_waves(GemmShape& g, int64_t blocks, int bm, int bn, int bk, int64_t slots) {
+  g.splits = 1;
+  g.k_per_split = g.K > 0 ? (g.K + bk - 1) / bk * bk : bk;
+  if (g.K <= 0 || blocks <= 0) return;
+  if (slots < 1) slots = 1;
+  const int64_t ktiles = (g.K + bk - 1) / bk;
+  int64_t max_splits = g.K / (16 * bk);  // >= 16 k-steps per split, as variant 0
+  if (max_splits > 65535 / g.batch) max_splits = 65535 / g.batch;
+  if (max_splits > 1024) max_splits = 1024;
+  const double split_cost = 40.0 * g.batch * g.M * g.N / ((double)slots * bm * bn * bk);
+  auto waves = [&](int64_t s) { return (blocks * s + slots - 1) / slots; };
+  const double no_split = (double)waves(1) * (ktiles + 4);
+  double best = no_split;
+  int64_t best_tiles = ktiles, best_splits = 1;
+  for (int64_t s = 2; s <= max_splits; ++s) {
+    const int64_t tiles = (ktiles + s - 1) / s;        // k-tiles per split
+    const int64_t used = (ktiles + tiles - 1) / tiles;  // non-empty splits
+    const double cost = (double)waves(used) * (tiles + 4) + used * split_cost + 2;
+    if (cost < best && cost <= 0.9 * no_split) best = cost, best_tiles = tiles, best_splits = used;
+  }
+  g.splits = (int)best_splits;
+  g.k_per_split = (int)(best_tiles * bk);
+}
+
 inline int sm_count() {
   int dev = 0, n = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -317,13 +366,29 @@ struct GpuScratch {
   GpuScratch& operator=(const GpuScratch&) = delete;
 };
 
+// Blocks of this kernel one SM holds at once (registers, shared memory, threads), asked once.
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+int resident_blocks() {
+  static const int n = [] {
+    int blocks = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &blocks, gemm_kernel<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store>, Cfg::THREADS, 0));
+    return blocks > 0 ? blocks : 1;
+  }();
+  return n;
+}
+
 template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
 void launch_gemm(int batch, int M, int N, int K, const ALoad& a, const BLoad& b, const Store& st,
-                 const char* name) {
+                 const char* name, int variant) {
   GemmShape g{batch, M, N, K, 1, 0};
   const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
   CHECK_VALUE(tiles_m <= 65535, "GEMM ", name, " has too many rows (", M, ")");
-  choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sm_count());
+  if (variant >= 1)
+    choose_split_k_waves(g, tiles_m * tiles_n * batch, Cfg::BM, Cfg::BN, Cfg::BK,
+                         (int64_t)sm_count() * resident_blocks<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store>());
+  else
+    choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sm_count());
   const int64_t splits = g.splits;
   CHECK_VALUE((int64_t)batch * splits <= 65535, "GEMM ", name, " batch too large (", batch, ")");
 
@@ -350,22 +415,32 @@ inline double tile_efficiency(int64_t M, int64_t N, int bm, int bn) {
 
 // Picks the tile shape for the problem and runs it. The big tile does ~1.25x more work per
 // shared-memory byte than the medium one, hence the weight on its padding efficiency.
+// variant: 0 = the split-K rule choose_split_k; 1 = choose_split_k_waves; 2 = that and Tile48.
 template <bool A_KFAST, bool B_KFAST, class Big = BigTile, class ALoad, class BLoad, class Store>
 void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
-              const Store& st, const char* name) {
+              const Store& st, const char* name, int variant = 0) {
   if (batch == 0 || M == 0 || N == 0) return;
   CHECK_VALUE(M < INT32_MAX && N < INT32_MAX && K < INT32_MAX && batch < 65536, "GEMM ", name,
               " too large for 32-bit indexing (M=", M, ", N=", N, ", K=", K, ")");
   if (M <= ThinTile::BM) {
-    launch_gemm<ThinTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    launch_gemm<ThinTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
     return;
   }
   double big = tile_efficiency(M, N, Big::BM, Big::BN);
   double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
+  if constexpr (tile_map_fits(Tile48::BM, Tile48::BK, Tile48::THREADS, A_KFAST) &&
+                tile_map_fits(Tile48::BN, Tile48::BK, Tile48::THREADS, B_KFAST)) {
+    // 0.85: ~1.1x the medium tile's work per shared-memory byte (48x128 against 64x64)
+    const double t48 = 0.85 * tile_efficiency(M, N, Tile48::BM, Tile48::BN);
+    if (variant >= 2 && M <= 2 * Tile48::BM && t48 > big && t48 > medium) {
+      launch_gemm<Tile48, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
+      return;
+    }
+  }
   if (big >= medium)
-    launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
   else
-    launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name);
+    launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
 }
 
 // out[c] = sum over i < outer, j < inner of in[(i * channels + c) * inner + j], summed in a fixed

@@ -13,6 +13,14 @@ struct ConvShape {
 };
 }  // namespace convnet
 
+namespace convnet {
+// Which CUDA GEMM variant the conv and linear kernels run (csrc/cuda/conv.cu says what each is):
+// CONVNET_CONV_VARIANT (0, 1 or 2) read once from the environment (default 0), or set_conv_variant (tests).
+// Defined in csrc/ops/conv.cpp, so CPU-only builds have it too.
+int conv_variant();
+void set_conv_variant(int variant);
+}  // namespace convnet
+
 #define CONVNET_CONV_TWINS                                                                         \
   /* y = conv(x, w) (+ b, if b is not null) */                                                      \
   void conv2d(const ConvShape& sh, const float* x, const float* w, const float* b, float* y);      \

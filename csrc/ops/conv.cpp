@@ -2,6 +2,8 @@
 // dispatch to the twins in csrc/kernels/conv.h (which trust the shape).
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <cstdlib>
 #include <optional>
 #include <tuple>
 
@@ -11,6 +13,20 @@
 namespace convnet {
 
 namespace {
+
+constexpr int kConvVariants = 3;
+
+std::atomic<int>& variant_slot() {
+  static std::atomic<int> v{[] {
+    const char* env = std::getenv("CONVNET_CONV_VARIANT");
+    if (!env || !*env) return 0;
+    char* end = nullptr;
+    long x = std::strtol(env, &end, 10);
+    CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0, 1 or 2, got '", env, "'");
+    return (int)x;
+  }()};
+  return v;
+}
 
 // Checks x (n, c, h, w) and w (k, c/groups, r, s) and the conv parameters; returns the shape.
 ConvShape conv_shape(const Tensor& x, const Tensor& w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
@@ -97,12 +113,22 @@ std::tuple<std::optional<Tensor>, std::optional<Tensor>, std::optional<Tensor>> 
 
 }  // namespace
 
+int conv_variant() { return variant_slot().load(std::memory_order_relaxed); }
+
+void set_conv_variant(int variant) {
+  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0, 1 or 2, got ", variant);
+  variant_slot().store(variant, std::memory_order_relaxed);
+}
+
 void register_conv(py::module_& m) {
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride_h"), py::arg("stride_w"),
         py::arg("pad_h"), py::arg("pad_w"), py::arg("groups"), CONVNET_NOGIL);
   m.def("conv2d_backward", &conv2d_backward, py::arg("x"), py::arg("w"), py::arg("dy"), py::arg("stride_h"),
         py::arg("stride_w"), py::arg("pad_h"), py::arg("pad_w"), py::arg("groups"), py::arg("input_grad") = true,
         py::arg("weight_grad") = true, CONVNET_NOGIL);
+  // Hidden: the CUDA GEMM variant (CONVNET_CONV_VARIANT), so tests can run every variant.
+  m.def("conv_variant", &conv_variant);
+  m.def("set_conv_variant", &set_conv_variant, py::arg("variant"));
 }
 
 }  // namespace convnet

@@ -1,0 +1,113 @@
+"""The CUDA GEMM variants of the conv and linear families (CONVNET_CONV_VARIANT, see
+csrc/cuda/conv.cu): every variant against the NumPy float64 reference, switched at run time with
+the hidden _C.set_conv_variant. The shapes are chosen to reach each path of each variant:
+split-K (few output tiles, long reduction), stride-1 backward-data through flipped weights
+(more than 16 input channels per group, padding < kernel), the phase GEMM (strided, or padding >=
+kernel), the column path (<= 16 input channels per group) and variant 2's 48-row tile (M <= 96)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import convnet
+from convnet import _C, ops
+
+import ref_conv as ref
+from reference import assert_close
+
+from test_conv import run_conv
+
+VARIANTS = (0, 1, 2)
+VARIANT_IDS = [f"cuda-v{v}" for v in VARIANTS]  # "cuda" in the id: tools/gpu_check.sh counts these
+needs_gpu = pytest.mark.skipif(
+    not convnet.cuda_available(),
+    reason="CUDA variants need a GPU (" + ("no GPU visible" if _C.cuda_built() else "built without CUDA") + ")")
+
+
+@pytest.fixture
+def variant(request):
+    before = _C.conv_variant()
+    _C.set_conv_variant(request.param)
+    yield request.param
+    _C.set_conv_variant(before)
+
+
+CONV_CASES = [
+    # n, c, h, w, k, r, s, stride, pad, groups
+    (3, 40, 11, 13, 24, 3, 5, (1, 1), (1, 2), 2),    # flip path (Cg 20), grouped, uneven padding
+    (2, 33, 9, 9, 70, 3, 3, (1, 1), (1, 1), 1),      # flip path, conv3-like
+    (4, 17, 12, 10, 20, 1, 1, (1, 1), (0, 0), 1),    # flip path, pointwise
+    (2, 36, 7, 8, 12, 3, 3, (1, 1), (3, 2), 2),      # padding >= kernel: phase path
+    (2, 20, 15, 15, 9, 5, 5, (2, 2), (2, 2), 1),     # strided: phase path
+    (2, 3, 31, 31, 16, 11, 11, (4, 4), (2, 2), 1),   # conv1-like: column path
+    (6, 24, 14, 14, 32, 3, 3, (1, 1), (1, 1), 2),    # long backward-filter reduction: split-K
+    (1, 3, 35, 35, 96, 11, 11, (4, 4), (2, 2), 1),   # conv1-like, M = 96: variant 2's 48-row tile
+    (2, 96, 9, 9, 64, 5, 5, (1, 1), (2, 2), 2),      # conv2-like: flipped backward-data M = 48
+]
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True, ids=VARIANT_IDS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"case{i}" for i in range(len(CONV_CASES))])
+def test_conv_variant(variant, rng, case):
+    run_conv("cuda:0", rng, *case)
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True, ids=VARIANT_IDS)
+@pytest.mark.parametrize("seed", range(6))
+def test_conv_variant_random(variant, rng, seed):
+    g = np.random.default_rng(1000 + seed)
+    groups = int(g.integers(1, 3))
+    cg = int(g.integers(1, 40))  # both sides of the column path's 16
+    c, k = groups * cg, groups * int(g.integers(1, 40))
+    r, s = int(g.integers(1, 6)), int(g.integers(1, 6))
+    stride = (1, 1) if seed % 2 == 0 else (int(g.integers(1, 4)), int(g.integers(1, 4)))
+    pad = (int(g.integers(0, r + 1)), int(g.integers(0, s + 1)))  # sometimes == kernel
+    h = max(1, r - 2 * pad[0]) + int(g.integers(0, 12))
+    w = max(1, s - 2 * pad[1]) + int(g.integers(0, 12))
+    run_conv("cuda:0", rng, int(g.integers(1, 5)), c, h, w, k, r, s, stride, pad, groups)
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True, ids=VARIANT_IDS)
+@pytest.mark.parametrize("n,i,o", [(64, 600, 300), (5, 33, 7), (128, 1100, 130), (96, 500, 200)])
+def test_linear_variant(variant, rng, n, i, o):
+    x = rng.standard_normal((n, i)).astype(np.float32)
+    w = (rng.standard_normal((o, i)) / np.sqrt(i)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    dy = rng.standard_normal((n, o)).astype(np.float32)
+    X, W, B, DY = (convnet.tensor(a, "cuda:0") for a in (x, w, b, dy))
+    x64, w64, dy64 = (a.astype(np.float64) for a in (x, w, dy))
+    assert_close(ops.linear(X, W, B).numpy(), x64 @ w64.T + b, 1e-4, "y")
+    dx, dw, db = ops.linear_backward(X, W, DY)
+    assert_close(dx.numpy(), dy64 @ w64, 1e-4, "dx")
+    assert_close(dw.numpy(), dy64.T @ x64, 1e-4, "dw")
+    assert_close(db.numpy(), dy64.sum(0), 1e-4, "db")
+
+
+def test_variant_switch_and_bad_values():
+    before = _C.conv_variant()
+    try:
+        for v in VARIANTS:
+            _C.set_conv_variant(v)
+            assert _C.conv_variant() == v
+        with pytest.raises(ValueError, match="variant must be 0, 1 or 2"):
+            _C.set_conv_variant(3)
+        with pytest.raises(ValueError, match="variant must be 0, 1 or 2"):
+            _C.set_conv_variant(-1)
+    finally:
+        _C.set_conv_variant(before)
+
+
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("0", "0"), ("", "0"), ("7", "ValueError")])
+def test_variant_from_environment(value, expect):
+    code = ("from convnet import _C\n"
+            "try:\n    print(_C.conv_variant())\n"
+            "except ValueError as e:\n    print('ValueError', e)\n")
+    env = dict(os.environ, CONVNET_CONV_VARIANT=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(expect), out.stdout
