@@ -200,3 +200,11 @@ def test_sgd_update_bad_input(device):
     if device != "cpu":
         with pytest.raises(ValueError, match="sgd_update: 'w' is on cuda:0 but 'v' is on cpu"):
             ops.sgd_update(w, t((4, 3)), t((4, 3), dev="cpu"), 0.01)
+
+
+def test_relu_passes_nan_through(device):
+    """A NaN must reach the loss (bad weights show up there), as in PyTorch: relu(NaN) = NaN."""
+    x = np.array([np.nan, -1.0, 2.0, -np.inf, np.inf, np.nan, 0.5, -0.5, np.nan], np.float32)
+    y = ops.relu(convnet.tensor(x, device)).numpy()
+    assert np.isnan(y[[0, 5, 8]]).all()
+    np.testing.assert_array_equal(y[[1, 2, 3, 4, 6, 7]], [0, 2, 0, np.inf, 0.5, 0])

@@ -9,7 +9,7 @@ namespace convnet::cpu {
 
 void relu(const float* x, float* y, int64_t n) {
 #pragma omp parallel for simd schedule(static) if (parallel : n > 65536)
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.f ? x[i] : 0.f;
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] < 0.f ? 0.f : x[i];  // NaN passes through (as in PyTorch), so bad weights stay visible
 }
 
 // Gradient gated on the output: y > 0 exactly where x > 0.

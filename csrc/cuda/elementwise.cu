@@ -15,6 +15,9 @@
 namespace convnet::cuda {
 namespace {
 
+// Not fmaxf, which turns NaN into 0: a NaN must reach the loss so that bad weights show.
+__device__ __forceinline__ float relu1(float v) { return v < 0.f ? 0.f : v; }
+
 __global__ void relu_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
   int64_t n4 = n / 4;
   const float4* x4 = reinterpret_cast<const float4*>(x);
@@ -22,11 +25,11 @@ __global__ void relu_kernel(const float* __restrict__ x, float* __restrict__ y, 
   int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n4; i += stride) {
     float4 v = x4[i];
-    v.x = fmaxf(v.x, 0.f); v.y = fmaxf(v.y, 0.f); v.z = fmaxf(v.z, 0.f); v.w = fmaxf(v.w, 0.f);
+    v.x = relu1(v.x); v.y = relu1(v.y); v.z = relu1(v.z); v.w = relu1(v.w);
     y4[i] = v;
   }
   for (int64_t i = n4 * 4 + blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += stride)
-    y[i] = fmaxf(x[i], 0.f);
+    y[i] = relu1(x[i]);
 }
 
 __global__ void relu_backward_kernel(const float* __restrict__ y, const float* __restrict__ dy,
