@@ -5,12 +5,14 @@
 #   summary.md   GPU, commit, pass/fail counts, benchmark table, training images/s
 #   build.log tests.log bench.txt bench.json train.log
 # Each stage has its own time limit so a hang in one still leaves the others' results.
-# Usage: tools/gpu_check.sh [stages...]   (stages: build tests bench train; default all)
+# Usage: tools/gpu_check.sh [stages...]   (stages: build tests variants bench train; default all)
+# variants: the conv/linear tests under each GEMM variant (CONVNET_CONV_VARIANT) and their
+# benchmarks side by side (variants.log, bench-variants.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/latest}
 mkdir -p "$OUT"
-STAGES=${*:-build tests bench train}
+STAGES=${*:-build tests variants bench train}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 summary="$OUT/summary.md"
@@ -51,6 +53,17 @@ if stage tests; then
   grep -E '^(FAILED|ERROR)' "$OUT/tests.log" | head -40 | sed 's/^/  - /' >> "$summary"
 fi
 
+if stage variants; then
+  echo "== variants ($(elapsed))"
+  for v in 1 2; do
+    CONVNET_CONV_VARIANT=$v timeout 120 $PY -m pytest -q -p no:cacheprovider -k cuda \
+      tests/test_conv.py tests/test_linear.py tests/test_conv_variants.py tests/test_graph.py > "$OUT/variants.log" 2>&1
+    echo "- tests with CONVNET_CONV_VARIANT=$v (rc $?): $(tail -1 "$OUT/variants.log")" >> "$summary"
+  done
+  CONVNET_BENCH_VARIANTS=0,1,2 timeout 150 $PY benchmarks/run.py --device cuda:0 --only conv,linear > "$OUT/bench-variants.txt" 2>&1
+  echo "- variant benchmark rc $? (bench-variants.txt)" >> "$summary"
+fi
+
 if stage bench; then
   echo "== bench ($(elapsed))"
   timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda:0 --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
@@ -60,8 +73,8 @@ fi
 
 if stage train; then
   echo "== train ($(elapsed))"
-  timeout ${TRAIN_TIMEOUT:-150} $PY -m convnet.train ${TRAIN_ARGS:---model alexnet --input-size 224 --builtin-size 256 --builtin-train 2560 --builtin-val 512 --epochs 1 --devices cuda:0,cuda:0 --run-dir /tmp/convnet-gpu-run} > "$OUT/train.log" 2>&1
-  echo "- train rc $?: $(grep -iE 'images/s|val' "$OUT/train.log" | tail -3 | tr '\n' ' ')" >> "$summary"
+  CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN_TIMEOUT:-150} $PY -m convnet.train ${TRAIN_ARGS:---model alexnet --image-size 256 --num-train 5120 --num-val 512 --epochs 2 --devices cuda:0 --run-dir /tmp/convnet-gpu-run --progress 0 --plots 0} > "$OUT/train.log" 2>&1
+  echo "- train rc $?:" >> "$summary"; grep -E '^epoch|^data|^recipe|^done' "$OUT/train.log" | sed 's/^/  /' >> "$summary"
 fi
 echo "- total $(elapsed)" >> "$summary"
 cat "$summary"
