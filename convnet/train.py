@@ -367,9 +367,14 @@ def train(argv=None, step_hook=None):
     state = None
     if args["resume"]:
         ckpt, run_dir = find_checkpoint(args["resume"])
+        spec = args["devices"]
+        if "devices" not in explicit:  # continue on the run's own devices, not this machine's default
+            try:
+                spec = json.loads(checkpoint.meta_path(ckpt).read_text())["train"]["args"]["devices"]
+            except (OSError, ValueError, KeyError, TypeError):
+                spec = None  # a bad checkpoint: load() below says what is wrong
         try:
-            net, opt_state, meta = checkpoint.load(str(ckpt), devices=resolve_devices(
-                args["devices"] if "devices" in explicit else None, 2))
+            net, opt_state, meta = checkpoint.load(str(ckpt), devices=resolve_devices(spec, 2))
         except (FileNotFoundError, OSError, ValueError, KeyError) as e:
             raise TrainingError(f"--resume: cannot load a checkpoint from {args['resume']}: {e}") from None
         if "train" not in meta:

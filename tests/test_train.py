@@ -221,3 +221,16 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
     assert "cannot load a checkpoint" in err
     err = _exit(train.main, ["--resume", str(tmp_path / "nowhere")], capsys)
     assert "--resume" in err
+
+
+def test_resume_keeps_the_runs_devices(data_dir, tmp_path, monkeypatch):
+    """--resume without --devices continues on the run's devices, not this machine's default
+    (seen on a GPU machine: a CPU run resumed on the GPU and drifted by float rounding)."""
+    run(data_dir, tmp_path, "--epochs", "1")
+    import convnet
+
+    monkeypatch.setattr(convnet, "cuda_available", lambda: True)  # the default would now be cuda:0,cuda:1
+    train.train(["--resume", str(tmp_path), "--epochs", "2"])
+    _, _, meta = weights(tmp_path)
+    assert meta["train"]["epoch"] == 2
+    assert meta["train"]["args"]["devices"] == "cpu:0,cpu:1"
