@@ -102,12 +102,15 @@ def test_variant_switch_and_bad_values():
         _C.set_conv_variant(before)
 
 
-@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("0", "0"), ("", "0"), ("7", "ValueError")])
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("0", "0"), ("", "2"), ("7", "ValueError")])  # unset: 2
 def test_variant_from_environment(value, expect):
     code = ("from convnet import _C\n"
             "try:\n    print(_C.conv_variant())\n"
             "except ValueError as e:\n    print('ValueError', e)\n")
-    env = dict(os.environ, CONVNET_CONV_VARIANT=value)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    # The child imports this same built convnet, from its folder (not the checkout's sources).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
+    env = dict(os.environ, CONVNET_CONV_VARIANT=value, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(expect), out.stdout

@@ -15,11 +15,15 @@ namespace convnet {
 namespace {
 
 constexpr int kConvVariants = 3;
+// Variant 2 measured fastest on an H200 (benchmarks/results/2026-11-26-h200/bench-variants.txt:
+// e.g. conv2 backward-data 4.06 -> 2.68 ms, conv3 backward-filter 2.03 -> 1.37 ms, fc6 forward
+// 0.45 -> 0.30 ms; at most 7% slower, on conv1) and passed the CUDA tests there.
+constexpr int kDefaultConvVariant = 2;
 
 std::atomic<int>& variant_slot() {
   static std::atomic<int> v{[] {
     const char* env = std::getenv("CONVNET_CONV_VARIANT");
-    if (!env || !*env) return 0;
+    if (!env || !*env) return kDefaultConvVariant;
     char* end = nullptr;
     long x = std::strtol(env, &end, 10);
     CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0, 1 or 2, got '", env, "'");
