@@ -64,6 +64,8 @@ def copy_bandwidth(device, nbytes):
 
 
 def git_commit():
+    if os.environ.get("COMMIT"):  # set by tools/gpu_check.sh where the checkout has no .git
+        return os.environ["COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
                                        stderr=subprocess.DEVNULL).decode().strip()

@@ -17,6 +17,7 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 summary="$OUT/summary.md"
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+export COMMIT=$commit
 dirty=$(git status --porcelain 2>/dev/null | grep -v '^??' | wc -l)
 {
   echo "# GPU check"
