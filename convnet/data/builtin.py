@@ -202,8 +202,12 @@ def split_labels(seed, split, n, num_classes):
     return rng.permutation(np.arange(n) % num_classes).astype(np.int32)
 
 
+# Bump when the drawing changes: a cached dataset made by another version is then regenerated.
+GENERATOR_VERSION = 2
+
+
 def _params(num_train, num_val, size, seed, num_classes):
-    return {"num_train": int(num_train), "num_val": int(num_val), "size": int(size), "seed": int(seed),
+    return {"generator": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val), "size": int(size), "seed": int(seed),
             "num_classes": int(num_classes)}
 
 
