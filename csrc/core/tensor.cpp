@@ -173,6 +173,14 @@ void check_same_device(const Tensor& a, const char* an, const Tensor& b, const c
               b.device().str(), " (move one with .to(device))");
 }
 
+void check_matches(const Tensor& t, const char* name, DType dtype, const std::vector<int64_t>& shape,
+                   const Tensor& ref, const char* ref_name) {
+  check_defined(t, name);
+  check_dtype(t, dtype, name);
+  check_same_device(ref, ref_name, t, name);
+  check_shape(t, shape, name);
+}
+
 void check_finite(const Tensor& t, const char* name) {
   if (t.dtype != DType::f32) return;
   int64_t bad = 0;

@@ -20,9 +20,7 @@ Tensor relu(const Tensor& x) {
 Tensor relu_backward(const Tensor& y, const Tensor& dy) {
   OpScope op("relu_backward");
   check_dtype(y, DType::f32, "y");
-  check_dtype(dy, DType::f32, "dy");
-  check_same_device(y, "y", dy, "dy");
-  check_shape(dy, y.shape, "dy");
+  check_matches(dy, "dy", DType::f32, y.shape, y, "y");
   Tensor dx = Tensor::empty_like(y);
   CONVNET_DISPATCH(y.device(), relu_backward, y.data<float>(), dy.data<float>(), dx.data<float>(), y.numel());
   return dx;
@@ -43,11 +41,8 @@ std::pair<Tensor, Tensor> dropout(const Tensor& x, double p, int64_t seed) {
 Tensor dropout_backward(const Tensor& dy, const Tensor& mask, double p) {
   OpScope op("dropout_backward");
   check_defined(dy, "dy");
-  check_defined(mask, "mask");
   check_dtype(dy, DType::f32, "dy");
-  check_dtype(mask, DType::u8, "mask");
-  check_same_device(dy, "dy", mask, "mask");
-  check_shape(mask, dy.shape, "mask");
+  check_matches(mask, "mask", DType::u8, dy.shape, dy, "dy");
   CHECK_VALUE(p >= 0.0 && p < 1.0, "drop probability p must be in [0, 1), got ", p);
   Tensor dx = Tensor::empty_like(dy);
   CONVNET_DISPATCH(dy.device(), dropout_backward, dy.data<float>(), mask.data<uint8_t>(),
@@ -59,15 +54,9 @@ void sgd_update(const Tensor& w, const Tensor& dw, const Tensor& v, double lr, d
                 double weight_decay) {
   OpScope op("sgd_update");
   check_defined(w, "w");
-  check_defined(dw, "dw");
-  check_defined(v, "v");
   check_dtype(w, DType::f32, "w");
-  check_dtype(dw, DType::f32, "dw");
-  check_dtype(v, DType::f32, "v");
-  check_same_device(w, "w", dw, "dw");
-  check_same_device(w, "w", v, "v");
-  check_shape(dw, w.shape, "dw");
-  check_shape(v, w.shape, "v");
+  check_matches(dw, "dw", DType::f32, w.shape, w, "w");
+  check_matches(v, "v", DType::f32, w.shape, w, "w");
   CHECK_VALUE(w.storage != dw.storage && w.storage != v.storage && dw.storage != v.storage,
               "w, dw and v must be three different tensors");
   CONVNET_DISPATCH(w.device(), sgd_update, w.data<float>(), dw.data<float>(), v.data<float>(),

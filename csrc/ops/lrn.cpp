@@ -33,14 +33,8 @@ Tensor lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t 
                     double beta, double k) {
   OpScope op("lrn_backward");
   LrnShape sh = lrn_shape(x, size, alpha, beta, k);
-  check_defined(y, "y");
-  check_defined(dy, "dy");
-  check_dtype(y, DType::f32, "y");
-  check_dtype(dy, DType::f32, "dy");
-  check_same_device(x, "x", y, "y");
-  check_same_device(x, "x", dy, "dy");
-  check_shape(y, x.shape, "y");
-  check_shape(dy, x.shape, "dy");
+  check_matches(y, "y", DType::f32, x.shape, x, "x");
+  check_matches(dy, "dy", DType::f32, x.shape, x, "x");
   Tensor dx = Tensor::empty_like(x);
   if (x.numel() > 0) CONVNET_DISPATCH(x.device(), lrn_backward, sh, x.data<float>(), dy.data<float>(), dx.data<float>());
   return dx;

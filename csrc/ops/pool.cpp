@@ -34,14 +34,8 @@ Tensor max_pool(const Tensor& x, int64_t size, int64_t stride) {
 Tensor max_pool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t size, int64_t stride) {
   OpScope op("max_pool_backward");
   PoolShape sh = pool_shape(x, size, stride);
-  check_defined(y, "y");
-  check_defined(dy, "dy");
-  check_dtype(y, DType::f32, "y");
-  check_dtype(dy, DType::f32, "dy");
-  check_same_device(x, "x", y, "y");
-  check_same_device(x, "x", dy, "dy");
-  check_shape(y, {sh.n, sh.c, sh.p, sh.q}, "y");
-  check_shape(dy, {sh.n, sh.c, sh.p, sh.q}, "dy");
+  check_matches(y, "y", DType::f32, {sh.n, sh.c, sh.p, sh.q}, x, "x");
+  check_matches(dy, "dy", DType::f32, {sh.n, sh.c, sh.p, sh.q}, x, "x");
   Tensor dx = Tensor::empty_like(x);
   if (dx.numel() > 0)
     CONVNET_DISPATCH(x.device(), max_pool_backward, sh, x.data<float>(), y.data<float>(), dy.data<float>(),
