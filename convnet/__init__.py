@@ -4,13 +4,31 @@ Tensors live on a device named "cpu" or "cuda:N"; `convnet.ops` holds the kernel
 """
 import numpy as np
 
-try:
-    from . import _C
-except ImportError as e:  # the checkout's sources without a build, ahead of the installed package
+def _load_compiled():
+    """The compiled module: next to this file (an installed package, or an in-place build), or
+    else, when these are a checkout's sources run with `python -m` after `pip install .`, the
+    installed package's build of the same sources, found further along sys.path."""
+    import glob
+    import importlib
+    import os
+    import sys
+
+    try:
+        return importlib.import_module("._C", __name__)
+    except ImportError:
+        pass
+    here = os.path.dirname(os.path.abspath(__file__))
+    for entry in sys.path:
+        folder = os.path.join(os.path.abspath(entry or os.getcwd()), "convnet")
+        if folder != here and glob.glob(os.path.join(folder, "_C*.so")):
+            __path__.append(folder)
+            return importlib.import_module("._C", __name__)
     raise ImportError(
-        f"convnet's compiled module is missing next to {__file__}: install with `pip install .` and run "
-        "from outside the checkout (or `pytest`, not `python -m pytest`), or build in place with "
-        "tools/dev_build.sh") from e
+        f"convnet's compiled module is missing next to {__file__} and no installed build was found: "
+        "run `pip install .`, or build in place with tools/dev_build.sh")
+
+
+_C = _load_compiled()
 from ._C import Tensor
 
 __all__ = ["Tensor", "tensor", "from_dlpack", "empty", "zeros", "cuda_available", "device_count",
