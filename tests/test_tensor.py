@@ -120,3 +120,23 @@ def test_check_finite(device):
     with pytest.raises(ValueError, match="2 NaN or infinite"):
         _C.check_finite(t, "t")
     _C.check_finite(convnet.tensor(np.ones(5, np.float32), device), "ok")
+
+
+def test_checkout_sources_use_the_installed_build(tmp_path):
+    """`python -m convnet.train` from a checkout after `pip install .` imports the checkout's
+    sources, which have no compiled module: they must use the installed build's."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    real = os.path.dirname(os.path.abspath(convnet.__file__))
+    src = tmp_path / "convnet"
+    shutil.copytree(real, src, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    code = "import convnet; print(convnet._C.__file__); print(convnet.ops.relu(convnet.tensor([-1.0, 2.0])).numpy())"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(real))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert os.path.dirname(lines[0]) == real and lines[1] == "[0. 2.]"
