@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <vector>
 
 #include "../kernels/conv.h"
@@ -134,6 +135,22 @@ float* scratch(std::vector<float>& buf, size_t n) {
 }
 thread_local std::vector<float> col_buf, mat_buf, partial_buf;
 
+// Every group's weights packed once per call as the GEMM's left factor: w_g (forward) or
+// w_g^T (backward-data), shared read-only by all the (chunk, group) items, which would
+// otherwise each pack the same weights again.
+const std::vector<std::unique_ptr<PackedA>>& packed_weights(const ConvShape& s, const float* w, bool transposed) {
+  thread_local std::vector<std::unique_ptr<PackedA>> packs;
+  const int64_t kg = s.k / s.groups, crs = s.c / s.groups * s.r * s.s;
+  while ((int64_t)packs.size() < s.groups) packs.push_back(std::make_unique<PackedA>());
+  for (int64_t g = 0; g < s.groups; ++g) {
+    if (transposed)
+      packs[g]->pack(true, crs, kg, w + g * kg * crs, crs);
+    else
+      packs[g]->pack(false, kg, crs, w + g * kg * crs, crs);
+  }
+  return packs;
+}
+
 // body(item) for every item in [0, items). With at least one item per thread: one parallel
 // region handing items out as threads come free (no barrier but the last, which matters on
 // cores shared with other work; im2col and GEMM inside then run on their thread alone).
@@ -167,6 +184,7 @@ void conv2d(const ConvShape& s, const float* x, const float* w, const float* b, 
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
   const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
   const int64_t chunks = (s.n + nb_max - 1) / nb_max;
+  const auto& wp = packed_weights(s, w, false);
   for_each_item(chunks * s.groups, [&](int64_t item) {
     const int64_t n0 = item / s.groups * nb_max, g = item % s.groups;
     const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
@@ -180,10 +198,10 @@ void conv2d(const ConvShape& s, const float* x, const float* w, const float* b, 
     if (nb == 1) {  // straight into y: start from the bias and accumulate the product onto it
       if (bg)
         for (int64_t i = 0; i < kg; ++i) std::fill(yg + i * pq, yg + (i + 1) * pq, bg[i]);
-      gemm(false, false, kg, pq, crs, w + g * kg * crs, crs, B, pq, yg, pq, bg != nullptr);
+      gemm(*wp[g], false, pq, B, pq, yg, pq, bg != nullptr);
     } else {
       float* mat = scratch(mat_buf, kg * ld);
-      gemm(false, false, kg, ld, crs, w + g * kg * crs, crs, B, ld, mat, ld, false);
+      gemm(*wp[g], false, ld, B, ld, mat, ld, false);
       matrix_to_images(mat, kg, pq, nb, bg, yg, kpq);
     }
   });
@@ -194,6 +212,7 @@ void conv2d_backward_data(const ConvShape& s, const float* w, const float* dy, f
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
   const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
   const int64_t chunks = (s.n + nb_max - 1) / nb_max;
+  const auto& wtp = packed_weights(s, w, true);
   for_each_item(chunks * s.groups, [&](int64_t item) {
     const int64_t n0 = item / s.groups * nb_max, g = item % s.groups;
     const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
@@ -203,8 +222,7 @@ void conv2d_backward_data(const ConvShape& s, const float* w, const float* dy, f
     float* dcol = pointwise ? nullptr : scratch(col_buf, crs * ld);
     float* mat = nb > 1 ? scratch(mat_buf, kg * ld) : nullptr;
     if (nb > 1) images_to_matrix(dyg, kpq, kg, pq, nb, mat);
-    gemm(true, false, crs, ld, kg, w + g * kg * crs, crs, nb > 1 ? mat : dyg, ld, pointwise ? dxg : dcol, ld,
-         false);
+    gemm(*wtp[g], false, ld, nb > 1 ? mat : dyg, ld, pointwise ? dxg : dcol, ld, false);
     if (!pointwise) col2im(s, cg, dcol, ld, nb, dxg, chw);
   });
 }
