@@ -107,6 +107,9 @@ def test_random_shapes(device, rng, seed):
     (3, 4, 14, 14, 6, 3, 3, (1, 1), (1, 1), 2),     # images gathered 2 + 1 along the GEMM's columns
     (7, 3, 9, 9, 20, 1, 1, (1, 1), (0, 0), 1),      # pointwise, images gathered 4 + 3
     (5, 6, 20, 20, 20, 3, 3, (1, 1), (1, 1), 1),    # one image per GEMM
+    (1, 2, 70, 70, 3, 3, 3, (2, 2), (1, 1), 1),     # stride 2 (vector strided copy), 2 bands of output rows
+    (2, 3, 211, 97, 5, 11, 11, (4, 4), (2, 2), 1),  # stride 4, forward in 2 bands of 26 rows, 23 wide
+    (1, 2, 40, 150, 3, 3, 5, (1, 4), (1, 2), 1),    # stride (1, 4), 2 bands
 ])
 def test_edge_shapes(device, rng, case):
     run_conv(device, rng, *case)
