@@ -214,12 +214,13 @@ void for_each_item(int64_t items, const Body& body) {
 
 }  // namespace
 
-// Output rows per forward item of one image. A big early layer's col for a whole image
+// Output rows per forward item (and backward-filter GEMM) of one image. A big early layer's col for a whole image
 // (conv1: 4.4 MB) is written out to L3 and read back by the GEMM's packing; a band of rows
 // at least BAND_MIN_COLS wide keeps it near L2 size (conv1: 4 bands, 1.1 MB) and the GEMM
 // still wide (measured best among 256..1536; conv2's 27 x 27 stays one band).
 constexpr int64_t BAND_MIN_COLS = 768;
-int64_t rows_per_band(const ConvShape& s) {
+int64_t rows_per_band(const ConvShape& s, int64_t nb_max) {
+  if (nb_max > 1 || is_pointwise(s) || s.p <= 0 || s.q <= 0) return s.p;  // one band
   const int64_t rows = (BAND_MIN_COLS + s.q - 1) / s.q, bands = (s.p + rows - 1) / rows;
   return (s.p + bands - 1) / bands;  // as even as possible
 }
@@ -229,8 +230,7 @@ void conv2d(const ConvShape& s, const float* x, const float* w, const float* b, 
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
   const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
   const int64_t chunks = (s.n + nb_max - 1) / nb_max;
-  const int64_t band = nb_max == 1 && !is_pointwise(s) && s.p > 0 && s.q > 0 ? rows_per_band(s) : s.p;
-  const int64_t bands = (s.p + band - 1) / std::max<int64_t>(1, band);
+  const int64_t band = rows_per_band(s, nb_max), bands = (s.p + band - 1) / std::max<int64_t>(1, band);
   const auto& wp = packed_weights(s, w, false);
   for_each_item(chunks * s.groups * bands, [&](int64_t item) {
     const int64_t n0 = item / (s.groups * bands) * nb_max, g = item / bands % s.groups;
@@ -286,6 +286,7 @@ void conv2d_backward_filter(const ConvShape& s, const float* x, const float* dy,
   if (s.n == 0) std::fill(dw, dw + kcrs, 0.f);
   const int64_t parts = std::min(s.n, PARTIAL_SUMS);
   float* extra = parts > 1 ? scratch(partial_buf, (parts - 1) * kcrs) : nullptr;  // parts 1.. (part 0 is dw)
+  const int64_t band = std::max<int64_t>(1, rows_per_band(s, nb_max));
   for_each_item(parts * s.groups, [&](int64_t item) {
     const int64_t part = item / s.groups, g = item % s.groups;
     const int64_t i0 = s.n * part / parts, i1 = s.n * (part + 1) / parts;
@@ -295,6 +296,16 @@ void conv2d_backward_filter(const ConvShape& s, const float* x, const float* dy,
       const bool pointwise = is_pointwise(s) && nb == 1;
       const float* xg = x + n0 * chw + g * cg * s.h * s.w;
       const float* dyg = dy + n0 * kpq + g * kg * pq;
+      if (nb == 1) {  // one image, band after band of output rows (the sum's order is fixed by the shape)
+        for (int64_t p0 = 0; p0 == 0 || p0 < s.p; p0 += band) {  // once at least: dw = 0 when p == 0
+          const int64_t p1 = std::min(s.p, p0 + band), width = (p1 - p0) * s.q;
+          float* col = pointwise ? nullptr : scratch(col_buf, crs * width);
+          if (!pointwise) im2col(s, cg, xg, chw, 1, p0, p1, col, width);
+          gemm(false, true, kg, crs, width, dyg + p0 * s.q, pq, pointwise ? xg : col, pointwise ? pq : width, dwg,
+               crs, n0 > i0 || p0 > 0);
+        }
+        continue;
+      }
       float* col = pointwise ? nullptr : scratch(col_buf, crs * ld);
       float* mat = nb > 1 ? scratch(mat_buf, kg * ld) : nullptr;
       if (!pointwise) im2col(s, cg, xg, chw, nb, 0, s.p, col, ld);
