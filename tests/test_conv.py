@@ -222,14 +222,15 @@ def test_backward_parts_can_be_skipped(device, rng):
 def test_cpu_thread_count_independent():
     """CPU forward and both gradients are bitwise the same with 1, 2, 3 and 5 OpenMP threads: items
     shared out among threads (chunks of several images, groups) or one after another with the
-    threads inside the GEMM (more threads than items), with the weights packed once per call."""
+    threads inside the GEMM (more threads than items), with the weights packed once per call;
+    the last shape runs one image at a time in 2 bands of output rows."""
     import os
     import subprocess
     import sys
 
     code = ("import hashlib, numpy as np, convnet; from convnet import ops\n"
             "h = hashlib.sha256(); r = np.random.default_rng(5)\n"
-            "for n, c, hw, k, ks, st, pd, g in ((7, 8, 9, 16, 3, 1, 1, 2), (3, 3, 23, 8, 5, 2, 2, 1)):\n"
+            "for n, c, hw, k, ks, st, pd, g in ((7, 8, 9, 16, 3, 1, 1, 2), (3, 3, 23, 8, 5, 2, 2, 1), (2, 3, 67, 4, 5, 2, 2, 1)):\n"
             "    x, w = r.standard_normal((n, c, hw, hw), np.float32), r.standard_normal((k, c // g, ks, ks), np.float32)\n"
             "    b = r.standard_normal(k, np.float32)\n"
             "    y = ops.conv2d(convnet.tensor(x), convnet.tensor(w), convnet.tensor(b), st, pd, g).numpy()\n"
