@@ -229,13 +229,15 @@ def test_cpu_thread_count_independent():
     import sys
 
     code = ("import hashlib, numpy as np, convnet; from convnet import ops\n"
-            "h = hashlib.sha256(); r = np.random.default_rng(5)\n"
-            "for n, c, hw, k, ks, st, pd, g in ((7, 8, 9, 16, 3, 1, 1, 2), (3, 3, 23, 8, 5, 2, 2, 1), (2, 3, 67, 4, 5, 2, 2, 1)):\n"
-            "    x, w = r.standard_normal((n, c, hw, hw), np.float32), r.standard_normal((k, c // g, ks, ks), np.float32)\n"
+            "h = hashlib.sha256(); r = np.random.default_rng(5); T = convnet.tensor\n"
+            "shapes = ((7, 8, 9, 16, 3, 1, 1, 2), (3, 3, 23, 8, 5, 2, 2, 1), (2, 3, 67, 4, 5, 2, 2, 1))\n"
+            "for n, c, hw, k, ks, st, pd, g in shapes:\n"
+            "    x = r.standard_normal((n, c, hw, hw), np.float32)\n"
+            "    w = r.standard_normal((k, c // g, ks, ks), np.float32)\n"
             "    b = r.standard_normal(k, np.float32)\n"
-            "    y = ops.conv2d(convnet.tensor(x), convnet.tensor(w), convnet.tensor(b), st, pd, g).numpy()\n"
-            "    dy = convnet.tensor(r.standard_normal(y.shape, np.float32))\n"
-            "    outs = [y] + [t.numpy() for t in ops.conv2d_backward(convnet.tensor(x), convnet.tensor(w), dy, st, pd, g)]\n"
+            "    y = ops.conv2d(T(x), T(w), T(b), st, pd, g).numpy()\n"
+            "    dy = T(r.standard_normal(y.shape, np.float32))\n"
+            "    outs = [y] + [t.numpy() for t in ops.conv2d_backward(T(x), T(w), dy, st, pd, g)]\n"
             "    for t in outs: h.update(t.tobytes())\n"
             "print(h.hexdigest())")
     root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))  # this convnet, built
