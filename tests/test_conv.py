@@ -107,6 +107,9 @@ def test_random_shapes(device, rng, seed):
     (3, 4, 14, 14, 6, 3, 3, (1, 1), (1, 1), 2),     # images gathered 2 + 1 along the GEMM's columns
     (7, 3, 9, 9, 20, 1, 1, (1, 1), (0, 0), 1),      # pointwise, images gathered 4 + 3
     (5, 6, 20, 20, 20, 3, 3, (1, 1), (1, 1), 1),    # one image per GEMM
+    (1, 2, 70, 70, 3, 3, 3, (2, 2), (1, 1), 1),     # stride 2 (vector strided copy), 2 bands of output rows
+    (2, 3, 211, 97, 5, 11, 11, (4, 4), (2, 2), 1),  # stride 4, forward in 2 bands of 26 rows, 23 wide
+    (1, 2, 40, 150, 3, 3, 5, (1, 4), (1, 2), 1),    # stride (1, 4), 2 bands
 ])
 def test_edge_shapes(device, rng, case):
     run_conv(device, rng, *case)
@@ -214,3 +217,35 @@ def test_backward_parts_can_be_skipped(device, rng):
     np.testing.assert_array_equal(only_dw[1].numpy(), dw.numpy())
     np.testing.assert_array_equal(only_dw[2].numpy(), db.numpy())
     assert np.isfinite(dx.numpy()).all() and np.isfinite(dw.numpy()).all()
+
+
+def test_cpu_thread_count_independent():
+    """CPU forward and both gradients are bitwise the same with 1, 2, 3 and 5 OpenMP threads: items
+    shared out among threads (chunks of several images, groups) or one after another with the
+    threads inside the GEMM (more threads than items), with the weights packed once per call;
+    the last shape runs one image at a time in 2 bands of output rows."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import hashlib, numpy as np, convnet; from convnet import ops\n"
+            "h = hashlib.sha256(); r = np.random.default_rng(5); T = convnet.tensor\n"
+            "shapes = ((7, 8, 9, 16, 3, 1, 1, 2), (3, 3, 23, 8, 5, 2, 2, 1), (2, 3, 67, 4, 5, 2, 2, 1))\n"
+            "for n, c, hw, k, ks, st, pd, g in shapes:\n"
+            "    x = r.standard_normal((n, c, hw, hw), np.float32)\n"
+            "    w = r.standard_normal((k, c // g, ks, ks), np.float32)\n"
+            "    b = r.standard_normal(k, np.float32)\n"
+            "    y = ops.conv2d(T(x), T(w), T(b), st, pd, g).numpy()\n"
+            "    dy = T(r.standard_normal(y.shape, np.float32))\n"
+            "    outs = [y] + [t.numpy() for t in ops.conv2d_backward(T(x), T(w), dy, st, pd, g)]\n"
+            "    for t in outs: h.update(t.tobytes())\n"
+            "print(h.hexdigest())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))  # this convnet, built
+    digests = []
+    for threads in ("1", "2", "3", "5"):
+        env = dict(os.environ, OMP_NUM_THREADS=threads, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # cwd=root too: `python -c` puts the working directory first on sys.path
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                             check=True)
+        digests.append(out.stdout.strip())
+    assert len(digests[0]) == 64 and digests == [digests[0]] * 4

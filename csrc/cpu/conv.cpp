@@ -12,7 +12,12 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../kernels/conv.h"
 #include "gemm.h"
@@ -41,21 +46,52 @@ int64_t images_per_chunk(const ConvShape& s) {
   return std::max<int64_t>(1, (s.n + chunks - 1) / chunks);
 }
 
-// col (crs rows of ld floats) for nb images of one group, image i at x + i * x_stride:
-// row (ci, kr, ks), column i * pq + (op, oq) holds
+// dst[j] = src[j * stride] for j in [0, count): the strided copy of im2col, where one scalar
+// load and store per element made im2col a fifth of conv1's time (stride 4). With AVX-512,
+// strides 2 and 4 take 16 outputs from 2 or 4 contiguous vector loads and permutes (gathers
+// measured slower). A block runs only when at least one output follows it, so its loads stay
+// below src[count * stride] and never read past what the scalar loop would.
+void strided_copy(const float* src, int64_t stride, int64_t count, float* dst) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  if (stride == 2) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (; j + 16 < count; j += 16) {
+      const float* p = src + j * 2;
+      _mm512_storeu_ps(dst + j, _mm512_permutex2var_ps(_mm512_loadu_ps(p), even, _mm512_loadu_ps(p + 16)));
+    }
+  } else if (stride == 4) {
+    // every 4th of 32 floats, in both halves; lanes 0-7 from the first 32, 8-15 from the next
+    const __m512i fourth = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    for (; j + 16 < count; j += 16) {
+      const float* p = src + j * 4;
+      const __m512 lo = _mm512_permutex2var_ps(_mm512_loadu_ps(p), fourth, _mm512_loadu_ps(p + 16));
+      const __m512 hi = _mm512_permutex2var_ps(_mm512_loadu_ps(p + 32), fourth, _mm512_loadu_ps(p + 48));
+      _mm512_storeu_ps(dst + j, _mm512_mask_blend_ps(0xFF00, lo, hi));
+    }
+  }
+#endif
+  for (; j < count; ++j) dst[j] = src[j * stride];
+}
+
+// col (crs rows of ld floats) for nb images of one group, image i at x + i * x_stride, output
+// rows [p0, p1) of each: row (ci, kr, ks), column i * (p1 - p0) * q + (op - p0, oq) holds
 // x_i[ci, op*stride_h - pad_h + kr, oq*stride_w - pad_w + ks], or 0 in the padding.
-void im2col(const ConvShape& s, int64_t cg, const float* x, int64_t x_stride, int64_t nb, float* col, int64_t ld) {
-  const int64_t rows = cg * s.r * s.s, pq = s.p * s.q;
+void im2col(const ConvShape& s, int64_t cg, const float* x, int64_t x_stride, int64_t nb, int64_t p0, int64_t p1,
+            float* col, int64_t ld) {
+  const int64_t rows = cg * s.r * s.s, pq = (p1 - p0) * s.q;
 #pragma omp parallel for schedule(dynamic, 16) if (nb * rows * pq > 32768)
   for (int64_t task = 0; task < nb * rows; ++task) {
     const int64_t i = task / rows, row = task % rows;
     const int64_t ci = row / (s.r * s.s), kr = row / s.s % s.r, ks = row % s.s;
     const float* xc = x + i * x_stride + ci * s.h * s.w;
-    float* out = col + row * ld + i * pq;
+    float* out = col + row * ld + i * pq - p0 * s.q;  // output row op at out + op * q
     int64_t p_lo, p_hi, q_lo, q_hi;
     valid_outputs(kr, s.pad_h, s.stride_h, s.h, s.p, p_lo, p_hi);
     valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo, q_hi);
-    std::fill(out, out + p_lo * s.q, 0.f);
+    p_lo = std::min(std::max(p_lo, p0), p1);
+    p_hi = std::max(p_lo, std::min(p_hi, p1));
+    std::fill(out + p0 * s.q, out + p_lo * s.q, 0.f);
     for (int64_t op = p_lo; op < p_hi; ++op) {
       float* o = out + op * s.q;
       std::fill(o, o + q_lo, 0.f);
@@ -64,12 +100,12 @@ void im2col(const ConvShape& s, int64_t cg, const float* x, int64_t x_stride, in
         if (s.stride_w == 1) {
           std::memcpy(o + q_lo, xr, (q_hi - q_lo) * sizeof(float));
         } else {
-          for (int64_t oq = q_lo; oq < q_hi; ++oq) o[oq] = xr[(oq - q_lo) * s.stride_w];
+          strided_copy(xr, s.stride_w, q_hi - q_lo, o + q_lo);
         }
       }
       std::fill(o + q_hi, o + s.q, 0.f);
     }
-    std::fill(out + p_hi * s.q, out + pq, 0.f);
+    std::fill(out + p_hi * s.q, out + p1 * s.q, 0.f);
   }
 }
 
@@ -134,6 +170,22 @@ float* scratch(std::vector<float>& buf, size_t n) {
 }
 thread_local std::vector<float> col_buf, mat_buf, partial_buf;
 
+// Every group's weights packed once per call as the GEMM's left factor: w_g (forward) or
+// w_g^T (backward-data), shared read-only by all the (chunk, group) items, which would
+// otherwise each pack the same weights again.
+const std::vector<std::unique_ptr<PackedA>>& packed_weights(const ConvShape& s, const float* w, bool transposed) {
+  thread_local std::vector<std::unique_ptr<PackedA>> packs;
+  const int64_t kg = s.k / s.groups, crs = s.c / s.groups * s.r * s.s;
+  while ((int64_t)packs.size() < s.groups) packs.push_back(std::make_unique<PackedA>());
+  for (int64_t g = 0; g < s.groups; ++g) {
+    if (transposed)
+      packs[g]->pack(true, crs, kg, w + g * kg * crs, crs);
+    else
+      packs[g]->pack(false, kg, crs, w + g * kg * crs, crs);
+  }
+  return packs;
+}
+
 // body(item) for every item in [0, items). With at least one item per thread: one parallel
 // region handing items out as threads come free (no barrier but the last, which matters on
 // cores shared with other work; im2col and GEMM inside then run on their thread alone).
@@ -162,28 +214,44 @@ void for_each_item(int64_t items, const Body& body) {
 
 }  // namespace
 
-// Items: (chunk of images, group).
+// Output rows per forward item (and backward-filter GEMM) of one image. A big early layer's col for a whole image
+// (conv1: 4.4 MB) is written out to L3 and read back by the GEMM's packing; a band of rows
+// at least BAND_MIN_COLS wide keeps it near L2 size (conv1: 4 bands, 1.1 MB) and the GEMM
+// still wide (measured best among 256..1536; conv2's 27 x 27 stays one band).
+constexpr int64_t BAND_MIN_COLS = 768;
+int64_t rows_per_band(const ConvShape& s, int64_t nb_max) {
+  if (nb_max > 1 || is_pointwise(s) || s.p <= 0 || s.q <= 0) return s.p;  // one band
+  const int64_t rows = (BAND_MIN_COLS + s.q - 1) / s.q, bands = (s.p + rows - 1) / rows;
+  return (s.p + bands - 1) / bands;  // as even as possible
+}
+
+// Items: (chunk of images, group, band of output rows); several bands only with one image a chunk.
 void conv2d(const ConvShape& s, const float* x, const float* w, const float* b, float* y) {
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
   const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
   const int64_t chunks = (s.n + nb_max - 1) / nb_max;
-  for_each_item(chunks * s.groups, [&](int64_t item) {
-    const int64_t n0 = item / s.groups * nb_max, g = item % s.groups;
+  const int64_t band = rows_per_band(s, nb_max), bands = (s.p + band - 1) / std::max<int64_t>(1, band);
+  const auto& wp = packed_weights(s, w, false);
+  for_each_item(chunks * s.groups * bands, [&](int64_t item) {
+    const int64_t n0 = item / (s.groups * bands) * nb_max, g = item / bands % s.groups;
+    const int64_t p0 = item % bands * band, p1 = std::min(s.p, p0 + band), width = (p1 - p0) * s.q;
     const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
     const bool pointwise = is_pointwise(s) && nb == 1;
     const float* xg = x + n0 * chw + g * cg * s.h * s.w;
     float* yg = y + n0 * kpq + g * kg * pq;
     const float* bg = b ? b + g * kg : nullptr;
-    float* col = pointwise ? nullptr : scratch(col_buf, crs * ld);
-    if (!pointwise) im2col(s, cg, xg, chw, nb, col, ld);
-    const float* B = pointwise ? xg : col;
-    if (nb == 1) {  // straight into y: start from the bias and accumulate the product onto it
+    if (nb == 1) {  // straight into y's band: start from the bias and accumulate the product onto it
+      float* col = pointwise ? nullptr : scratch(col_buf, crs * width);
+      if (!pointwise) im2col(s, cg, xg, chw, 1, p0, p1, col, width);
+      float* yb = yg + p0 * s.q;
       if (bg)
-        for (int64_t i = 0; i < kg; ++i) std::fill(yg + i * pq, yg + (i + 1) * pq, bg[i]);
-      gemm(false, false, kg, pq, crs, w + g * kg * crs, crs, B, pq, yg, pq, bg != nullptr);
+        for (int64_t i = 0; i < kg; ++i) std::fill(yb + i * pq, yb + i * pq + width, bg[i]);
+      gemm(*wp[g], false, width, pointwise ? xg : col, pointwise ? pq : width, yb, pq, bg != nullptr);
     } else {
+      float* col = scratch(col_buf, crs * ld);
+      im2col(s, cg, xg, chw, nb, 0, s.p, col, ld);
       float* mat = scratch(mat_buf, kg * ld);
-      gemm(false, false, kg, ld, crs, w + g * kg * crs, crs, B, ld, mat, ld, false);
+      gemm(*wp[g], false, ld, col, ld, mat, ld, false);
       matrix_to_images(mat, kg, pq, nb, bg, yg, kpq);
     }
   });
@@ -194,6 +262,7 @@ void conv2d_backward_data(const ConvShape& s, const float* w, const float* dy, f
   const int64_t cg = s.c / s.groups, kg = s.k / s.groups, crs = cg * s.r * s.s, pq = s.p * s.q;
   const int64_t chw = s.c * s.h * s.w, kpq = s.k * pq, nb_max = images_per_chunk(s);
   const int64_t chunks = (s.n + nb_max - 1) / nb_max;
+  const auto& wtp = packed_weights(s, w, true);
   for_each_item(chunks * s.groups, [&](int64_t item) {
     const int64_t n0 = item / s.groups * nb_max, g = item % s.groups;
     const int64_t nb = std::min(nb_max, s.n - n0), ld = nb * pq;
@@ -203,8 +272,7 @@ void conv2d_backward_data(const ConvShape& s, const float* w, const float* dy, f
     float* dcol = pointwise ? nullptr : scratch(col_buf, crs * ld);
     float* mat = nb > 1 ? scratch(mat_buf, kg * ld) : nullptr;
     if (nb > 1) images_to_matrix(dyg, kpq, kg, pq, nb, mat);
-    gemm(true, false, crs, ld, kg, w + g * kg * crs, crs, nb > 1 ? mat : dyg, ld, pointwise ? dxg : dcol, ld,
-         false);
+    gemm(*wtp[g], false, ld, nb > 1 ? mat : dyg, ld, pointwise ? dxg : dcol, ld, false);
     if (!pointwise) col2im(s, cg, dcol, ld, nb, dxg, chw);
   });
 }
@@ -218,6 +286,7 @@ void conv2d_backward_filter(const ConvShape& s, const float* x, const float* dy,
   if (s.n == 0) std::fill(dw, dw + kcrs, 0.f);
   const int64_t parts = std::min(s.n, PARTIAL_SUMS);
   float* extra = parts > 1 ? scratch(partial_buf, (parts - 1) * kcrs) : nullptr;  // parts 1.. (part 0 is dw)
+  const int64_t band = std::max<int64_t>(1, rows_per_band(s, nb_max));
   for_each_item(parts * s.groups, [&](int64_t item) {
     const int64_t part = item / s.groups, g = item % s.groups;
     const int64_t i0 = s.n * part / parts, i1 = s.n * (part + 1) / parts;
@@ -227,9 +296,19 @@ void conv2d_backward_filter(const ConvShape& s, const float* x, const float* dy,
       const bool pointwise = is_pointwise(s) && nb == 1;
       const float* xg = x + n0 * chw + g * cg * s.h * s.w;
       const float* dyg = dy + n0 * kpq + g * kg * pq;
+      if (nb == 1) {  // one image, band after band of output rows (the sum's order is fixed by the shape)
+        for (int64_t p0 = 0; p0 == 0 || p0 < s.p; p0 += band) {  // once at least: dw = 0 when p == 0
+          const int64_t p1 = std::min(s.p, p0 + band), width = (p1 - p0) * s.q;
+          float* col = pointwise ? nullptr : scratch(col_buf, crs * width);
+          if (!pointwise) im2col(s, cg, xg, chw, 1, p0, p1, col, width);
+          gemm(false, true, kg, crs, width, dyg + p0 * s.q, pq, pointwise ? xg : col, pointwise ? pq : width, dwg,
+               crs, n0 > i0 || p0 > 0);
+        }
+        continue;
+      }
       float* col = pointwise ? nullptr : scratch(col_buf, crs * ld);
       float* mat = nb > 1 ? scratch(mat_buf, kg * ld) : nullptr;
-      if (!pointwise) im2col(s, cg, xg, chw, nb, col, ld);
+      if (!pointwise) im2col(s, cg, xg, chw, nb, 0, s.p, col, ld);
       if (nb > 1) images_to_matrix(dyg, kpq, kg, pq, nb, mat);
       gemm(false, true, kg, crs, ld, nb > 1 ? mat : dyg, ld, pointwise ? xg : col, ld, dwg, crs, n0 > i0);
     }

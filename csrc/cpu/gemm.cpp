@@ -282,41 +282,48 @@ void gemm_few_rows_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   }
 }
 
-}  // namespace
+// Packed A: k-blocks of kc steps (as even as possible, at most KC), ms slivers of MR rows;
+// k-block kb of sliver s starts at (kb * ms + s) * MR * kc. Depends on m and k alone.
+struct ALayout {
+  int64_t kblocks, kc, ms;
+  ALayout(int64_t m, int64_t k) : kblocks(ceil_div(k, KC)), kc(ceil_div(k, kblocks)), ms(ceil_div(m, MR)) {}
+  int64_t floats() const { return ms * MR * kblocks * kc; }
+};
 
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-          const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  if (m <= 0 || n <= 0) return;
-  if (k <= 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, n * sizeof(float));
-    return;
-  }
-  // Threads: all of them, unless already inside a parallel region or the product is tiny.
-  int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (2.0 * m * n * k < 4e5) nt = 1;
-  if (m <= FEW_ROWS && !trans_a && trans_b) return gemm_few_rows_bt(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nt);
-  if (m <= FEW_ROWS && !trans_a && !trans_b) return gemm_few_rows_nn(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nt);
+// Threads for a product: all of them, unless already inside a parallel region or it is tiny.
+int threads_for(int64_t m, int64_t n, int64_t k) {
+  if (omp_in_parallel() || 2.0 * m * n * k < 4e5) return 1;
+  return omp_get_max_threads();
+}
 
-  const int64_t kblocks = ceil_div(k, KC), kc = ceil_div(k, kblocks);  // even k-blocks
-  const int64_t ms = ceil_div(m, MR), ns = ceil_div(n, NR);              // slivers
-  // All of op(A) is packed once; op(B) a panel of columns at a time (all of it unless it is
-  // large, as a fully-connected layer's weights are).
+// Every sliver of op(A) into pa (ALayout), inside a parallel region or not.
+void pack_a_all(bool trans_a, const float* a, int64_t lda, int64_t m, int64_t k, const ALayout& L, float* pa) {
+#pragma omp for schedule(dynamic, 4) collapse(2) nowait
+  for (int64_t kb = 0; kb < L.kblocks; ++kb)
+    for (int64_t s = 0; s < L.ms; ++s)
+      pack_a(trans_a, a, lda, m, s * MR, kb * L.kc, std::min(L.kc, k - kb * L.kc), pa + (kb * L.ms + s) * MR * L.kc);
+}
+
+// The packed product: op(A) either packed already (prepacked) or packed here into pa, while
+// the first B panel is packed (no barrier between the two).
+void gemm_packed(bool trans_a, const float* a, int64_t lda, const float* prepacked, bool trans_b, int64_t m,
+                 int64_t n, int64_t k, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate, int nt) {
+  const ALayout L(m, k);
+  const int64_t kblocks = L.kblocks, kc = L.kc, ms = L.ms, ns = ceil_div(n, NR);
+  // op(B) is packed a panel of columns at a time (all of it unless it is large, as a
+  // fully-connected layer's weights are).
   const int64_t panel_slivers = std::max<int64_t>(1, std::min(ns, PANEL_FLOATS / (kblocks * kc * NR)));
-  const int64_t a_floats = ms * MR * kblocks * kc, b_floats = panel_slivers * NR * kblocks * kc;
-  float* pa = pack_scratch.get((size_t)(a_floats + b_floats));
-  float* pb = pa + a_floats;
+  const int64_t a_floats = prepacked ? 0 : L.floats(), b_floats = panel_slivers * NR * kblocks * kc;
+  float* scratch = pack_scratch.get((size_t)(a_floats + b_floats));
+  float* pb = scratch + a_floats;
+  const float* pa = prepacked ? prepacked : scratch;
 
-  // Packed layout: k-block kb of sliver s starts at (kb * slivers + s) * MR * kc (or NR * kc).
   auto a_sliver = [&](int64_t kb, int64_t s) { return pa + (kb * ms + s) * MR * kc; };
   auto b_sliver = [&](int64_t kb, int64_t s) { return pb + (kb * panel_slivers + s) * NR * kc; };
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-#pragma omp for schedule(dynamic, 4) collapse(2) nowait
-    for (int64_t kb = 0; kb < kblocks; ++kb)
-      for (int64_t s = 0; s < ms; ++s)
-        pack_a(trans_a, a, lda, m, s * MR, kb * kc, std::min(kc, k - kb * kc), a_sliver(kb, s));
+    if (!prepacked) pack_a_all(trans_a, a, lda, m, k, L, scratch);
     for (int64_t j0 = 0; j0 < ns; j0 += panel_slivers) {
       const int64_t pns = std::min(panel_slivers, ns - j0);  // slivers in this panel
 #pragma omp for schedule(dynamic, 4) collapse(2)
@@ -345,6 +352,50 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const flo
       }
     }
   }
+}
+
+// C = 0 (or left as it is when accumulating): a product over k == 0.
+void zero_product(int64_t m, int64_t n, float* c, int64_t ldc, bool accumulate) {
+  if (!accumulate)
+    for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, n * sizeof(float));
+}
+
+}  // namespace
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) return zero_product(m, n, c, ldc, accumulate);
+  const int nt = threads_for(m, n, k);
+  if (m <= FEW_ROWS && !trans_a && trans_b) return gemm_few_rows_bt(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nt);
+  if (m <= FEW_ROWS && !trans_a && !trans_b) return gemm_few_rows_nn(m, n, k, a, lda, b, ldb, c, ldc, accumulate, nt);
+  gemm_packed(trans_a, a, lda, nullptr, trans_b, m, n, k, b, ldb, c, ldc, accumulate, nt);
+}
+
+PackedA::~PackedA() { std::free(data_); }
+
+void PackedA::pack(bool trans_a, int64_t rows, int64_t depth, const float* a, int64_t lda) {
+  m = rows;
+  k = depth;
+  if (m <= 0 || k <= 0) return;
+  const ALayout L(m, k);
+  if ((size_t)L.floats() > capacity_) {
+    std::free(data_);
+    data_ = static_cast<float*>(std::aligned_alloc(64, (L.floats() * sizeof(float) + 63) / 64 * 64));
+    capacity_ = data_ ? (size_t)L.floats() : 0;
+    if (!data_) throw std::bad_alloc();
+  }
+  const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  pack_a_all(trans_a, a, lda, m, k, L, data_);
+}
+
+void gemm(const PackedA& a, bool trans_b, int64_t n, const float* b, int64_t ldb, float* c, int64_t ldc,
+          bool accumulate) {
+  if (a.m <= 0 || n <= 0) return;
+  if (a.k <= 0) return zero_product(a.m, n, c, ldc, accumulate);
+  gemm_packed(false, nullptr, 0, a.data(), trans_b, a.m, n, a.k, b, ldb, c, ldc, accumulate,
+              threads_for(a.m, n, a.k));
 }
 
 }  // namespace convnet::cpu
