@@ -128,63 +128,47 @@ inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd)
 }
 #endif
 
-// The A sliver of rows [i0, i0 + MR) and k-steps [p0, p0 + kc): dst[p * MR + i] = op(A)(i0 + i, p0 + p).
-void pack_a(bool trans, const float* a, int64_t lda, int64_t m, int64_t i0, int64_t p0, int64_t kc, float* dst) {
-  const int64_t rows = std::min<int64_t>(MR, m - i0);
-  if (!trans) {
-    int64_t i = 0;
+// One packed sliver: WIDTH lanes (rows of op(A), or columns of op(B)) by kc k-steps,
+// dst[p * WIDTH + l] = the element of lane l0 + l at k-step p0 + p, zero for lanes past
+// `lanes`. k_contiguous: that element is src[(l0 + l) * ld + p0 + p] (transposed into the
+// sliver 8 x 8 at a time); otherwise it is src[(p0 + p) * ld + l0 + l] (a plain row copy).
+template <int WIDTH>
+void pack_sliver(bool k_contiguous, const float* src, int64_t ld, int64_t lanes, int64_t l0, int64_t p0, int64_t kc,
+                 float* dst) {
+  const int64_t used = std::min<int64_t>(WIDTH, lanes - l0);
+  if (k_contiguous) {
+    int64_t l = 0;
 #if defined(__AVX2__)
-    for (; i + 8 <= rows; i += 8) {  // 8 x 8 blocks through registers
-      const float* src = a + (i0 + i) * lda + p0;
+    for (; l + 8 <= used; l += 8) {  // 8 x 8 blocks through registers
+      const float* s = src + (l0 + l) * ld + p0;
       int64_t p = 0;
-      for (; p + 8 <= kc; p += 8) transpose8x8(src + p, lda, dst + p * MR + i, MR);
+      for (; p + 8 <= kc; p += 8) transpose8x8(s + p, ld, dst + p * WIDTH + l, WIDTH);
       for (; p < kc; ++p)
-        for (int64_t ii = 0; ii < 8; ++ii) dst[p * MR + i + ii] = src[ii * lda + p];
+        for (int64_t ll = 0; ll < 8; ++ll) dst[p * WIDTH + l + ll] = s[ll * ld + p];
     }
 #endif
-    for (; i < rows; ++i) {
-      const float* src = a + (i0 + i) * lda + p0;
-      for (int64_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
+    for (; l < used; ++l) {
+      const float* s = src + (l0 + l) * ld + p0;
+      for (int64_t p = 0; p < kc; ++p) dst[p * WIDTH + l] = s[p];
     }
   } else {
     for (int64_t p = 0; p < kc; ++p) {
-      const float* src = a + (p0 + p) * lda + i0;
-      for (int64_t i = 0; i < rows; ++i) dst[p * MR + i] = src[i];
+      const float* s = src + (p0 + p) * ld + l0;
+      for (int64_t l = 0; l < used; ++l) dst[p * WIDTH + l] = s[l];
     }
   }
-  for (int64_t p = 0; p < kc && rows < MR; ++p)
-    for (int64_t i = rows; i < MR; ++i) dst[p * MR + i] = 0.f;
+  for (int64_t p = 0; p < kc && used < WIDTH; ++p)
+    for (int64_t l = used; l < WIDTH; ++l) dst[p * WIDTH + l] = 0.f;
 }
 
+// The A sliver of rows [i0, i0 + MR) and k-steps [p0, p0 + kc) of op(A) (m rows).
+void pack_a(bool trans, const float* a, int64_t lda, int64_t m, int64_t i0, int64_t p0, int64_t kc, float* dst) {
+  pack_sliver<MR>(!trans, a, lda, m, i0, p0, kc, dst);
+}
 
-// The B sliver of columns [j0, j0 + NR) and k-steps [p0, p0 + kc): dst[p * NR + j] = op(B)(p0 + p, j0 + j).
+// The B sliver of columns [j0, j0 + NR) and k-steps [p0, p0 + kc) of op(B) (n columns).
 void pack_b(bool trans, const float* b, int64_t ldb, int64_t n, int64_t j0, int64_t p0, int64_t kc, float* dst) {
-  const int64_t cols = std::min<int64_t>(NR, n - j0);
-  if (!trans) {
-    for (int64_t p = 0; p < kc; ++p) {
-      const float* src = b + (p0 + p) * ldb + j0;
-      float* d = dst + p * NR;
-      for (int64_t j = 0; j < cols; ++j) d[j] = src[j];
-      for (int64_t j = cols; j < NR; ++j) d[j] = 0.f;
-    }
-  } else {
-    int64_t j = 0;
-#if defined(__AVX2__)
-    for (; j + 8 <= cols; j += 8) {  // 8 x 8 blocks through registers
-      const float* src = b + (j0 + j) * ldb + p0;
-      int64_t p = 0;
-      for (; p + 8 <= kc; p += 8) transpose8x8(src + p, ldb, dst + p * NR + j, NR);
-      for (; p < kc; ++p)
-        for (int64_t jj = 0; jj < 8; ++jj) dst[p * NR + j + jj] = src[jj * ldb + p];
-    }
-#endif
-    for (; j < cols; ++j) {
-      const float* src = b + (j0 + j) * ldb + p0;
-      for (int64_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p];
-    }
-    for (int64_t p = 0; p < kc && cols < NR; ++p)
-      for (int64_t j = cols; j < NR; ++j) dst[p * NR + j] = 0.f;
-  }
+  pack_sliver<NR>(trans, b, ldb, n, j0, p0, kc, dst);
 }
 
 // A 64-byte aligned scratch buffer that grows and is reused, one per calling thread
