@@ -87,6 +87,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 128 on a GPU, 16 on the CPU)")
     ap.add_argument("--only", default=None, help="comma-separated families: " + ",".join(FAMILIES))
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--profile", action="store_true",
+                    help="on a GPU with PyTorch: also list the kernels (and their GPU time) of one call of ours and "
+                         "of PyTorch's per case, e.g. which algorithm cuDNN chose")
     args = ap.parse_args(argv)
     device = convnet._C.parse_device(args.device)
     batch = args.batch or (128 if device != "cpu" else 16)
@@ -132,6 +135,10 @@ def main(argv=None):
                 tt = timer(case["torch"], device, sync=sync)
                 row["torch_ms"] = tt * 1e3
                 row["x_torch"] = tt / t
+            if args.profile and torch is not None and device != "cpu":
+                row["kernels"] = kernel_times(torch, case["ours"])
+                if case.get("torch"):
+                    row["torch_kernels"] = kernel_times(torch, case["torch"])
             rows.append(row)
             print(format_row(row), flush=True)
     info = {"device": device, "device_name": device_name(device), "batch": batch, "commit": git_commit(),
@@ -139,6 +146,8 @@ def main(argv=None):
             "host": platform.node(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     print_table(info)
+    if args.profile:
+        print_kernels(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=1))
     return info
@@ -159,6 +168,35 @@ def format_row(row):
     for k, fmt in COLS:
         cells.append(fmt.format(row[k]) if k in row else " " * len(fmt.format(0)))
     return " ".join(cells)
+
+
+def kernel_times(torch, fn):
+    """[(kernel name, GPU microseconds)] of one call of fn, from PyTorch's profiler (CUPTI sees every
+    kernel in the process, ours included), longest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    out = []
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:
+            us = getattr(e, "self_cuda_time_total", 0)
+        if us > 0:
+            out.append((e.key, round(float(us), 1)))
+    return sorted(out, key=lambda kv: -kv[1])
+
+
+def print_kernels(rows):
+    print("\n# kernels of one call (GPU us), ours then PyTorch's")
+    for row in rows:
+        for who in ("kernels", "torch_kernels"):
+            if row.get(who):
+                cells = "; ".join(f"{us:.0f} {name[:90]}" for name, us in row[who][:6])
+                print(f"{row['family']} {row['name']} [{'ours' if who == 'kernels' else 'torch'}]: {cells}")
 
 
 def torch_fp32_precision(torch, device):

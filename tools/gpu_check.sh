@@ -6,8 +6,12 @@
 #   build.log tests.log bench.txt bench.json train.log
 # Each stage has its own time limit so a hang in one still leaves the others' results.
 # Usage: tools/gpu_check.sh [stages...]   (stages: build tests variants bench train; default all)
-# variants: the conv/linear tests under each GEMM variant (CONVNET_CONV_VARIANT) and their
-# benchmarks side by side (variants.log, bench-variants.txt).
+# variants: the conv/linear tests under each GEMM variant in $VARIANTS (CONVNET_CONV_VARIANT;
+# default "2 3") and their benchmarks side by side (variants.log, bench-variants.txt).
+# bench: benchmarks/run.py --profile, so bench.txt ends with the kernels (and GPU times) of one
+# call of ours and of PyTorch's per case (which algorithm cuDNN picked, where our time goes).
+# train: the paper's net at 224x224 for a short run (images/s), then the default small net on
+# the built-in data (train-small.log: it must learn, as on the CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/latest}
@@ -56,26 +60,29 @@ fi
 
 if stage variants; then
   echo "== variants ($(elapsed))"
-  for v in 1 2; do
+  VARIANTS=${VARIANTS:-2 3}
+  for v in $VARIANTS; do
     CONVNET_CONV_VARIANT=$v timeout 120 $PY -m pytest -q -p no:cacheprovider -k cuda \
-      tests/test_conv.py tests/test_linear.py tests/test_conv_variants.py tests/test_graph.py > "$OUT/variants.log" 2>&1
-    echo "- tests with CONVNET_CONV_VARIANT=$v (rc $?): $(tail -1 "$OUT/variants.log")" >> "$summary"
+      tests/test_conv.py tests/test_linear.py tests/test_conv_variants.py tests/test_graph.py > "$OUT/variants-$v.log" 2>&1
+    echo "- tests with CONVNET_CONV_VARIANT=$v (rc $?): $(tail -1 "$OUT/variants-$v.log")" >> "$summary"
   done
-  CONVNET_BENCH_VARIANTS=0,1,2 timeout 150 $PY benchmarks/run.py --device cuda:0 --only conv,linear > "$OUT/bench-variants.txt" 2>&1
+  CONVNET_BENCH_VARIANTS=$(echo $VARIANTS | tr ' ' ,) timeout 150 $PY benchmarks/run.py --device cuda:0 --only conv,linear > "$OUT/bench-variants.txt" 2>&1
   echo "- variant benchmark rc $? (bench-variants.txt)" >> "$summary"
 fi
 
 if stage bench; then
   echo "== bench ($(elapsed))"
-  timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda:0 --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
+  timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda:0 --profile --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
   echo "- bench rc $?" >> "$summary"
-  { echo; echo '```'; sed -n '/^# cuda/,$p' "$OUT/bench.txt"; echo '```'; } >> "$summary"
+  { echo; echo '```'; sed -n '/^# cuda/,/^# kernels/p' "$OUT/bench.txt" | grep -v '^# kernels'; echo '```'; } >> "$summary"
 fi
 
 if stage train; then
   echo "== train ($(elapsed))"
   CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN_TIMEOUT:-150} $PY -m convnet.train ${TRAIN_ARGS:---model alexnet --image-size 256 --num-train 5120 --num-val 512 --epochs 2 --devices cuda:0 --run-dir /tmp/convnet-gpu-run --progress 0 --plots 0} > "$OUT/train.log" 2>&1
   echo "- train rc $?:" >> "$summary"; grep -E '^epoch|^data|^recipe|^done' "$OUT/train.log" | sed 's/^/  /' >> "$summary"
+  CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN2_TIMEOUT:-150} $PY -m convnet.train ${TRAIN2_ARGS:---devices cuda:0,cuda:1 --run-dir /tmp/convnet-gpu-small --progress 0 --plots 0} > "$OUT/train-small.log" 2>&1
+  echo "- train (default small net, two logical GPUs on one) rc $?:" >> "$summary"; grep -E '^epoch|^done' "$OUT/train-small.log" | sed 's/^/  /' >> "$summary"
 fi
 echo "- total $(elapsed)" >> "$summary"
 cat "$summary"
