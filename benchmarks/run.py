@@ -38,17 +38,25 @@ def try_torch():
 
 
 def timer(fn, device, min_time=0.2, max_reps=200, sync=None):
-    """Median seconds of fn() after a warm-up, with the device drained around each call."""
+    """Median seconds per call of fn(). Calls shorter than ~1 ms run back to back in groups with one
+    drain of the device per group, as they do inside a training step: otherwise a small op's time
+    would be its launch plus a host round trip, not its work. Every side (ours, NumPy, PyTorch,
+    the copy) is timed the same way."""
     sync = sync or (lambda: convnet.synchronize(device) if device != "cpu" else None)
     fn()
     sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    group = max(1, min(32, int(1e-3 / max(time.perf_counter() - t0, 1e-7))))
     times = []
     start = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
         t0 = time.perf_counter()
-        fn()
+        for _ in range(group):
+            fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / group)
     return statistics.median(times)
 
 
@@ -127,7 +135,8 @@ def main(argv=None):
             rows.append(row)
             print(format_row(row), flush=True)
     info = {"device": device, "device_name": device_name(device), "batch": batch, "commit": git_commit(),
-            "torch": getattr(torch, "__version__", None), "host": platform.node(),
+            "torch": getattr(torch, "__version__", None), "torch_fp32": torch_fp32_precision(torch, device),
+            "host": platform.node(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     print_table(info)
     if args.json:
@@ -152,9 +161,21 @@ def format_row(row):
     return " ".join(cells)
 
 
+def torch_fp32_precision(torch, device):
+    """What PyTorch's float32 convolutions and matmuls really use (evidence that TF32 is off)."""
+    if torch is None or device == "cpu":
+        return None
+    b = torch.backends
+    text = f"cudnn allow_tf32 {b.cudnn.allow_tf32}, matmul allow_tf32 {b.cuda.matmul.allow_tf32}"
+    conv = getattr(b.cudnn, "conv", None)  # newer PyTorch: per-backend precision ('none': not TF32)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        text += f", cudnn conv fp32_precision {conv.fp32_precision}"
+    return text
+
+
 def print_table(info):
     print(f"\n# {info['device']} ({info['device_name']}), batch {info['batch']}, commit {info['commit']}, "
-          f"torch {info['torch']}")
+          f"torch {info['torch']}" + (f" ({info['torch_fp32']})" if info.get("torch_fp32") else ""))
     print("# x_numpy / x_torch: reference time over ours (above 1 = ours faster); vs_copy: share of copy bandwidth")
     head = [f"{'op':<36}"] + [f"{k:>{len(fmt.format(0))}}" for k, fmt in COLS]
     print(" ".join(head))

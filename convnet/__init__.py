@@ -78,8 +78,12 @@ def from_dlpack(obj):
     return _C.from_dlpack_capsule(capsule)
 
 
-def empty(shape, dtype="float32", device="cpu"):
-    return _C.empty(list(shape), dtype, device)
+def empty(shape, dtype="float32", device="cpu", pinned=False):
+    """An uninitialised tensor. pinned=True (device "cpu", needs a GPU): page-locked host memory,
+    whose .to("cuda:N", non_blocking=True) only queues the copy on this thread's stream; kernels
+    queued after it see the data, and the host side must not be written again before
+    convnet.synchronize(device)."""
+    return _C.empty(list(shape), dtype, device, bool(pinned))
 
 
 def zeros(shape, dtype="float32", device="cpu"):

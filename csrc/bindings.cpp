@@ -166,12 +166,15 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("size", &Tensor::numel)
       .def_property_readonly("nbytes", &Tensor::nbytes)
       .def("numpy", &to_numpy, "Copy to a NumPy array (a view that shares memory for CPU tensors).")
-      .def("to", [](const Tensor& t, const std::string& dev) {
+      .def_property_readonly("is_pinned", [](const Tensor& t) { return t.storage->pinned; })
+      .def("to", [](const Tensor& t, const std::string& dev, bool non_blocking) {
              OpScope s("to");
              Device d = Device::parse(dev);
              py::gil_scoped_release nogil;
-             return t.to(d);
-           }, py::arg("device"), "This tensor on another device (itself if already there).")
+             return t.to(d, non_blocking);
+           }, py::arg("device"), py::arg("non_blocking") = false,
+           "This tensor on another device (itself if already there). non_blocking: a pinned host "
+           "tensor's copy to a GPU is only queued on this thread's stream (see convnet.empty).")
       .def("clone", [](const Tensor& t) { OpScope s("clone"); py::gil_scoped_release nogil; return t.clone(); })
       .def("copy_", [](Tensor& t, const Tensor& src) {
              OpScope s("copy_");
@@ -212,12 +215,25 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("from_numpy", &from_numpy, py::arg("array"), py::arg("device") = "cpu");
   m.def("from_dlpack_capsule", &from_dlpack_capsule, py::arg("capsule"));
-  m.def("empty", [](std::vector<int64_t> shape, const std::string& dtype, const std::string& device) {
+  m.def("empty", [](std::vector<int64_t> shape, const std::string& dtype, const std::string& device, bool pinned) {
     OpScope s("empty");
     DType dt = dtype == "float32" ? DType::f32 : dtype == "int32" ? DType::i32 : dtype == "uint8" ? DType::u8 : (DType)-1;
     CHECK_TYPE((int)dt >= 0, "unsupported dtype '", dtype, "'");
-    return Tensor::empty(shape, dt, Device::parse(device));
-  }, py::arg("shape"), py::arg("dtype") = "float32", py::arg("device") = "cpu");
+    return Tensor::empty(shape, dt, Device::parse(device), pinned);
+  }, py::arg("shape"), py::arg("dtype") = "float32", py::arg("device") = "cpu", py::arg("pinned") = false);
+  // Test hook: dst.copy_(src) between two GPU tensors through a forced path ("peer" or "staged"),
+  // so both paths run on a machine with one GPU.
+  m.def("_copy_between_gpus", [](Tensor& dst, const Tensor& src, const std::string& path) {
+    OpScope s("copy_between_gpus");
+    CHECK_VALUE(dst.device().is_cuda() && src.device().is_cuda(), "both tensors must be on GPUs");
+    CHECK_VALUE(dst.shape == src.shape && dst.dtype == src.dtype, "copy between tensors of different shape or dtype");
+    CHECK_VALUE(path == "peer" || path == "staged" || path == "automatic", "path must be peer, staged or automatic");
+    gpu::GpuCopyPath p = path == "peer" ? gpu::GpuCopyPath::peer
+                         : path == "staged" ? gpu::GpuCopyPath::staged : gpu::GpuCopyPath::automatic;
+    py::gil_scoped_release nogil;
+    gpu::copy_between_gpus(dst.raw(), dst.device().index, src.raw(), src.device().index, dst.nbytes(), p);
+    synchronize(dst.device());
+  });
   m.def("zeros", [](std::vector<int64_t> shape, const std::string& dtype, const std::string& device) {
     OpScope s("zeros");
     DType dt = dtype == "float32" ? DType::f32 : dtype == "int32" ? DType::i32 : dtype == "uint8" ? DType::u8 : (DType)-1;

@@ -158,6 +158,29 @@ def test_prepare_val_class_folders_and_numbered_list(tmp_path):
     assert list(ds.val.labels) == [2, 0, 1, 0]
 
 
+def test_prepare_numbered_list_with_devkit_meta_mat(tmp_path):
+    # The devkit's meta.mat beside the numbered list names the ids: a MATLAB struct array
+    # 'synsets' with ILSVRC2012_ID and WNID (and more), leaves first, then inner nodes.
+    sio = pytest.importorskip("scipy.io")
+    rng = np.random.default_rng(2)
+    b = tmp_path / "b"
+    truth = make_tree(b, rng)
+    (b / "val.csv").unlink()
+    gt = b / "ILSVRC2012_validation_ground_truth.txt"
+    order = ["n002", "n003", "n001", "n999"]  # ids 1..4; n999 an inner node, not a training class
+    synsets = np.zeros((len(order), 1), dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"),
+                                               ("num_children", "O")])
+    for i, w in enumerate(order):
+        synsets[i, 0] = (np.array([[i + 1]], np.uint16), w, f"class {w}", np.array([[3 if i == 3 else 0]]))
+    sio.savemat(gt.with_name("meta.mat"), {"synsets": synsets})
+    gt.write_text("".join(f"{order.index(c) + 1}\n" for _, c in truth))
+    ds = open_dataset(prepare(b, tmp_path / "out", size=16, workers=1, progress=False))
+    assert list(ds.val.labels) == [ds.classes.index(c) for _, c in truth]
+    gt.write_text("4\n" * len(truth))  # an id that is not a training class
+    with pytest.raises(PrepareError, match="class id 4 is not a training class"):
+        prepare(b, tmp_path / "out2", size=16, workers=1, progress=False)
+
+
 def test_prepare_folder_tree_without_splits(tmp_path):
     rng = np.random.default_rng(2)
     for c in ("cat", "dog"):

@@ -140,3 +140,55 @@ def test_checkout_sources_use_the_installed_build(tmp_path):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert os.path.dirname(lines[0]) == real and lines[1] == "[0. 2.]"
+
+
+needs_gpu = pytest.mark.skipif(not convnet.cuda_available(), reason="CUDA: no GPU visible or no CUDA build")
+
+
+@needs_gpu
+@pytest.mark.parametrize("path", ["peer", "staged", "automatic"])
+def test_gpu_to_gpu_copy_paths(rng, path):
+    # Both paths of a GPU-to-GPU copy, forced, so that one physical GPU runs them too.
+    for shape, dtype in [((3, 5, 7), np.float32), ((1,), np.int32), ((4097,), np.uint8)]:
+        a = (rng.standard_normal(shape) * 100).astype(dtype)
+        src = convnet.tensor(a, "cuda:0")
+        dst = convnet.tensor(np.zeros(shape, dtype) + 7, f"cuda:{convnet.device_count() - 1}")
+        _C._copy_between_gpus(dst, src, path)
+        np.testing.assert_array_equal(dst.numpy(), a)
+    with pytest.raises(ValueError, match="path must be"):
+        _C._copy_between_gpus(dst, dst, "sideways")
+    with pytest.raises(ValueError, match="both tensors must be on GPUs"):
+        _C._copy_between_gpus(convnet.tensor(a), src, "peer")
+
+
+@needs_gpu
+def test_pinned_async_copy_is_ordered_before_reuse(rng):
+    # A pinned block freed right after an asynchronous copy is handed out again only once the
+    # copy has read it: the new owner's writes must not reach the copy already queued.
+    shape = (64, 256, 256, 3)  # a large copy, so that it is still in flight when the block is reused
+    outs, expected = [], []
+    for i in range(4):
+        host = convnet.empty(shape, "uint8", "cpu", pinned=True)
+        assert host.is_pinned and host.device == "cpu"
+        view = host.numpy()
+        view[...] = i + 1
+        view[0, 0, 0, :] = [i, 2 * i, 3 * i]
+        expected.append(view.copy())
+        outs.append(host.to("cuda:0", non_blocking=True))
+        del host, view  # back to the cache with its copy possibly still running
+    convnet.synchronize("cuda:0")
+    for o, e in zip(outs, expected):
+        np.testing.assert_array_equal(o.numpy(), e)
+    # A non-pinned tensor's non_blocking copy is an ordinary synchronous one.
+    a = rng.integers(0, 255, (5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(convnet.tensor(a).to("cuda:0", non_blocking=True).numpy(), a)
+
+
+def test_pinned_memory_errors():
+    if not convnet.cuda_available():
+        with pytest.raises(RuntimeError, match="pinned host memory needs a CUDA GPU"):
+            convnet.empty((4,), "uint8", "cpu", pinned=True)
+    assert not convnet.empty((4,), "uint8", "cpu").is_pinned
+    if convnet.cuda_available():
+        with pytest.raises(ValueError, match="pinned memory is host memory"):
+            convnet.empty((4,), "uint8", "cuda:0", pinned=True)

@@ -4,9 +4,10 @@ Per batch, a thread gathers the uint8 images from the (memory-mapped) split, dra
 augmentation in NumPy from a generator seeded by (seed, epoch, batch), and runs the augment
 kernel (crop + flip + mean subtraction + PCA lighting + NCHW) on the loader's device; the
 kernel and NumPy's gather release the GIL, so threads overlap with training. On a GPU the
-uint8 batch is copied with a plain (pageable, synchronous) host-to-device copy, then the
-kernel runs there; the thread waits for its stream before handing the batch over, so the
-batch is ready on any stream. (Pinned-memory asynchronous copies would need core changes.)
+images are gathered into pinned (page-locked) host memory, whose copy to the GPU is queued on
+the thread's stream without waiting, with the kernel behind it; the thread waits for its stream
+once, before handing the batch over, so the batch is ready on any stream. The pinned buffers
+come from a cache, and one is reused only after the copy that read it has finished.
 """
 import os
 from collections import deque
@@ -122,17 +123,18 @@ class Loader:
 
     def _make(self, epoch, batch, idx):
         n = len(idx)
-        host = convnet.empty((n,) + self.image_hw + (3,), "uint8", "cpu")
+        on_gpu = self.device != "cpu"
+        host = convnet.empty((n,) + self.image_hw + (3,), "uint8", "cpu", pinned=on_gpu)
         out = host.numpy()
         if isinstance(self.images, np.ndarray):
             np.take(self.images, idx, axis=0, out=out)
         else:
             self.images.take(idx, out=out)
         offsets, flips, shift = self.draws(batch, n, epoch)
-        x = augment_batch(host.to(self.device) if self.device != "cpu" else host, offsets, flips, shift, self.mean,
-                          self.crop_hw, device=self.device)
+        x = augment_batch(host.to(self.device, non_blocking=True) if on_gpu else host, offsets, flips, shift,
+                          self.mean, self.crop_hw, device=self.device)
         y = convnet.tensor(self.labels[idx], self.device)
-        if self.device != "cpu":
+        if on_gpu:
             convnet.synchronize(self.device)  # this thread's stream: the batch is complete
         return x, y
 

@@ -2,7 +2,9 @@
 // Compiled only when the CUDA backend is built.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -82,7 +84,7 @@ namespace {
 
 struct Block {
   void* ptr;
-  cudaEvent_t freed;  // recorded on the freeing thread's stream
+  cudaEvent_t freed;  // GPU: recorded on the freeing thread's stream; pinned host: the last async copy (or null)
 };
 
 // Size classes: multiples of 512 bytes up to 1 MiB, then multiples of 2 MiB, so a
@@ -113,6 +115,26 @@ void release_cached(int device, Pool& p) {  // caller holds p.m
     cudaEventSynchronize(kv.second.freed);
     cudaEventDestroy(kv.second.freed);
     cudaFree(kv.second.ptr);
+  }
+  p.free_blocks.clear();
+  p.cached = 0;
+}
+
+// Pinned host blocks: one cache for the process, by size class, as for the GPU blocks.
+Pool& pinned_pool() {
+  static Pool* p = new Pool();  // never freed: must outlive tensors destroyed at exit
+  return *p;
+}
+
+void release_pinned_cache() {
+  Pool& p = pinned_pool();
+  std::lock_guard<std::mutex> lock(p.m);
+  for (auto& kv : p.free_blocks) {
+    if (kv.second.freed) {
+      cudaEventSynchronize(kv.second.freed);
+      cudaEventDestroy(kv.second.freed);
+    }
+    cudaFreeHost(kv.second.ptr);
   }
   p.free_blocks.clear();
   p.cached = 0;
@@ -188,6 +210,7 @@ void empty_cache() {
     std::lock_guard<std::mutex> lock(p.m);
     release_cached(d, p);
   }
+  release_pinned_cache();
 }
 
 size_t cached_bytes(int device) { Pool& p = pool(device); std::lock_guard<std::mutex> l(p.m); return p.cached; }
@@ -217,20 +240,30 @@ void copy(void* dst, int dst_dev, const void* src, int src_dev, size_t nbytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, cuda::stream()));
     return;
   }
-  // GPU to GPU. The source's producer may be another thread's stream: finish this
-  // thread's work on the source device first, then copy.
+  copy_between_gpus(dst, dst_dev, src, src_dev, nbytes, GpuCopyPath::automatic);
+}
+
+void copy_between_gpus(void* dst, int dst_dev, const void* src, int src_dev, size_t nbytes, GpuCopyPath path) {
+  if (nbytes == 0) return;
+  // The source's producer may be another thread's stream: finish this thread's work on the
+  // source device first, then copy.
   {
     DeviceGuard g(Device{DeviceType::CUDA, src_dev});
     CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
   }
   DeviceGuard g(Device{DeviceType::CUDA, dst_dev});
-  if (enable_peer(dst_dev, src_dev)) {
+  static const bool p2p_allowed = [] {
+    const char* v = std::getenv("CONVNET_P2P");
+    return !(v && std::string(v) == "0");
+  }();
+  bool peer = path == GpuCopyPath::peer ||
+              (path == GpuCopyPath::automatic && p2p_allowed && (dst_dev == src_dev || enable_peer(dst_dev, src_dev)));
+  if (peer) {  // cudaMemcpyPeerAsync also works between devices without peer access (the driver stages it)
     CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_dev, src, src_dev, nbytes, cuda::stream()));
     return;
   }
-  // No peer access: stage through pinned host memory.
-  void* host = nullptr;
-  CUDA_CHECK(cudaMallocHost(&host, nbytes));
+  // No peer access: stage through pinned host memory, synchronously.
+  void* host = allocate_pinned(nbytes);
   try {
     {
       DeviceGuard gs(Device{DeviceType::CUDA, src_dev});
@@ -240,10 +273,77 @@ void copy(void* dst, int dst_dev, const void* src, int src_dev, size_t nbytes) {
     CUDA_CHECK(cudaMemcpyAsync(dst, host, nbytes, cudaMemcpyHostToDevice, cuda::stream()));
     CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
   } catch (...) {
-    cudaFreeHost(host);
+    deallocate_pinned(host, nbytes, nullptr);
     throw;
   }
-  CUDA_CHECK(cudaFreeHost(host));
+  deallocate_pinned(host, nbytes, nullptr);
+}
+
+void* allocate_pinned(size_t nbytes) {
+  OpScope scope(current_op());
+  size_t size = round_size(nbytes);
+  Pool& p = pinned_pool();
+  Block b{nullptr, nullptr};
+  {
+    std::lock_guard<std::mutex> lock(p.m);
+    auto it = p.free_blocks.find(size);
+    if (it != p.free_blocks.end()) {
+      b = it->second;
+      p.free_blocks.erase(it);
+      p.cached -= size;
+      p.allocated += size;
+    }
+  }
+  if (b.ptr) {
+    if (b.freed) {  // the host writes into it next: wait for the last copy that read it
+      cudaError_t e = cudaEventSynchronize(b.freed);
+      cudaEventDestroy(b.freed);
+      if (e != cudaSuccess) {
+        deallocate_pinned(b.ptr, nbytes, nullptr);
+        CUDA_CHECK(e);
+      }
+    }
+    return b.ptr;
+  }
+  void* ptr = nullptr;
+  cudaError_t e = cudaMallocHost(&ptr, size);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw DeviceError(detail::message("cannot allocate ", nbytes, " bytes of pinned host memory: ",
+                                      cudaGetErrorString(e)));
+  }
+  std::lock_guard<std::mutex> lock(p.m);
+  p.allocated += size;
+  return ptr;
+}
+
+void deallocate_pinned(void* ptr, size_t nbytes, void* event) {
+  // Runs from destructors: never throws. The block keeps its event; allocate_pinned waits on it.
+  size_t size = round_size(nbytes);
+  Pool& p = pinned_pool();
+  std::lock_guard<std::mutex> lock(p.m);
+  p.allocated -= size;
+  p.free_blocks.emplace(size, Block{ptr, static_cast<cudaEvent_t>(event)});
+  p.cached += size;
+}
+
+void copy_host_to_device_async(void* dst, int dst_dev, const void* src, size_t nbytes, void** event) {
+  DeviceGuard g(Device{DeviceType::CUDA, dst_dev});
+  cudaEvent_t previous = static_cast<cudaEvent_t>(*event);
+  if (previous) {  // an earlier copy from this block (maybe another device or thread): order after it
+    CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), previous, 0));
+    CUDA_CHECK(cudaEventDestroy(previous));  // released once it has completed
+    *event = nullptr;
+  }
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, cuda::stream()));
+  cudaEvent_t done;
+  CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  cudaError_t e = cudaEventRecord(done, cuda::stream());
+  if (e != cudaSuccess) {
+    cudaEventDestroy(done);
+    CUDA_CHECK(e);
+  }
+  *event = done;
 }
 
 namespace {

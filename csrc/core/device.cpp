@@ -27,6 +27,10 @@ size_t cached_bytes(int) { return 0; }
 size_t allocated_bytes(int) { return 0; }
 void memset(int, void*, int, size_t) { no_cuda(); }
 void copy(void*, int, const void*, int, size_t) { no_cuda(); }
+void copy_between_gpus(void*, int, const void*, int, size_t, GpuCopyPath) { no_cuda(); }
+void* allocate_pinned(size_t) { no_cuda(); }
+void deallocate_pinned(void*, size_t, void*) {}
+void copy_host_to_device_async(void*, int, const void*, size_t, void**) { no_cuda(); }
 int64_t count_nonfinite(int, const float*, int64_t) { no_cuda(); }
 }  // namespace gpu
 

@@ -35,9 +35,23 @@ size_t cached_bytes(int device);
 size_t allocated_bytes(int device);
 
 void memset(int device, void* p, int value, size_t nbytes);  // async on this thread's stream
-// Copies between any two places; `src_dev`/`dst_dev` are -1 for host memory.
-// GPU-to-GPU goes peer to peer where enabled, else staged through pinned host memory.
+// Copies between any two places; `src_dev`/`dst_dev` are -1 for host memory. Host <-> device
+// copies are finished when this returns. GPU-to-GPU goes peer to peer where enabled (and not
+// turned off by CONVNET_P2P=0), else staged through pinned host memory.
 void copy(void* dst, int dst_dev, const void* src, int src_dev, size_t nbytes);
+// The GPU-to-GPU copy with its path forced (tests run both paths on one physical GPU).
+enum class GpuCopyPath { automatic, peer, staged };
+void copy_between_gpus(void* dst, int dst_dev, const void* src, int src_dev, size_t nbytes, GpuCopyPath path);
+
+// Page-locked host memory, cached by size like the GPU blocks (cudaMallocHost costs milliseconds
+// per call). `event` (or null) marks the end of the last asynchronous copy that read the block:
+// the block is handed out again only after it.
+void* allocate_pinned(size_t nbytes);
+void deallocate_pinned(void* p, size_t nbytes, void* event);
+// Pinned host -> device, queued on this thread's stream without waiting. `*event` is replaced by
+// an event recorded after the copy (the previous one, if any, is waited for first), so the host
+// block is not reused before the copy has read it.
+void copy_host_to_device_async(void* dst, int dst_dev, const void* src, size_t nbytes, void** event);
 int64_t count_nonfinite(int device, const float* p, int64_t n);
 }  // namespace gpu
 

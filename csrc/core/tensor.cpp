@@ -68,12 +68,21 @@ Storage::~Storage() {
   if (release) release();
 }
 
-std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device d) {
+std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device d, bool pinned) {
   auto s = std::make_shared<Storage>();
   s->nbytes = nbytes;
   s->device = d;
   size_t n = nbytes ? nbytes : 1;
-  if (d.is_cpu()) {
+  if (pinned) {
+    CHECK_VALUE(d.is_cpu(), "pinned memory is host memory: its device must be 'cpu', not '", d.str(), "'");
+    CHECK_DEVICE(cuda_device_count() > 0, "pinned host memory needs a CUDA GPU, and none is visible",
+                 cuda_built() ? "" : " (convnet was built without CUDA)");
+    void* p = gpu::allocate_pinned(n);
+    Storage* raw = s.get();  // the release runs in ~Storage, while *raw (and its last event) still exists
+    s->data = p;
+    s->pinned = true;
+    s->release = [raw, p, n] { gpu::deallocate_pinned(p, n, raw->event); };
+  } else if (d.is_cpu()) {
     size_t rounded = (n + 63) / 64 * 64;  // 64-byte aligned for vector loads
     void* p = std::aligned_alloc(64, rounded);
     CHECK_DEVICE(p, "out of host memory allocating ", nbytes, " bytes");
@@ -101,12 +110,12 @@ std::string Tensor::shape_str() const {
   return o + ")";
 }
 
-Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device d) {
+Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device d, bool pinned) {
   Tensor t;
   for (auto s : shape) CHECK_VALUE(s >= 0, "negative dimension in shape");
   t.shape = shape;
   t.dtype = dtype;
-  t.storage = Storage::allocate(t.nbytes(), d);
+  t.storage = Storage::allocate(t.nbytes(), d, pinned);
   if (g_poison) {
     if (d.is_cpu()) std::memset(t.raw(), 0xFF, t.nbytes());  // 0xFFFFFFFF is a float NaN
     else gpu::memset(d.index, t.raw(), 0xFF, t.nbytes());
@@ -141,7 +150,13 @@ Tensor Tensor::to_new(Device d) const {
   return t;
 }
 
-Tensor Tensor::to(Device d) const { return d == device() ? *this : to_new(d); }
+Tensor Tensor::to(Device d, bool non_blocking) const {
+  if (d == device()) return *this;
+  if (!(non_blocking && storage->pinned && d.is_cuda())) return to_new(d);
+  Tensor t = empty(shape, dtype, d);
+  if (nbytes()) gpu::copy_host_to_device_async(t.raw(), d.index, raw(), nbytes(), &storage->event);
+  return t;
+}
 
 Tensor Tensor::reshape(const std::vector<int64_t>& new_shape) const {
   Tensor t = *this;

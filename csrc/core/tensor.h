@@ -36,11 +36,13 @@ struct Storage {
   size_t nbytes = 0;
   Device device;
   std::function<void()> release;  // frees the memory; empty for nothing to free
+  bool pinned = false;            // page-locked host memory (can be copied to a GPU asynchronously)
+  void* event = nullptr;          // pinned only: a cudaEvent_t after the last asynchronous copy from it
   Storage() = default;
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   ~Storage();
-  static std::shared_ptr<Storage> allocate(size_t nbytes, Device d);
+  static std::shared_ptr<Storage> allocate(size_t nbytes, Device d, bool pinned = false);
 };
 
 struct Tensor {
@@ -58,11 +60,15 @@ struct Tensor {
   std::string shape_str() const;  // "(2, 3, 4)"
 
   // Uninitialised (filled with NaN / 0xFF bytes when poison mode is on).
-  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device d);
+  // pinned: page-locked host memory (d must be the CPU; needs a GPU).
+  static Tensor empty(const std::vector<int64_t>& shape, DType dtype, Device d, bool pinned = false);
   static Tensor zeros(const std::vector<int64_t>& shape, DType dtype, Device d);
   static Tensor empty_like(const Tensor& t) { return empty(t.shape, t.dtype, t.device()); }
 
-  Tensor to(Device d) const;         // copy to another device (itself if already there)
+  // Copy to another device (itself if already there). non_blocking: a pinned host tensor's copy
+  // to a GPU is only queued on this thread's stream (kernels queued after it see the data; the
+  // host side must not be written until the stream is synchronised); otherwise ignored.
+  Tensor to(Device d, bool non_blocking = false) const;
   Tensor clone() const { return to_new(device()); }
   Tensor to_new(Device d) const;     // always a fresh copy
   void copy_from(const Tensor& src); // same shape and dtype, any devices
