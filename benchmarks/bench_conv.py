@@ -1,7 +1,7 @@
 """AlexNet's conv layers (one-device net: groups 1, 2, 1, 2, 2; conv1 on a 224x224 input with
 padding 2, stride 4 -> 55x55). Three cases per layer: forward (with bias), backward-data
 (the input gradient) and backward-filter (weight and bias gradients), each the forward's flops.
-GFLOP/s counts 2 flops per multiply-add. CONVNET_BENCH_VARIANTS=0,1,2 times every case under
+GFLOP/s counts 2 flops per multiply-add. CONVNET_BENCH_VARIANTS=2,3 (any list) times every case under
 each CUDA GEMM variant (with_variants)."""
 import os
 

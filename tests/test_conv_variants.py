@@ -3,7 +3,10 @@ csrc/cuda/conv.cu): every variant against the NumPy float64 reference, switched 
 the hidden _C.set_conv_variant. The shapes are chosen to reach each path of each variant:
 split-K (few output tiles, long reduction), stride-1 backward-data through flipped weights
 (more than 16 input channels per group, padding < kernel), the phase GEMM (strided, or padding >=
-kernel), the column path (<= 16 input channels per group) and variant 2's 48-row tile (M <= 96)."""
+kernel), the column path (<= 16 input channels per group), variant 2's 48-row tile (M <= 96) and
+variant 3's Winograd F(4x4, 3x3) (3x3, stride 1, padding <= 2, >= 32 channels per group on both
+sides; csrc/cuda/winograd.cuh). The same relative tolerance (1e-4) holds for Winograd: its error
+is ~2e-6 norm-wise on the AlexNet shapes (tools/emulate_winograd.cu)."""
 import os
 import subprocess
 import sys
@@ -19,7 +22,7 @@ from reference import assert_close
 
 from test_conv import run_conv
 
-VARIANTS = (0, 1, 2)
+VARIANTS = (0, 1, 2, 3)
 VARIANT_IDS = [f"cuda-v{v}" for v in VARIANTS]  # "cuda" in the id: tools/gpu_check.sh counts these
 needs_gpu = pytest.mark.skipif(
     not convnet.cuda_available(),
@@ -45,6 +48,13 @@ CONV_CASES = [
     (6, 24, 14, 14, 32, 3, 3, (1, 1), (1, 1), 2),    # long backward-filter reduction: split-K
     (1, 3, 35, 35, 96, 11, 11, (4, 4), (2, 2), 1),   # conv1-like, M = 96: variant 2's 48-row tile
     (2, 96, 9, 9, 64, 5, 5, (1, 1), (2, 2), 2),      # conv2-like: flipped backward-data M = 48
+    # variant 3's Winograd (the other variants run them through the implicit GEMM):
+    (2, 64, 13, 13, 96, 3, 3, (1, 1), (1, 1), 1),    # conv3-like
+    (3, 96, 11, 9, 99, 3, 3, (1, 1), (0, 2), 3),     # groups 3, Cg 32, Kg 33, uneven padding
+    (2, 80, 7, 10, 64, 3, 3, (1, 1), (2, 1), 2),     # padding 2 (backward-data: flipped padding 0)
+    (1, 64, 2, 3, 64, 3, 3, (1, 1), (1, 1), 1),      # smaller than one tile
+    (5, 70, 17, 14, 70, 3, 3, (1, 1), (1, 1), 1),    # tiles cut at both edges
+    (1, 384, 13, 13, 256, 3, 3, (1, 1), (1, 1), 2),  # conv5
 ]
 
 
@@ -72,6 +82,20 @@ def test_conv_variant_random(variant, rng, seed):
 
 
 @needs_gpu
+@pytest.mark.parametrize("variant", [2, 3], indirect=True, ids=["cuda-v2", "cuda-v3"])
+@pytest.mark.parametrize("seed", range(6))
+def test_conv_variant_winograd_random(variant, rng, seed):
+    """Random shapes variant 3 sends to Winograd: odd sizes, padding 0-2 per side, groups 1-3."""
+    g = np.random.default_rng(2000 + seed)
+    groups = int(g.integers(1, 4))
+    c, k = groups * int(g.integers(32, 49)), groups * int(g.integers(32, 49))
+    pad = (int(g.integers(0, 3)), int(g.integers(0, 3)))
+    h = max(1, 3 - 2 * pad[0]) + int(g.integers(0, 15))
+    w = max(1, 3 - 2 * pad[1]) + int(g.integers(0, 15))
+    run_conv("cuda:0", rng, int(g.integers(1, 4)), c, h, w, k, 3, 3, (1, 1), pad, groups)
+
+
+@needs_gpu
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True, ids=VARIANT_IDS)
 @pytest.mark.parametrize("n,i,o", [(64, 600, 300), (5, 33, 7), (128, 1100, 130), (96, 500, 200)])
 def test_linear_variant(variant, rng, n, i, o):
@@ -94,15 +118,15 @@ def test_variant_switch_and_bad_values():
         for v in VARIANTS:
             _C.set_conv_variant(v)
             assert _C.conv_variant() == v
-        with pytest.raises(ValueError, match="variant must be 0, 1 or 2"):
-            _C.set_conv_variant(3)
-        with pytest.raises(ValueError, match="variant must be 0, 1 or 2"):
+        with pytest.raises(ValueError, match="variant must be 0, 1, 2 or 3"):
+            _C.set_conv_variant(4)
+        with pytest.raises(ValueError, match="variant must be 0, 1, 2 or 3"):
             _C.set_conv_variant(-1)
     finally:
         _C.set_conv_variant(before)
 
 
-@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("0", "0"), ("", "2"), ("7", "ValueError")])  # unset: 2
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("0", "0"), ("", "2"), ("7", "ValueError")])  # unset: 2
 def test_variant_from_environment(value, expect):
     code = ("from convnet import _C\n"
             "try:\n    print(_C.conv_variant())\n"

@@ -1,5 +1,6 @@
 """The CUDA kernels' logic checked without a GPU: tools/emulate_gemm.cu (the conv/linear GEMM
-core's per-thread steps, index maps and split-K rules, compiled for the host by nvcc) and
+core's per-thread steps, index maps and split-K rules, compiled for the host by nvcc),
+tools/emulate_winograd.cu (variant 3's Winograd transforms and GEMMs, the same way) and
 tools/emulate_lrn_pool.py (the LRN and max-pool kernel bodies compiled by g++), each against
 float64 references. Skipped, with the reason, where the compilers or the tools/ folder are missing."""
 import shutil
@@ -27,6 +28,19 @@ def test_gemm_emulator(tmp_path):
                    capture_output=True, text=True, timeout=600)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+def test_winograd_emulator(tmp_path):
+    """Variant 3's Winograd convolutions (csrc/cuda/winograd.cuh): the transform functors and the
+    GEMM core's steps on the CPU against a float64 direct conv; it prints the error figures."""
+    src = TOOLS / "emulate_winograd.cu"
+    _need("nvcc", src)
+    exe = tmp_path / "emulate_winograd"
+    subprocess.run(["nvcc", "-std=c++17", "-O2", "-x", "cu", str(src), "-o", str(exe)], check=True,
+                   capture_output=True, text=True, timeout=600)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "all passed" in out.stdout, out.stdout[-3000:]
 
 
 def test_lrn_pool_emulator():

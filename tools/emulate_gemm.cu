@@ -313,6 +313,7 @@ void run_all(const char* cfg) {
   }
 }
 
+#ifndef EMULATE_GEMM_NO_MAIN  // tools/emulate_winograd.cu includes this file for emulate()
 int main() {
   check_fastdiv();
   std::printf("FastDiv done (%d failures)\n", failures);
@@ -342,3 +343,4 @@ int main() {
   std::printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
   return failures ? 1 : 0;
 }
+#endif

@@ -14,6 +14,10 @@
 //   2  variant 1, plus a 48x128 tile (gemm.cuh: Tile48) for GEMMs with M <= 96 where it pads
 //      less than the 128/64 tiles: conv1 forward and backward-filter (M = 96), conv2's flipped
 //      backward-data (M = 48 per group).
+//   3  variant 2, plus Winograd F(4x4, 3x3) (winograd.cuh, conv_winograd.cu) for 3x3 stride-1
+//      convs with padding <= 2 and >= 32 channels per group on both sides (conv3-5): forward,
+//      backward-filter, and stride-1 backward-data (the forward of dy with flipped weights).
+//      Errors a few times float32 rounding (~2e-6 relative, norm-wise; tools/emulate_winograd.cu).
 //   Predictions (and measurements, once run): benchmarks/results/NOTES-conv-cuda.md.
 //
 // Per group g (grid.z), with Cg = c/groups,
@@ -62,6 +66,7 @@
 //   forward 157, backward-data 161, backward-filter 155, linear forward 137, linear dx 119 regs
 //   (3 blocks/SM of 128 threads), 11.8 KB static smem, no spills (sm_80: none either).
 #include "conv_gemm.cuh"
+#include "winograd.cuh"
 
 namespace convnet::cuda {
 namespace {
@@ -99,6 +104,10 @@ col2im_kernel(conv_gemm::Col2im f, float* __restrict__ dx, int64_t img0, int chw
 
 void conv2d(const ConvShape& sh, const float* x, const float* w, const float* b, float* y) {
   check_sizes(sh);
+  if (conv_variant() >= 3 && winograd::eligible(sh)) {
+    winograd::forward(sh, x, w, b, y);
+    return;
+  }
   run(conv_gemm::forward(sh, x, w, b, y), "conv2d forward");
 }
 
@@ -111,6 +120,11 @@ void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, 
     const conv_gemm::FlippedWeight f{w, (int)(sh.c / sh.groups), (int)(sh.k / sh.groups), (int)sh.r, (int)sh.s};
     flip_weights_kernel<<<blocks_for(nw, 256, 4096), 256, 0, stream()>>>(f, wf, (int)nw);
     CUDA_CHECK_LAUNCH("flip_weights_kernel");
+    const ConvShape flipped = conv_gemm::flipped_shape(sh);
+    if (conv_variant() >= 3 && winograd::eligible(flipped)) {
+      winograd::forward(flipped, dy, wf, nullptr, dx);
+      return;
+    }
     run(conv_gemm::forward(conv_gemm::flipped_shape(sh), dy, wf, nullptr, dx), "conv2d backward-data (flipped)");
     return;
   }
@@ -135,7 +149,10 @@ void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, 
 
 void conv2d_backward_filter(const ConvShape& sh, const float* x, const float* dy, float* dw, float* db) {
   check_sizes(sh);
-  run(conv_gemm::backward_filter(sh, x, dy, dw), "conv2d backward-filter");
+  if (conv_variant() >= 3 && winograd::eligible(sh))
+    winograd::backward_filter(sh, x, dy, dw);
+  else
+    run(conv_gemm::backward_filter(sh, x, dy, dw), "conv2d backward-filter");
   if (db) channel_sum(dy, sh.n, sh.k, sh.p * sh.q, db);
 }
 

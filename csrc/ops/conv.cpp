@@ -14,7 +14,7 @@ namespace convnet {
 
 namespace {
 
-constexpr int kConvVariants = 3;
+constexpr int kConvVariants = 4;
 // Variant 2 measured fastest on an H200 (benchmarks/results/2026-11-26-h200/bench-variants.txt:
 // e.g. conv2 backward-data 4.06 -> 2.68 ms, conv3 backward-filter 2.03 -> 1.37 ms, fc6 forward
 // 0.45 -> 0.30 ms; at most 7% slower, on conv1) and passed the CUDA tests there.
@@ -26,7 +26,7 @@ std::atomic<int>& variant_slot() {
     if (!env || !*env) return kDefaultConvVariant;
     char* end = nullptr;
     long x = std::strtol(env, &end, 10);
-    CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0, 1 or 2, got '", env, "'");
+    CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0, 1, 2 or 3, got '", env, "'");
     return (int)x;
   }()};
   return v;
@@ -120,7 +120,7 @@ std::tuple<std::optional<Tensor>, std::optional<Tensor>, std::optional<Tensor>> 
 int conv_variant() { return variant_slot().load(std::memory_order_relaxed); }
 
 void set_conv_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0, 1 or 2, got ", variant);
+  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0, 1, 2 or 3, got ", variant);
   variant_slot().store(variant, std::memory_order_relaxed);
 }
 
