@@ -9,14 +9,21 @@
 namespace convnet::cpu {
 
 // Separable: the max over the window's rows into a row buffer (contiguous, vectorised),
-// then the max over each window's columns of that buffer.
-void max_pool(const PoolShape& sh, const float* x, float* y) {
+// then the max over each window's columns of that buffer. With indices, each buffer column
+// also keeps the offset of its maximum (the first one down the column); across columns a
+// candidate replaces the running maximum when it is better, or the same value at a smaller
+// offset: the window's row-major first maximum (its column's top candidate has the smallest
+// offset among the window's maximal elements).
+template <bool kIndices>
+void max_pool_impl(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
   const int64_t H = sh.h, W = sh.w, P = sh.p, Q = sh.q, size = sh.size, stride = sh.stride;
   const int64_t width = (Q - 1) * stride + size;  // columns any window reads
 #pragma omp parallel if (sh.n * sh.c * H * W > 65536)
   {
     std::vector<float> row(width);
+    std::vector<int32_t> row_at(kIndices ? width : 0);
     float* rm = row.data();
+    int32_t* ra = row_at.data();
 #pragma omp for schedule(static)
     for (int64_t plane = 0; plane < sh.n * sh.c; ++plane) {
       const float* xp = x + plane * H * W;
@@ -24,24 +31,85 @@ void max_pool(const PoolShape& sh, const float* x, float* y) {
       for (int64_t oh = 0; oh < P; ++oh) {
         const float* r0 = xp + oh * stride * W;
         std::copy(r0, r0 + width, rm);
+        if (kIndices) {
+          const int32_t at0 = (int32_t)(oh * stride * W);
+#pragma omp simd
+          for (int64_t w = 0; w < width; ++w) ra[w] = at0 + (int32_t)w;
+        }
         for (int64_t kh = 1; kh < size; ++kh) {
           const float* r = r0 + kh * W;
+          const int32_t at0 = (int32_t)((oh * stride + kh) * W);
 #pragma omp simd
-          for (int64_t w = 0; w < width; ++w) rm[w] = pool_better(r[w], rm[w]) ? r[w] : rm[w];
+          for (int64_t w = 0; w < width; ++w) {
+            const bool take = pool_better(r[w], rm[w]);
+            rm[w] = take ? r[w] : rm[w];
+            if (kIndices) ra[w] = take ? at0 + (int32_t)w : ra[w];
+          }
         }
         float* yr = yp + oh * Q;
+        int32_t* ir = kIndices ? indices + (plane * P + oh) * Q : nullptr;
 #pragma omp simd
         for (int64_t ow = 0; ow < Q; ++ow) yr[ow] = rm[ow * stride];
+        if (kIndices) {
+#pragma omp simd
+          for (int64_t ow = 0; ow < Q; ++ow) ir[ow] = ra[ow * stride];
+        }
         for (int64_t kw = 1; kw < size; ++kw) {
 #pragma omp simd
           for (int64_t ow = 0; ow < Q; ++ow) {
-            float v = rm[ow * stride + kw];
-            yr[ow] = pool_better(v, yr[ow]) ? v : yr[ow];
+            const float v = rm[ow * stride + kw];
+            if (kIndices) {
+              const int32_t a = ra[ow * stride + kw];
+              const bool take = pool_better(v, yr[ow]) || (pool_same(v, yr[ow]) && a < ir[ow]);
+              ir[ow] = take ? a : ir[ow];
+              yr[ow] = take ? v : yr[ow];
+            } else {
+              yr[ow] = pool_better(v, yr[ow]) ? v : yr[ow];
+            }
           }
         }
       }
     }
   }
+}
+
+void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
+  if (indices)
+    max_pool_impl<true>(sh, x, y, indices);
+  else
+    max_pool_impl<false>(sh, x, y, nullptr);
+}
+
+// Per plane: dx zeroed, then each window's dy added at its index, windows in row-major order
+// (the order max_pool_backward adds in, and the CUDA twin gathers in: the same bits). An index
+// is followed only when it lies inside its window: offset from the window's corner in [0, span)
+// and marked in `inside` (a table of the size x size offsets, so no division per window).
+void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx,
+                               int64_t* invalid) {
+  const int64_t H = sh.h, W = sh.w, P = sh.p, Q = sh.q, size = sh.size, stride = sh.stride;
+  const int64_t span = (size - 1) * W + size;
+  std::vector<unsigned char> inside(span, 0);
+  for (int64_t kh = 0; kh < size; ++kh)
+    for (int64_t kw = 0; kw < size; ++kw) inside[kh * W + kw] = 1;
+  const unsigned char* in = inside.data();
+  int64_t bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : bad) if (sh.n * sh.c * H * W > 65536)
+  for (int64_t plane = 0; plane < sh.n * sh.c; ++plane) {
+    float* dxp = dx + plane * H * W;
+    std::fill(dxp, dxp + H * W, 0.f);
+    const int32_t* ip = indices + plane * P * Q;
+    const float* dyp = dy + plane * P * Q;
+    for (int64_t oh = 0; oh < P; ++oh) {
+      for (int64_t ow = 0; ow < Q; ++ow) {
+        const int64_t at = ip[oh * Q + ow], rel = at - (oh * stride * W + ow * stride);
+        if (rel >= 0 && rel < span && in[rel])
+          dxp[at] += dyp[oh * Q + ow];
+        else
+          ++bad;
+      }
+    }
+  }
+  *invalid = bad;
 }
 
 namespace {
