@@ -57,20 +57,25 @@ template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp
   case 2: b34 ? F<2, true>(__VA_ARGS__) : F<2, false>(__VA_ARGS__); return; \
   case 3: b34 ? F<3, true>(__VA_ARGS__) : F<3, false>(__VA_ARGS__); return; \
   case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return; }
+template <int H, bool B> void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
+  launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y); }
+template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
+  launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx); }
+// variant: 0 ring kernels, 1 block kernels (as lrn_variant() picks in the launchers)
 extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
-                        const float* x, float* y, int64_t g) {
+                        const float* x, float* y, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  RING(fwd, g, sh, sp, x, y)
+  if (variant == 0) { RING(fwd, g, sh, sp, x, y) } else { RING(fwd_block, g, sh, sp, x, y) }
   launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
 }
 extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
-                                 float k, const float* x, const float* dy, float* dx, int64_t g) {
+                                 float k, const float* x, const float* dy, float* dx, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  RING(bwd, g, sh, sp, x, dy, dx)
+  if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) } else { RING(bwd_block, g, sh, sp, x, dy, dx) }
   std::vector<float> t(n * c * hw, NAN);
   launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
   launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx);
@@ -131,8 +136,8 @@ def build(workdir):
     subprocess.check_call(["g++", "-O2", "-std=gnu++17", "-shared", "-fPIC", "-o", str(so), str(cpp)])
     lib = ctypes.CDLL(str(so))
     I, F, P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I]
-    lib.emu_lrn_backward.argtypes = [I, I, I, I, F, F, F, P, P, P, I]
+    lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I, ctypes.c_int]
+    lib.emu_lrn_backward.argtypes = [I, I, I, I, F, F, F, P, P, P, I, ctypes.c_int]
     C = ctypes.c_int
     lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, P, I, C]
     lib.emu_pool_backward.argtypes = [I, I, I, I, I, I, P, P, P, P, I, C]
@@ -153,21 +158,21 @@ def main():
                                 ((1, 33, 1, 1), 7, 0.2, 0.6, 1.0, 1.0)]
         for grid in (1, 3, 1000, -7):  # -7: 7 blocks, the pool kernels' 64-bit index path
             small_only = abs(grid) == 1
-            for shape, size, alpha, beta, k, scale in lrn_cases if grid > 0 else []:
-                if small_only and np.prod(shape) > 200000:
+            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1)):
+                if grid < 0 or (small_only and np.prod(shape) > 200000):
                     continue
                 x = (rng.standard_normal(shape) * scale).astype(np.float32)
                 dy = rng.standard_normal(shape).astype(np.float32)
                 y, dx = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
                 n, c, h, w = shape
-                lib.emu_lrn(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(y), grid)
-                lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid)
+                lib.emu_lrn(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(y), grid, variant)
+                lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid, variant)
                 p = dict(size=size, alpha=alpha, beta=beta, k=k)
                 e1, e2 = rel_error(y, tl.lrn_ref(x, **p)), rel_error(dx, tl.lrn_backward_ref(x, dy, **p))
                 checked += 1
                 if e1 > 2e-6 or e2 > 1e-5:
                     failures += 1
-                    print(f"FAIL lrn {shape} size {size} beta {beta} grid {grid}: {e1:.3g} {e2:.3g}")
+                    print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
             for shape, size, stride in tp.CASES:
                 if small_only and np.prod(shape) > 200000:
                     continue
