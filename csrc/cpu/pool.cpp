@@ -9,21 +9,14 @@
 namespace convnet::cpu {
 
 // Separable: the max over the window's rows into a row buffer (contiguous, vectorised),
-// then the max over each window's columns of that buffer. With indices, each buffer column
-// also keeps the offset of its maximum (the first one down the column); across columns a
-// candidate replaces the running maximum when it is better, or the same value at a smaller
-// offset: the window's row-major first maximum (its column's top candidate has the smallest
-// offset among the window's maximal elements).
-template <bool kIndices>
-void max_pool_impl(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
+// then the max over each window's columns of that buffer.
+void max_pool_plain(const PoolShape& sh, const float* x, float* y) {
   const int64_t H = sh.h, W = sh.w, P = sh.p, Q = sh.q, size = sh.size, stride = sh.stride;
   const int64_t width = (Q - 1) * stride + size;  // columns any window reads
 #pragma omp parallel if (sh.n * sh.c * H * W > 65536)
   {
     std::vector<float> row(width);
-    std::vector<int32_t> row_at(kIndices ? width : 0);
     float* rm = row.data();
-    int32_t* ra = row_at.data();
 #pragma omp for schedule(static)
     for (int64_t plane = 0; plane < sh.n * sh.c; ++plane) {
       const float* xp = x + plane * H * W;
@@ -31,41 +24,19 @@ void max_pool_impl(const PoolShape& sh, const float* x, float* y, int32_t* indic
       for (int64_t oh = 0; oh < P; ++oh) {
         const float* r0 = xp + oh * stride * W;
         std::copy(r0, r0 + width, rm);
-        if (kIndices) {
-          const int32_t at0 = (int32_t)(oh * stride * W);
-#pragma omp simd
-          for (int64_t w = 0; w < width; ++w) ra[w] = at0 + (int32_t)w;
-        }
         for (int64_t kh = 1; kh < size; ++kh) {
           const float* r = r0 + kh * W;
-          const int32_t at0 = (int32_t)((oh * stride + kh) * W);
 #pragma omp simd
-          for (int64_t w = 0; w < width; ++w) {
-            const bool take = pool_better(r[w], rm[w]);
-            rm[w] = take ? r[w] : rm[w];
-            if (kIndices) ra[w] = take ? at0 + (int32_t)w : ra[w];
-          }
+          for (int64_t w = 0; w < width; ++w) rm[w] = pool_better(r[w], rm[w]) ? r[w] : rm[w];
         }
         float* yr = yp + oh * Q;
-        int32_t* ir = kIndices ? indices + (plane * P + oh) * Q : nullptr;
 #pragma omp simd
         for (int64_t ow = 0; ow < Q; ++ow) yr[ow] = rm[ow * stride];
-        if (kIndices) {
-#pragma omp simd
-          for (int64_t ow = 0; ow < Q; ++ow) ir[ow] = ra[ow * stride];
-        }
         for (int64_t kw = 1; kw < size; ++kw) {
 #pragma omp simd
           for (int64_t ow = 0; ow < Q; ++ow) {
-            const float v = rm[ow * stride + kw];
-            if (kIndices) {
-              const int32_t a = ra[ow * stride + kw];
-              const bool take = pool_better(v, yr[ow]) || (pool_same(v, yr[ow]) && a < ir[ow]);
-              ir[ow] = take ? a : ir[ow];
-              yr[ow] = take ? v : yr[ow];
-            } else {
-              yr[ow] = pool_better(v, yr[ow]) ? v : yr[ow];
-            }
+            float v = rm[ow * stride + kw];
+            yr[ow] = pool_better(v, yr[ow]) ? v : yr[ow];
           }
         }
       }
@@ -73,11 +44,127 @@ void max_pool_impl(const PoolShape& sh, const float* x, float* y, int32_t* indic
   }
 }
 
+namespace {
+
+// pool_better(v, m) and pool_same(v, m) without short-circuits (they kept GCC from vectorising
+// the loops below: "control flow in loop").
+inline bool better_nb(float v, float m) { return (m == m) & !(v <= m); }
+inline bool same_nb(float v, float m) { return (v == m) | ((v != v) & (m != m)); }
+
+// The same with indices. Each buffer column keeps the row kh of its maximum (the first one down
+// the column); the buffers are then split by column phase (w % stride) so that a window's k-th
+// column is the same position in one phase array for every window: contiguous loads. Across
+// columns a candidate replaces the running maximum when it is better, or the same value from a
+// smaller kh: the window's row-major first maximum (scanning kw upwards, the first maximal
+// element in row-major order has the smallest kh, then kw). kh and kw are carried as floats
+// (exact: small integers) so every compare and select is on float lanes. Both passes go kLanes
+// items at a time with a fixed trip count, the last block moved back to end at the row's end
+// (redoing a few items: each step is idempotent), so there is no scalar remainder.
+template <int64_t kLanes>
+void column_maxima(const float* __restrict__ r, float kh, int64_t width, float* __restrict__ rm,
+                   float* __restrict__ rk) {
+  for (int64_t w0 = 0; w0 < width; w0 += kLanes) {
+    const int64_t b = std::min(w0, width - kLanes);
+#pragma omp simd
+    for (int64_t i = 0; i < kLanes; ++i) {
+      const bool take = better_nb(r[b + i], rm[b + i]);
+      rm[b + i] = take ? r[b + i] : rm[b + i];
+      rk[b + i] = take ? kh : rk[b + i];
+    }
+  }
+}
+
+// pm, pk: the phase arrays (phase p at p * len); window ow's column kw is at phase kw % stride,
+// position ow + kw / stride.
+template <int64_t kLanes>
+void window_maxima(const PoolShape& sh, int64_t oh, const float* __restrict__ pm, const float* __restrict__ pk,
+                   int64_t len, float* __restrict__ yr, int32_t* __restrict__ ir) {
+  const int64_t W = sh.w, Q = sh.q, size = sh.size, stride = sh.stride;
+  for (int64_t o0 = 0; o0 < Q; o0 += kLanes) {
+    const int64_t b = std::min(o0, Q - kLanes);
+    float m[kLanes], mk[kLanes], mw[kLanes];
+#pragma omp simd
+    for (int64_t i = 0; i < kLanes; ++i) {
+      m[i] = pm[b + i];
+      mk[i] = pk[b + i];
+      mw[i] = 0.f;
+    }
+    for (int64_t kw = 1; kw < size; ++kw) {
+      const float fkw = (float)kw;
+      const int64_t at = (kw % stride) * len + kw / stride + b;
+      const float* __restrict__ vm = pm + at;
+      const float* __restrict__ vk = pk + at;
+#pragma omp simd
+      for (int64_t i = 0; i < kLanes; ++i) {
+        const bool take = better_nb(vm[i], m[i]) | (same_nb(vm[i], m[i]) & (vk[i] < mk[i]));
+        m[i] = take ? vm[i] : m[i];
+        mk[i] = take ? vk[i] : mk[i];
+        mw[i] = take ? fkw : mw[i];
+      }
+    }
+    // offsets fit int32 (planes < 2^31 elements, checked)
+    const int32_t corner = (int32_t)((oh * W + b) * stride), w32 = (int32_t)W, s32 = (int32_t)stride;
+#pragma omp simd
+    for (int64_t i = 0; i < kLanes; ++i) {
+      yr[b + i] = m[i];
+      ir[b + i] = corner + (int32_t)mk[i] * w32 + (int32_t)i * s32 + (int32_t)mw[i];
+    }
+  }
+}
+
+void max_pool_indices(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
+  const int64_t H = sh.h, W = sh.w, P = sh.p, Q = sh.q, size = sh.size, stride = sh.stride;
+  const int64_t width = (Q - 1) * stride + size;
+  const int64_t len = Q + (size - 1) / stride;  // phase length: every window column has a slot
+#pragma omp parallel if (sh.n * sh.c * H * W > 65536)
+  {
+    std::vector<float> row(width), row_kh(width), phase(stride * len), phase_kh(stride * len);
+    float *rm = row.data(), *rk = row_kh.data(), *pm = phase.data(), *pk = phase_kh.data();
+#pragma omp for schedule(static)
+    for (int64_t plane = 0; plane < sh.n * sh.c; ++plane) {
+      const float* xp = x + plane * H * W;
+      for (int64_t oh = 0; oh < P; ++oh) {
+        const float* r0 = xp + oh * stride * W;
+        std::copy(r0, r0 + width, rm);
+        std::fill(rk, rk + width, 0.f);
+        for (int64_t kh = 1; kh < size; ++kh) {
+          if (width >= 16)
+            column_maxima<16>(r0 + kh * W, (float)kh, width, rm, rk);
+          else if (width >= 4)
+            column_maxima<4>(r0 + kh * W, (float)kh, width, rm, rk);
+          else
+            column_maxima<1>(r0 + kh * W, (float)kh, width, rm, rk);
+        }
+        for (int64_t p = 0; p < stride; ++p) {
+          const int64_t used = std::min(len, (width - p + stride - 1) / stride);  // slots inside the row
+#pragma omp simd
+          for (int64_t j = 0; j < used; ++j) {
+            pm[p * len + j] = rm[j * stride + p];
+            pk[p * len + j] = rk[j * stride + p];
+          }
+          std::fill(pm + p * len + used, pm + (p + 1) * len, 0.f);  // never read by a window
+          std::fill(pk + p * len + used, pk + (p + 1) * len, 0.f);
+        }
+        float* yr = y + (plane * P + oh) * Q;
+        int32_t* ir = indices + (plane * P + oh) * Q;
+        if (Q >= 16)
+          window_maxima<16>(sh, oh, pm, pk, len, yr, ir);
+        else if (Q >= 4)
+          window_maxima<4>(sh, oh, pm, pk, len, yr, ir);
+        else
+          window_maxima<1>(sh, oh, pm, pk, len, yr, ir);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
   if (indices)
-    max_pool_impl<true>(sh, x, y, indices);
+    max_pool_indices(sh, x, y, indices);
   else
-    max_pool_impl<false>(sh, x, y, nullptr);
+    max_pool_plain(sh, x, y);
 }
 
 // Per plane: dx zeroed, then each window's dy added at its index, windows in row-major order
