@@ -1,28 +1,39 @@
 // CUDA twins of the local response normalisation family.
 //
-// Mapping: one thread per (image, chunk of channels, pixel), pixel fastest, so a warp reads
-// 32 consecutive floats of one channel plane (coalesced along W). Each thread walks its
-// channel chunk keeping the window in registers: a ring of x values shifted one channel per
-// step (indices are compile-time after unrolling, so the ring never touches local memory),
-// with kAhead extra slots so each thread keeps kAhead+1 loads in flight. The window sum is
-// recomputed from the ring each step (no add/subtract drift), in ascending channel order
-// like the CPU twin. The chunk count is picked so that a launch has >= ~2^19 threads; a
-// chunk re-reads 2*half (forward) or 4*half (backward) halo channels, mostly from L2.
-// Windows wider than kMaxHalf channels each side fall back to direct-sum kernels (global
+// Mapping (both variants): one thread per (image, chunk of channels, pixel), pixel fastest, so a
+// warp reads 32 consecutive floats of one channel plane (coalesced along W). Each thread walks its
+// channel chunk keeping the window in registers (indices compile-time after unrolling, so nothing
+// goes to local memory). The window sum is recomputed each step (no add/subtract drift), in
+// ascending channel order like the CPU twin. The chunk count is picked so that a launch has
+// >= ~2^19 threads; a chunk re-reads 2*half (forward) or 4*half (backward) halo channels, mostly
+// from L2. Windows wider than kMaxHalf channels each side fall back to direct-sum kernels (global
 // re-reads, and a scratch tensor for the backward); slow but rare (the paper uses size 5).
 //
+// Variant 0 (CONVNET_LRN_VARIANT=0): a ring of x values shifted one channel per step, with kAhead
+// extra slots meant to keep kAhead+1 loads in flight. The SASS shows why it reached only 0.49-0.64
+// of copy on an H200: the shift moves the value just loaded into the next slot, so each thread
+// waits for every load right after issuing it (one load in flight); also IEEE sqrt and division
+// (with slow-path calls) and 64-bit channel arithmetic per element.
+// Variant 1 (default): channels in blocks of U (8; 4 for the backward of windows wider than 5):
+// U loads (2U in the backward: x and dy) issued together into fresh registers, U outputs computed,
+// then only the halo values, long arrived, are shifted. int channel indices; s^-3/4 and 1/s from
+// MUFU reciprocal square roots (a few ulp; the tests' tolerance is 2e-6 of the largest output).
+// Not yet timed on a GPU: bench_lrn.py prints a row per variant so one GPU run can decide.
+//
 // Backward, in one pass per chunk: lead index j computes p_j = s_j^-beta and
-// t_j = dy_j x_j p_j / s_j into rings; channel i = j - half is then finished as
+// t_j = dy_j x_j p_j / s_j; channel i = j - half is then finished as
 // dx_i = dy_i p_i - 2 alpha beta x_i sum_{|m-i|<=half} t_m.
 //
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
-// every kernel: 0 bytes stack frame, 0 bytes spill stores/loads. Registers by half-window H
-// (0..4), beta = 3/4 fast path / general powf:
-//   lrn_ring_kernel<H>            48/32  56/39  64/40  61/40  64/40
-//   lrn_backward_ring_kernel<H>   60/42  58/54  65/57  72/63  78/70
+// every kernel: 0 bytes stack frame, 0 bytes spill stores/loads (sm_80 too). Registers by
+// half-window H (0..4), beta = 3/4 fast path / general powf:
+//   lrn_ring_kernel<H>             48/32  56/39  64/40  61/40  64/40
+//   lrn_backward_ring_kernel<H>    60/42  58/54  65/57  72/63  78/70
+//   lrn_block_kernel<H>            32/32  38/36  34/44  40/40  40/44
+//   lrn_backward_block_kernel<H>   58/57  75/67  69/75  60/68  64/75   (U = 4 for H >= 3)
 //   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
-// At 64 registers a 256-thread block leaves 4 blocks (1024 threads) per SM, each thread with
-// kAhead + 1 = 5 loads in flight. Not yet timed on a GPU.
+// Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
+// each), backward 69 (3 blocks, 16 loads in flight each).
 #include "../kernels/lrn.h"
 #include "../core/device.h"
 #include "common.cuh"
