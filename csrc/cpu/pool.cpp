@@ -57,32 +57,52 @@ inline bool same_nb(float v, float m) { return (v == m) | ((v != v) & (m != m));
 // columns a candidate replaces the running maximum when it is better, or the same value from a
 // smaller kh: the window's row-major first maximum (scanning kw upwards, the first maximal
 // element in row-major order has the smallest kh, then kw). kh and kw are carried as floats
-// (exact: small integers) so every compare and select is on float lanes. Both passes go kLanes
-// items at a time with a fixed trip count, the last block moved back to end at the row's end
-// (redoing a few items: each step is idempotent), so there is no scalar remainder.
+// (exact: small integers) so every compare and select is on float lanes. Both passes go in
+// fixed-size blocks, so there is no scalar remainder: the column pass's last block is moved back
+// to end at the row's end (redoing a few items: each step is idempotent), the window pass pads.
+// rm, rk: the maximum down each column of the size rows from r0, and its row kh. Blocks read
+// only x and write each column once (the moved-back last block rewrites a few with the same
+// values; re-reading stored values there stalled on store forwarding).
 template <int64_t kLanes>
-void column_maxima(const float* __restrict__ r, float kh, int64_t width, float* __restrict__ rm,
+void column_maxima(const PoolShape& sh, const float* __restrict__ r0, int64_t width, float* __restrict__ rm,
                    float* __restrict__ rk) {
   for (int64_t w0 = 0; w0 < width; w0 += kLanes) {
     const int64_t b = std::min(w0, width - kLanes);
+    float m[kLanes], k[kLanes];
 #pragma omp simd
     for (int64_t i = 0; i < kLanes; ++i) {
-      const bool take = better_nb(r[b + i], rm[b + i]);
-      rm[b + i] = take ? r[b + i] : rm[b + i];
-      rk[b + i] = take ? kh : rk[b + i];
+      m[i] = r0[b + i];
+      k[i] = 0.f;
+    }
+    for (int64_t kh = 1; kh < sh.size; ++kh) {
+      const float* __restrict__ r = r0 + kh * sh.w + b;
+      const float fkh = (float)kh;
+#pragma omp simd
+      for (int64_t i = 0; i < kLanes; ++i) {
+        const bool take = better_nb(r[i], m[i]);
+        m[i] = take ? r[i] : m[i];
+        k[i] = take ? fkh : k[i];
+      }
+    }
+#pragma omp simd
+    for (int64_t i = 0; i < kLanes; ++i) {
+      rm[b + i] = m[i];
+      rk[b + i] = k[i];
     }
   }
 }
 
 // pm, pk: the phase arrays (phase p at p * len); window ow's column kw is at phase kw % stride,
-// position ow + kw / stride.
-template <int64_t kLanes>
+// position ow + kw / stride. Windows go kLanes at a time; the phase arrays are padded with
+// zeros to whole blocks, so the last block's extra lanes read zeros and are not stored.
+constexpr int64_t kLanes = 16;  // one AVX-512 vector of floats
+
 void window_maxima(const PoolShape& sh, int64_t oh, const float* __restrict__ pm, const float* __restrict__ pk,
                    int64_t len, float* __restrict__ yr, int32_t* __restrict__ ir) {
   const int64_t W = sh.w, Q = sh.q, size = sh.size, stride = sh.stride;
-  for (int64_t o0 = 0; o0 < Q; o0 += kLanes) {
-    const int64_t b = std::min(o0, Q - kLanes);
+  for (int64_t b = 0; b < Q; b += kLanes) {
     float m[kLanes], mk[kLanes], mw[kLanes];
+    int32_t at[kLanes];
 #pragma omp simd
     for (int64_t i = 0; i < kLanes; ++i) {
       m[i] = pm[b + i];
@@ -91,9 +111,9 @@ void window_maxima(const PoolShape& sh, int64_t oh, const float* __restrict__ pm
     }
     for (int64_t kw = 1; kw < size; ++kw) {
       const float fkw = (float)kw;
-      const int64_t at = (kw % stride) * len + kw / stride + b;
-      const float* __restrict__ vm = pm + at;
-      const float* __restrict__ vk = pk + at;
+      const int64_t first = (kw % stride) * len + kw / stride + b;
+      const float* __restrict__ vm = pm + first;
+      const float* __restrict__ vk = pk + first;
 #pragma omp simd
       for (int64_t i = 0; i < kLanes; ++i) {
         const bool take = better_nb(vm[i], m[i]) | (same_nb(vm[i], m[i]) & (vk[i] < mk[i]));
@@ -105,54 +125,42 @@ void window_maxima(const PoolShape& sh, int64_t oh, const float* __restrict__ pm
     // offsets fit int32 (planes < 2^31 elements, checked)
     const int32_t corner = (int32_t)((oh * W + b) * stride), w32 = (int32_t)W, s32 = (int32_t)stride;
 #pragma omp simd
-    for (int64_t i = 0; i < kLanes; ++i) {
-      yr[b + i] = m[i];
-      ir[b + i] = corner + (int32_t)mk[i] * w32 + (int32_t)i * s32 + (int32_t)mw[i];
-    }
+    for (int64_t i = 0; i < kLanes; ++i) at[i] = corner + (int32_t)mk[i] * w32 + (int32_t)i * s32 + (int32_t)mw[i];
+    const int64_t n = std::min(kLanes, Q - b);
+    std::copy(m, m + n, yr + b);
+    std::copy(at, at + n, ir + b);
   }
 }
 
 void max_pool_indices(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
   const int64_t H = sh.h, W = sh.w, P = sh.p, Q = sh.q, size = sh.size, stride = sh.stride;
   const int64_t width = (Q - 1) * stride + size;
-  const int64_t len = Q + (size - 1) / stride;  // phase length: every window column has a slot
+  // phase length: a slot for every window column of every lane of every block
+  const int64_t len = (Q + kLanes - 1) / kLanes * kLanes + (size - 1) / stride;
 #pragma omp parallel if (sh.n * sh.c * H * W > 65536)
   {
-    std::vector<float> row(width), row_kh(width), phase(stride * len), phase_kh(stride * len);
+    std::vector<float> row(width), row_kh(width), phase(stride * len, 0.f), phase_kh(stride * len, 0.f);
     float *rm = row.data(), *rk = row_kh.data(), *pm = phase.data(), *pk = phase_kh.data();
 #pragma omp for schedule(static)
     for (int64_t plane = 0; plane < sh.n * sh.c; ++plane) {
       const float* xp = x + plane * H * W;
       for (int64_t oh = 0; oh < P; ++oh) {
         const float* r0 = xp + oh * stride * W;
-        std::copy(r0, r0 + width, rm);
-        std::fill(rk, rk + width, 0.f);
-        for (int64_t kh = 1; kh < size; ++kh) {
-          if (width >= 16)
-            column_maxima<16>(r0 + kh * W, (float)kh, width, rm, rk);
-          else if (width >= 4)
-            column_maxima<4>(r0 + kh * W, (float)kh, width, rm, rk);
-          else
-            column_maxima<1>(r0 + kh * W, (float)kh, width, rm, rk);
-        }
-        for (int64_t p = 0; p < stride; ++p) {
-          const int64_t used = std::min(len, (width - p + stride - 1) / stride);  // slots inside the row
+        if (width >= 16)
+          column_maxima<16>(sh, r0, width, rm, rk);
+        else if (width >= 4)
+          column_maxima<4>(sh, r0, width, rm, rk);
+        else
+          column_maxima<1>(sh, r0, width, rm, rk);
+        for (int64_t p = 0; p < stride; ++p) {  // slots past the row stay 0 (read, never stored)
+          const int64_t used = std::min(len, (width - p + stride - 1) / stride);
 #pragma omp simd
           for (int64_t j = 0; j < used; ++j) {
             pm[p * len + j] = rm[j * stride + p];
             pk[p * len + j] = rk[j * stride + p];
           }
-          std::fill(pm + p * len + used, pm + (p + 1) * len, 0.f);  // never read by a window
-          std::fill(pk + p * len + used, pk + (p + 1) * len, 0.f);
         }
-        float* yr = y + (plane * P + oh) * Q;
-        int32_t* ir = indices + (plane * P + oh) * Q;
-        if (Q >= 16)
-          window_maxima<16>(sh, oh, pm, pk, len, yr, ir);
-        else if (Q >= 4)
-          window_maxima<4>(sh, oh, pm, pk, len, yr, ir);
-        else
-          window_maxima<1>(sh, oh, pm, pk, len, yr, ir);
+        window_maxima(sh, oh, pm, pk, len, y + (plane * P + oh) * Q, indices + (plane * P + oh) * Q);
       }
     }
   }
