@@ -233,6 +233,9 @@ INDEX_CASES = CASES[:9] + [
     ((2, 3, 9, 11), 4, 3),    # size 4 stride 3
     ((1, 1, 6, 5), 3, 1),     # batch 1, dense overlap
     ((3, 2, 13, 13), 3, 2),   # pool5-like, batch 3
+    ((1, 4, 55, 55), 3, 2),   # pool1-like: 27 windows a row (the CPU's 16-lane blocks and a partial one)
+    ((1, 2, 20, 40), 3, 1),   # 38 windows a row, stride 1
+    ((1, 2, 23, 37), 5, 4),   # stride 4: four column phases
 ]
 
 

@@ -173,7 +173,7 @@ def main():
                 if e1 > 2e-6 or e2 > 1e-5:
                     failures += 1
                     print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
-            for shape, size, stride in tp.CASES:
+            for shape, size, stride in tp.CASES + tp.INDEX_CASES[9:]:
                 if small_only and np.prod(shape) > 200000:
                     continue
                 for ties, generic in ((False, 0), (True, 0), (True, 1)):
