@@ -100,10 +100,11 @@ def max_pool(x, size=3, stride=2, return_indices=False):
 
 def max_pool_backward(x, y, dy, size=3, stride=2, indices=None):
     """Gradient of max_pool: each window's gradient goes to its first maximal input
-    (lowest row, then lowest column): deterministic under ties. With indices from
-    max_pool(..., return_indices=True) the argmax is not recomputed (x and y are then only
-    checked for shape; y may be None); the result is bitwise the same. An index outside its
-    window raises ValueError on the CPU; on a GPU (not checked, no sync) its gradient is dropped."""
+    (lowest row, then lowest column): deterministic under ties. y must be max_pool(x); it is
+    only checked for shape (the argmax is recomputed from x). With indices from
+    max_pool(..., return_indices=True) the argmax is not recomputed and y may be None; the
+    result is bitwise the same. An index outside its window raises ValueError on the CPU; on a
+    GPU (not checked: no sync) its gradient is dropped."""
     return _C.max_pool_backward(x, y, dy, int(size), int(stride), indices)
 
 
