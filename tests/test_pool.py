@@ -322,3 +322,19 @@ def test_max_pool_indices_devices_agree_bitwise(device, rng):
         out[dev] = (idx.numpy(), ops.max_pool_backward(convnet.tensor(x, dev), None, dy, 3, 2, indices=idx).numpy())
     assert np.array_equal(out["cpu"][0], out[device][0])
     assert np.array_equal(out["cpu"][1], out[device][1])
+
+
+def test_maxpool_layer_keeps_indices_not_y(device, rng):
+    from convnet.layers import MaxPool
+    layer = MaxPool({"name": "pool", "inputs": ["x"], "size": 3, "stride": 2})
+    layer.out_shape([(4, 9, 9)])
+    layer._split = [4]
+    x = rng.integers(0, 4, (2, 4, 9, 9)).astype(np.float32)  # ties
+    xt = convnet.tensor(x, device)
+    y = layer.forward([xt], train=True)
+    assert layer._saved_indices is not None and getattr(layer, "_saved_y", None) is None
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    (dx,) = layer.backward(convnet.tensor(dy, device))
+    assert_close(dx.numpy(), max_pool_backward_ref(x, dy, 3, 2), 1e-6, "MaxPool layer backward")
+    layer.forward([xt], train=False)  # evaluation keeps nothing for a backward
+    assert layer._saved_indices is None and layer._saved_x is None
