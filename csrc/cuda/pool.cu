@@ -78,6 +78,9 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_kernel(const PoolSha
                                                                     const float* __restrict__ dy,
                                                                     float* __restrict__ dx) {
   const int size = kSize ? kSize : (int)sh.size, stride = kStride ? kStride : (int)sh.stride;
+  // windows covering an element, at most, each way (compile-time windows only)
+  constexpr int kCover = kSize && kStride ? (kSize + kStride - 1) / kStride : 0;
+  constexpr int kStrideUnroll = kStride ? kStride : 1;  // no unrolling for a runtime stride
   const int h = (int)sh.h, w = (int)sh.w, p = (int)sh.p, q = (int)sh.q;
   const Index tiles_h = (Index)((h + stride - 1) / stride), tiles_w = (Index)((w + stride - 1) / stride);
   const Index total = (Index)(sh.n * sh.c) * tiles_h * tiles_w;
@@ -87,23 +90,39 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_kernel(const PoolSha
     const int32_t* ip = indices + (int64_t)plane * p * q;
     const float* dyp = dy + (int64_t)plane * p * q;
     float* dxp = dx + (int64_t)plane * h * w;
-#pragma unroll
+#pragma unroll kStrideUnroll
     for (int a = 0; a < stride; ++a) {
       const int ih = (int)tr * stride + a;
       if (ih >= h) break;
       // windows oh with oh*stride <= ih <= oh*stride + size - 1, inside the output
       const int oh_lo = ih >= size ? (ih - size) / stride + 1 : 0, oh_hi = min((int)tr, p - 1);
-#pragma unroll
+#pragma unroll kStrideUnroll
       for (int b = 0; b < stride; ++b) {
         const int iw = (int)tc * stride + b;
         if (iw >= w) break;
         const int ow_lo = iw >= size ? (iw - size) / stride + 1 : 0, ow_hi = min((int)tc, q - 1);
         const int self = ih * w + iw;
         float acc = 0.f;
-        for (int oh = oh_lo; oh <= oh_hi; ++oh) {
-          for (int ow = ow_lo; ow <= ow_hi; ++ow) {
-            const int o = oh * q + ow;
-            if (__ldg(ip + o) == self) acc += __ldg(dyp + o);
+        if constexpr (kSize && kStride) {
+          // at most kCover windows each way (2 for 3/2): unrolled into predicated code
+#pragma unroll
+          for (int i = 0; i < kCover; ++i) {
+            const int oh = oh_lo + i;
+            if (oh > oh_hi) break;
+#pragma unroll
+            for (int j = 0; j < kCover; ++j) {
+              const int ow = ow_lo + j;
+              if (ow > ow_hi) break;
+              const int o = oh * q + ow;
+              if (__ldg(ip + o) == self) acc += __ldg(dyp + o);
+            }
+          }
+        } else {  // the same, plain loops (unrolling them spilled)
+          for (int oh = oh_lo; oh <= oh_hi; ++oh) {
+            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+              const int o = oh * q + ow;
+              if (__ldg(ip + o) == self) acc += __ldg(dyp + o);
+            }
           }
         }
         dxp[self] = acc;
