@@ -182,3 +182,16 @@ def test_lrn_bad_input(device):
             ops.lrn_backward(x, y, y.to(other))
         with pytest.raises(ValueError, match="lrn_backward: 'x' is on"):
             ops.lrn_backward(x, y.to(other), y)
+
+
+def test_lrn_overflowing_window_stays_finite(device, rng):
+    # x^2 overflows float32 in channel 2: s = inf is clamped (both twins), so outputs stay finite
+    x = rng.standard_normal((1, 6, 3, 4)).astype(np.float32)
+    x[:, 2] = 3e19
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    xt = convnet.tensor(x, device)
+    y = ops.lrn(xt, **PAPER)
+    dx = ops.lrn_backward(xt, y, convnet.tensor(dy, device), **PAPER)
+    assert np.isfinite(y.numpy()).all() and np.isfinite(dx.numpy()).all()
+    far = [5]  # channels whose window misses channel 2 match the reference
+    assert_close(y.numpy()[:, far], lrn_ref(x, **PAPER)[:, far], 2e-6, "lrn away from the overflow")

@@ -34,6 +34,8 @@
 //   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
 // Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
 // each), backward 69 (3 blocks, 16 loads in flight each).
+#include <cfloat>
+
 #include "../kernels/lrn.h"
 #include "../core/device.h"
 #include "common.cuh"
@@ -186,8 +188,8 @@ __device__ __forceinline__ float load_or_zero32(const float* __restrict__ v, int
 template <bool kThreeQuarters>
 __device__ __forceinline__ float neg_pow_fast(float s, float neg_beta) {
   if (kThreeQuarters) {
-    const float r = rsqrtf(s);  // s^-1/2
-    return r * r * rsqrtf(r);   // s^-1 * s^1/4
+    const float r = rsqrtf(fminf(s, FLT_MAX));  // s^-1/2; s = inf clamped as in the CPU twin (r > 0)
+    return r * r * rsqrtf(r);                    // s^-1 * s^1/4
   }
   return powf(s, neg_beta);
 }
@@ -234,7 +236,7 @@ __device__ __forceinline__ void lrn_t_p(const LrnShape& sh, int j, const float* 
   const float s = sh.k + sh.alpha * sum;
   float p_over_s;
   if (kThreeQuarters) {  // s^-1 = r^2 from the same reciprocal square root: no IEEE division
-    const float r = rsqrtf(s), inv_s = r * r;
+    const float r = rsqrtf(fminf(s, FLT_MAX)), inv_s = r * r;  // as neg_pow_fast
     p = inv_s * rsqrtf(r);
     p_over_s = p * inv_s;
   } else {
