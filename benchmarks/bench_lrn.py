@@ -1,10 +1,12 @@
 """Local response normalisation on the AlexNet shapes (after conv1 and conv2), the paper's
 constants. Bytes moved: forward reads x and writes y; backward reads x and dy and writes dx
-(s is recomputed from x, y is not read)."""
+(s is recomputed from x, y is not read). On a GPU each case also runs under every CUDA kernel
+variant (CONVNET_LRN_VARIANT, csrc/cuda/lrn.cu), as rows "... v0", "... v1"; the plain rows use the
+default variant."""
 import numpy as np
 
 import convnet
-from convnet import ops
+from convnet import _C, ops
 
 SHAPES = [("conv1", (96, 55, 55)), ("conv2", (256, 27, 27))]
 SIZE, ALPHA, BETA, K = 5, 1e-4, 0.75, 2.0
@@ -31,19 +33,29 @@ def numpy_lrn_backward(a, g):
     return g * p - 2 * ALPHA * BETA * a * _window_sums(g * a * p / s, SIZE)
 
 
+def _with_variant(v, fn):
+    """fn run under CUDA LRN variant v (set before each call: rows run one after another)."""
+    def run():
+        _C.set_lrn_variant(v)
+        return fn()
+    return run
+
+
 def cases(ctx):
     dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
+    default = _C.lrn_variant()
+    variants = [v for v in (0, 1) if v != default] + [default] if dev != "cpu" else []  # the default last
     out = []
     for name, shape in SHAPES:
         a = np.abs(np.random.standard_normal((n,) + shape)).astype(np.float32) * 20  # ReLU outputs
         g = np.random.standard_normal(a.shape).astype(np.float32)
         x, dy = convnet.tensor(a, dev), convnet.tensor(g, dev)
         y = ops.lrn(x, SIZE, ALPHA, BETA, K)
-        fwd = {"name": f"lrn {name}", "bytes": 2 * a.nbytes,
-               "ours": lambda x=x: ops.lrn(x, SIZE, ALPHA, BETA, K),
+        fwd_fn = lambda x=x: ops.lrn(x, SIZE, ALPHA, BETA, K)
+        bwd_fn = lambda x=x, y=y, dy=dy: ops.lrn_backward(x, y, dy, SIZE, ALPHA, BETA, K)
+        fwd = {"name": f"lrn {name}", "bytes": 2 * a.nbytes, "ours": _with_variant(default, fwd_fn),
                "numpy": lambda a=a: numpy_lrn(a)}
-        bwd = {"name": f"lrn_backward {name}", "bytes": 3 * a.nbytes,
-               "ours": lambda x=x, y=y, dy=dy: ops.lrn_backward(x, y, dy, SIZE, ALPHA, BETA, K),
+        bwd = {"name": f"lrn_backward {name}", "bytes": 3 * a.nbytes, "ours": _with_variant(default, bwd_fn),
                "numpy": lambda a=a, g=g: numpy_lrn_backward(a, g)}
         if torch is not None:
             F = torch.nn.functional
@@ -54,4 +66,7 @@ def cases(ctx):
             tg = torch.from_numpy(g).to(ctx["torch_device"])
             bwd["torch"] = lambda tx=tx, ty=ty, tg=tg: torch.autograd.grad(ty, tx, tg, retain_graph=True)
         out += [fwd, bwd]
+        for v in variants:
+            out.append({"name": f"lrn {name} v{v}", "bytes": 2 * a.nbytes, "ours": _with_variant(v, fwd_fn)})
+            out.append({"name": f"lrn_backward {name} v{v}", "bytes": 3 * a.nbytes, "ours": _with_variant(v, bwd_fn)})
     return out

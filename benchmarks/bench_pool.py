@@ -1,6 +1,8 @@
 """Overlapping max-pool (3/2) on the AlexNet shapes: 55 -> 27 (after conv1), 27 -> 13 (conv2),
-13 -> 6 (conv5). Bytes moved: forward reads x and writes y; backward reads x, y and dy and
-writes dx (the argmax is recomputed, nothing is stored by the forward)."""
+13 -> 6 (conv5). Bytes moved: forward reads x and writes y (+idx: and the int32 indices);
+backward reads x, y and dy and writes dx (the argmax is recomputed); backward+idx (the training
+path) reads the indices and dy and writes dx. PyTorch's counterparts: max_pool2d (with
+return_indices for +idx) and its backward from the saved indices (for both backward rows)."""
 import numpy as np
 
 import convnet
@@ -36,22 +38,28 @@ def cases(ctx):
     for name, shape in SHAPES:
         a = np.random.standard_normal((n,) + shape).astype(np.float32)
         x = convnet.tensor(a, dev)
-        y = ops.max_pool(x, SIZE, STRIDE)
+        y, idx = ops.max_pool(x, SIZE, STRIDE, return_indices=True)
         g = np.random.standard_normal(y.shape).astype(np.float32)
         dy = convnet.tensor(g, dev)
         fwd = {"name": f"max_pool {name}", "bytes": a.nbytes + g.nbytes,
                "ours": lambda x=x: ops.max_pool(x, SIZE, STRIDE),
                "numpy": lambda a=a: numpy_max_pool(a)}
+        fwd_i = {"name": f"max_pool+idx {name}", "bytes": a.nbytes + 2 * g.nbytes,
+                 "ours": lambda x=x: ops.max_pool(x, SIZE, STRIDE, return_indices=True)}
         bwd = {"name": f"max_pool_backward {name}", "bytes": 2 * a.nbytes + 2 * g.nbytes,
                "ours": lambda x=x, y=y, dy=dy: ops.max_pool_backward(x, y, dy, SIZE, STRIDE),
                "numpy": lambda a=a, g=g: numpy_max_pool_backward(a, g)}
+        bwd_i = {"name": f"max_pool_backward+idx {name}", "bytes": a.nbytes + 2 * g.nbytes,
+                 "ours": lambda x=x, dy=dy, idx=idx: ops.max_pool_backward(x, None, dy, SIZE, STRIDE, indices=idx)}
         if torch is not None:
             F = torch.nn.functional
             t = torch.from_numpy(a).to(ctx["torch_device"])
             fwd["torch"] = lambda t=t: F.max_pool2d(t, SIZE, STRIDE)
-            tx = t.clone().requires_grad_(True)
-            ty = F.max_pool2d(tx, SIZE, STRIDE)
+            fwd_i["torch"] = lambda t=t: F.max_pool2d(t, SIZE, STRIDE, return_indices=True)
+            _, tidx = F.max_pool2d(t, SIZE, STRIDE, return_indices=True)
             tg = torch.from_numpy(g).to(ctx["torch_device"])
-            bwd["torch"] = lambda tx=tx, ty=ty, tg=tg: torch.autograd.grad(ty, tx, tg, retain_graph=True)
-        out += [fwd, bwd]
+            # torch's backward scatters from the indices its forward saved
+            bwd["torch"] = bwd_i["torch"] = lambda t=t, tg=tg, tidx=tidx: torch.ops.aten.max_pool2d_with_indices_backward(
+                tg, t, [SIZE, SIZE], [STRIDE, STRIDE], [0, 0], [1, 1], False, tidx)
+        out += [fwd, fwd_i, bwd, bwd_i]
     return out

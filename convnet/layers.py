@@ -286,12 +286,17 @@ class MaxPool(Layer):
         return (s[0], (s[1] - self.size) // self.stride + 1, (s[2] - self.size) // self.stride + 1)
 
     def _forward(self, x, train):
-        y = ops.max_pool(x, self.size, self.stride)
-        self._saved_x, self._saved_y = x, y
+        # Training keeps each window's argmax (int32, a quarter of x): the backward then only
+        # scatters dy. x is kept for its shape (the layer before holds it anyway); y is not kept.
+        if not train:
+            self._saved_x = self._saved_indices = None
+            return ops.max_pool(x, self.size, self.stride)
+        y, self._saved_indices = ops.max_pool(x, self.size, self.stride, return_indices=True)
+        self._saved_x = x
         return y
 
     def _backward(self, dy):
-        return ops.max_pool_backward(self._saved_x, self._saved_y, dy, self.size, self.stride)
+        return ops.max_pool_backward(self._saved_x, None, dy, self.size, self.stride, indices=self._saved_indices)
 
     def describe(self):
         return f"maxpool {self.size}/{self.stride}"

@@ -88,16 +88,24 @@ def lrn_backward(x, y, dy, size=5, alpha=1e-4, beta=0.75, k=2.0):
 
 # ---- max-pool: csrc/ops/pool.cpp ----
 
-def max_pool(x, size=3, stride=2):
+def max_pool(x, size=3, stride=2, return_indices=False):
     """Overlapping max-pool on NCHW x, no padding; output (H - size) // stride + 1.
-    A partial window at the edge is dropped (floor), as in the paper (55 -> 27 -> 13 -> 6)."""
-    return _C.max_pool(x, int(size), int(stride))
+    A partial window at the edge is dropped (floor), as in the paper (55 -> 27 -> 13 -> 6).
+    With return_indices=True returns (y, indices): indices (int32, shaped like y) hold each
+    window's first maximal input (row-major) as its flat offset h * W + w in the input plane,
+    for max_pool_backward(..., indices=indices)."""
+    y, indices = _C.max_pool(x, int(size), int(stride), bool(return_indices))
+    return (y, indices) if return_indices else y
 
 
-def max_pool_backward(x, y, dy, size=3, stride=2):
+def max_pool_backward(x, y, dy, size=3, stride=2, indices=None):
     """Gradient of max_pool: each window's gradient goes to its first maximal input
-    (lowest row, then lowest column): deterministic under ties."""
-    return _C.max_pool_backward(x, y, dy, int(size), int(stride))
+    (lowest row, then lowest column): deterministic under ties. y must be max_pool(x); it is
+    only checked for shape (the argmax is recomputed from x). With indices from
+    max_pool(..., return_indices=True) the argmax is not recomputed and y may be None; the
+    result is bitwise the same. An index outside its window raises ValueError on the CPU; on a
+    GPU (not checked: no sync) its gradient is dropped."""
+    return _C.max_pool_backward(x, y, dy, int(size), int(stride), indices)
 
 
 # ---- softmax with cross-entropy: csrc/ops/softmax.cpp ----

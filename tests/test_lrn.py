@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import convnet
-from convnet import ops
+from convnet import _C, ops
 
 from reference import assert_close, numeric_grad
 
@@ -68,6 +68,40 @@ def test_lrn_reference_gradient(rng, size, c):
 
 @pytest.mark.parametrize("shape,size,alpha,beta,k,scale", CASES)
 def test_lrn_forward_backward(device, rng, shape, size, alpha, beta, k, scale):
+    _check_forward_backward(device, rng, shape, size, alpha, beta, k, scale)
+
+
+@pytest.fixture
+def lrn_variant(request):
+    before = _C.lrn_variant()
+    _C.set_lrn_variant(request.param)
+    yield request.param
+    _C.set_lrn_variant(before)
+
+
+# The CUDA kernel variants (CONVNET_LRN_VARIANT, csrc/cuda/lrn.cu): each against the reference.
+@pytest.mark.parametrize("lrn_variant", [0, 1], indirect=True, ids=["v0", "v1"])
+@pytest.mark.parametrize("shape,size,alpha,beta,k,scale", CASES + [((1, 300, 2, 3), 5, 0.2, 0.75, 1.0, 1.0),
+                                                                   ((2, 37, 3, 5), 3, 0.2, 0.6, 1.0, 2.0)])
+def test_lrn_variants(device, rng, lrn_variant, shape, size, alpha, beta, k, scale):
+    if device == "cpu":
+        pytest.skip("the variants are CUDA kernels; the CPU twin has one")
+    _check_forward_backward(device, rng, shape, size, alpha, beta, k, scale)
+
+
+def test_lrn_variant_setting():
+    before = _C.lrn_variant()
+    assert before in (0, 1)
+    try:
+        _C.set_lrn_variant(0)
+        assert _C.lrn_variant() == 0
+        with pytest.raises(ValueError, match="set_lrn_variant: variant must be 0 or 1, got 2"):
+            _C.set_lrn_variant(2)
+    finally:
+        _C.set_lrn_variant(before)
+
+
+def _check_forward_backward(device, rng, shape, size, alpha, beta, k, scale):
     x = (rng.standard_normal(shape) * scale).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     p = _params(size, alpha, beta, k)
@@ -148,3 +182,16 @@ def test_lrn_bad_input(device):
             ops.lrn_backward(x, y, y.to(other))
         with pytest.raises(ValueError, match="lrn_backward: 'x' is on"):
             ops.lrn_backward(x, y.to(other), y)
+
+
+def test_lrn_overflowing_window_stays_finite(device, rng):
+    # x^2 overflows float32 in channel 2: s = inf is clamped (both twins), so outputs stay finite
+    x = rng.standard_normal((1, 6, 3, 4)).astype(np.float32)
+    x[:, 2] = 3e19
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    xt = convnet.tensor(x, device)
+    y = ops.lrn(xt, **PAPER)
+    dx = ops.lrn_backward(xt, y, convnet.tensor(dy, device), **PAPER)
+    assert np.isfinite(y.numpy()).all() and np.isfinite(dx.numpy()).all()
+    far = [5]  # channels whose window misses channel 2 match the reference
+    assert_close(y.numpy()[:, far], lrn_ref(x, **PAPER)[:, far], 2e-6, "lrn away from the overflow")

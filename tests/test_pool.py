@@ -40,6 +40,30 @@ def max_pool_backward_ref(x, dy, size, stride):
     return dx
 
 
+def max_pool_indices_ref(x, size, stride):
+    """Each window's first maximal element (np.argmax: row-major first, NaN first) as h * W + w."""
+    x = np.asarray(x, np.float64)
+    n, c, h, w = x.shape
+    idx = np.empty((n, c, (h - size) // stride + 1, (w - size) // stride + 1), np.int32)
+    for oh, ow, rows, cols in _windows(h, w, size, stride):
+        flat = x[:, :, rows, cols].reshape(n, c, -1).argmax(axis=2)
+        idx[:, :, oh, ow] = (rows.start + flat // size) * w + cols.start + flat % size
+    return idx
+
+
+def scatter_indices_ref(indices, dy, shape, size, stride):
+    """dx from saved indices: each window's dy to its index; an index outside its window is dropped."""
+    n, c, h, w = shape
+    dx = np.zeros(shape)
+    for oh, ow, rows, cols in _windows(h, w, size, stride):
+        at = indices[:, :, oh, ow].astype(np.int64)
+        r, col = at // w, at % w
+        ok = (r >= rows.start) & (r < rows.stop) & (col >= cols.start) & (col < cols.stop) & (at >= 0)
+        ni, ci = np.nonzero(ok)
+        np.add.at(dx, (ni, ci, r[ok], col[ok]), dy[ni, ci, oh, ow].astype(np.float64))
+    return dx
+
+
 def _distinct(rng, shape):
     """Inputs with all values distinct and well apart (no ties, safe for finite differences)."""
     v = rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float64)
@@ -200,3 +224,117 @@ def test_max_pool_bad_input(device):
             ops.max_pool_backward(x, y, y.to(other), 3, 2)
         with pytest.raises(ValueError, match="max_pool_backward: 'x' is on"):
             ops.max_pool_backward(x, y.to(other), y, 3, 2)
+
+
+# ---- saved indices (max_pool(..., return_indices=True), max_pool_backward(..., indices=)) ----
+
+INDEX_CASES = CASES[:9] + [
+    ((1, 2, 7, 7), 2, 2),     # size == stride, odd input: last row/column uncovered
+    ((2, 3, 9, 11), 4, 3),    # size 4 stride 3
+    ((1, 1, 6, 5), 3, 1),     # batch 1, dense overlap
+    ((3, 2, 13, 13), 3, 2),   # pool5-like, batch 3
+    ((1, 4, 55, 55), 3, 2),   # pool1-like: 27 windows a row (the CPU's 16-lane blocks and a partial one)
+    ((1, 2, 20, 40), 3, 1),   # 38 windows a row, stride 1
+    ((1, 2, 23, 37), 5, 4),   # stride 4: four column phases
+]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape,size,stride", INDEX_CASES)
+def test_max_pool_indices(device, rng, shape, size, stride, ties):
+    # ties: integers from a small range, so most windows hold repeated maxima (first one wins)
+    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+    xt = convnet.tensor(x, device)
+    y, idx = ops.max_pool(xt, size, stride, return_indices=True)
+    assert idx.dtype == "int32" and idx.shape == y.shape and idx.device == device
+    assert np.array_equal(idx.numpy(), max_pool_indices_ref(x, size, stride))
+    assert np.array_equal(y.numpy(), ops.max_pool(xt, size, stride).numpy())  # the same y either way
+    dy_np = rng.standard_normal(y.shape).astype(np.float32)
+    dy = convnet.tensor(dy_np, device)
+    with_idx = ops.max_pool_backward(xt, y, dy, size, stride, indices=idx).numpy()
+    without = ops.max_pool_backward(xt, y, dy, size, stride).numpy()
+    assert np.array_equal(with_idx, without)  # bitwise: the same element, the same sum order
+    assert_close(with_idx, max_pool_backward_ref(x, dy_np, size, stride), 1e-6, "max_pool_backward(indices)")
+    # y is only shape-checked with indices, and may be left out
+    assert np.array_equal(ops.max_pool_backward(xt, None, dy, size, stride, indices=idx).numpy(), with_idx)
+
+
+def test_max_pool_indices_nan(device, rng):
+    x = rng.standard_normal((1, 2, 7, 7)).astype(np.float32)
+    x[0, 0, 3, 3] = np.nan
+    x[0, 1, 0, 1] = np.nan
+    x[0, 1, 1, 0] = np.nan  # a second NaN in the same window: the first (row-major) wins
+    xt = convnet.tensor(x, device)
+    y, idx = ops.max_pool(xt, 3, 2, return_indices=True)
+    assert np.array_equal(idx.numpy(), max_pool_indices_ref(x, 3, 2))
+    assert np.array_equal(np.isnan(y.numpy()), np.isnan(max_pool_ref(x, 3, 2)))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = ops.max_pool_backward(xt, None, convnet.tensor(dy, device), 3, 2, indices=idx).numpy()
+    assert_close(dx, max_pool_backward_ref(x, dy, 3, 2), 1e-6, "max_pool_backward(indices) with NaN")
+
+
+def test_max_pool_indices_match_torch(device, rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 11, 10)).astype(np.float32)  # no ties: torch's choice is unique
+    _, idx = ops.max_pool(convnet.tensor(x, device), 3, 2, return_indices=True)
+    _, tidx = torch.nn.functional.max_pool2d(torch.tensor(x), 3, 2, return_indices=True)
+    assert np.array_equal(idx.numpy(), tidx.numpy())  # the same convention: h * W + w in the plane
+
+
+def test_max_pool_bad_indices(device, rng):
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    xt = convnet.tensor(x, device)
+    y, idx = ops.max_pool(xt, 3, 2, return_indices=True)  # (2, 3, 4, 4)
+    dy = convnet.tensor(rng.standard_normal(y.shape), device)
+    with pytest.raises(TypeError, match="max_pool_backward: 'indices' must be int32"):
+        ops.max_pool_backward(xt, y, dy, 3, 2, indices=y)
+    with pytest.raises(ValueError, match="max_pool_backward: 'indices' must have shape"):
+        ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(np.zeros((2, 3, 4, 3), np.int32), device))
+    with pytest.raises(ValueError, match="max_pool_backward: 'y' may be None only when 'indices' are given"):
+        ops.max_pool_backward(xt, None, dy, 3, 2)
+    other = "cpu" if device != "cpu" else ("cuda:0" if convnet.cuda_available() else None)
+    if other is not None:
+        with pytest.raises(ValueError, match="max_pool_backward: 'x' is on"):
+            ops.max_pool_backward(xt, y, dy, 3, 2, indices=idx.to(other))
+    # indices outside their window (or the plane): never followed; the CPU raises, a GPU drops their dy
+    bad = idx.numpy().copy()
+    bad[0, 0, 0, 0] = -1
+    bad[0, 1, 1, 1] = 10**9
+    bad[1, 2, 3, 3] = 0  # inside the plane, outside its window
+    want = scatter_indices_ref(bad, dy.numpy(), x.shape, 3, 2)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="max_pool_backward: 3 of the indices are not inside their windows"):
+            ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device))
+    else:
+        dx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device)).numpy()
+        assert_close(dx, want, 1e-6, "max_pool_backward(bad indices)")
+    assert want[0, 0].sum() != 0 and want[1, 2, 7:, 7:].sum() == 0  # the reference dropped just those
+
+
+def test_max_pool_indices_devices_agree_bitwise(device, rng):
+    if device == "cpu":
+        pytest.skip("compares a GPU against the CPU")
+    x = rng.integers(0, 5, (2, 16, 27, 27)).astype(np.float32)  # many ties
+    out = {}
+    for dev in ("cpu", device):
+        y, idx = ops.max_pool(convnet.tensor(x, dev), 3, 2, return_indices=True)
+        dy = convnet.tensor(np.random.default_rng(1).standard_normal(y.shape), dev)
+        out[dev] = (idx.numpy(), ops.max_pool_backward(convnet.tensor(x, dev), None, dy, 3, 2, indices=idx).numpy())
+    assert np.array_equal(out["cpu"][0], out[device][0])
+    assert np.array_equal(out["cpu"][1], out[device][1])
+
+
+def test_maxpool_layer_keeps_indices_not_y(device, rng):
+    from convnet.layers import MaxPool
+    layer = MaxPool({"name": "pool", "inputs": ["x"], "size": 3, "stride": 2})
+    layer.out_shape([(4, 9, 9)])
+    layer._split = [4]
+    x = rng.integers(0, 4, (2, 4, 9, 9)).astype(np.float32)  # ties
+    xt = convnet.tensor(x, device)
+    y = layer.forward([xt], train=True)
+    assert layer._saved_indices is not None and getattr(layer, "_saved_y", None) is None
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    (dx,) = layer.backward(convnet.tensor(dy, device))
+    assert_close(dx.numpy(), max_pool_backward_ref(x, dy, 3, 2), 1e-6, "MaxPool layer backward")
+    layer.forward([xt], train=False)  # evaluation keeps nothing for a backward
+    assert layer._saved_indices is None and layer._saved_x is None

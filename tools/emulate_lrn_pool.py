@@ -23,6 +23,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 STANDINS = r'''
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -57,35 +58,61 @@ template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp
   case 2: b34 ? F<2, true>(__VA_ARGS__) : F<2, false>(__VA_ARGS__); return; \
   case 3: b34 ? F<3, true>(__VA_ARGS__) : F<3, false>(__VA_ARGS__); return; \
   case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return; }
+template <int H, bool B> void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
+  launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y); }
+template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
+  launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx); }
+// variant: 0 ring kernels, 1 block kernels (as lrn_variant() picks in the launchers)
 extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
-                        const float* x, float* y, int64_t g) {
+                        const float* x, float* y, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  RING(fwd, g, sh, sp, x, y)
+  if (variant == 0) { RING(fwd, g, sh, sp, x, y) } else { RING(fwd_block, g, sh, sp, x, y) }
   launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
 }
 extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
-                                 float k, const float* x, const float* dy, float* dx, int64_t g) {
+                                 float k, const float* x, const float* dy, float* dx, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  RING(bwd, g, sh, sp, x, dy, dx)
+  if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) } else { RING(bwd_block, g, sh, sp, x, dy, dx) }
   std::vector<float> t(n * c * hw, NAN);
   launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
   launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx);
 }
-extern "C" void emu_pool(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
-                         const float* x, float* y, int64_t g) {
-  PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
-  if (g < 0) launch(-g, pool::kThreads, pool::max_pool_kernel<int64_t>, sh, x, y);
-  else launch(g, pool::kThreads, pool::max_pool_kernel<uint32_t>, sh, x, y);
+// The pool launchers' choices: Index (g < 0: int64), and the paper's window compiled in or
+// the runtime-size kernels (generic, also forced for 3/2 to check both).
+template <class Index, int S, int T>
+void pool_forward(int64_t g, const PoolShape& sh, const float* x, float* y, int32_t* idx) {
+  launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, true>, sh, x, y, idx);
 }
-extern "C" void emu_pool_backward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
-                                  const float* x, const float* y, const float* dy, float* dx, int64_t g) {
+template <class Index, int S, int T>
+void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
+  if (!idx) {  // the no-indices path: argmax into scratch, then the gather
+    std::vector<int32_t> scratch(sh.n * sh.c * sh.p * sh.q, -7);
+    launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, false>, sh, x, (float*)nullptr, scratch.data());
+    launch(g, pool::kThreads, pool::max_pool_gather_kernel<Index, S, T>, sh, (const int32_t*)scratch.data(), dy, dx);
+  } else {
+    launch(g, pool::kThreads, pool::max_pool_gather_kernel<Index, S, T>, sh, idx, dy, dx);
+  }
+}
+#define POOL(F, ...) \
+  if (g < 0) { if (paper) F<int64_t, 3, 2>(-g, __VA_ARGS__); else F<int64_t, 0, 0>(-g, __VA_ARGS__); } \
+  else { if (paper) F<uint32_t, 3, 2>(g, __VA_ARGS__); else F<uint32_t, 0, 0>(g, __VA_ARGS__); }
+extern "C" void emu_pool(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
+                         const float* x, float* y, int32_t* idx, int64_t g, int generic) {
   PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
-  if (g < 0) launch(-g, pool::kThreads, pool::max_pool_backward_kernel<int64_t>, sh, x, y, dy, dx);
-  else launch(g, pool::kThreads, pool::max_pool_backward_kernel<uint32_t>, sh, x, y, dy, dx);
+  const bool paper = !generic && size == 3 && stride == 2;
+  POOL(pool_forward, sh, x, y, idx)
+}
+// idx null: the backward without indices (from x)
+extern "C" void emu_pool_backward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
+                                  const float* x, const int32_t* idx, const float* dy, float* dx, int64_t g,
+                                  int generic) {
+  PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
+  const bool paper = !generic && size == 3 && stride == 2;
+  POOL(pool_backward, sh, x, idx, dy, dx)
 }
 '''
 
@@ -110,10 +137,11 @@ def build(workdir):
     subprocess.check_call(["g++", "-O2", "-std=gnu++17", "-shared", "-fPIC", "-o", str(so), str(cpp)])
     lib = ctypes.CDLL(str(so))
     I, F, P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I]
-    lib.emu_lrn_backward.argtypes = [I, I, I, I, F, F, F, P, P, P, I]
-    lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, I]
-    lib.emu_pool_backward.argtypes = [I, I, I, I, I, I, P, P, P, P, I]
+    lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I, ctypes.c_int]
+    lib.emu_lrn_backward.argtypes = [I, I, I, I, F, F, F, P, P, P, I, ctypes.c_int]
+    C = ctypes.c_int
+    lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, P, I, C]
+    lib.emu_pool_backward.argtypes = [I, I, I, I, I, I, P, P, P, P, I, C]
     return lib
 
 
@@ -131,38 +159,51 @@ def main():
                                 ((1, 33, 1, 1), 7, 0.2, 0.6, 1.0, 1.0)]
         for grid in (1, 3, 1000, -7):  # -7: 7 blocks, the pool kernels' 64-bit index path
             small_only = abs(grid) == 1
-            for shape, size, alpha, beta, k, scale in lrn_cases if grid > 0 else []:
-                if small_only and np.prod(shape) > 200000:
+            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1)):
+                if grid < 0 or (small_only and np.prod(shape) > 200000):
                     continue
                 x = (rng.standard_normal(shape) * scale).astype(np.float32)
                 dy = rng.standard_normal(shape).astype(np.float32)
                 y, dx = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
                 n, c, h, w = shape
-                lib.emu_lrn(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(y), grid)
-                lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid)
+                lib.emu_lrn(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(y), grid, variant)
+                lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid, variant)
                 p = dict(size=size, alpha=alpha, beta=beta, k=k)
                 e1, e2 = rel_error(y, tl.lrn_ref(x, **p)), rel_error(dx, tl.lrn_backward_ref(x, dy, **p))
                 checked += 1
                 if e1 > 2e-6 or e2 > 1e-5:
                     failures += 1
-                    print(f"FAIL lrn {shape} size {size} beta {beta} grid {grid}: {e1:.3g} {e2:.3g}")
-            for shape, size, stride in tp.CASES:
+                    print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
+            for shape, size, stride in tp.CASES + tp.INDEX_CASES[9:]:
                 if small_only and np.prod(shape) > 200000:
                     continue
-                for ties in (False, True):
+                for ties, generic in ((False, 0), (True, 0), (True, 1)):
+                    if generic and (size, stride) != (3, 2):
+                        continue  # other windows always take the generic kernels
                     x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
-                    yref = tp.max_pool_ref(x, size, stride)
+                    yref, iref = tp.max_pool_ref(x, size, stride), tp.max_pool_indices_ref(x, size, stride)
                     y = np.full(yref.shape, np.nan, np.float32)
+                    idx = np.full(yref.shape, -5, np.int32)
                     dy = rng.standard_normal(yref.shape).astype(np.float32)
-                    dx = np.full(shape, np.nan, np.float32)
-                    lib.emu_pool(*shape, size, stride, ptr(x), ptr(y), grid)
-                    lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(y), ptr(dy), ptr(dx), grid)
+                    dx, dx2 = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+                    lib.emu_pool(*shape, size, stride, ptr(x), ptr(y), ptr(idx), grid, generic)
+                    lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(idx), ptr(dy), ptr(dx), grid, generic)
+                    lib.emu_pool_backward(*shape, size, stride, ptr(x), None, ptr(dy), ptr(dx2), grid, generic)
+                    # bad indices: never followed (no write outside dx), their dy dropped
+                    bad = idx.copy()
+                    bad.flat[::3] = rng.integers(-2**31, 2**31 - 1, bad.flat[::3].shape)
+                    bad.flat[1::5] = (bad.flat[1::5] + 1) % (shape[2] * shape[3])  # mostly a neighbour
+                    dx3 = np.full(shape, np.nan, np.float32)
+                    lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(bad), ptr(dy), ptr(dx3), grid, generic)
                     e1 = rel_error(y, yref)
                     e2 = rel_error(dx, tp.max_pool_backward_ref(x, dy, size, stride))
+                    e3 = rel_error(dx3, tp.scatter_indices_ref(bad, dy, shape, size, stride))
                     checked += 1
-                    if e1 > 0 or e2 > 1e-6:
+                    if e1 > 0 or e2 > 1e-6 or e3 > 1e-6 or not np.array_equal(idx, iref) or not np.array_equal(dx, dx2):
                         failures += 1
-                        print(f"FAIL pool {shape} {size}/{stride} ties {ties} grid {grid}: {e1:.3g} {e2:.3g}")
+                        print(f"FAIL pool {shape} {size}/{stride} ties {ties} generic {generic} grid {grid}: "
+                              f"{e1:.3g} {e2:.3g} {e3:.3g} indices equal {np.array_equal(idx, iref)} "
+                              f"paths equal {np.array_equal(dx, dx2)}")
         print(f"emulated CUDA lrn/pool: {checked} cases, {failures} failed")
         return 1 if failures else 0
 

@@ -1,28 +1,41 @@
 // CUDA twins of the local response normalisation family.
 //
-// Mapping: one thread per (image, chunk of channels, pixel), pixel fastest, so a warp reads
-// 32 consecutive floats of one channel plane (coalesced along W). Each thread walks its
-// channel chunk keeping the window in registers: a ring of x values shifted one channel per
-// step (indices are compile-time after unrolling, so the ring never touches local memory),
-// with kAhead extra slots so each thread keeps kAhead+1 loads in flight. The window sum is
-// recomputed from the ring each step (no add/subtract drift), in ascending channel order
-// like the CPU twin. The chunk count is picked so that a launch has >= ~2^19 threads; a
-// chunk re-reads 2*half (forward) or 4*half (backward) halo channels, mostly from L2.
-// Windows wider than kMaxHalf channels each side fall back to direct-sum kernels (global
+// Mapping (both variants): one thread per (image, chunk of channels, pixel), pixel fastest, so a
+// warp reads 32 consecutive floats of one channel plane (coalesced along W). Each thread walks its
+// channel chunk keeping the window in registers (indices compile-time after unrolling, so nothing
+// goes to local memory). The window sum is recomputed each step (no add/subtract drift), in
+// ascending channel order like the CPU twin. The chunk count is picked so that a launch has
+// >= ~2^19 threads; a chunk re-reads 2*half (forward) or 4*half (backward) halo channels, mostly
+// from L2. Windows wider than kMaxHalf channels each side fall back to direct-sum kernels (global
 // re-reads, and a scratch tensor for the backward); slow but rare (the paper uses size 5).
 //
+// Variant 0 (CONVNET_LRN_VARIANT=0): a ring of x values shifted one channel per step, with kAhead
+// extra slots meant to keep kAhead+1 loads in flight. The SASS shows why it reached only 0.49-0.64
+// of copy on an H200: the shift moves the value just loaded into the next slot, so each thread
+// waits for every load right after issuing it (one load in flight); also IEEE sqrt and division
+// (with slow-path calls) and 64-bit channel arithmetic per element.
+// Variant 1 (default): channels in blocks of U (8; 4 for the backward of windows wider than 5):
+// U loads (2U in the backward: x and dy) issued together into fresh registers, U outputs computed,
+// then only the halo values, long arrived, are shifted. int channel indices; s^-3/4 and 1/s from
+// MUFU reciprocal square roots (a few ulp; the tests' tolerance is 2e-6 of the largest output).
+// Not yet timed on a GPU: bench_lrn.py prints a row per variant so one GPU run can decide.
+//
 // Backward, in one pass per chunk: lead index j computes p_j = s_j^-beta and
-// t_j = dy_j x_j p_j / s_j into rings; channel i = j - half is then finished as
+// t_j = dy_j x_j p_j / s_j; channel i = j - half is then finished as
 // dx_i = dy_i p_i - 2 alpha beta x_i sum_{|m-i|<=half} t_m.
 //
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
-// every kernel: 0 bytes stack frame, 0 bytes spill stores/loads. Registers by half-window H
-// (0..4), beta = 3/4 fast path / general powf:
-//   lrn_ring_kernel<H>            48/32  56/39  64/40  61/40  64/40
-//   lrn_backward_ring_kernel<H>   60/42  58/54  65/57  72/63  78/70
+// every kernel: 0 bytes stack frame, 0 bytes spill stores/loads (sm_80 too). Registers by
+// half-window H (0..4), beta = 3/4 fast path / general powf:
+//   lrn_ring_kernel<H>             48/32  56/39  64/40  61/40  64/40
+//   lrn_backward_ring_kernel<H>    60/42  58/54  65/57  72/63  78/70
+//   lrn_block_kernel<H>            32/32  38/36  34/44  40/40  40/44
+//   lrn_backward_block_kernel<H>   58/57  75/67  69/75  60/68  64/75   (U = 4 for H >= 3)
 //   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
-// At 64 registers a 256-thread block leaves 4 blocks (1024 threads) per SM, each thread with
-// kAhead + 1 = 5 loads in flight. Not yet timed on a GPU.
+// Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
+// each), backward 69 (3 blocks, 16 loads in flight each).
+#include <cfloat>
+
 #include "../kernels/lrn.h"
 #include "../core/device.h"
 #include "common.cuh"
@@ -33,6 +46,10 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kAhead = 4;    // extra loads in flight per thread
 constexpr int kMaxHalf = 4;  // ring kernels for size <= 9 (after clipping to the channel count)
+// Channels per block of the variant-1 kernels; the backward keeps 4*half + U x values and 3 rings of
+// 2*half + U, so wide windows take smaller blocks (U = 8 spilled for half >= 3 on sm_80).
+constexpr int kBlockForward = 8;
+constexpr int block_backward(int half) { return half >= 3 ? 4 : 8; }
 
 template <bool kThreeQuarters>
 __device__ __forceinline__ float neg_pow(float s, float neg_beta) {
@@ -155,6 +172,135 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_ring_kernel(const LrnSh
   }
 }
 
+// ---- variant 1 (default): channels in blocks of U, U loads issued together ----
+// The ring kernels above shift their ring every channel, and the shift moves the value just
+// loaded, so each thread waits for each load right after issuing it (SASS: MOV of the LDG
+// result in the same iteration): about one load in flight per thread, whatever kAhead. Here a
+// thread loads U channels into fresh registers at once, computes U outputs from them (indices
+// compile-time after unrolling), and only then shifts the 2*half (4*half) halo values it keeps,
+// which have long arrived. Channel indices are int; s^-3/4 is MUFU-only.
+
+__device__ __forceinline__ float load_or_zero32(const float* __restrict__ v, int j, int limit, int64_t hw) {
+  return (j >= 0 && j < limit) ? __ldg(v + (int64_t)j * hw) : 0.f;
+}
+
+// s^-beta; for beta = 3/4 from two hardware reciprocal square roots (a few ulp, no IEEE sqrt).
+template <bool kThreeQuarters>
+__device__ __forceinline__ float neg_pow_fast(float s, float neg_beta) {
+  if (kThreeQuarters) {
+    const float r = rsqrtf(fminf(s, FLT_MAX));  // s^-1/2; s = inf clamped as in the CPU twin (r > 0)
+    return r * r * rsqrtf(r);                    // s^-1 * s^1/4
+  }
+  return powf(s, neg_beta);
+}
+
+template <int H, bool kThreeQuarters, int U>
+__global__ void __launch_bounds__(kThreads) lrn_block_kernel(const LrnShape sh, const Split sp,
+                                                              const float* __restrict__ x, float* __restrict__ y) {
+  constexpr int R = 2 * H + U;  // win[m] = x_{i0-H+m}
+  const int64_t hw = sh.hw;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < sp.total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const Place pl = place(sh, sp, idx);
+    const float* xp = x + pl.base;
+    float* yp = y + pl.base;
+    const int c0 = (int)pl.c0, c1 = (int)pl.c1, limit = (int)min(sh.c, pl.c1 + H);
+    float win[R];
+#pragma unroll
+    for (int m = 0; m < 2 * H; ++m) win[m] = load_or_zero32(xp, c0 - H + m, limit, hw);
+    for (int i0 = c0; i0 < c1; i0 += U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) win[2 * H + u] = load_or_zero32(xp, i0 + H + u, limit, hw);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u < c1) {
+          float sum = 0.f;
+#pragma unroll
+          for (int m = 0; m <= 2 * H; ++m) sum += win[u + m] * win[u + m];
+          yp[(int64_t)(i0 + u) * hw] = win[H + u] * neg_pow_fast<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta);
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < 2 * H; ++m) win[m] = win[m + U];
+    }
+  }
+}
+
+// p_j = s_j^-beta and t_j = dy_j x_j p_j / s_j (0 outside the channels), from the 2H+1 x values
+// of j's window (xw[0] = x_{j-H}).
+template <int H, bool kThreeQuarters>
+__device__ __forceinline__ void lrn_t_p(const LrnShape& sh, int j, const float* xw, float dyj, float& t, float& p) {
+  float sum = 0.f;
+#pragma unroll
+  for (int m = 0; m <= 2 * H; ++m) sum += xw[m] * xw[m];
+  const float s = sh.k + sh.alpha * sum;
+  float p_over_s;
+  if (kThreeQuarters) {  // s^-1 = r^2 from the same reciprocal square root: no IEEE division
+    const float r = rsqrtf(fminf(s, FLT_MAX)), inv_s = r * r;  // as neg_pow_fast
+    p = inv_s * rsqrtf(r);
+    p_over_s = p * inv_s;
+  } else {
+    p = powf(s, -sh.beta);
+    p_over_s = p / s;
+  }
+  t = (j >= 0 && j < sh.c) ? dyj * xw[H] * p_over_s : 0.f;
+}
+
+// Block i0..i0+U-1 needs t_j, p_j for j in [i0-H, i0+U+H), hence x in [i0-2H, i0+U+2H).
+template <int H, bool kThreeQuarters, int U>
+__global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnShape sh, const Split sp,
+                                                                       const float* __restrict__ x,
+                                                                       const float* __restrict__ dy,
+                                                                       float* __restrict__ dx) {
+  constexpr int RX = 4 * H + U;  // X[m] = x_{i0-2H+m}
+  constexpr int RT = 2 * H + U;  // D[m] = dy_{i0-H+m}, T[m] = t_{i0-H+m}, P[m] = p_{i0-H+m}
+  const int64_t hw = sh.hw;
+  const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < sp.total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const Place pl = place(sh, sp, idx);
+    const float* xp = x + pl.base;
+    const float* dyp = dy + pl.base;
+    float* dxp = dx + pl.base;
+    const int c0 = (int)pl.c0, c1 = (int)pl.c1;
+    const int x_limit = (int)min(sh.c, pl.c1 + 2 * H), dy_limit = (int)min(sh.c, pl.c1 + H);
+    float X[RX], D[RT], T[RT], P[RT];
+#pragma unroll
+    for (int m = 0; m < 4 * H; ++m) X[m] = load_or_zero32(xp, c0 - 2 * H + m, x_limit, hw);
+#pragma unroll
+    for (int m = 0; m < 2 * H; ++m) D[m] = load_or_zero32(dyp, c0 - H + m, dy_limit, hw);
+#pragma unroll
+    for (int m = 0; m < 2 * H; ++m) lrn_t_p<H, kThreeQuarters>(sh, c0 - H + m, X + m, D[m], T[m], P[m]);
+    for (int i0 = c0; i0 < c1; i0 += U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        X[4 * H + u] = load_or_zero32(xp, i0 + 2 * H + u, x_limit, hw);
+        D[2 * H + u] = load_or_zero32(dyp, i0 + H + u, dy_limit, hw);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        lrn_t_p<H, kThreeQuarters>(sh, i0 + H + u, X + 2 * H + u, D[2 * H + u], T[2 * H + u], P[2 * H + u]);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u < c1) {
+          float tsum = 0.f;
+#pragma unroll
+          for (int m = 0; m <= 2 * H; ++m) tsum += T[u + m];
+          dxp[(int64_t)(i0 + u) * hw] = D[H + u] * P[H + u] - two_alpha_beta * X[2 * H + u] * tsum;
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < 4 * H; ++m) X[m] = X[m + U];
+#pragma unroll
+      for (int m = 0; m < 2 * H; ++m) {
+        D[m] = D[m + U];
+        T[m] = T[m + U];
+        P[m] = P[m + U];
+      }
+    }
+  }
+}
+
 // ---- fallback for wide windows: one thread per element, direct sums over the window ----
 
 __device__ __forceinline__ float window_denominator(const LrnShape& sh, const float* __restrict__ xp, int64_t i,
@@ -246,6 +392,20 @@ bool with_ring(const LrnShape& sh, F&& f) {
 }
 static_assert(kMaxHalf == 4, "with_ring lists the ring kernels 0..kMaxHalf");
 
+template <int H, bool kThreeQuarters>
+void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, float* y) {
+  lrn_block_kernel<H, kThreeQuarters, kBlockForward>
+      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
+  CUDA_CHECK_LAUNCH("lrn_block_kernel");
+}
+
+template <int H, bool kThreeQuarters>
+void launch_block_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
+  lrn_backward_block_kernel<H, kThreeQuarters, block_backward(H)>
+      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
+  CUDA_CHECK_LAUNCH("lrn_backward_block_kernel");
+}
+
 struct Forward {
   const LrnShape& sh; const Split& sp; const float* x; float* y;
   template <int H, bool B> void run() { launch_forward<H, B>(sh, sp, x, y); }
@@ -254,12 +414,20 @@ struct Backward {
   const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
   template <int H, bool B> void run() { launch_backward<H, B>(sh, sp, x, dy, dx); }
 };
+struct BlockForward {
+  const LrnShape& sh; const Split& sp; const float* x; float* y;
+  template <int H, bool B> void run() { launch_block_forward<H, B>(sh, sp, x, y); }
+};
+struct BlockBackward {
+  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
+  template <int H, bool B> void run() { launch_block_backward<H, B>(sh, sp, x, dy, dx); }
+};
 
 }  // namespace
 
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
-  if (with_ring(sh, Forward{sh, sp, x, y})) return;
+  if (lrn_variant() == 0 ? with_ring(sh, Forward{sh, sp, x, y}) : with_ring(sh, BlockForward{sh, sp, x, y})) return;
   const int64_t total = sh.n * sh.c * sh.hw;
   lrn_direct_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(sh, clipped_half(sh), x, y);
   CUDA_CHECK_LAUNCH("lrn_direct_kernel");
@@ -267,7 +435,9 @@ void lrn(const LrnShape& sh, const float* x, float* y) {
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
-  if (with_ring(sh, Backward{sh, sp, x, dy, dx})) return;
+  if (lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx})
+                         : with_ring(sh, BlockBackward{sh, sp, x, dy, dx}))
+    return;
   const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));

@@ -22,15 +22,26 @@ struct PoolShape {
 // larger, or NaN while m is not (so NaN propagates, the first NaN winning); ties keep m,
 // so in row-major scanning the first maximal element wins.
 CONVNET_POOL_HD bool pool_better(float v, float m) { return m == m && !(v <= m); }
-// An element is a window's argmax when it is "the same" as the window's output y
-// (NaN matching NaN), and no earlier element in row-major order is.
+// Two values are "the same" when equal or both NaN (ties between equal maxima are broken by
+// position: the first in row-major order is the window's argmax).
 CONVNET_POOL_HD bool pool_same(float v, float y) { return v == y || (v != v && y != y); }
 }  // namespace convnet
 
-#define CONVNET_POOL_TWINS                                                                   \
-  void max_pool(const PoolShape& sh, const float* x, float* y);                             \
-  /* dx (overwritten): each window's dy goes to its first element equal to y (row-major) */ \
-  void max_pool_backward(const PoolShape& sh, const float* x, const float* y, const float* dy, float* dx);
+// Saved argmax ("indices", int32, shaped like y): each window's first maximal element (the one
+// pool_better keeps scanning in row-major order) as its flat offset in the input plane, h * W + w
+// (PyTorch's max_pool2d(return_indices=True) convention).
+#define CONVNET_POOL_TWINS                                                                     \
+  /* indices: nullptr, or where each window's argmax goes */                                 \
+  void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices);              \
+  /* dx (overwritten): each window's dy goes to its argmax, recomputed from x (y, which must */ \
+  /* be max_pool(x), is not read); the same bits as max_pool_backward_indices */                \
+  void max_pool_backward(const PoolShape& sh, const float* x, const float* y, const float* dy, float* dx); \
+  /* dx (overwritten): each window's dy goes to input offset indices[window]; contributions to \
+     an element are added in row-major window order (the same bits as max_pool_backward). An   \
+     index outside its window is never followed: the CPU twin counts them into *invalid (the   \
+     entry point raises), the CUDA twin drops their dy and sets *invalid = 0 (no sync). */     \
+  void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx, \
+                                 int64_t* invalid);
 
 namespace convnet::cpu { CONVNET_POOL_TWINS }
 namespace convnet::cuda { CONVNET_POOL_TWINS }

@@ -1,12 +1,32 @@
 // Entry points of the local response normalisation family: check arguments once,
 // allocate outputs, dispatch.
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 
 #include "../kernels/lrn.h"
 #include "dispatch.h"
 
 namespace convnet {
 namespace {
+
+constexpr int kLrnVariants = 2;
+// Variant 1 (channel blocks) is the default: variant 0 keeps about one load in flight per thread
+// (csrc/cuda/lrn.cu); not yet timed against each other on a GPU (benchmarks/bench_lrn.py has a row
+// per variant).
+constexpr int kDefaultLrnVariant = 1;
+
+std::atomic<int>& variant_slot() {
+  static std::atomic<int> v{[] {
+    const char* env = std::getenv("CONVNET_LRN_VARIANT");
+    if (!env || !*env) return kDefaultLrnVariant;
+    char* end = nullptr;
+    long x = std::strtol(env, &end, 10);
+    CHECK_VALUE(*end == 0 && x >= 0 && x < kLrnVariants, "CONVNET_LRN_VARIANT must be 0 or 1, got '", env, "'");
+    return (int)x;
+  }()};
+  return v;
+}
 
 LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, double k) {
   check_defined(x, "x");
@@ -40,11 +60,21 @@ Tensor lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t 
   return dx;
 }
 
+int lrn_variant() { return variant_slot().load(std::memory_order_relaxed); }
+
+void set_lrn_variant(int variant) {
+  CHECK_VALUE(variant >= 0 && variant < kLrnVariants, "set_lrn_variant: variant must be 0 or 1, got ", variant);
+  variant_slot().store(variant, std::memory_order_relaxed);
+}
+
 void register_lrn(py::module_& m) {
   m.def("lrn", &lrn, py::arg("x"), py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"),
         CONVNET_NOGIL);
   m.def("lrn_backward", &lrn_backward, py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("size"),
         py::arg("alpha"), py::arg("beta"), py::arg("k"), CONVNET_NOGIL);
+  // Hidden: the CUDA LRN variant (CONVNET_LRN_VARIANT), so tests and benchmarks can run each.
+  m.def("lrn_variant", &lrn_variant);
+  m.def("set_lrn_variant", &set_lrn_variant, py::arg("variant"));
 }
 
 }  // namespace convnet

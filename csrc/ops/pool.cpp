@@ -1,4 +1,9 @@
 // Entry points of the max-pool family: check arguments once, allocate outputs, dispatch.
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <tuple>
+
 #include "../kernels/pool.h"
 #include "dispatch.h"
 
@@ -23,30 +28,51 @@ PoolShape pool_shape(const Tensor& x, int64_t size, int64_t stride) {
 
 }  // namespace
 
-Tensor max_pool(const Tensor& x, int64_t size, int64_t stride) {
+// return_indices: also each window's argmax (int32, shaped like y; kernels/pool.h), for
+// max_pool_backward(..., indices) in training. Returns (y, indices or None).
+std::tuple<Tensor, std::optional<Tensor>> max_pool(const Tensor& x, int64_t size, int64_t stride,
+                                                   bool return_indices) {
   OpScope op("max_pool");
   PoolShape sh = pool_shape(x, size, stride);
   Tensor y = Tensor::empty({sh.n, sh.c, sh.p, sh.q}, DType::f32, x.device());
-  if (y.numel() > 0) CONVNET_DISPATCH(x.device(), max_pool, sh, x.data<float>(), y.data<float>());
-  return y;
+  std::optional<Tensor> indices;
+  if (return_indices) indices = Tensor::empty({sh.n, sh.c, sh.p, sh.q}, DType::i32, x.device());
+  if (y.numel() > 0)
+    CONVNET_DISPATCH(x.device(), max_pool, sh, x.data<float>(), y.data<float>(),
+                     indices ? indices->data<int32_t>() : nullptr);
+  return {y, indices};
 }
 
-Tensor max_pool_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t size, int64_t stride) {
+// With indices (from max_pool(..., return_indices=True)), x and y are only checked for shape and
+// device (y may be None) and the argmax is not recomputed.
+Tensor max_pool_backward(const Tensor& x, const std::optional<Tensor>& y, const Tensor& dy, int64_t size,
+                         int64_t stride, const std::optional<Tensor>& indices) {
   OpScope op("max_pool_backward");
   PoolShape sh = pool_shape(x, size, stride);
-  check_matches(y, "y", DType::f32, {sh.n, sh.c, sh.p, sh.q}, x, "x");
+  CHECK_VALUE(y || indices, "'y' may be None only when 'indices' are given");
+  if (y) check_matches(*y, "y", DType::f32, {sh.n, sh.c, sh.p, sh.q}, x, "x");
   check_matches(dy, "dy", DType::f32, {sh.n, sh.c, sh.p, sh.q}, x, "x");
+  if (indices) check_matches(*indices, "indices", DType::i32, {sh.n, sh.c, sh.p, sh.q}, x, "x");
   Tensor dx = Tensor::empty_like(x);
-  if (dx.numel() > 0)
-    CONVNET_DISPATCH(x.device(), max_pool_backward, sh, x.data<float>(), y.data<float>(), dy.data<float>(),
+  if (dx.numel() == 0) return dx;
+  if (indices) {
+    int64_t invalid = 0;
+    CONVNET_DISPATCH(x.device(), max_pool_backward_indices, sh, indices->data<int32_t>(), dy.data<float>(),
+                     dx.data<float>(), &invalid);
+    CHECK_VALUE(invalid == 0, invalid, " of the indices are not inside their windows (indices must come from ",
+                "max_pool(..., return_indices=True) with the same x, size and stride)");
+  } else {
+    CONVNET_DISPATCH(x.device(), max_pool_backward, sh, x.data<float>(), y->data<float>(), dy.data<float>(),
                      dx.data<float>());
+  }
   return dx;
 }
 
 void register_pool(py::module_& m) {
-  m.def("max_pool", &max_pool, py::arg("x"), py::arg("size"), py::arg("stride"), CONVNET_NOGIL);
+  m.def("max_pool", &max_pool, py::arg("x"), py::arg("size"), py::arg("stride"), py::arg("return_indices") = false,
+        CONVNET_NOGIL);
   m.def("max_pool_backward", &max_pool_backward, py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("size"),
-        py::arg("stride"), CONVNET_NOGIL);
+        py::arg("stride"), py::arg("indices") = py::none(), CONVNET_NOGIL);
 }
 
 }  // namespace convnet
