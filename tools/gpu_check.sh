@@ -81,8 +81,8 @@ if stage train; then
   echo "== train ($(elapsed))"
   CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN_TIMEOUT:-150} $PY -m convnet.train ${TRAIN_ARGS:---model alexnet --image-size 256 --num-train 5120 --num-val 512 --epochs 2 --devices cuda:0 --run-dir /tmp/convnet-gpu-run --progress 0 --plots 0} > "$OUT/train.log" 2>&1
   echo "- train rc $?:" >> "$summary"; grep -E '^epoch|^data|^recipe|^done' "$OUT/train.log" | sed 's/^/  /' >> "$summary"
-  CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN2_TIMEOUT:-150} $PY -m convnet.train ${TRAIN2_ARGS:---devices cuda:0,cuda:1 --run-dir /tmp/convnet-gpu-small --progress 0 --plots 0} > "$OUT/train-small.log" 2>&1
-  echo "- train (default small net, two logical GPUs on one) rc $?:" >> "$summary"; grep -E '^epoch|^done' "$OUT/train-small.log" | sed 's/^/  /' >> "$summary"
+  CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN2_TIMEOUT:-150} $PY -m convnet.train ${TRAIN2_ARGS:---run-dir /tmp/convnet-gpu-small --progress 0 --plots 0} > "$OUT/train-small.log" 2>&1
+  echo "- train (default small net, default devices: two logical GPUs on one) rc $?:" >> "$summary"; grep -E '^epoch|^done' "$OUT/train-small.log" | sed 's/^/  /' >> "$summary"
 fi
 echo "- total $(elapsed)" >> "$summary"
 cat "$summary"
