@@ -15,10 +15,11 @@ namespace convnet {
 namespace {
 
 constexpr int kConvVariants = 4;
-// Variant 2 measured fastest on an H200 (benchmarks/results/2026-11-26-h200/bench-variants.txt:
-// e.g. conv2 backward-data 4.06 -> 2.68 ms, conv3 backward-filter 2.03 -> 1.37 ms, fc6 forward
-// 0.45 -> 0.30 ms; at most 7% slower, on conv1) and passed the CUDA tests there.
-constexpr int kDefaultConvVariant = 2;
+// Variant 3 (variant 2 + Winograd F(4x4,3x3) for conv3-5) measured fastest on an H200
+// (benchmarks/results/2026-11-26-h200-29eff7f/bench-variants.txt: conv3 forward 1.23 -> 0.57 ms,
+// backward-filter 1.37 -> 0.63, conv4 backward-filter 1.53 -> 0.63; conv1/2 and fc unchanged)
+// and passed the CUDA tests there. Variant 2 over 0/1: benchmarks/results/NOTES-conv-cuda.md.
+constexpr int kDefaultConvVariant = 3;
 
 std::atomic<int>& variant_slot() {
   static std::atomic<int> v{[] {
