@@ -126,7 +126,7 @@ def test_variant_switch_and_bad_values():
         _C.set_conv_variant(before)
 
 
-@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("0", "0"), ("", "2"), ("7", "ValueError")])  # unset: 2
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("0", "0"), ("", "3"), ("7", "ValueError")])  # unset: 3
 def test_variant_from_environment(value, expect):
     code = ("from convnet import _C\n"
             "try:\n    print(_C.conv_variant())\n"
