@@ -60,15 +60,20 @@ def timer(fn, device, min_time=0.2, max_reps=200, sync=None):
     return statistics.median(times)
 
 
-def copy_bandwidth(device, nbytes):
-    """GB/s of a same-device copy of nbytes (read + write counted), our ceiling for memory-bound ops."""
+def copy_bandwidth(device, nbytes, torch=None):
+    """GB/s of a same-device copy of nbytes (read + write counted), our ceiling for memory-bound ops:
+    (by wall time per call, by the copy's GPU time from the profiler when torch is given, else None)."""
     import numpy as np
 
     n = max(nbytes // 4, 1)
     src = convnet.tensor(np.random.rand(n).astype("float32"), device)
     dst = convnet.empty((n,), "float32", device)
     t = timer(lambda: dst.copy_(src), device)
-    return 2 * n * 4 / t / 1e9
+    gpu = None
+    if torch is not None:
+        us = sum(us for _, us in kernel_times(torch, lambda: dst.copy_(src)))
+        gpu = 2 * n * 4 / (us * 1e-6) / 1e9 if us > 0 else None
+    return 2 * n * 4 / t / 1e9, gpu
 
 
 def git_commit():
@@ -115,12 +120,13 @@ def main(argv=None):
             row = {"family": fam, "name": case["name"]}
             t = timer(case["ours"], device)
             row["ms"] = t * 1e3
+            profile = args.profile and torch is not None and device != "cpu"
             if case.get("bytes"):
                 row["GB/s"] = case["bytes"] / t / 1e9
                 key = 1 << max(20, int(case["bytes"]).bit_length())
                 if key not in copy_cache:
-                    copy_cache[key] = copy_bandwidth(device, min(key, 1 << 30))
-                row["copy_GB/s"] = copy_cache[key]
+                    copy_cache[key] = copy_bandwidth(device, min(key, 1 << 30), torch if profile else None)
+                row["copy_GB/s"], copy_gpu = copy_cache[key]
                 row["vs_copy"] = row["GB/s"] / row["copy_GB/s"]
             if case.get("flops"):
                 row["GFLOP/s"] = case["flops"] / t / 1e9
@@ -135,10 +141,14 @@ def main(argv=None):
                 tt = timer(case["torch"], device, sync=sync)
                 row["torch_ms"] = tt * 1e3
                 row["x_torch"] = tt / t
-            if args.profile and torch is not None and device != "cpu":
+            if profile:
                 row["kernels"] = kernel_times(torch, case["ours"])
                 if case.get("torch"):
                     row["torch_kernels"] = kernel_times(torch, case["torch"])
+                gpu_us = sum(us for _, us in row["kernels"])
+                if case.get("bytes") and copy_gpu and gpu_us > 0:
+                    # the kernels alone, without the host's launch and dispatch time per call
+                    row["gpu_vs_copy"] = case["bytes"] / (gpu_us * 1e-6) / 1e9 / copy_gpu
             rows.append(row)
             print(format_row(row), flush=True)
     info = {"device": device, "device_name": device_name(device), "batch": batch, "commit": git_commit(),
@@ -159,7 +169,7 @@ def device_name(device):
     return convnet._C.cuda_device_name(int(device.split(":")[1]))
 
 
-COLS = [("ms", "{:9.3f}"), ("GFLOP/s", "{:9.1f}"), ("GB/s", "{:8.1f}"), ("vs_copy", "{:7.2f}"),
+COLS = [("ms", "{:9.3f}"), ("GFLOP/s", "{:9.1f}"), ("GB/s", "{:8.1f}"), ("vs_copy", "{:7.2f}"), ("gpu_vs_copy", "{:11.2f}"),
         ("items/s", "{:10.0f}"), ("x_numpy", "{:8.2f}"), ("x_torch", "{:8.2f}")]
 
 
@@ -214,7 +224,8 @@ def torch_fp32_precision(torch, device):
 def print_table(info):
     print(f"\n# {info['device']} ({info['device_name']}), batch {info['batch']}, commit {info['commit']}, "
           f"torch {info['torch']}" + (f" ({info['torch_fp32']})" if info.get("torch_fp32") else ""))
-    print("# x_numpy / x_torch: reference time over ours (above 1 = ours faster); vs_copy: share of copy bandwidth")
+    print("# x_numpy / x_torch: reference time over ours (above 1 = ours faster); vs_copy: share of copy bandwidth;")
+    print("# gpu_vs_copy (--profile): the same from the kernels' GPU time alone (no host launch/dispatch time)")
     head = [f"{'op':<36}"] + [f"{k:>{len(fmt.format(0))}}" for k, fmt in COLS]
     print(" ".join(head))
     for row in info["rows"]:

@@ -192,3 +192,29 @@ def test_pinned_memory_errors():
     if convnet.cuda_available():
         with pytest.raises(ValueError, match="pinned memory is host memory"):
             convnet.empty((4,), "uint8", "cuda:0", pinned=True)
+
+
+@needs_gpu
+def test_allocator_blocks_move_between_threads(rng):
+    # Blocks freed by one thread's stream and taken by another's (the freeing thread's own
+    # reuse skips the wait): results must never see another thread's writes.
+    import threading
+
+    data = [rng.standard_normal((257, 129)).astype(np.float32) for _ in range(4)]
+    errors = []
+
+    def work(i):
+        for step in range(60):
+            a = data[(i + step) % 4]
+            y = convnet.ops.relu(convnet.tensor(a, "cuda:0"))
+            z = convnet.ops.relu(y)  # a second op reading the first's output on this stream
+            if not np.array_equal(z.numpy(), np.maximum(a, 0)):
+                errors.append((i, step))
+            del y, z
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]

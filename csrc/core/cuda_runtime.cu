@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -85,6 +86,7 @@ namespace {
 struct Block {
   void* ptr;
   cudaEvent_t freed;  // GPU: recorded on the freeing thread's stream; pinned host: the last async copy (or null)
+  std::thread::id owner{};  // GPU: the freeing thread (its per-thread stream needs no wait to reuse the block)
 };
 
 // Size classes: multiples of 512 bytes up to 1 MiB, then multiples of 2 MiB, so a
@@ -97,6 +99,7 @@ size_t round_size(size_t n) {
 struct Pool {
   std::mutex m;
   std::multimap<size_t, Block> free_blocks;  // by size
+  std::vector<cudaEvent_t> spare_events;     // recorded again at the next free (creating one costs more)
   size_t cached = 0, allocated = 0;
 };
 
@@ -118,6 +121,8 @@ void release_cached(int device, Pool& p) {  // caller holds p.m
   }
   p.free_blocks.clear();
   p.cached = 0;
+  for (cudaEvent_t e : p.spare_events) cudaEventDestroy(e);
+  p.spare_events.clear();
 }
 
 // Pinned host blocks: one cache for the process, by size class, as for the GPU blocks.
@@ -149,15 +154,20 @@ void* allocate(int device, size_t nbytes) {
   DeviceGuard g(Device{DeviceType::CUDA, device});
   {
     std::lock_guard<std::mutex> lock(p.m);
-    auto it = p.free_blocks.find(size);
-    if (it != p.free_blocks.end()) {
+    // A block this thread freed first: its stream is ours, so stream order alone makes it safe.
+    const std::thread::id me = std::this_thread::get_id();
+    const auto range = p.free_blocks.equal_range(size);
+    auto it = range.first;
+    for (auto j = range.first; j != range.second; ++j)
+      if (j->second.owner == me) { it = j; break; }
+    if (it != range.second) {
       Block b = it->second;
       p.free_blocks.erase(it);
       p.cached -= size;
       p.allocated += size;
-      // Work queued on the freeing stream may still read the block: wait for it on ours.
-      CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), b.freed, 0));
-      CUDA_CHECK(cudaEventDestroy(b.freed));
+      // Work queued on another thread's stream may still read the block: wait for it on ours.
+      if (b.owner != me) CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), b.freed, 0));
+      p.spare_events.push_back(b.freed);  // the wait is queued: the event may be recorded again
       return b.ptr;
     }
   }
@@ -187,8 +197,15 @@ void deallocate(int device, void* ptr, size_t nbytes) {
   int prev = -1;
   cudaGetDevice(&prev);
   if (prev != device) cudaSetDevice(device);
-  Block b{ptr, nullptr};
-  bool ok = cudaEventCreateWithFlags(&b.freed, cudaEventDisableTiming) == cudaSuccess &&
+  Block b{ptr, nullptr, std::this_thread::get_id()};
+  {
+    std::lock_guard<std::mutex> lock(p.m);
+    if (!p.spare_events.empty()) {
+      b.freed = p.spare_events.back();
+      p.spare_events.pop_back();
+    }
+  }
+  bool ok = (b.freed || cudaEventCreateWithFlags(&b.freed, cudaEventDisableTiming) == cudaSuccess) &&
             cudaEventRecord(b.freed, cuda::stream()) == cudaSuccess;
   {
     std::lock_guard<std::mutex> lock(p.m);
@@ -198,6 +215,7 @@ void deallocate(int device, void* ptr, size_t nbytes) {
       p.cached += size;
     } else {
       cudaGetLastError();
+      if (b.freed) cudaEventDestroy(b.freed);
       cudaFree(ptr);
     }
   }

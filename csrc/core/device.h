@@ -25,9 +25,9 @@ struct DeviceGuard {
 };
 
 namespace gpu {
-// Caching allocator: blocks are kept per device and size class and reused; a block
-// freed on one thread's stream is reused on another only after that stream's work
-// is done (an event recorded at free time is waited on at reuse).
+// Caching allocator: blocks are kept per device and size class and reused. The freeing
+// thread gets its own blocks back first, with no wait (same per-thread stream: stream order
+// protects them); another thread's stream waits for the event recorded at free time.
 void* allocate(int device, size_t nbytes);
 void deallocate(int device, void* p, size_t nbytes);
 void empty_cache();
