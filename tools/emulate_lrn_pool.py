@@ -42,6 +42,16 @@ template <class K, class... A> void launch(int64_t grid, int64_t block, K kernel
   for (int64_t b = 0; b < grid; ++b)
     for (int64_t t = 0; t < block; ++t) { blockIdx.x = b; threadIdx.x = t; kernel(args...); }
 }
+// a 2-D launch: grid (gx, gy), block (bx, by)
+template <class K, class... A> void launch2(int64_t gx, int64_t gy, int64_t bx, int64_t by, K kernel, A... args) {
+  gridDim.x = gx; gridDim.y = gy; blockDim.x = bx; blockDim.y = by;
+  for (int64_t b = 0; b < gx * gy; ++b)
+    for (int64_t t = 0; t < bx * by; ++t) {
+      blockIdx.x = b % gx; blockIdx.y = b / gx; threadIdx.x = t % bx; threadIdx.y = t / bx;
+      kernel(args...);
+    }
+  gridDim.y = blockDim.y = blockIdx.y = threadIdx.y = 0;
+}
 namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1; } }
 '''
 
@@ -87,14 +97,25 @@ template <class Index, int S, int T>
 void pool_forward(int64_t g, const PoolShape& sh, const float* x, float* y, int32_t* idx) {
   launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, true>, sh, x, y, idx);
 }
+// launch_gather's grid and block (gather_block), except: planes looped over min(planes, |g|)
+// grid rows, and blockDim.x forced to 32 for |g| == 3 (wide rows then loop over columns).
+template <int S, int T>
+void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy, float* dx) {
+  int64_t bx = 32;
+  while (bx < 128 && bx < sh.w) bx *= 2;
+  if (g == 3 || g == -3) bx = 32;
+  const int64_t by = pool::kThreads / bx, tiles_h = (sh.h + sh.stride - 1) / sh.stride;
+  const int64_t gy = std::min<int64_t>(sh.n * sh.c, g < 0 ? -g : g);
+  launch2((tiles_h + by - 1) / by, gy, bx, by, pool::max_pool_gather_kernel<S, T>, sh, idx, dy, dx);
+}
 template <class Index, int S, int T>
 void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
   if (!idx) {  // the no-indices path: argmax into scratch, then the gather
     std::vector<int32_t> scratch(sh.n * sh.c * sh.p * sh.q, -7);
     launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, false>, sh, x, (float*)nullptr, scratch.data());
-    launch(g, pool::kThreads, pool::max_pool_gather_kernel<Index, S, T>, sh, (const int32_t*)scratch.data(), dy, dx);
+    gather<S, T>(g, sh, (const int32_t*)scratch.data(), dy, dx);
   } else {
-    launch(g, pool::kThreads, pool::max_pool_gather_kernel<Index, S, T>, sh, idx, dy, dx);
+    gather<S, T>(g, sh, idx, dy, dx);
   }
 }
 #define POOL(F, ...) \

@@ -14,11 +14,13 @@
 // of copy on an H200: the shift moves the value just loaded into the next slot, so each thread
 // waits for every load right after issuing it (one load in flight); also IEEE sqrt and division
 // (with slow-path calls) and 64-bit channel arithmetic per element.
-// Variant 1 (default): channels in blocks of U (8; 4 for the backward of windows wider than 5):
+// Variant 1: channels in blocks of U (8; 4 for the backward of windows wider than 5):
 // U loads (2U in the backward: x and dy) issued together into fresh registers, U outputs computed,
 // then only the halo values, long arrived, are shifted. int channel indices; s^-3/4 and 1/s from
 // MUFU reciprocal square roots (a few ulp; the tests' tolerance is 2e-6 of the largest output).
-// Not yet timed on a GPU: bench_lrn.py prints a row per variant so one GPU run can decide.
+// Variant 2 (default): the ring forward and the block backward, each direction's faster kernel
+// on the H200 (results 2026-11-26-h200-29eff7f, fraction of a same-size copy: forward v0 0.63-0.67,
+// v1 0.59-0.61; backward v0 0.50-0.55, v1 0.61-0.67). bench_lrn.py prints a row per variant.
 //
 // Backward, in one pass per chunk: lead index j computes p_j = s_j^-beta and
 // t_j = dy_j x_j p_j / s_j; channel i = j - half is then finished as
@@ -427,7 +429,8 @@ struct BlockBackward {
 
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
-  if (lrn_variant() == 0 ? with_ring(sh, Forward{sh, sp, x, y}) : with_ring(sh, BlockForward{sh, sp, x, y})) return;
+  // variants 0 and 2: the ring forward (measured faster than the block forward on the H200)
+  if (lrn_variant() != 1 ? with_ring(sh, Forward{sh, sp, x, y}) : with_ring(sh, BlockForward{sh, sp, x, y})) return;
   const int64_t total = sh.n * sh.c * sh.hw;
   lrn_direct_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(sh, clipped_half(sh), x, y);
   CUDA_CHECK_LAUNCH("lrn_direct_kernel");
@@ -435,6 +438,7 @@ void lrn(const LrnShape& sh, const float* x, float* y) {
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
+  // variants 1 and 2: the block backward (measured faster than the ring backward on the H200)
   if (lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx})
                          : with_ring(sh, BlockBackward{sh, sp, x, dy, dx}))
     return;
