@@ -185,10 +185,11 @@ void launch_max_pool(const PoolShape& sh, const float* x, float* y, int32_t* ind
   }
 }
 
-// The gather's block: blockDim.x a multiple of 32 covering w when it can (up to 128; wider
-// rows loop), the rest of the 256 threads on further tile rows.
+// The gather's block: blockDim.x the power of two from 8 to 128 that covers w when it can (wider
+// rows loop), the rest of the 256 threads on further tile rows (a warp spans rows when x < 32, so
+// narrow planes such as 13 wide keep most lanes busy).
 dim3 gather_block(const PoolShape& sh) {
-  int x = 32;
+  int x = 8;
   while (x < 128 && x < sh.w) x *= 2;
   return dim3(x, kThreads / x);
 }
