@@ -70,15 +70,19 @@ template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp
   case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return; }
 template <int H, bool B> void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
   launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y); }
+template <int H, bool B> void fwd_block16(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
+  launch(g, kThreads, lrn_block_kernel<H, B, kBlockForwardWide>, sh, sp, x, y); }
 template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx); }
-// variant: 0 ring kernels, 1 block kernels (as lrn_variant() picks in the launchers)
+// variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward, 3 block kernels with
+// 16-channel forward blocks (as lrn_variant() picks in the launchers)
 extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
                         const float* x, float* y, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  if (variant == 0) { RING(fwd, g, sh, sp, x, y) } else { RING(fwd_block, g, sh, sp, x, y) }
+  if (variant == 0 || variant == 2) { RING(fwd, g, sh, sp, x, y) }
+  else if (variant == 1) { RING(fwd_block, g, sh, sp, x, y) } else { RING(fwd_block16, g, sh, sp, x, y) }
   launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
 }
 extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
@@ -180,7 +184,7 @@ def main():
                                 ((1, 33, 1, 1), 7, 0.2, 0.6, 1.0, 1.0)]
         for grid in (1, 3, 1000, -7):  # -7: 7 blocks, the pool kernels' 64-bit index path
             small_only = abs(grid) == 1
-            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1)):
+            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1, 3)):
                 if grid < 0 or (small_only and np.prod(shape) > 200000):
                     continue
                 x = (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -21,6 +21,14 @@
 // Variant 2 (default): the ring forward and the block backward, each direction's faster kernel
 // on the H200 (results 2026-11-26-h200-29eff7f, fraction of a same-size copy: forward v0 0.63-0.67,
 // v1 0.59-0.61; backward v0 0.50-0.55, v1 0.61-0.67). bench_lrn.py prints a row per variant.
+// Variant 3: variant 1 with forward blocks of 16 channels (U = 16). Why: at H = 2 variant 1's
+// forward has 6 blocks of 256 threads per SM with 8 loads (32 B) each in flight, ~49 KB an SM,
+// below the ~55-60 KB that Little's law asks of an H200 SM at ~4.5 TB/s and ~1.5-2 us loaded
+// latency; U = 16 takes 48 registers (5 blocks), so ~80 KB. conv1 (96 channels, chunk of 96:
+// 6 blocks of 16) has no partial block; conv2 (chunks of 52) a last block of 4 with 12 loads
+// predicated off. Prediction (H200): forward conv1 ~80-85 us (0.8 of copy; v1 took 111-115 us),
+// unless the limit is instruction issue (~20 instructions an element); the GPU run decides
+// whether it becomes the default.
 //
 // Backward, in one pass per chunk: lead index j computes p_j = s_j^-beta and
 // t_j = dy_j x_j p_j / s_j; channel i = j - half is then finished as
@@ -32,6 +40,7 @@
 //   lrn_ring_kernel<H>             48/32  56/39  64/40  61/40  64/40
 //   lrn_backward_ring_kernel<H>    60/42  58/54  65/57  72/63  78/70
 //   lrn_block_kernel<H>            32/32  38/36  34/44  40/40  40/44
+//   lrn_block_kernel<H>, U = 16    44/48  48/44  48/48  48/48  48/48   (variant 3)
 //   lrn_backward_block_kernel<H>   58/57  75/67  69/75  60/68  64/75   (U = 4 for H >= 3)
 //   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
 // Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
@@ -51,6 +60,7 @@ constexpr int kMaxHalf = 4;  // ring kernels for size <= 9 (after clipping to th
 // Channels per block of the variant-1 kernels; the backward keeps 4*half + U x values and 3 rings of
 // 2*half + U, so wide windows take smaller blocks (U = 8 spilled for half >= 3 on sm_80).
 constexpr int kBlockForward = 8;
+constexpr int kBlockForwardWide = 16;  // variant 3: twice the loads in flight per thread
 constexpr int block_backward(int half) { return half >= 3 ? 4 : 8; }
 
 template <bool kThreeQuarters>
@@ -394,10 +404,9 @@ bool with_ring(const LrnShape& sh, F&& f) {
 }
 static_assert(kMaxHalf == 4, "with_ring lists the ring kernels 0..kMaxHalf");
 
-template <int H, bool kThreeQuarters>
+template <int H, bool kThreeQuarters, int U>
 void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, float* y) {
-  lrn_block_kernel<H, kThreeQuarters, kBlockForward>
-      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
+  lrn_block_kernel<H, kThreeQuarters, U><<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
   CUDA_CHECK_LAUNCH("lrn_block_kernel");
 }
 
@@ -416,9 +425,10 @@ struct Backward {
   const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
   template <int H, bool B> void run() { launch_backward<H, B>(sh, sp, x, dy, dx); }
 };
+template <int U>
 struct BlockForward {
   const LrnShape& sh; const Split& sp; const float* x; float* y;
-  template <int H, bool B> void run() { launch_block_forward<H, B>(sh, sp, x, y); }
+  template <int H, bool B> void run() { launch_block_forward<H, B, U>(sh, sp, x, y); }
 };
 struct BlockBackward {
   const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
@@ -429,8 +439,13 @@ struct BlockBackward {
 
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
-  // variants 0 and 2: the ring forward (measured faster than the block forward on the H200)
-  if (lrn_variant() != 1 ? with_ring(sh, Forward{sh, sp, x, y}) : with_ring(sh, BlockForward{sh, sp, x, y})) return;
+  // variants 0 and 2: the ring forward (measured faster than the block forward on the H200);
+  // 1: blocks of 8 channels, 3: blocks of 16
+  const int variant = lrn_variant();
+  const bool ring = variant == 1   ? with_ring(sh, BlockForward<kBlockForward>{sh, sp, x, y})
+                    : variant == 3 ? with_ring(sh, BlockForward<kBlockForwardWide>{sh, sp, x, y})
+                                   : with_ring(sh, Forward{sh, sp, x, y});
+  if (ring) return;
   const int64_t total = sh.n * sh.c * sh.hw;
   lrn_direct_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(sh, clipped_half(sh), x, y);
   CUDA_CHECK_LAUNCH("lrn_direct_kernel");
@@ -438,7 +453,7 @@ void lrn(const LrnShape& sh, const float* x, float* y) {
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
-  // variants 1 and 2: the block backward (measured faster than the ring backward on the H200)
+  // variants 1, 2 and 3: the block backward (measured faster than the ring backward on the H200)
   if (lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx})
                          : with_ring(sh, BlockBackward{sh, sp, x, dy, dx}))
     return;
