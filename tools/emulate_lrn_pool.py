@@ -111,7 +111,9 @@ void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy,
   int64_t bx = 8;
   while (bx < 128 && bx < sh.w) bx *= 2;
   if (g == 3 || g == -3) bx = 8;
-  const int64_t by = pool::kThreads / bx, tiles_h = (sh.h + sh.stride - 1) / sh.stride;
+  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride;
+  int64_t by = 1;
+  while (by < pool::kThreads / bx && (by < tiles_h || by * bx < 64)) by *= 2;
   const int64_t gy = std::min<int64_t>(sh.n * sh.c, g < 0 ? -g : g);
   launch2((tiles_h + by - 1) / by, gy, bx, by, pool::max_pool_gather_kernel<S, T>, sh, idx, dy, dx);
 }

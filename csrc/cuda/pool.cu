@@ -186,12 +186,16 @@ void launch_max_pool(const PoolShape& sh, const float* x, float* y, int32_t* ind
 }
 
 // The gather's block: blockDim.x the power of two from 8 to 128 that covers w when it can (wider
-// rows loop), the rest of the 256 threads on further tile rows (a warp spans rows when x < 32, so
-// narrow planes such as 13 wide keep most lanes busy).
+// rows loop), blockDim.y tile rows up to 256 threads in all, but no more rows than a plane has
+// (rounded up to a power of two; at least 64 threads): a warp spans rows when x < 32, so narrow
+// planes such as 13 wide (16 x 8 threads for 7 tile rows) keep most lanes busy.
 dim3 gather_block(const PoolShape& sh) {
   int x = 8;
   while (x < 128 && x < sh.w) x *= 2;
-  return dim3(x, kThreads / x);
+  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride;
+  int y = 1;
+  while (y < kThreads / x && (y < tiles_h || y * x < 64)) y *= 2;
+  return dim3(x, y);
 }
 
 void launch_gather(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx) {
