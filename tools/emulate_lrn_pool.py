@@ -42,6 +42,16 @@ template <class K, class... A> void launch(int64_t grid, int64_t block, K kernel
   for (int64_t b = 0; b < grid; ++b)
     for (int64_t t = 0; t < block; ++t) { blockIdx.x = b; threadIdx.x = t; kernel(args...); }
 }
+// a 2-D launch: grid (gx, gy), block (bx, by)
+template <class K, class... A> void launch2(int64_t gx, int64_t gy, int64_t bx, int64_t by, K kernel, A... args) {
+  gridDim.x = gx; gridDim.y = gy; blockDim.x = bx; blockDim.y = by;
+  for (int64_t b = 0; b < gx * gy; ++b)
+    for (int64_t t = 0; t < bx * by; ++t) {
+      blockIdx.x = b % gx; blockIdx.y = b / gx; threadIdx.x = t % bx; threadIdx.y = t / bx;
+      kernel(args...);
+    }
+  gridDim.y = blockDim.y = blockIdx.y = threadIdx.y = 0;
+}
 namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1; } }
 '''
 
@@ -60,15 +70,21 @@ template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp
   case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return; }
 template <int H, bool B> void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
   launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y); }
+template <int H, bool B> void fwd_block16(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
+  launch(g, kThreads, lrn_block_kernel<H, B, kBlockForwardWide>, sh, sp, x, y); }
 template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx); }
-// variant: 0 ring kernels, 1 block kernels (as lrn_variant() picks in the launchers)
+template <int H, bool B> void bwd_block16(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
+  launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward_wide(H)>, sh, sp, x, dy, dx); }
+// variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward, 3 block kernels with
+// 16-channel blocks, 4 ring forward + variant 3's backward (as lrn_variant() picks in the launchers)
 extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
                         const float* x, float* y, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  if (variant == 0) { RING(fwd, g, sh, sp, x, y) } else { RING(fwd_block, g, sh, sp, x, y) }
+  if (variant == 0 || variant == 2 || variant == 4) { RING(fwd, g, sh, sp, x, y) }
+  else if (variant == 1) { RING(fwd_block, g, sh, sp, x, y) } else { RING(fwd_block16, g, sh, sp, x, y) }
   launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
 }
 extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
@@ -76,7 +92,8 @@ extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size,
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) } else { RING(bwd_block, g, sh, sp, x, dy, dx) }
+  if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) }
+  else if (variant >= 3) { RING(bwd_block16, g, sh, sp, x, dy, dx) } else { RING(bwd_block, g, sh, sp, x, dy, dx) }
   std::vector<float> t(n * c * hw, NAN);
   launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
   launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx);
@@ -87,14 +104,27 @@ template <class Index, int S, int T>
 void pool_forward(int64_t g, const PoolShape& sh, const float* x, float* y, int32_t* idx) {
   launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, true>, sh, x, y, idx);
 }
+// launch_gather's grid and block (gather_block), except: planes looped over min(planes, |g|)
+// grid rows, and blockDim.x forced to 8 for |g| == 3 (wider rows then loop over columns).
+template <int S, int T>
+void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy, float* dx) {
+  int64_t bx = 8;
+  while (bx < 128 && bx < sh.w) bx *= 2;
+  if (g == 3 || g == -3) bx = 8;
+  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride;
+  int64_t by = 1;
+  while (by < pool::kThreads / bx && (by < tiles_h || by * bx < 64)) by *= 2;
+  const int64_t gy = std::min<int64_t>(sh.n * sh.c, g < 0 ? -g : g);
+  launch2((tiles_h + by - 1) / by, gy, bx, by, pool::max_pool_gather_kernel<S, T>, sh, idx, dy, dx);
+}
 template <class Index, int S, int T>
 void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
   if (!idx) {  // the no-indices path: argmax into scratch, then the gather
     std::vector<int32_t> scratch(sh.n * sh.c * sh.p * sh.q, -7);
     launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, false>, sh, x, (float*)nullptr, scratch.data());
-    launch(g, pool::kThreads, pool::max_pool_gather_kernel<Index, S, T>, sh, (const int32_t*)scratch.data(), dy, dx);
+    gather<S, T>(g, sh, (const int32_t*)scratch.data(), dy, dx);
   } else {
-    launch(g, pool::kThreads, pool::max_pool_gather_kernel<Index, S, T>, sh, idx, dy, dx);
+    gather<S, T>(g, sh, idx, dy, dx);
   }
 }
 #define POOL(F, ...) \
@@ -159,7 +189,7 @@ def main():
                                 ((1, 33, 1, 1), 7, 0.2, 0.6, 1.0, 1.0)]
         for grid in (1, 3, 1000, -7):  # -7: 7 blocks, the pool kernels' 64-bit index path
             small_only = abs(grid) == 1
-            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1)):
+            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1, 3)):
                 if grid < 0 or (small_only and np.prod(shape) > 200000):
                     continue
                 x = (rng.standard_normal(shape) * scale).astype(np.float32)
@@ -174,13 +204,16 @@ def main():
                 if e1 > 2e-6 or e2 > 1e-5:
                     failures += 1
                     print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
-            for shape, size, stride in tp.CASES + tp.INDEX_CASES[9:]:
+            wide = [((1, 2, 7, 261), 3, 2), ((2, 1, 5, 300), 2, 2), ((1, 1, 3, 131), 3, 1)]  # rows > 128: looped
+            for shape, size, stride in tp.CASES + tp.INDEX_CASES[9:] + wide:
                 if small_only and np.prod(shape) > 200000:
                     continue
-                for ties, generic in ((False, 0), (True, 0), (True, 1)):
+                for ties, generic in ((False, 0), (True, 0), (True, 1), ("nan", 0), ("nan", 1)):
                     if generic and (size, stride) != (3, 2):
                         continue  # other windows always take the generic kernels
-                    x = (rng.integers(0, 3, shape) if ties else rng.standard_normal(shape)).astype(np.float32)
+                    x = (rng.integers(0, 3, shape) if ties is True else rng.standard_normal(shape)).astype(np.float32)
+                    if ties == "nan":  # NaNs take the windows they are in (the first one in row-major order)
+                        x.flat[rng.integers(0, x.size, max(1, x.size // 50))] = np.nan
                     yref, iref = tp.max_pool_ref(x, size, stride), tp.max_pool_indices_ref(x, size, stride)
                     y = np.full(yref.shape, np.nan, np.float32)
                     idx = np.full(yref.shape, -5, np.int32)
@@ -195,7 +228,7 @@ def main():
                     bad.flat[1::5] = (bad.flat[1::5] + 1) % (shape[2] * shape[3])  # mostly a neighbour
                     dx3 = np.full(shape, np.nan, np.float32)
                     lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(bad), ptr(dy), ptr(dx3), grid, generic)
-                    e1 = rel_error(y, yref)
+                    e1 = 0.0 if np.array_equal(y, yref, equal_nan=True) else np.inf  # NaN windows: NaN
                     e2 = rel_error(dx, tp.max_pool_backward_ref(x, dy, size, stride))
                     e3 = rel_error(dx3, tp.scatter_indices_ref(bad, dy, shape, size, stride))
                     checked += 1

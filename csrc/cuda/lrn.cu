@@ -14,11 +14,26 @@
 // of copy on an H200: the shift moves the value just loaded into the next slot, so each thread
 // waits for every load right after issuing it (one load in flight); also IEEE sqrt and division
 // (with slow-path calls) and 64-bit channel arithmetic per element.
-// Variant 1 (default): channels in blocks of U (8; 4 for the backward of windows wider than 5):
+// Variant 1: channels in blocks of U (8; 4 for the backward of windows wider than 5):
 // U loads (2U in the backward: x and dy) issued together into fresh registers, U outputs computed,
 // then only the halo values, long arrived, are shifted. int channel indices; s^-3/4 and 1/s from
 // MUFU reciprocal square roots (a few ulp; the tests' tolerance is 2e-6 of the largest output).
-// Not yet timed on a GPU: bench_lrn.py prints a row per variant so one GPU run can decide.
+// Variant 2 (default): the ring forward and the block backward, each direction's faster kernel
+// on the H200 (results 2026-11-26-h200-29eff7f, fraction of a same-size copy: forward v0 0.63-0.67,
+// v1 0.59-0.61; backward v0 0.50-0.55, v1 0.61-0.67). bench_lrn.py prints a row per variant.
+// Variant 3: variant 1 with blocks of 16 channels (forward; backward for half <= 2); variant 4:
+// the ring forward and variant 3's backward (so each direction's winner can be the default).
+// Why: at H = 2 variant 1's
+// forward has 6 blocks of 256 threads per SM with 8 loads (32 B) each in flight, ~49 KB an SM,
+// below the ~55-60 KB that Little's law asks of an H200 SM at ~4.5 TB/s and ~1.5-2 us loaded
+// latency; U = 16 takes 48 registers (5 blocks), so ~80 KB. conv1 (96 channels, chunk of 96:
+// 6 blocks of 16) has no partial block; conv2 (chunks of 52) a last block of 4 with 12 loads
+// predicated off. Prediction (H200): forward conv1 ~80-85 us (0.8 of copy; v1 took 111-115 us),
+// unless the limit is instruction issue (~20 instructions an element); the GPU run decides
+// whether it becomes the default. Backward U = 16 (half <= 2): 112 registers, 2 blocks an SM
+// with 32 loads (128 B) in flight a thread, ~64 KB an SM (U = 8: 68 registers, 3 blocks, ~49 KB),
+// and 1.25 instead of 1.5 t/p evaluations an element (the halo); conv2's chunks of 52 channels
+// waste 12 of 64 in the last block. Prediction: backward conv1 0.7-0.75 of copy (v1 0.61-0.67).
 //
 // Backward, in one pass per chunk: lead index j computes p_j = s_j^-beta and
 // t_j = dy_j x_j p_j / s_j; channel i = j - half is then finished as
@@ -30,6 +45,8 @@
 //   lrn_ring_kernel<H>             48/32  56/39  64/40  61/40  64/40
 //   lrn_backward_ring_kernel<H>    60/42  58/54  65/57  72/63  78/70
 //   lrn_block_kernel<H>            32/32  38/36  34/44  40/40  40/44
+//   lrn_block_kernel<H>, U = 16    44/48  48/44  48/48  48/48  48/48   (variant 3)
+//   lrn_backward_block_kernel<H>, U = 16 (H <= 2; variants 3, 4)   103/111  106/108  112/114
 //   lrn_backward_block_kernel<H>   58/57  75/67  69/75  60/68  64/75   (U = 4 for H >= 3)
 //   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
 // Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
@@ -49,7 +66,11 @@ constexpr int kMaxHalf = 4;  // ring kernels for size <= 9 (after clipping to th
 // Channels per block of the variant-1 kernels; the backward keeps 4*half + U x values and 3 rings of
 // 2*half + U, so wide windows take smaller blocks (U = 8 spilled for half >= 3 on sm_80).
 constexpr int kBlockForward = 8;
+constexpr int kBlockForwardWide = 16;  // variant 3: twice the loads in flight per thread
 constexpr int block_backward(int half) { return half >= 3 ? 4 : 8; }
+// Variants 3 and 4: 16 channels a backward block for half <= 2 (112 registers at half = 2, no
+// spills: 2 blocks an SM with 32 loads in flight each, against 3 with 16 at U = 8).
+constexpr int block_backward_wide(int half) { return half >= 3 ? 4 : 16; }
 
 template <bool kThreeQuarters>
 __device__ __forceinline__ float neg_pow(float s, float neg_beta) {
@@ -392,16 +413,15 @@ bool with_ring(const LrnShape& sh, F&& f) {
 }
 static_assert(kMaxHalf == 4, "with_ring lists the ring kernels 0..kMaxHalf");
 
-template <int H, bool kThreeQuarters>
+template <int H, bool kThreeQuarters, int U>
 void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, float* y) {
-  lrn_block_kernel<H, kThreeQuarters, kBlockForward>
-      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
+  lrn_block_kernel<H, kThreeQuarters, U><<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
   CUDA_CHECK_LAUNCH("lrn_block_kernel");
 }
 
-template <int H, bool kThreeQuarters>
+template <int H, bool kThreeQuarters, bool kWide>
 void launch_block_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
-  lrn_backward_block_kernel<H, kThreeQuarters, block_backward(H)>
+  lrn_backward_block_kernel<H, kThreeQuarters, kWide ? block_backward_wide(H) : block_backward(H)>
       <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
   CUDA_CHECK_LAUNCH("lrn_backward_block_kernel");
 }
@@ -414,20 +434,28 @@ struct Backward {
   const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
   template <int H, bool B> void run() { launch_backward<H, B>(sh, sp, x, dy, dx); }
 };
+template <int U>
 struct BlockForward {
   const LrnShape& sh; const Split& sp; const float* x; float* y;
-  template <int H, bool B> void run() { launch_block_forward<H, B>(sh, sp, x, y); }
+  template <int H, bool B> void run() { launch_block_forward<H, B, U>(sh, sp, x, y); }
 };
+template <bool kWide>
 struct BlockBackward {
   const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
-  template <int H, bool B> void run() { launch_block_backward<H, B>(sh, sp, x, dy, dx); }
+  template <int H, bool B> void run() { launch_block_backward<H, B, kWide>(sh, sp, x, dy, dx); }
 };
 
 }  // namespace
 
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
-  if (lrn_variant() == 0 ? with_ring(sh, Forward{sh, sp, x, y}) : with_ring(sh, BlockForward{sh, sp, x, y})) return;
+  // variants 0, 2 and 4: the ring forward (measured faster than the block forward on the H200);
+  // 1: blocks of 8 channels, 3: blocks of 16
+  const int variant = lrn_variant();
+  const bool ring = variant == 1   ? with_ring(sh, BlockForward<kBlockForward>{sh, sp, x, y})
+                    : variant == 3 ? with_ring(sh, BlockForward<kBlockForwardWide>{sh, sp, x, y})
+                                   : with_ring(sh, Forward{sh, sp, x, y});
+  if (ring) return;
   const int64_t total = sh.n * sh.c * sh.hw;
   lrn_direct_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(sh, clipped_half(sh), x, y);
   CUDA_CHECK_LAUNCH("lrn_direct_kernel");
@@ -435,9 +463,13 @@ void lrn(const LrnShape& sh, const float* x, float* y) {
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
-  if (lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx})
-                         : with_ring(sh, BlockBackward{sh, sp, x, dy, dx}))
-    return;
+  // variants 1 and 2: the block backward (measured faster than the ring backward on the H200);
+  // 3 and 4: its 16-channel blocks; 0: the ring backward
+  const int variant = lrn_variant();
+  const bool ring = variant == 0   ? with_ring(sh, Backward{sh, sp, x, dy, dx})
+                    : variant >= 3 ? with_ring(sh, BlockBackward<true>{sh, sp, x, dy, dx})
+                                   : with_ring(sh, BlockBackward<false>{sh, sp, x, dy, dx});
+  if (ring) return;
   const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));

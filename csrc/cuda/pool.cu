@@ -10,15 +10,25 @@
 // lines they use, but those are L1/L2 hits (rows shared by neighbouring windows); DRAM sees
 // x once. A shared-memory staging of input rows was not chosen: it would save L1 wavefronts,
 // which are not the limit at ~20 bytes of DRAM traffic per output.
-// Backward, with indices (the training path): one thread per stride x stride tile of the
-// input (a 2x2 tile for 3/2), so the index split is paid once per tile. For each element of
-// its tile it visits the covering windows (at most ceil(size/stride)^2) in row-major order
-// and adds a window's dy where the window's index is the element's own offset: a gather, no
-// atomics, deterministic, in the CPU scatter's order (the same bits). An index outside its
-// window (or the plane) is never matched by any thread, so it cannot write out of bounds;
-// its dy is dropped. Without indices: the forward kernel first writes only the argmax into a
-// scratch int32 buffer (the caching allocator), then the same gather runs. Elements no window
-// covers (the dropped edge, or gaps when size < stride) get 0.
+// Backward, with indices (the training path): a gather, no atomics, deterministic, in the CPU
+// scatter's order (the same bits). One thread per column iw of a tile row (the `stride` input rows
+// tr*stride ..); consecutive threads take consecutive columns, so each store instruction of a
+// warp writes 32 consecutive floats of one row (the previous kernel, one thread per 2x2 tile, wrote
+// every other float of two rows per store and reached 0.34-0.37 of copy on an H200). Grid: x over
+// groups of tile rows (blockDim.y of them), y over planes (looped past 65535): no index division.
+// For the compiled 3/2 window a thread loads the 2x2 covering windows' indices and dy all at once
+// (dy no longer waits on the index compare: two dependent round trips were one), then finishes its
+// two rows; a warp's loads of those are 17 consecutive elements of two rows (L1 hits shared by
+// neighbouring threads; DRAM sees idx and dy once). For each element the covering windows are
+// visited in row-major order and a window's dy added where its index is the element's own offset.
+// An index outside its window (or the plane) is never matched by any thread, so it cannot write
+// out of bounds; its dy is dropped. Without indices: the forward kernel first writes only the
+// argmax into a scratch int32 buffer (the caching allocator), then the same gather runs. Elements
+// no window covers (the dropped edge, or gaps when size < stride) get 0.
+// Prediction (H200, copy ~4.1 TB/s): 55->27 batch 128 (dx 148 MB written, idx and dy 36 MB each
+// read) ~65-80 us with indices (0.65-0.8 of copy; was 146 us), the no-index path adds the argmax
+// pass (~40 us, x 148 MB read + 36 MB written, at the forward's ~0.8); the limit left is
+// instruction issue per element (~25 per output element for the 2x2 compares), not DRAM.
 //
 // The flat index is split with 32-bit division when it fits (64-bit division would cost about
 // as much as the memory traffic); offsets inside a plane are int32 (planes < 2^31, checked).
@@ -26,9 +36,8 @@
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
 // 0 bytes stack frame, 0 bytes spill stores/loads for all. Registers, <Index, size, stride>:
 //   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29   <u32,0,0> 26 / 24   <i64,*> <= 31
-//   max_pool_gather_kernel                         <u32,3,2> 32        <u32,0,0> 40        <i64,*> <= 40
-// Not yet timed on a GPU (the previous forward, a runtime-size loop, ran at 0.50 of copy on an
-// H200; the previous backward, which rescanned windows, at 0.08).
+//   max_pool_gather_kernel (no Index: no division)  <3,2> 32          <0,0> 40
+// Timed on an H200 (results 2026-11-26-h200-29eff7f): forward 0.74-0.82 of copy.
 #include "../core/device.h"
 #include "../kernels/pool.h"
 #include "common.cuh"
@@ -71,61 +80,80 @@ __global__ void __launch_bounds__(kThreads) max_pool_kernel(const PoolShape sh, 
   }
 }
 
-// One thread per stride x stride tile of an input plane; see the header comment.
-template <class Index, int kSize, int kStride>
+// One thread per column iw of a tile row (the `stride` input rows tr*stride ..), consecutive
+// threads on consecutive columns (coalesced loads and stores along a row); see the header comment.
+// Grid: x over tile rows of a plane (blockDim.y tile rows a block), y over planes (looped).
+template <int kSize, int kStride>
 __global__ void __launch_bounds__(kThreads) max_pool_gather_kernel(const PoolShape sh,
                                                                     const int32_t* __restrict__ indices,
                                                                     const float* __restrict__ dy,
                                                                     float* __restrict__ dx) {
   const int size = kSize ? kSize : (int)sh.size, stride = kStride ? kStride : (int)sh.stride;
   // windows covering an element, at most, each way (compile-time windows only)
-  constexpr int kCover = kSize && kStride ? (kSize + kStride - 1) / kStride : 0;
+  constexpr int kCover = kSize && kStride ? (kSize + kStride - 1) / kStride : 1;
   constexpr int kStrideUnroll = kStride ? kStride : 1;  // no unrolling for a runtime stride
   const int h = (int)sh.h, w = (int)sh.w, p = (int)sh.p, q = (int)sh.q;
-  const Index tiles_h = (Index)((h + stride - 1) / stride), tiles_w = (Index)((w + stride - 1) / stride);
-  const Index total = (Index)(sh.n * sh.c) * tiles_h * tiles_w;
-  for (Index e = blockIdx.x * (Index)blockDim.x + threadIdx.x; e < total; e += (Index)gridDim.x * blockDim.x) {
-    const Index tc = e % tiles_w, rest = e / tiles_w;
-    const Index tr = rest % tiles_h, plane = rest / tiles_h;
-    const int32_t* ip = indices + (int64_t)plane * p * q;
-    const float* dyp = dy + (int64_t)plane * p * q;
-    float* dxp = dx + (int64_t)plane * h * w;
-#pragma unroll kStrideUnroll
-    for (int a = 0; a < stride; ++a) {
-      const int ih = (int)tr * stride + a;
-      if (ih >= h) break;
-      // windows oh with oh*stride <= ih <= oh*stride + size - 1, inside the output
-      const int oh_lo = ih >= size ? (ih - size) / stride + 1 : 0, oh_hi = min((int)tr, p - 1);
-#pragma unroll kStrideUnroll
-      for (int b = 0; b < stride; ++b) {
-        const int iw = (int)tc * stride + b;
-        if (iw >= w) break;
-        const int ow_lo = iw >= size ? (iw - size) / stride + 1 : 0, ow_hi = min((int)tc, q - 1);
-        const int self = ih * w + iw;
-        float acc = 0.f;
-        if constexpr (kSize && kStride) {
-          // at most kCover windows each way (2 for 3/2): unrolled into predicated code
+  const int tiles_h = (h + stride - 1) / stride;
+  const int tr = (int)blockIdx.x * (int)blockDim.y + (int)threadIdx.y;
+  if (tr >= tiles_h) return;  // no barrier in this kernel
+  const int64_t planes = sh.n * sh.c;
+  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+    const int32_t* ip = indices + plane * p * q;
+    const float* dyp = dy + plane * p * q;
+    float* dxp = dx + plane * h * w;
+    for (int iw = threadIdx.x; iw < w; iw += blockDim.x) {
+      // windows ow with ow*stride <= iw <= ow*stride + size - 1, inside the output
+      const int ow_lo = iw >= size ? (iw - size) / stride + 1 : 0, ow_hi = min(iw / stride, q - 1);
+      if constexpr (kSize && kStride) {
+        // The kCover x kCover windows oh = tr - kCover + 1 .. tr, ow = ow_lo ..: all their indices
+        // and dy loaded at once (no load waits on a compare); -1 (never an offset) outside.
+        int32_t wi[kCover][kCover];
+        float wd[kCover][kCover];
+#pragma unroll
+        for (int i = 0; i < kCover; ++i) {
+          const int oh = tr - kCover + 1 + i;
+#pragma unroll
+          for (int j = 0; j < kCover; ++j) {
+            const int ow = ow_lo + j;
+            const bool in = oh >= 0 && oh < p && ow <= ow_hi;
+            const int o = in ? oh * q + ow : 0;
+            wi[i][j] = in ? __ldg(ip + o) : -1;
+            wd[i][j] = in ? __ldg(dyp + o) : 0.f;
+          }
+        }
+#pragma unroll
+        for (int a = 0; a < kStride; ++a) {
+          const int ih = tr * kStride + a;
+          if (ih >= h) break;
+          const int self = ih * w + iw;
+          float acc = 0.f;
+          // row-major window order, as the CPU scatter adds (the same bits)
 #pragma unroll
           for (int i = 0; i < kCover; ++i) {
-            const int oh = oh_lo + i;
-            if (oh > oh_hi) break;
+            const int oh = tr - kCover + 1 + i;
+            const bool covers_row = oh * kStride + kSize - 1 >= ih;  // oh*stride <= ih holds: oh <= tr
 #pragma unroll
-            for (int j = 0; j < kCover; ++j) {
-              const int ow = ow_lo + j;
-              if (ow > ow_hi) break;
-              const int o = oh * q + ow;
-              if (__ldg(ip + o) == self) acc += __ldg(dyp + o);
-            }
+            for (int j = 0; j < kCover; ++j)
+              if (covers_row && wi[i][j] == self) acc += wd[i][j];
           }
-        } else {  // the same, plain loops (unrolling them spilled)
+          dxp[self] = acc;
+        }
+      } else {  // runtime windows: plain loops over the covering windows
+#pragma unroll kStrideUnroll
+        for (int a = 0; a < stride; ++a) {
+          const int ih = tr * stride + a;
+          if (ih >= h) break;
+          const int oh_lo = ih >= size ? (ih - size) / stride + 1 : 0, oh_hi = min(tr, p - 1);
+          const int self = ih * w + iw;
+          float acc = 0.f;
           for (int oh = oh_lo; oh <= oh_hi; ++oh) {
             for (int ow = ow_lo; ow <= ow_hi; ++ow) {
               const int o = oh * q + ow;
               if (__ldg(ip + o) == self) acc += __ldg(dyp + o);
             }
           }
+          dxp[self] = acc;
         }
-        dxp[self] = acc;
       }
     }
   }
@@ -157,20 +185,27 @@ void launch_max_pool(const PoolShape& sh, const float* x, float* y, int32_t* ind
   }
 }
 
+// The gather's block: blockDim.x the power of two from 8 to 128 that covers w when it can (wider
+// rows loop), blockDim.y tile rows up to 256 threads in all, but no more rows than a plane has
+// (rounded up to a power of two; at least 64 threads): a warp spans rows when x < 32, so narrow
+// planes such as 13 wide (16 x 8 threads for 7 tile rows) keep most lanes busy.
+dim3 gather_block(const PoolShape& sh) {
+  int x = 8;
+  while (x < 128 && x < sh.w) x *= 2;
+  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride;
+  int y = 1;
+  while (y < kThreads / x && (y < tiles_h || y * x < 64)) y *= 2;
+  return dim3(x, y);
+}
+
 void launch_gather(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx) {
-  const int64_t total = sh.n * sh.c * ((sh.h + sh.stride - 1) / sh.stride) * ((sh.w + sh.stride - 1) / sh.stride);
-  const unsigned blocks = blocks_for(total, kThreads);
-  if (fits_32(total)) {
-    if (paper_window(sh))
-      max_pool_gather_kernel<uint32_t, 3, 2><<<blocks, kThreads, 0, stream()>>>(sh, indices, dy, dx);
-    else
-      max_pool_gather_kernel<uint32_t, 0, 0><<<blocks, kThreads, 0, stream()>>>(sh, indices, dy, dx);
-  } else {
-    if (paper_window(sh))
-      max_pool_gather_kernel<int64_t, 3, 2><<<blocks, kThreads, 0, stream()>>>(sh, indices, dy, dx);
-    else
-      max_pool_gather_kernel<int64_t, 0, 0><<<blocks, kThreads, 0, stream()>>>(sh, indices, dy, dx);
-  }
+  const dim3 block = gather_block(sh);
+  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride, planes = sh.n * sh.c;
+  const dim3 grid((unsigned)((tiles_h + block.y - 1) / block.y), (unsigned)std::min<int64_t>(planes, 65535));
+  if (paper_window(sh))
+    max_pool_gather_kernel<3, 2><<<grid, block, 0, stream()>>>(sh, indices, dy, dx);
+  else
+    max_pool_gather_kernel<0, 0><<<grid, block, 0, stream()>>>(sh, indices, dy, dx);
 }
 
 }  // namespace

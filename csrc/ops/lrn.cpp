@@ -10,11 +10,11 @@
 namespace convnet {
 namespace {
 
-constexpr int kLrnVariants = 2;
-// Variant 1 (channel blocks) is the default: variant 0 keeps about one load in flight per thread
-// (csrc/cuda/lrn.cu); not yet timed against each other on a GPU (benchmarks/bench_lrn.py has a row
-// per variant).
-constexpr int kDefaultLrnVariant = 1;
+constexpr int kLrnVariants = 5;
+// Variant 2 (the ring forward, the channel-block backward) is the default: each direction's faster
+// kernel on the H200 (benchmarks/results/2026-11-26-h200-29eff7f: forward v0 0.63-0.67 of copy,
+// v1 0.59-0.61; backward v0 0.50-0.55, v1 0.61-0.67).
+constexpr int kDefaultLrnVariant = 2;
 
 std::atomic<int>& variant_slot() {
   static std::atomic<int> v{[] {
@@ -22,7 +22,7 @@ std::atomic<int>& variant_slot() {
     if (!env || !*env) return kDefaultLrnVariant;
     char* end = nullptr;
     long x = std::strtol(env, &end, 10);
-    CHECK_VALUE(*end == 0 && x >= 0 && x < kLrnVariants, "CONVNET_LRN_VARIANT must be 0 or 1, got '", env, "'");
+    CHECK_VALUE(*end == 0 && x >= 0 && x < kLrnVariants, "CONVNET_LRN_VARIANT must be 0 to 4, got '", env, "'");
     return (int)x;
   }()};
   return v;
@@ -63,7 +63,7 @@ Tensor lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t 
 int lrn_variant() { return variant_slot().load(std::memory_order_relaxed); }
 
 void set_lrn_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kLrnVariants, "set_lrn_variant: variant must be 0 or 1, got ", variant);
+  CHECK_VALUE(variant >= 0 && variant < kLrnVariants, "set_lrn_variant: variant must be 0 to 4, got ", variant);
   variant_slot().store(variant, std::memory_order_relaxed);
 }
 
