@@ -145,10 +145,8 @@ inline HostCopyQueue*& host_copy_queue() {
   return q;
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 // Never read: the source operand of a zero-filling copy (src-size 0 reads nothing).
 static __device__ float gemm_zero_source;
-#endif
 
 // *dst = src ? *src : 0, asynchronously (4 bytes; src-size 0 zero-fills).
 GEMM_HD void gemm_copy_async(float* dst, const float* src) {
