@@ -10,6 +10,8 @@
 //              Col col(int z, int mn) const;      // per-row/column state, hoisted out of the k loop;
 //                                                 // ok == false when mn is out of range
 //              float at(const Col&, int k) const; // the element; called only with ok and k < K
+//              const float* ptr(const Col&, int k) const;  // optional: its address, nullptr for
+//                                                 // an implicit zero (variant 4's cp.async loop)
 //   };
 // Store concept: void operator()(int z, int m, int n, float v) const; called for m < M, n < N.
 //
@@ -26,6 +28,9 @@
 // Split-K (few output tiles, long reduction, e.g. backward-filter): blockIdx.z = z * splits +
 // split; each split writes its partial tile to a workspace and gemm_reduce_kernel sums the
 // splits in a fixed order and applies the store: deterministic, no atomics.
+// Variant 4 (gemm_kernel_multistage, sm_80+): kGemmStages shared stages filled by cp.async
+// straight from global memory, kGemmStages-1 k-tiles in flight, no register staging; taken when
+// both loaders have ptr() (all of them do). Same tiles, splits and summation order as the above.
 // Arithmetic: float32 FFMA with float32 accumulators (no tensor cores / TF32).
 #pragma once
 #include <cstdint>
