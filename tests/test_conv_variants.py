@@ -5,7 +5,8 @@ split-K (few output tiles, long reduction), stride-1 backward-data through flipp
 (more than 16 input channels per group, padding < kernel), the phase GEMM (strided, or padding >=
 kernel), the column path (<= 16 input channels per group), variant 2's 48-row tile (M <= 96) and
 variant 3's Winograd F(4x4, 3x3) (3x3, stride 1, padding <= 2, >= 32 channels per group on both
-sides; csrc/cuda/winograd.cuh). The same relative tolerance (1e-4) holds for Winograd: its error
+sides; csrc/cuda/winograd.cuh), and variant 4's multistage cp.async k loop (every GEMM above, incl. the
+split-K ones and the last partial k-tile of odd K). The same relative tolerance (1e-4) holds for Winograd: its error
 is ~2e-6 norm-wise on the AlexNet shapes (tools/emulate_winograd.cu)."""
 import os
 import subprocess
@@ -22,7 +23,7 @@ from reference import assert_close
 
 from test_conv import run_conv
 
-VARIANTS = (0, 1, 2, 3)
+VARIANTS = (0, 1, 2, 3, 4)
 VARIANT_IDS = [f"cuda-v{v}" for v in VARIANTS]  # "cuda" in the id: tools/gpu_check.sh counts these
 needs_gpu = pytest.mark.skipif(
     not convnet.cuda_available(),
@@ -82,7 +83,7 @@ def test_conv_variant_random(variant, rng, seed):
 
 
 @needs_gpu
-@pytest.mark.parametrize("variant", [2, 3], indirect=True, ids=["cuda-v2", "cuda-v3"])
+@pytest.mark.parametrize("variant", [2, 3, 4], indirect=True, ids=["cuda-v2", "cuda-v3", "cuda-v4"])
 @pytest.mark.parametrize("seed", range(6))
 def test_conv_variant_winograd_random(variant, rng, seed):
     """Random shapes variant 3 sends to Winograd: odd sizes, padding 0-2 per side, groups 1-3."""
@@ -118,15 +119,15 @@ def test_variant_switch_and_bad_values():
         for v in VARIANTS:
             _C.set_conv_variant(v)
             assert _C.conv_variant() == v
-        with pytest.raises(ValueError, match="variant must be 0, 1, 2 or 3"):
-            _C.set_conv_variant(4)
-        with pytest.raises(ValueError, match="variant must be 0, 1, 2 or 3"):
+        with pytest.raises(ValueError, match="variant must be 0, 1, 2, 3 or 4"):
+            _C.set_conv_variant(5)
+        with pytest.raises(ValueError, match="variant must be 0, 1, 2, 3 or 4"):
             _C.set_conv_variant(-1)
     finally:
         _C.set_conv_variant(before)
 
 
-@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("0", "0"), ("", "3"), ("7", "ValueError")])  # unset: 3
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("4", "4"), ("0", "0"), ("", "3"), ("7", "ValueError")])  # unset: 3
 def test_variant_from_environment(value, expect):
     code = ("from convnet import _C\n"
             "try:\n    print(_C.conv_variant())\n"

@@ -28,7 +28,8 @@ using namespace convnet::cuda;
 
 static int failures = 0;
 static int variant = 0;  // the GEMM variant under test (see main)
-static int split_runs[2] = {0, 0};  // GEMMs emulated with split-K, per variant (coverage)
+static int split_runs[2] = {0, 0};  // GEMMs emulated with split-K, variant 0 / variants >= 1 (coverage)
+static int multistage_runs[2] = {0, 0};  // variant 4: GEMMs emulated with copies landing early / late
 static std::mt19937_64 rng(12345);
 
 static std::vector<float> randn(size_t n) {
@@ -36,6 +37,67 @@ static std::vector<float> randn(size_t n) {
   std::vector<float> v(n);
   for (auto& x : v) x = d(rng);
   return v;
+}
+
+template <class ST>
+void reduce_partials(const GemmShape& g, const std::vector<float>& partial, const ST& st);
+
+// Variant 4: gemm_kernel_multistage's steps, thread by thread, barriers as loop boundaries. Each
+// thread has its own copy queue (gemm.cuh: HostCopyQueue); every other call lets copies land only
+// at the wait covering them (a stage read before its copies landed stays NaN), the others at
+// issue (a stage refilled while a thread still has to multiply it is overwritten too early).
+template <class Cfg, class AL, class BL, class Thread, class ST>
+void emulate_multistage(const GemmShape& g, const AL& a, const BL& b, std::vector<Thread>& threads, int64_t tiles_m,
+                        int64_t tiles_n, float* partial, const ST& st) {
+  constexpr int S = kGemmStages;
+  static int calls = 0;
+  const bool late = (calls++ % 2) == 0;
+  ++multistage_runs[late];
+  std::vector<HostCopyQueue> queues(Cfg::THREADS);
+  auto sm = std::make_unique<GemmSmem<Cfg, S>>();
+  auto as = [&](int t) -> Thread& {  // thread t's steps run with its own queue
+    queues[t].late = late;
+    host_copy_queue() = &queues[t];
+    return threads[t];
+  };
+  for (int bz = 0; bz < g.batch * g.splits; ++bz)
+    for (int by = 0; by < tiles_m; ++by)
+      for (int bx = 0; bx < tiles_n; ++bx) {
+        float* flat = &sm->As[0][0][0];
+        for (size_t i = 0; i < sizeof(GemmSmem<Cfg, S>) / sizeof(float); ++i) flat[i] = NAN;
+        for (int t = 0; t < Cfg::THREADS; ++t) threads[t].init(g, a, b, t, bx, by, bz);
+        const int ntiles = threads[0].ntiles;
+        for (auto& t : threads)
+          if (t.ntiles != ntiles) { std::printf("FAIL: ntiles differs within a block\n"); ++failures; return; }
+        for (int t = 0; t < Cfg::THREADS; ++t)
+          for (int s = 0; s < S - 1; ++s) {
+            if (s < ntiles) as(t).issue(*sm, a, b, s, s);
+            gemm_copy_commit();
+          }
+        for (int kt = 0; kt < ntiles; ++kt) {
+          for (int t = 0; t < Cfg::THREADS; ++t) {
+            as(t);
+            gemm_copy_wait<S - 2>();
+          }
+          // __syncthreads
+          for (int t = 0; t < Cfg::THREADS; ++t) {
+            const int next = kt + S - 1;
+            if (next < ntiles) as(t).issue(*sm, a, b, next, next % S);
+            gemm_copy_commit();
+            as(t).multiply(*sm, kt % S);
+          }
+        }
+        for (int t = 0; t < Cfg::THREADS; ++t) {
+          as(t);
+          gemm_copy_wait<0>();
+          if (!queues[t].copies.empty() || !queues[t].group_ends.empty()) {
+            std::printf("FAIL: copies left in flight\n");
+            ++failures;
+          }
+          threads[t].finish(g, st, partial);
+        }
+      }
+  host_copy_queue() = nullptr;
 }
 
 // The kernel's block loop, thread by thread (same skeleton as gemm_kernel), then the split-K
@@ -54,10 +116,17 @@ void emulate(int64_t batch, int64_t M, int64_t N, int64_t K, const AL& a, const 
     std::printf("FAIL split-K choice: K=%ld splits=%d k_per_split=%d\n", (long)K, g.splits, g.k_per_split);
     ++failures;
   }
-  if (g.splits > 1) ++split_runs[variant];
+  if (g.splits > 1) ++split_runs[variant >= 1];
   std::vector<float> partial(g.splits > 1 ? (size_t)g.splits * batch * M * N : 0, NAN);
   using Thread = GemmThread<Cfg, AK, BK, AL, BL>;
   std::vector<Thread> threads(Cfg::THREADS);
+  if constexpr (has_ptr<AL>::value && has_ptr<BL>::value) {
+    if (variant >= 4) {
+      emulate_multistage<Cfg>(g, a, b, threads, tiles_m, tiles_n, partial.data(), st);
+      reduce_partials(g, partial, st);
+      return;
+    }
+  }
   auto sm = std::make_unique<GemmSmem<Cfg>>();
   for (int bz = 0; bz < batch * g.splits; ++bz)
     for (int by = 0; by < tiles_m; ++by)
@@ -82,6 +151,13 @@ void emulate(int64_t batch, int64_t M, int64_t N, int64_t K, const AL& a, const 
         }
         for (auto& t : threads) t.finish(g, st, partial.data());
       }
+  reduce_partials(g, partial, st);
+}
+
+// As gemm_reduce_kernel.
+template <class ST>
+void reduce_partials(const GemmShape& g, const std::vector<float>& partial, const ST& st) {
+  const int64_t batch = g.batch, M = g.M, N = g.N;
   if (g.splits > 1) {
     const int64_t per_split = batch * M * N, mn = M * N;
     for (int64_t idx = 0; idx < per_split; ++idx) {
@@ -319,7 +395,7 @@ int main() {
   std::printf("FastDiv done (%d failures)\n", failures);
   check_split_rules();
   std::printf("split rules done (%d failures)\n", failures);
-  for (variant = 0; variant < 2; ++variant) {
+  for (variant = 0; variant <= 4; variant += variant == 1 ? 3 : 1) {  // 0, 1 (= 2, 3 here), 4
     std::printf("-- variant %d\n", variant);
     run_all<ThinTile>("thin");
     std::printf("thin done (%d failures)\n", failures);
@@ -331,7 +407,7 @@ int main() {
     check_conv<BigTile>(shape(1, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1), 132, "big (conv1)");
     check_conv<MediumTile>(shape(1, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), 132, "medium (conv2)");
     std::printf("big done (%d failures)\n", failures);
-    if (variant == 1) {  // the 48-row tile (variant 2 = variant 1's split rule + this tile)
+    if (variant >= 1) {  // the 48-row tile (variant 2 = variant 1's split rule + this tile)
       run_all<Tile48>("tile48");
       check_conv<Tile48>(shape(1, 3, 224, 224, 96, 11, 11, 4, 4, 2, 2, 1), 132, "tile48 (conv1)");
       check_conv<Tile48>(shape(1, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), 132, "tile48 (conv2)");
@@ -340,6 +416,9 @@ int main() {
   }
   std::printf("split-K GEMMs emulated: variant 0 %d, variant 1 %d\n", split_runs[0], split_runs[1]);
   if (split_runs[1] == 0) { std::printf("FAIL: variant 1 never split\n"); ++failures; }
+  std::printf("variant 4 multistage GEMMs emulated: copies landing at issue %d, at the wait %d\n",
+              multistage_runs[0], multistage_runs[1]);
+  if (!multistage_runs[0] || !multistage_runs[1]) { std::printf("FAIL: variant 4 not emulated\n"); ++failures; }
   std::printf(failures ? "FAILED: %d\n" : "all passed\n", failures);
   return failures ? 1 : 0;
 }

@@ -200,6 +200,23 @@ int main() {
     const int64_t cg = 1 + u(rng) % 40, kg = 1 + u(rng) % 40;
     check_winograd(conv3x3(1 + u(rng) % 3, g * cg, h, w, g * kg, ph, pw, g), t % 2 ? 132 : 5);
   }
+  // Variant 4: the same GEMMs on the multistage k loop (emulate_gemm.cu: emulate_multistage).
+  variant = 4;
+  const int multistage_before = multistage_runs[0] + multistage_runs[1];
+  check_winograd(conv3x3(16, 8, 15, 14, 6, 1, 2, 1), 132);
+  check_winograd(conv3x3(3, 99, 10, 9, 66, 0, 2, 3), 132);
+  check_winograd(conv3x3(2, 40, 3, 3, 36, 0, 0, 2), 7);
+  check_winograd(conv3x3(2, 35, 2, 7, 70, 2, 1, 1), 132);
+  for (int t = 0; t < 8; ++t) {
+    const int64_t g = 1 + u(rng) % 3, ph = u(rng) % 3, pw = u(rng) % 3;
+    const int64_t h = std::max<int64_t>(3 - 2 * ph, 1) + u(rng) % 14, w = std::max<int64_t>(3 - 2 * pw, 1) + u(rng) % 14;
+    const int64_t cg = 1 + u(rng) % 40, kg = 1 + u(rng) % 40;
+    check_winograd(conv3x3(1 + u(rng) % 3, g * cg, h, w, g * kg, ph, pw, g), t % 2 ? 132 : 5);
+  }
+  if (multistage_runs[0] + multistage_runs[1] == multistage_before) {
+    std::printf("FAIL: variant 4 not emulated\n");
+    ++failures;
+  }
   std::printf("all shapes: norm-wise / worst-element relative error: forward %.2g / %.2g, backward-data %.2g / "
               "%.2g, backward-filter %.2g / %.2g (tolerances %.0e / %.0e)\n",
               worst[0].norm, worst[0].elem, worst[1].norm, worst[1].elem, worst[2].norm, worst[2].elem, kNormTol,

@@ -18,6 +18,15 @@
 //      convs with padding <= 2 and >= 32 channels per group on both sides (conv3-5): forward,
 //      backward-filter, and stride-1 backward-data (the forward of dy with flipped weights).
 //      Errors a few times float32 rounding (~2e-6 relative, norm-wise; tools/emulate_winograd.cu).
+//   4  variant 3 with the multistage k loop (gemm.cuh: gemm_kernel_multistage): 4 shared stages
+//      filled by cp.async straight from global memory (zero-fill for padding), 3 k-tiles in
+//      flight instead of 1 register-staged one; same tiles, split rule, sums and results as 3
+//      (every loader is a plain load, so all GEMMs take it on sm_80+; older GPUs run 3's loop).
+//      ptxas (sm_90, gemm_kernel_multistage): 128x128 tile forward 127 / backward-filter 128 /
+//      columns 128 / linear 127 regs at 2 blocks/SM, backward-data 157 (1 block/SM; 3's: 167);
+//      64x64 80-91, 16x128 115-117, 48x128 147-151 (3 blocks/SM); no spills, no stack. Static
+//      smem (4 stages): 33792 / 17408 / 19456 / 23552 bytes. sm_80: the 128x128 forward spills
+//      52 bytes (3's backward-filter and columns GEMMs spill 80 / 56 there, as before).
 //   Predictions (and measurements, once run): benchmarks/results/NOTES-conv-cuda.md.
 //
 // Per group g (grid.z), with Cg = c/groups,

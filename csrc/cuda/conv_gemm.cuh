@@ -23,6 +23,7 @@ struct FwdWeights {
     return {true, w + ((int64_t)z * Kg + m) * CRS};
   }
   GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.row + k); }
+  GEMM_HD const float* ptr(const Col& c, int k) const { return c.row + k; }
 };
 
 // B(k = (c, r, s), n = (img, p, q)) = x[img, g*Cg + c, p*sh - ph + r, q*sw - pw + s], 0 in the padding.
@@ -48,6 +49,13 @@ struct FwdInput {
     int h = c.h0 + r, w = c.w0 + s;
     if ((unsigned)h >= (unsigned)H || (unsigned)w >= (unsigned)W) return 0.f;
     return GEMM_LDG(c.base + (ci * H + h) * W + w);
+  }
+  GEMM_HD const float* ptr(const Col& c, int k) const {
+    int ci = RS.div(k), rs = RS.mod(k, ci);
+    int r = S.div(rs), s = S.mod(rs, r);
+    int h = c.h0 + r, w = c.w0 + s;
+    if ((unsigned)h >= (unsigned)H || (unsigned)w >= (unsigned)W) return nullptr;
+    return c.base + (ci * H + h) * W + w;
   }
 };
 
@@ -111,6 +119,13 @@ struct BwdDataWeights {
     if (r >= R || s >= S) return 0.f;
     return GEMM_LDG(c.base + ((int64_t)kk * Cg * R + r) * S + s);
   }
+  GEMM_HD const float* ptr(const Col& c, int k) const {
+    int kk = RpSp.div(k), t = RpSp.mod(k, kk);
+    int rr = Sp.div(t), ss = Sp.mod(t, rr);
+    int r = c.rh0 + rr * st.sh, s = c.rw0 + ss * st.sw;
+    if (r >= R || s >= S) return nullptr;
+    return c.base + ((int64_t)kk * Cg * R + r) * S + s;
+  }
 };
 
 // B(k = (kk, rr, ss), n = (img, hh, ww)) = dy[img, g*Kg + kk, hh + offh - rr, ww + offw - ss], 0 outside.
@@ -140,6 +155,13 @@ struct BwdDataGrad {
     int p = c.p0 - rr, q = c.q0 - ss;
     if ((unsigned)p >= (unsigned)P || (unsigned)q >= (unsigned)Q) return 0.f;
     return GEMM_LDG(c.base + (kk * P + p) * Q + q);
+  }
+  GEMM_HD const float* ptr(const Col& c, int k) const {
+    int kk = RpSp.div(k), t = RpSp.mod(k, kk);
+    int rr = Sp.div(t), ss = Sp.mod(t, rr);
+    int p = c.p0 - rr, q = c.q0 - ss;
+    if ((unsigned)p >= (unsigned)P || (unsigned)q >= (unsigned)Q) return nullptr;
+    return c.base + (kk * P + p) * Q + q;
   }
 };
 
@@ -180,6 +202,10 @@ struct BwdFilterGrad {
     int img = PQ.div(k), pq = PQ.mod(k, img);
     return GEMM_LDG(c.base + img * KPQ + pq);
   }
+  GEMM_HD const float* ptr(const Col& c, int k) const {
+    int img = PQ.div(k), pq = PQ.mod(k, img);
+    return c.base + img * KPQ + pq;
+  }
 };
 
 // B(k = (img, p, q), n = (c, r, s)) = x[img, g*Cg + c, p*sh - ph + r, q*sw - pw + s], 0 in the padding.
@@ -205,6 +231,13 @@ struct BwdFilterInput {
     int h = p * sh + c.roff, w = q * sw + c.soff;
     if ((unsigned)h >= (unsigned)H || (unsigned)w >= (unsigned)W) return 0.f;
     return GEMM_LDG(c.base + img * CHW + h * W + w);
+  }
+  GEMM_HD const float* ptr(const Col& c, int k) const {
+    int img = PQ.div(k), pq = PQ.mod(k, img);
+    int p = Q.div(pq), q = Q.mod(pq, p);
+    int h = p * sh + c.roff, w = q * sw + c.soff;
+    if ((unsigned)h >= (unsigned)H || (unsigned)w >= (unsigned)W) return nullptr;
+    return c.base + img * CHW + h * W + w;
   }
 };
 
@@ -236,6 +269,7 @@ struct ColsWeights {
     return {true, w + (int64_t)z * Kg * CRS + m};
   }
   GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.base + (int64_t)k * CRS); }
+  GEMM_HD const float* ptr(const Col& c, int k) const { return c.base + (int64_t)k * CRS; }
 };
 
 // B(k = kk, n = (i, pq)) = dy[img0 + i, g*Kg + kk, pq]: contiguous along n within an image.
@@ -254,6 +288,7 @@ struct ColsGrad {
     return {true, dy + (int64_t)(img0 + i) * KPQ + (int64_t)z * Kg * PQ.d + pq};
   }
   GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.base + (int64_t)k * PQ.d); }
+  GEMM_HD const float* ptr(const Col& c, int k) const { return c.base + (int64_t)k * PQ.d; }
 };
 
 // C(m, n) -> cols[(g*CRS + m) * Nc + n].

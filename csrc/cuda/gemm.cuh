@@ -10,6 +10,8 @@
 //              Col col(int z, int mn) const;      // per-row/column state, hoisted out of the k loop;
 //                                                 // ok == false when mn is out of range
 //              float at(const Col&, int k) const; // the element; called only with ok and k < K
+//              const float* ptr(const Col&, int k) const;  // optional: its address, nullptr for
+//                                                 // an implicit zero (variant 4's cp.async loop)
 //   };
 // Store concept: void operator()(int z, int m, int n, float v) const; called for m < M, n < N.
 //
@@ -26,9 +28,16 @@
 // Split-K (few output tiles, long reduction, e.g. backward-filter): blockIdx.z = z * splits +
 // split; each split writes its partial tile to a workspace and gemm_reduce_kernel sums the
 // splits in a fixed order and applies the store: deterministic, no atomics.
+// Variant 4 (gemm_kernel_multistage, sm_80+): kGemmStages shared stages filled by cp.async
+// straight from global memory, kGemmStages-1 k-tiles in flight, no register staging; taken when
+// both loaders have ptr() (all of them do). Same tiles, splits and summation order as the above.
 // Arithmetic: float32 FFMA with float32 accumulators (no tensor cores / TF32).
 #pragma once
 #include <cstdint>
+#include <deque>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "../core/device.h"
 #include "common.cuh"
@@ -104,11 +113,89 @@ struct GemmShape {
 #define GEMM_LDG(p) (*(p))
 #endif
 
-template <class Cfg>
+template <class Cfg, int STAGES = 2>
 struct __align__(16) GemmSmem {
-  float As[2][Cfg::BK][Cfg::BM + kSmemPad];
-  float Bs[2][Cfg::BK][Cfg::BN + kSmemPad];
+  float As[STAGES][Cfg::BK][Cfg::BM + kSmemPad];
+  float Bs[STAGES][Cfg::BK][Cfg::BN + kSmemPad];
 };
+
+// ---- variant 4: asynchronous global->shared copies (cp.async, sm_80+) ----
+// Shared stages of the multistage k loop (gemm_kernel_multistage).
+constexpr int kGemmStages = 4;
+
+// Whether a loader offers ptr(col, k): the element's address, or nullptr for an implicit zero.
+// Only such loaders (every element a plain load or a zero) can be copied asynchronously; others
+// keep the register-staged loop.
+template <class L, class = void>
+struct has_ptr : std::false_type {};
+template <class L>
+struct has_ptr<L, std::void_t<decltype(std::declval<const L&>().ptr(std::declval<const typename L::Col&>(), 0))>>
+    : std::true_type {};
+
+// The CPU emulation's model of cp.async (tools/emulate_gemm.cu): with no queue set a copy lands
+// when it is issued; with a queue in `late` mode it lands only at the wait that covers its group,
+// so both a stage overwritten too early and a stage read before its wait show up as wrong results.
+struct HostCopyQueue {
+  bool late = false;
+  std::vector<std::pair<float*, const float*>> copies;  // issued, not yet landed
+  std::deque<size_t> group_ends;                         // committed groups: end index in copies
+  void land(size_t n) {
+    for (size_t i = 0; i < n; ++i) *copies[i].first = copies[i].second ? *copies[i].second : 0.f;
+    copies.erase(copies.begin(), copies.begin() + n);
+    for (auto& e : group_ends) e -= n;
+  }
+};
+inline HostCopyQueue*& host_copy_queue() {
+  static HostCopyQueue* q = nullptr;
+  return q;
+}
+
+// Never read: the source operand of a zero-filling copy (src-size 0 reads nothing).
+static __device__ float gemm_zero_source;
+
+// *dst = src ? *src : 0, asynchronously (4 bytes; src-size 0 zero-fills).
+GEMM_HD void gemm_copy_async(float* dst, const float* src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned saddr = (unsigned)__cvta_generic_to_shared(dst);
+  const int bytes = src ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(saddr),
+               "l"(src ? src : &gemm_zero_source), "r"(bytes)
+               : "memory");
+#elif defined(__CUDA_ARCH__)
+  *dst = src ? __ldg(src) : 0.f;  // (not built: the multistage kernel needs sm_80)
+#else
+  HostCopyQueue* q = host_copy_queue();
+  if (q && q->late)
+    q->copies.emplace_back(dst, src);
+  else
+    *dst = src ? *src : 0.f;
+#endif
+}
+
+// Closes this thread's group of copies issued since the last commit (possibly empty).
+GEMM_HD void gemm_copy_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif !defined(__CUDA_ARCH__)
+  HostCopyQueue* q = host_copy_queue();
+  if (q && q->late) q->group_ends.push_back(q->copies.size());
+#endif
+}
+
+// Waits until at most PENDING of this thread's committed groups are still in flight.
+template <int PENDING>
+GEMM_HD void gemm_copy_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+#elif !defined(__CUDA_ARCH__)
+  HostCopyQueue* q = host_copy_queue();
+  if (q && q->late)
+    while (q->group_ends.size() > (size_t)PENDING) {
+      q->land(q->group_ends.front());
+      q->group_ends.pop_front();
+    }
+#endif
+}
 
 // One thread's part of a block tile: its registers and the steps of the k loop. The kernel below
 // runs these steps with __syncthreads between them; tools/emulate_gemm.cu runs the very same
@@ -178,6 +265,25 @@ struct GemmThread {
     for (int i = 0; i < LB; ++i) sm.Bs[stage][MapB::k(tid, i)][MapB::mn(tid, i)] = rb[i];
   }
 
+  // Variant 4: k-tile kt of this thread's share copied asynchronously straight into a shared
+  // stage (zero outside the matrix, past this split's k range and in the padding).
+  template <int STAGES>
+  GEMM_HD void issue(GemmSmem<Cfg, STAGES>& sm, const ALoad& a, const BLoad& b, int kt, int stage) const {
+    const int kbase = k_begin + kt * BK;
+#pragma unroll
+    for (int i = 0; i < LA; ++i) {
+      int k = kbase + MapA::k(tid, i);
+      gemm_copy_async(&sm.As[stage][MapA::k(tid, i)][MapA::mn(tid, i)],
+                      (acol[i].ok && k < k_end) ? a.ptr(acol[i], k) : nullptr);
+    }
+#pragma unroll
+    for (int i = 0; i < LB; ++i) {
+      int k = kbase + MapB::k(tid, i);
+      gemm_copy_async(&sm.Bs[stage][MapB::k(tid, i)][MapB::mn(tid, i)],
+                      (bcol[i].ok && k < k_end) ? b.ptr(bcol[i], k) : nullptr);
+    }
+  }
+
   // The tile column of this thread's j-th accumulator column. With TN = 8 a thread owns two groups
   // of 4 adjacent columns, BN/2 apart, so that the 8 threads of a float4 shared-memory phase read
   // 128 contiguous bytes (columns tx*TN.. would put threads tx and tx+4 on the same banks).
@@ -189,7 +295,8 @@ struct GemmThread {
   }
 
   // acc += the stage's A tile rows ty*TM.. times its B tile columns col(0..TN-1)
-  GEMM_HD void multiply(const GemmSmem<Cfg>& sm, int stage) {
+  template <int STAGES>
+  GEMM_HD void multiply(const GemmSmem<Cfg, STAGES>& sm, int stage) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float fa[TM], fb[TN];
@@ -268,6 +375,37 @@ gemm_kernel(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial
     if (kt + 1 < t.ntiles) t.stash(sm, stage ^ 1);
     __syncthreads();
   }
+  t.finish(g, st, partial);
+}
+
+// Variant 4: the k loop with STAGES shared stages filled by cp.async, STAGES-1 k-tiles in flight
+// while one is multiplied. Every thread commits exactly one group per k-tile slot (empty past the
+// last tile), so before iteration kt's wait it has committed STAGES-1+kt groups and tile kt is
+// group kt: wait_group<STAGES-2> leaves only tiles > kt in flight. The barrier after the wait
+// makes every thread's copies of tile kt visible to all, and it also ends every thread's
+// multiply of tile kt-1, whose stage (kt-1) % STAGES = (kt+STAGES-1) % STAGES is the one
+// refilled right after it. tools/emulate_gemm.cu runs these steps on the CPU.
+template <class Cfg, int STAGES, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+__global__ void __launch_bounds__(Cfg::THREADS, Cfg::MIN_BLOCKS)
+gemm_kernel_multistage(GemmShape g, ALoad a, BLoad b, Store st, float* __restrict__ partial) {
+  static_assert(STAGES >= 2, "the multistage loop needs two stages at least");
+  __shared__ GemmSmem<Cfg, STAGES> sm;
+  GemmThread<Cfg, A_KFAST, B_KFAST, ALoad, BLoad> t;
+  t.init(g, a, b, threadIdx.x, blockIdx.x, blockIdx.y, blockIdx.z);
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < t.ntiles) t.issue(sm, a, b, s, s);
+    gemm_copy_commit();
+  }
+  for (int kt = 0; kt < t.ntiles; ++kt) {
+    gemm_copy_wait<STAGES - 2>();
+    __syncthreads();
+    const int next = kt + STAGES - 1;
+    if (next < t.ntiles) t.issue(sm, a, b, next, next % STAGES);
+    gemm_copy_commit();
+    t.multiply(sm, kt % STAGES);
+  }
+  gemm_copy_wait<0>();  // (only empty groups are left)
   t.finish(g, st, partial);
 }
 
@@ -367,44 +505,79 @@ struct GpuScratch {
 };
 
 // Blocks of this kernel one SM holds at once (registers, shared memory, threads), asked once.
-template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store, bool MULTISTAGE>
 int resident_blocks() {
   static const int n = [] {
     int blocks = 0;
-    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &blocks, gemm_kernel<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store>, Cfg::THREADS, 0));
+    if constexpr (MULTISTAGE)
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, gemm_kernel_multistage<Cfg, kGemmStages, A_KFAST, B_KFAST, ALoad, BLoad, Store>, Cfg::THREADS, 0));
+    else
+      CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, gemm_kernel<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store>, Cfg::THREADS, 0));
     return blocks > 0 ? blocks : 1;
   }();
   return n;
 }
 
-template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
-void launch_gemm(int batch, int M, int N, int K, const ALoad& a, const BLoad& b, const Store& st,
-                 const char* name, int variant) {
+// Whether variant 4's multistage loop can run: both loaders give addresses, and the device has
+// cp.async (compute capability 8.0+; asked once per process for the current device at first use).
+inline bool device_has_cp_async() {
+  static const bool yes = [] {
+    int dev = 0, major = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+    return major >= 8;
+  }();
+  return yes;
+}
+
+template <class Cfg, bool A_KFAST, bool B_KFAST, bool MULTISTAGE, class ALoad, class BLoad, class Store>
+void launch_gemm_as(int batch, int M, int N, int K, const ALoad& a, const BLoad& b, const Store& st,
+                    const char* name, int variant) {
   GemmShape g{batch, M, N, K, 1, 0};
   const int64_t tiles_m = (M + Cfg::BM - 1) / Cfg::BM, tiles_n = (N + Cfg::BN - 1) / Cfg::BN;
   CHECK_VALUE(tiles_m <= 65535, "GEMM ", name, " has too many rows (", M, ")");
   if (variant >= 1)
     choose_split_k_waves(g, tiles_m * tiles_n * batch, Cfg::BM, Cfg::BN, Cfg::BK,
-                         (int64_t)sm_count() * resident_blocks<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store>());
+                         (int64_t)sm_count() * resident_blocks<Cfg, A_KFAST, B_KFAST, ALoad, BLoad, Store, MULTISTAGE>());
   else
     choose_split_k(g, tiles_m * tiles_n * batch, Cfg::BK, sm_count());
   const int64_t splits = g.splits;
   CHECK_VALUE((int64_t)batch * splits <= 65535, "GEMM ", name, " batch too large (", batch, ")");
 
   dim3 grid((unsigned)tiles_n, (unsigned)tiles_m, (unsigned)(batch * splits));
+  auto launch = [&](float* partial) {
+    if constexpr (MULTISTAGE) {
+      gemm_kernel_multistage<Cfg, kGemmStages, A_KFAST, B_KFAST>
+          <<<grid, Cfg::THREADS, 0, stream()>>>(g, a, b, st, partial);
+      CUDA_CHECK_LAUNCH("gemm_kernel_multistage");
+    } else {
+      gemm_kernel<Cfg, A_KFAST, B_KFAST><<<grid, Cfg::THREADS, 0, stream()>>>(g, a, b, st, partial);
+      CUDA_CHECK_LAUNCH("gemm_kernel");
+    }
+  };
   if (splits == 1) {
-    gemm_kernel<Cfg, A_KFAST, B_KFAST><<<grid, Cfg::THREADS, 0, stream()>>>(g, a, b, st, nullptr);
-    CUDA_CHECK_LAUNCH("gemm_kernel");
+    launch(nullptr);
     return;
   }
   const int64_t per_split = (int64_t)batch * M * N;
   GpuScratch ws(sizeof(float) * (size_t)(per_split * splits));
   float* partial = static_cast<float*>(ws.p);
-  gemm_kernel<Cfg, A_KFAST, B_KFAST><<<grid, Cfg::THREADS, 0, stream()>>>(g, a, b, st, partial);
-  CUDA_CHECK_LAUNCH("gemm_kernel (split-K)");
+  launch(partial);
   gemm_reduce_kernel<<<blocks_for(per_split, 256), 256, 0, stream()>>>(g, partial, st);
   CUDA_CHECK_LAUNCH("gemm_reduce_kernel");
+}
+
+template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store>
+void launch_gemm(int batch, int M, int N, int K, const ALoad& a, const BLoad& b, const Store& st,
+                 const char* name, int variant) {
+  constexpr bool can_multistage = has_ptr<ALoad>::value && has_ptr<BLoad>::value;
+  if constexpr (can_multistage) {
+    if (variant >= 4 && device_has_cp_async())
+      return launch_gemm_as<Cfg, A_KFAST, B_KFAST, true>(batch, M, N, K, a, b, st, name, variant);
+  }
+  launch_gemm_as<Cfg, A_KFAST, B_KFAST, false>(batch, M, N, K, a, b, st, name, variant);
 }
 
 // Fraction of a padded tile grid that is real work.

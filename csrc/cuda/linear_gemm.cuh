@@ -18,6 +18,7 @@ struct AlongRows {
     return {true, p + mn * ld};
   }
   GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.row + k); }
+  GEMM_HD const float* ptr(const Col& c, int k) const { return c.row + k; }
 };
 
 // Element (mn, k) = p[k * ld + mn]: a row-major matrix read along its columns.
@@ -33,6 +34,7 @@ struct AlongColumns {
     return {true, p + mn};
   }
   GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.column + k * ld); }
+  GEMM_HD const float* ptr(const Col& c, int k) const { return c.column + k * ld; }
 };
 
 // C(m, n) -> out[m * ld + n] (+ bias[n]).

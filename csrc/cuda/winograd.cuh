@@ -277,6 +277,7 @@ struct RowsAlongK {
     return {true, z * zstride + mn * ld};
   }
   GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(p + (c.row + k)); }
+  GEMM_HD const float* ptr(const Col& c, int k) const { return p + (c.row + k); }
 };
 
 // Element (mn, k) of matrix z = p[z*zstride + k*ld + mn] (contiguous along mn).
@@ -292,6 +293,7 @@ struct RowsAlongMN {
     return {true, z * zstride + mn};
   }
   GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(p + (c.column + k * ld)); }
+  GEMM_HD const float* ptr(const Col& c, int k) const { return p + (c.column + k * ld); }
 };
 
 // C(m, n) of matrix z -> p[z*zstride + m*ld + n].

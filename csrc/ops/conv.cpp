@@ -14,7 +14,7 @@ namespace convnet {
 
 namespace {
 
-constexpr int kConvVariants = 4;
+constexpr int kConvVariants = 5;
 // Variant 3 (variant 2 + Winograd F(4x4,3x3) for conv3-5) measured fastest on an H200
 // (benchmarks/results/2026-11-26-h200-29eff7f/bench-variants.txt: conv3 forward 1.23 -> 0.57 ms,
 // backward-filter 1.37 -> 0.63, conv4 backward-filter 1.53 -> 0.63; conv1/2 and fc unchanged)
@@ -27,7 +27,7 @@ std::atomic<int>& variant_slot() {
     if (!env || !*env) return kDefaultConvVariant;
     char* end = nullptr;
     long x = std::strtol(env, &end, 10);
-    CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0, 1, 2 or 3, got '", env, "'");
+    CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0, 1, 2, 3 or 4, got '", env, "'");
     return (int)x;
   }()};
   return v;
@@ -121,7 +121,7 @@ std::tuple<std::optional<Tensor>, std::optional<Tensor>, std::optional<Tensor>> 
 int conv_variant() { return variant_slot().load(std::memory_order_relaxed); }
 
 void set_conv_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0, 1, 2 or 3, got ", variant);
+  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0, 1, 2, 3 or 4, got ", variant);
   variant_slot().store(variant, std::memory_order_relaxed);
 }
 
