@@ -15,11 +15,12 @@ namespace convnet {
 namespace {
 
 constexpr int kConvVariants = 5;
-// Variant 3 (variant 2 + Winograd F(4x4,3x3) for conv3-5) measured fastest on an H200
-// (benchmarks/results/2026-11-26-h200-29eff7f/bench-variants.txt: conv3 forward 1.23 -> 0.57 ms,
-// backward-filter 1.37 -> 0.63, conv4 backward-filter 1.53 -> 0.63; conv1/2 and fc unchanged)
-// and passed the CUDA tests there. Variant 2 over 0/1: benchmarks/results/NOTES-conv-cuda.md.
-constexpr int kDefaultConvVariant = 3;
+// Variant 4 (variant 3 with the multistage cp.async k-loop) measured fastest on an H200
+// (benchmarks/results/2026-11-26-h200-84eeb79/bench-variants.txt: fc7 backward 0.360 -> 0.287 ms,
+// conv3 backward-filter 0.631 -> 0.566; 3-4% slower only on conv1 forward/backward-filter and conv2
+// backward-filter) and passed every CUDA test there, under both variants. Variant 3 (Winograd for
+// conv3-5) and 2 over 0/1: benchmarks/results/NOTES-conv-cuda.md.
+constexpr int kDefaultConvVariant = 4;
 
 std::atomic<int>& variant_slot() {
   static std::atomic<int> v{[] {
