@@ -3,7 +3,6 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <optional>
 #include <tuple>
 
@@ -23,14 +22,7 @@ constexpr int kConvVariants = 5;
 constexpr int kDefaultConvVariant = 4;
 
 std::atomic<int>& variant_slot() {
-  static std::atomic<int> v{[] {
-    const char* env = std::getenv("CONVNET_CONV_VARIANT");
-    if (!env || !*env) return kDefaultConvVariant;
-    char* end = nullptr;
-    long x = std::strtol(env, &end, 10);
-    CHECK_VALUE(*end == 0 && x >= 0 && x < kConvVariants, "CONVNET_CONV_VARIANT must be 0, 1, 2, 3 or 4, got '", env, "'");
-    return (int)x;
-  }()};
+  static std::atomic<int> v{variant_from_env("CONVNET_CONV_VARIANT", kConvVariants, kDefaultConvVariant, "0, 1, 2, 3 or 4")};
   return v;
 }
 

@@ -4,6 +4,8 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <cstdlib>
+
 #include "../core/device.h"
 #include "../core/tensor.h"
 
@@ -32,6 +34,17 @@
 namespace py = pybind11;
 
 namespace convnet {
+// A family's CUDA kernel variant from environment variable `env` (read by the caller once, at
+// first use): an integer in [0, count), `fallback` when unset; `range` words the allowed values.
+inline int variant_from_env(const char* env, int count, int fallback, const char* range) {
+  const char* s = std::getenv(env);
+  if (!s || !*s) return fallback;
+  char* end = nullptr;
+  long x = std::strtol(s, &end, 10);
+  CHECK_VALUE(*end == 0 && x >= 0 && x < count, env, " must be ", range, ", got '", s, "'");
+  return (int)x;
+}
+
 // One per op family (csrc/ops/<family>.cpp); called from bindings.cpp.
 void register_elementwise(py::module_& m);
 void register_lrn(py::module_& m);

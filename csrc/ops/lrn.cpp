@@ -2,7 +2,6 @@
 // allocate outputs, dispatch.
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 
 #include "../kernels/lrn.h"
 #include "dispatch.h"
@@ -17,14 +16,7 @@ constexpr int kLrnVariants = 5;
 constexpr int kDefaultLrnVariant = 2;
 
 std::atomic<int>& variant_slot() {
-  static std::atomic<int> v{[] {
-    const char* env = std::getenv("CONVNET_LRN_VARIANT");
-    if (!env || !*env) return kDefaultLrnVariant;
-    char* end = nullptr;
-    long x = std::strtol(env, &end, 10);
-    CHECK_VALUE(*end == 0 && x >= 0 && x < kLrnVariants, "CONVNET_LRN_VARIANT must be 0 to 4, got '", env, "'");
-    return (int)x;
-  }()};
+  static std::atomic<int> v{variant_from_env("CONVNET_LRN_VARIANT", kLrnVariants, kDefaultLrnVariant, "0 to 4")};
   return v;
 }
 
