@@ -87,12 +87,6 @@ void check_sizes(const ConvShape& sh) {
               "tensors too large for the CUDA kernels' 32-bit per-image indexing");
 }
 
-template <class G>
-void run(const G& g, const char* name) {
-  run_gemm<G::A_KFAST, G::B_KFAST, typename G::Big>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name,
-                                                    conv_variant());
-}
-
 __global__ void __launch_bounds__(256) flip_weights_kernel(conv_gemm::FlippedWeight f, float* __restrict__ wf, int n) {
   for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += gridDim.x * blockDim.x) wf[e] = f(e);
 }
@@ -117,7 +111,7 @@ void conv2d(const ConvShape& sh, const float* x, const float* w, const float* b,
     winograd::forward(sh, x, w, b, y);
     return;
   }
-  run(conv_gemm::forward(sh, x, w, b, y), "conv2d forward");
+  run_gemm(conv_gemm::forward(sh, x, w, b, y), "conv2d forward", conv_variant());
 }
 
 void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, float* dx) {
@@ -134,11 +128,12 @@ void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, 
       winograd::forward(flipped, dy, wf, nullptr, dx);
       return;
     }
-    run(conv_gemm::forward(conv_gemm::flipped_shape(sh), dy, wf, nullptr, dx), "conv2d backward-data (flipped)");
+    run_gemm(conv_gemm::forward(conv_gemm::flipped_shape(sh), dy, wf, nullptr, dx), "conv2d backward-data (flipped)",
+             conv_variant());
     return;
   }
   if (!conv_gemm::backward_data_via_columns(sh)) {
-    run(conv_gemm::backward_data(sh, w, dy, dx), "conv2d backward-data");
+    run_gemm(conv_gemm::backward_data(sh, w, dy, dx), "conv2d backward-data", conv_variant());
     return;
   }
   int64_t chunk = conv_gemm::columns_chunk(sh);
@@ -148,7 +143,8 @@ void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, 
   const int64_t chw = sh.c * sh.h * sh.w;
   for (int64_t img0 = 0; img0 < sh.n; img0 += chunk) {
     const int64_t images = chunk < sh.n - img0 ? chunk : sh.n - img0;
-    run(conv_gemm::backward_data_columns(sh, w, dy, img0, images, cols), "conv2d backward-data (columns)");
+    run_gemm(conv_gemm::backward_data_columns(sh, w, dy, img0, images, cols), "conv2d backward-data (columns)",
+             conv_variant());
     const dim3 grid(blocks_for(chw, 256, 4096), (unsigned)images);
     col2im_kernel<<<grid, 256, 0, stream()>>>(conv_gemm::backward_data_col2im(sh, cols, images), dx, img0, (int)chw,
                                              FastDiv(sh.h * sh.w), FastDiv(sh.w));
@@ -161,7 +157,7 @@ void conv2d_backward_filter(const ConvShape& sh, const float* x, const float* dy
   if (conv_variant() >= 3 && winograd::eligible(sh))
     winograd::backward_filter(sh, x, dy, dw);
   else
-    run(conv_gemm::backward_filter(sh, x, dy, dw), "conv2d backward-filter");
+    run_gemm(conv_gemm::backward_filter(sh, x, dy, dw), "conv2d backward-filter", conv_variant());
   if (db) channel_sum(dy, sh.n, sh.k, sh.p * sh.q, db);
 }
 

@@ -358,16 +358,6 @@ inline ConvShape flipped_shape(const ConvShape& sh) {
 
 // ---- the three GEMMs of a conv layer ----
 
-template <class A, class B, class S, bool AK, bool BK, class BigCfg = BigTile>
-struct Gemm {
-  static constexpr bool A_KFAST = AK, B_KFAST = BK;
-  using Big = BigCfg;  // the large tile's register budget (see gemm.cuh)
-  int64_t batch, M, N, K;
-  A a;
-  B b;
-  S st;
-};
-
 using Forward = Gemm<FwdWeights, FwdInput, FwdOutput, true, false>;
 // Its per-thread column state (phase offsets) does not fit 128 registers without spilling.
 using BackwardData = Gemm<BwdDataWeights, BwdDataGrad, BwdDataOutput, true, false, BigTileWide>;

@@ -33,11 +33,6 @@ void each(const F& f, int64_t n) {
   CUDA_CHECK_LAUNCH("winograd each_kernel");
 }
 
-template <class G>
-void run(const G& g, const char* name) {
-  run_gemm<G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name, conv_variant());
-}
-
 struct Workspace {
   GpuScratch ws;
   float *filt, *in, *out;  // 36*K*Cg, 36*C*T, 36*K*T floats
@@ -56,7 +51,7 @@ void forward(const ConvShape& sh, const float* x, const float* w, const float* b
   Workspace ws(t);
   each(FilterTransform{w, ws.filt, t.Kg, t.Cg}, t.K * t.Cg);
   each(InputTransform{x, ws.in, t}, t.C * t.T);
-  run(forward_gemm(t, ws.filt, ws.in, ws.out), "conv2d forward (winograd)");
+  run_gemm(forward_gemm(t, ws.filt, ws.in, ws.out), "conv2d forward (winograd)", conv_variant());
   each(OutputTransform{ws.out, b, y, t}, t.K * t.T);
 }
 
@@ -65,7 +60,7 @@ void backward_filter(const ConvShape& sh, const float* x, const float* dy, float
   Workspace ws(t);
   each(InputTransform{x, ws.in, t}, t.C * t.T);
   each(GradOutputTransform{dy, ws.out, t}, t.K * t.T);
-  run(filter_gemm(t, ws.out, ws.in, ws.filt), "conv2d backward-filter (winograd)");
+  run_gemm(filter_gemm(t, ws.out, ws.in, ws.filt), "conv2d backward-filter (winograd)", conv_variant());
   each(FilterGradTransform{ws.filt, dw, t.Kg, t.Cg}, t.K * t.Cg);
 }
 

@@ -616,6 +616,23 @@ void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, co
     launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
 }
 
+// A GEMM described as data: sizes, loaders and store (the conv and Winograd families build
+// theirs with functions returning one), run by the run_gemm below.
+template <class A, class B, class S, bool AK, bool BK, class BigCfg = BigTile>
+struct Gemm {
+  static constexpr bool A_KFAST = AK, B_KFAST = BK;
+  using Big = BigCfg;  // the large tile's register budget (see the tile configurations above)
+  int64_t batch, M, N, K;
+  A a;
+  B b;
+  S st;
+};
+
+template <class G>
+void run_gemm(const G& g, const char* name, int variant) {
+  run_gemm<G::A_KFAST, G::B_KFAST, typename G::Big>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, name, variant);
+}
+
 // out[c] = sum over i < outer, j < inner of in[(i * channels + c) * inner + j], summed in a fixed
 // order (a per-thread strided partial, then a fixed tree): deterministic bias gradients.
 // One block per channel (csrc/cuda/channel_sum.cu).

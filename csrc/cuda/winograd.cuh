@@ -304,13 +304,7 @@ struct DenseStore {
 };
 
 // M_e = U_e V_e per group: batch groups*36, M = Kg, N = T, K = Cg.
-struct ForwardGemm {
-  static constexpr bool A_KFAST = true, B_KFAST = false;
-  int64_t batch, M, N, K;
-  RowsAlongK a;
-  RowsAlongMN b;
-  DenseStore st;
-};
+using ForwardGemm = Gemm<RowsAlongK, RowsAlongMN, DenseStore, true, false>;
 inline ForwardGemm forward_gemm(const Tiling& t, const float* u, const float* v, float* m) {
   const int64_t groups = t.C / t.Cg;
   return {groups * kPos,
@@ -323,13 +317,7 @@ inline ForwardGemm forward_gemm(const Tiling& t, const float* u, const float* v,
 }
 
 // dU_e = dY^_e V_e^T per group: batch groups*36, M = Kg, N = Cg, K = T (split-K over tiles).
-struct FilterGemm {
-  static constexpr bool A_KFAST = true, B_KFAST = true;
-  int64_t batch, M, N, K;
-  RowsAlongK a;
-  RowsAlongK b;
-  DenseStore st;
-};
+using FilterGemm = Gemm<RowsAlongK, RowsAlongK, DenseStore, true, true>;
 inline FilterGemm filter_gemm(const Tiling& t, const float* dy_hat, const float* v, float* du) {
   const int64_t groups = t.C / t.Cg;
   return {groups * kPos,

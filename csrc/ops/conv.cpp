@@ -22,7 +22,8 @@ constexpr int kConvVariants = 5;
 constexpr int kDefaultConvVariant = 4;
 
 std::atomic<int>& variant_slot() {
-  static std::atomic<int> v{variant_from_env("CONVNET_CONV_VARIANT", kConvVariants, kDefaultConvVariant, "0, 1, 2, 3 or 4")};
+  static std::atomic<int> v{
+      variant_from_env("CONVNET_CONV_VARIANT", kConvVariants, kDefaultConvVariant, "0, 1, 2, 3 or 4")};
   return v;
 }
 
