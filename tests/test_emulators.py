@@ -20,26 +20,26 @@ def _need(tool, path):
         pytest.skip(f"{tool} not on PATH")
 
 
-def test_gemm_emulator(tmp_path):
-    src = TOOLS / "emulate_gemm.cu"
+def _run_cuda_emulator(name, tmp_path):
+    """Compiles tools/<name>.cu as host code with nvcc, runs it; returns its output (it must exit 0)."""
+    src = TOOLS / f"{name}.cu"
     _need("nvcc", src)
-    exe = tmp_path / "emulate_gemm"
+    exe = tmp_path / name
     subprocess.run(["nvcc", "-std=c++17", "-O2", "-x", "cu", str(src), "-o", str(exe)], check=True,
                    capture_output=True, text=True, timeout=600)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    return out
+
+
+def test_gemm_emulator(tmp_path):
+    _run_cuda_emulator("emulate_gemm", tmp_path)
 
 
 def test_winograd_emulator(tmp_path):
     """Variant 3's Winograd convolutions (csrc/cuda/winograd.cuh): the transform functors and the
     GEMM core's steps on the CPU against a float64 direct conv; it prints the error figures."""
-    src = TOOLS / "emulate_winograd.cu"
-    _need("nvcc", src)
-    exe = tmp_path / "emulate_winograd"
-    subprocess.run(["nvcc", "-std=c++17", "-O2", "-x", "cu", str(src), "-o", str(exe)], check=True,
-                   capture_output=True, text=True, timeout=600)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    out = _run_cuda_emulator("emulate_winograd", tmp_path)
     assert "all passed" in out.stdout, out.stdout[-3000:]
 
 
