@@ -5,9 +5,11 @@ split-K (few output tiles, long reduction), stride-1 backward-data through flipp
 (more than 16 input channels per group, padding < kernel), the phase GEMM (strided, or padding >=
 kernel), the column path (<= 16 input channels per group), variant 2's 48-row tile (M <= 96) and
 variant 3's Winograd F(4x4, 3x3) (3x3, stride 1, padding <= 2, >= 32 channels per group on both
-sides; csrc/cuda/winograd.cuh), and variant 4's multistage cp.async k loop (every GEMM above, incl. the
-split-K ones and the last partial k-tile of odd K). The same relative tolerance (1e-4) holds for Winograd: its error
-is ~2e-6 norm-wise on the AlexNet shapes (tools/emulate_winograd.cu)."""
+sides; csrc/cuda/winograd.cuh), variant 4's multistage cp.async k loop (every GEMM above, incl. the
+split-K ones and the last partial k-tile of odd K) and variant 5's FFT backward-filter (stride 1,
+padded input within 32x32, P*Q*R*S >= 4352, >= 16 channels per group; csrc/cuda/fft.cuh). The
+same relative tolerance (1e-4) holds for Winograd and FFT: their errors are ~2e-6 and ~5e-7
+norm-wise on the AlexNet shapes (tools/emulate_winograd.cu, emulate_fft.cu)."""
 import os
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from reference import assert_close
 
 from test_conv import run_conv
 
-VARIANTS = (0, 1, 2, 3, 4)
+VARIANTS = (0, 1, 2, 3, 4, 5)
 VARIANT_IDS = [f"cuda-v{v}" for v in VARIANTS]  # "cuda" in the id: tools/gpu_check.sh counts these
 needs_gpu = pytest.mark.skipif(
     not convnet.cuda_available(),
@@ -56,6 +58,11 @@ CONV_CASES = [
     (1, 64, 2, 3, 64, 3, 3, (1, 1), (1, 1), 1),      # smaller than one tile
     (5, 70, 17, 14, 70, 3, 3, (1, 1), (1, 1), 1),    # tiles cut at both edges
     (1, 384, 13, 13, 256, 3, 3, (1, 1), (1, 1), 2),  # conv5
+    # variant 5's FFT backward-filter:
+    (2, 96, 27, 27, 256, 5, 5, (1, 1), (2, 2), 2),   # conv2
+    (3, 17, 28, 30, 20, 5, 7, (1, 1), (2, 1), 1),    # padded input exactly 32x32, odd channels
+    (1, 32, 27, 27, 32, 5, 5, (1, 1), (2, 2), 2),    # batch 1, 16 channels per group
+    (2, 20, 32, 32, 18, 11, 9, (1, 1), (0, 0), 1),   # 11x9 kernel: two chunks of taps per row
 ]
 
 
@@ -97,6 +104,21 @@ def test_conv_variant_winograd_random(variant, rng, seed):
 
 
 @needs_gpu
+@pytest.mark.parametrize("variant", [4, 5], indirect=True, ids=["cuda-v4", "cuda-v5"])
+@pytest.mark.parametrize("seed", range(6))
+def test_conv_variant_fft_random(variant, rng, seed):
+    """Random shapes variant 5 sends to the FFT backward-filter: stride 1, the padded input
+    within 32x32, large enough kernels, 16-40 channels per group, groups 1-3."""
+    g = np.random.default_rng(3000 + seed)
+    groups = int(g.integers(1, 4))
+    c, k = groups * int(g.integers(16, 41)), groups * int(g.integers(16, 41))
+    pad = (int(g.integers(0, 4)), int(g.integers(0, 4)))
+    h, w = int(g.integers(20, 33 - 2 * pad[0])), int(g.integers(20, 33 - 2 * pad[1]))
+    r, s = int(g.integers(5, 10)), int(g.integers(5, 10))  # P*Q*R*S >= 12*16*45 > 4352: all eligible
+    run_conv("cuda:0", rng, int(g.integers(1, 4)), c, h, w, k, r, s, (1, 1), pad, groups)
+
+
+@needs_gpu
 @pytest.mark.parametrize("variant", VARIANTS, indirect=True, ids=VARIANT_IDS)
 @pytest.mark.parametrize("n,i,o", [(64, 600, 300), (5, 33, 7), (128, 1100, 130), (96, 500, 200)])
 def test_linear_variant(variant, rng, n, i, o):
@@ -119,15 +141,15 @@ def test_variant_switch_and_bad_values():
         for v in VARIANTS:
             _C.set_conv_variant(v)
             assert _C.conv_variant() == v
-        with pytest.raises(ValueError, match="variant must be 0, 1, 2, 3 or 4"):
-            _C.set_conv_variant(5)
-        with pytest.raises(ValueError, match="variant must be 0, 1, 2, 3 or 4"):
+        with pytest.raises(ValueError, match="variant must be 0 to 5"):
+            _C.set_conv_variant(6)
+        with pytest.raises(ValueError, match="variant must be 0 to 5"):
             _C.set_conv_variant(-1)
     finally:
         _C.set_conv_variant(before)
 
 
-@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("4", "4"), ("0", "0"), ("", "4"), ("7", "ValueError")])  # unset: 4
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("4", "4"), ("5", "5"), ("0", "0"), ("", "4"), ("7", "ValueError")])  # unset: 4
 def test_variant_from_environment(value, expect):
     code = ("from convnet import _C\n"
             "try:\n    print(_C.conv_variant())\n"

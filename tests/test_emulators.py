@@ -1,6 +1,8 @@
 """The CUDA kernels' logic checked without a GPU: tools/emulate_gemm.cu (the conv/linear GEMM
 core's per-thread steps, index maps and split-K rules, compiled for the host by nvcc),
-tools/emulate_winograd.cu (variant 3's Winograd transforms and GEMMs, the same way) and
+tools/emulate_winograd.cu (variant 3's Winograd transforms and GEMMs, the same way),
+tools/emulate_fft.cu (variant 5's FFT backward-filter: the spectrum kernel's steps, barrier by
+barrier, the product GEMMs and the inverse at the taps) and
 tools/emulate_lrn_pool.py (the LRN and max-pool kernel bodies compiled by g++), each against
 float64 references. Skipped, with the reason, where the compilers or the tools/ folder are missing."""
 import shutil
@@ -40,6 +42,12 @@ def test_winograd_emulator(tmp_path):
     """Variant 3's Winograd convolutions (csrc/cuda/winograd.cuh): the transform functors and the
     GEMM core's steps on the CPU against a float64 direct conv; it prints the error figures."""
     out = _run_cuda_emulator("emulate_winograd", tmp_path)
+    assert "all passed" in out.stdout, out.stdout[-3000:]
+
+
+def test_fft_emulator(tmp_path):
+    """Variant 5's FFT backward-filter (csrc/cuda/fft.cuh) on the CPU against a float64 direct sum."""
+    out = _run_cuda_emulator("emulate_fft", tmp_path)
     assert "all passed" in out.stdout, out.stdout[-3000:]
 
 

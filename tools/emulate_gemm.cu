@@ -176,6 +176,29 @@ void emulate_gemm(const G& g, int sms) {
   emulate<Cfg, G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
 }
 
+// run_gemm's tile choice (gemm.cuh, variant >= 2), emulated instead of launched (the dense GEMMs of
+// tools/emulate_winograd.cu and emulate_fft.cu).
+template <bool AK, bool BK, class AL, class BL, class ST>
+void emulate_as_run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const AL& a, const BL& b, const ST& st,
+                         int sms) {
+  if (M <= ThinTile::BM) return emulate<ThinTile, AK, BK>(batch, M, N, K, a, b, st, sms);
+  const double big = tile_efficiency(M, N, BigTile::BM, BigTile::BN);
+  const double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
+  if constexpr (tile_map_fits(Tile48::BM, Tile48::BK, Tile48::THREADS, AK) &&
+                tile_map_fits(Tile48::BN, Tile48::BK, Tile48::THREADS, BK)) {
+    const double t48 = 0.85 * tile_efficiency(M, N, Tile48::BM, Tile48::BN);
+    if (M <= 2 * Tile48::BM && t48 > big && t48 > medium) return emulate<Tile48, AK, BK>(batch, M, N, K, a, b, st, sms);
+  }
+  if (big >= medium)
+    emulate<BigTile, AK, BK>(batch, M, N, K, a, b, st, sms);
+  else
+    emulate<MediumTile, AK, BK>(batch, M, N, K, a, b, st, sms);
+}
+template <class G>
+void emulate_gemm_of(const G& g, int sms) {
+  emulate_as_run_gemm<G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
+}
+
 // Compares against a float64 reference; tolerance scaled by the sum of |terms|.
 static void compare(const char* what, const std::vector<float>& got, const std::vector<double>& want,
                     const std::vector<double>& mag) {
@@ -389,7 +412,7 @@ void run_all(const char* cfg) {
   }
 }
 
-#ifndef EMULATE_GEMM_NO_MAIN  // tools/emulate_winograd.cu includes this file for emulate()
+#ifndef EMULATE_GEMM_NO_MAIN  // tools/emulate_winograd.cu and emulate_fft.cu include this file for emulate()
 int main() {
   check_fastdiv();
   std::printf("FastDiv done (%d failures)\n", failures);

@@ -14,28 +14,6 @@
 
 using namespace convnet::cuda::winograd;
 
-// run_gemm's tile choice (gemm.cuh, variant >= 2), emulated instead of launched.
-template <bool AK, bool BK, class AL, class BL, class ST>
-void emulate_as_run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const AL& a, const BL& b, const ST& st,
-                         int sms) {
-  if (M <= ThinTile::BM) return emulate<ThinTile, AK, BK>(batch, M, N, K, a, b, st, sms);
-  const double big = tile_efficiency(M, N, BigTile::BM, BigTile::BN);
-  const double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
-  if constexpr (tile_map_fits(Tile48::BM, Tile48::BK, Tile48::THREADS, AK) &&
-                tile_map_fits(Tile48::BN, Tile48::BK, Tile48::THREADS, BK)) {
-    const double t48 = 0.85 * tile_efficiency(M, N, Tile48::BM, Tile48::BN);
-    if (M <= 2 * Tile48::BM && t48 > big && t48 > medium) return emulate<Tile48, AK, BK>(batch, M, N, K, a, b, st, sms);
-  }
-  if (big >= medium)
-    emulate<BigTile, AK, BK>(batch, M, N, K, a, b, st, sms);
-  else
-    emulate<MediumTile, AK, BK>(batch, M, N, K, a, b, st, sms);
-}
-template <class G>
-void emulate_gemm_of(const G& g, int sms) {
-  emulate_as_run_gemm<G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
-}
-
 // winograd::forward, step by step.
 static void wino_forward(const ConvShape& sh, const float* x, const float* w, const float* b, float* y, int sms) {
   const Tiling t = tiling(sh);

@@ -60,7 +60,7 @@ fi
 
 if stage variants; then
   echo "== variants ($(elapsed))"
-  VARIANTS=${VARIANTS:-3 4}
+  VARIANTS=${VARIANTS:-4 5}
   for v in $VARIANTS; do
     CONVNET_CONV_VARIANT=$v timeout 120 $PY -m pytest -q -p no:cacheprovider -k cuda \
       tests/test_conv.py tests/test_linear.py tests/test_conv_variants.py tests/test_graph.py > "$OUT/variants-$v.log" 2>&1

@@ -27,6 +27,10 @@
 //      64x64 80-91, 16x128 115-117, 48x128 147-151 (3 blocks/SM); no spills, no stack. Static
 //      smem (4 stages): 33792 / 17408 / 19456 / 23552 bytes. sm_80: the 128x128 forward spills
 //      52 bytes (3's backward-filter and columns GEMMs spill 80 / 56 there, as before).
+//   5  variant 4, plus an FFT backward-filter (fft.cuh, conv_fft.cu) for stride-1 convs whose
+//      padded input fits a 32x32 frame and whose implicit GEMM would do >= 4x the FFT products'
+//      multiply-adds, >= 16 channels per group on both sides (conv2: 5x5 on 27x27). Errors of
+//      float32 rounding size (tools/emulate_fft.cu). Not yet run on a GPU: not the default.
 //   Predictions (and measurements, once run): benchmarks/results/NOTES-conv-cuda.md.
 //
 // Per group g (grid.z), with Cg = c/groups,
@@ -75,6 +79,7 @@
 //   forward 157, backward-data 161, backward-filter 155, linear forward 137, linear dx 119 regs
 //   (3 blocks/SM of 128 threads), 11.8 KB static smem, no spills (sm_80: none either).
 #include "conv_gemm.cuh"
+#include "fft.cuh"
 #include "winograd.cuh"
 
 namespace convnet::cuda {
@@ -154,7 +159,9 @@ void conv2d_backward_data(const ConvShape& sh, const float* w, const float* dy, 
 
 void conv2d_backward_filter(const ConvShape& sh, const float* x, const float* dy, float* dw, float* db) {
   check_sizes(sh);
-  if (conv_variant() >= 3 && winograd::eligible(sh))
+  if (conv_variant() >= 5 && fft::eligible(sh))
+    fft::backward_filter(sh, x, dy, dw);
+  else if (conv_variant() >= 3 && winograd::eligible(sh))
     winograd::backward_filter(sh, x, dy, dw);
   else
     run_gemm(conv_gemm::backward_filter(sh, x, dy, dw), "conv2d backward-filter", conv_variant());

@@ -13,7 +13,7 @@ namespace convnet {
 
 namespace {
 
-constexpr int kConvVariants = 5;
+constexpr int kConvVariants = 6;
 // Variant 4 (variant 3 with the multistage cp.async k-loop) measured fastest on an H200
 // (benchmarks/results/2026-11-26-h200-84eeb79/bench-variants.txt: fc7 backward 0.360 -> 0.287 ms,
 // conv3 backward-filter 0.631 -> 0.566; 3-4% slower only on conv1 forward/backward-filter and conv2
@@ -23,7 +23,7 @@ constexpr int kDefaultConvVariant = 4;
 
 std::atomic<int>& variant_slot() {
   static std::atomic<int> v{
-      variant_from_env("CONVNET_CONV_VARIANT", kConvVariants, kDefaultConvVariant, "0, 1, 2, 3 or 4")};
+      variant_from_env("CONVNET_CONV_VARIANT", kConvVariants, kDefaultConvVariant, "0 to 5")};
   return v;
 }
 
@@ -115,7 +115,7 @@ std::tuple<std::optional<Tensor>, std::optional<Tensor>, std::optional<Tensor>> 
 int conv_variant() { return variant_slot().load(std::memory_order_relaxed); }
 
 void set_conv_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0, 1, 2, 3 or 4, got ", variant);
+  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0 to 5, got ", variant);
   variant_slot().store(variant, std::memory_order_relaxed);
 }
 
