@@ -7,7 +7,7 @@
 # Each stage has its own time limit so a hang in one still leaves the others' results.
 # Usage: tools/gpu_check.sh [stages...]   (stages: build tests variants bench train; default all)
 # variants: the conv/linear tests under each GEMM variant in $VARIANTS (CONVNET_CONV_VARIANT;
-# default "3 4") and their benchmarks side by side (variants.log, bench-variants.txt).
+# default "4 5") and their benchmarks side by side (variants.log, bench-variants.txt).
 # bench: benchmarks/run.py --profile, so bench.txt ends with the kernels (and GPU times) of one
 # call of ours and of PyTorch's per case (which algorithm cuDNN picked, where our time goes).
 # train: the paper's net at 224x224 for a short run (images/s), then the default small net on
