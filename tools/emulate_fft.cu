@@ -82,28 +82,12 @@ static void check_fft(const ConvShape& s, int sms) {
     }
   std::vector<float> dw(ref.size(), NAN);
   fft_backward_filter(s, x.data(), dy.data(), dw.data(), sms);
-  // An output mixes every frequency, so its error scales with the tensor, not with its own terms
-  // (a tap that never touches the image is exactly 0 in the reference): measured against its
-  // sum of |terms| plus the tensor's mean such sum.
-  double num = 0, den = 0, elem = 0, mean_mag = 0;
-  bool nan = false;
-  for (double m : mag) mean_mag += m / (double)mag.size();
-  for (size_t i = 0; i < dw.size(); ++i) {
-    if (std::isnan(dw[i])) nan = true;
-    const double d = dw[i] - ref[i];
-    num += d * d, den += ref[i] * ref[i];
-    elem = std::fmax(elem, std::fabs(d) / (mag[i] + mean_mag + 1e-30));
-  }
-  const double norm = std::sqrt(num / (den + 1e-300));
-  if (nan || !(norm <= kNormTol) || !(elem <= kElemTol)) {
-    std::printf("FAIL fft backward-filter n=%ld c=%ld h=%ld w=%ld k=%ld kernel %ldx%ld pad=(%ld,%ld) g=%ld: norm-wise "
-                "rel err %.3g, worst element %.3g of its |terms|%s\n",
+  char what[200];
+  std::snprintf(what, sizeof what, "fft backward-filter n=%ld c=%ld h=%ld w=%ld k=%ld kernel %ldx%ld pad=(%ld,%ld) g=%ld",
                 (long)s.n, (long)s.c, (long)s.h, (long)s.w, (long)s.k, (long)s.r, (long)s.s, (long)s.pad_h,
-                (long)s.pad_w, (long)s.groups, norm, elem, nan ? " (NaN: element never written)" : "");
-    ++failures;
-  }
-  if (getenv("EMULATE_FFT_VERBOSE")) std::printf("n=%ld c=%ld h=%ld w=%ld k=%ld %ldx%ld pad=(%ld,%ld) g=%ld: %.2g %.2g\n", (long)s.n, (long)s.c, (long)s.h, (long)s.w, (long)s.k, (long)s.r, (long)s.s, (long)s.pad_h, (long)s.pad_w, (long)s.groups, norm, elem);
-  worst_norm = std::fmax(worst_norm, norm), worst_elem = std::fmax(worst_elem, elem);
+                (long)s.pad_w, (long)s.groups);
+  const MixedErrors e = check_mixed(what, dw, ref, mag, kNormTol, kElemTol);
+  worst_norm = std::fmax(worst_norm, e.norm), worst_elem = std::fmax(worst_elem, e.elem);
 }
 
 // dft32 against a float64 DFT of random complex vectors.
@@ -134,10 +118,7 @@ static void check_dft32() {
 
 // Which shapes variant 5 takes.
 static void check_eligibility() {
-  struct Case {
-    ConvShape s;
-    bool want;
-  } cases[] = {
+  const EligibleCase cases[] = {
       {shape(128, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), true},     // conv2, one device
       {shape(128, 48, 27, 27, 128, 5, 5, 1, 1, 2, 2, 1), true},     // conv2, one tower
       {shape(128, 256, 13, 13, 384, 3, 3, 1, 1, 1, 1, 1), false},   // conv3: 13x13 3x3 (Winograd's)
@@ -150,13 +131,7 @@ static void check_eligibility() {
       {shape(8, 32, 16, 16, 32, 3, 3, 1, 1, 1, 1, 1), false},       // 16*16*9 < 4*1088
       {shape(1000, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2), false},   // workspace > 1 GiB
   };
-  for (auto& c : cases)
-    if (eligible(c.s) != c.want) {
-      std::printf("FAIL eligible(n=%ld c=%ld h=%ld k=%ld r=%ld stride=%ld pad=%ld g=%ld) != %d\n", (long)c.s.n,
-                  (long)c.s.c, (long)c.s.h, (long)c.s.k, (long)c.s.r, (long)c.s.stride_h, (long)c.s.pad_h,
-                  (long)c.s.groups, c.want);
-      ++failures;
-    }
+  check_eligible(eligible, cases);
 }
 
 int main() {

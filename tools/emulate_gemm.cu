@@ -199,6 +199,35 @@ void emulate_gemm_of(const G& g, int sms) {
   emulate_as_run_gemm<G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
 }
 
+// Errors of a transform-domain result (Winograd, FFT) against a float64 reference: norm-wise
+// relative, and the worst element's error over its sum of |terms| plus the tensor's mean such sum
+// (such an output mixes its tile's neighbours or every frequency, so an element with few terms,
+// e.g. a dw tap that never touches the image and is exactly 0, is measured against that floor).
+// Past either tolerance, or on a NaN (an element never written), prints what and counts a failure.
+struct MixedErrors {
+  double norm = 0, elem = 0;
+};
+inline MixedErrors check_mixed(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
+                               const std::vector<double>& mag, double norm_tol, double elem_tol) {
+  double num = 0, den = 0, mean_mag = 0;
+  MixedErrors e;
+  bool nan = false;
+  for (double m : mag) mean_mag += m / (double)mag.size();
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(got[i])) nan = true;
+    const double d = got[i] - ref[i];
+    num += d * d, den += ref[i] * ref[i];
+    e.elem = std::fmax(e.elem, std::fabs(d) / (mag[i] + mean_mag + 1e-30));
+  }
+  e.norm = std::sqrt(num / (den + 1e-300));
+  if (nan || !(e.norm <= norm_tol) || !(e.elem <= elem_tol)) {
+    std::printf("FAIL %s: norm-wise rel err %.3g, worst element %.3g of its |terms|%s\n", what, e.norm, e.elem,
+                nan ? " (NaN: element never written)" : "");
+    ++failures;
+  }
+  return e;
+}
+
 // Compares against a float64 reference; tolerance scaled by the sum of |terms|.
 static void compare(const char* what, const std::vector<float>& got, const std::vector<double>& want,
                     const std::vector<double>& mag) {
@@ -379,6 +408,23 @@ static ConvShape shape(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, in
   x.p = (h + 2 * ph - r) / sh + 1;
   x.q = (w + 2 * pw - s) / sw + 1;
   return x;
+}
+
+// A variant's eligible() against the expected answer for each shape (tools/emulate_winograd.cu,
+// emulate_fft.cu).
+struct EligibleCase {
+  ConvShape s;
+  bool want;
+};
+template <class F, size_t N>
+void check_eligible(F eligible, const EligibleCase (&cases)[N]) {
+  for (auto& c : cases)
+    if (eligible(c.s) != c.want) {
+      std::printf("FAIL eligible(n=%ld c=%ld h=%ld w=%ld k=%ld kernel %ldx%ld stride=%ld pad=(%ld,%ld) g=%ld) != %d\n",
+                  (long)c.s.n, (long)c.s.c, (long)c.s.h, (long)c.s.w, (long)c.s.k, (long)c.s.r, (long)c.s.s,
+                  (long)c.s.stride_h, (long)c.s.pad_h, (long)c.s.pad_w, (long)c.s.groups, c.want);
+      ++failures;
+    }
 }
 
 template <class Cfg>

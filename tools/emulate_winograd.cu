@@ -50,26 +50,9 @@ constexpr double kNormTol = 3e-5, kElemTol = 3e-4;
 
 static void check(int op, const char* what, const std::vector<float>& got, const std::vector<double>& ref,
                   const std::vector<double>& mag) {
-  // A Winograd output mixes its tile's neighbours, so an element whose own terms are few or none
-  // (dw taps that never touch the image are exactly 0) is measured against a floor of the tensor's
-  // mean sum of |terms|.
-  double num = 0, den = 0, elem = 0, mean_mag = 0;
-  bool nan = false;
-  for (double m : mag) mean_mag += m / (double)mag.size();
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(got[i])) nan = true;
-    const double d = got[i] - ref[i];
-    num += d * d, den += ref[i] * ref[i];
-    elem = std::fmax(elem, std::fabs(d) / (mag[i] + mean_mag + 1e-30));
-  }
-  const double norm = std::sqrt(num / (den + 1e-300));
-  if (nan || !(norm <= kNormTol) || !(elem <= kElemTol)) {
-    std::printf("FAIL %s: norm-wise rel err %.3g, worst element %.3g of its |terms|%s\n", what, norm, elem,
-                nan ? " (NaN: element never written)" : "");
-    ++failures;
-  }
-  worst[op].norm = std::fmax(worst[op].norm, norm);
-  worst[op].elem = std::fmax(worst[op].elem, elem);
+  const MixedErrors e = check_mixed(what, got, ref, mag, kNormTol, kElemTol);
+  worst[op].norm = std::fmax(worst[op].norm, e.norm);
+  worst[op].elem = std::fmax(worst[op].elem, e.elem);
 }
 
 static void check_winograd(const ConvShape& s, int sms) {
@@ -129,7 +112,7 @@ static ConvShape conv3x3(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, 
 // Which shapes variant 3 takes (conv.cu asks eligible() of the shape, and of the flipped shape
 // for backward-data).
 static void check_eligibility() {
-  struct Case { ConvShape s; bool want; } cases[] = {
+  const EligibleCase cases[] = {
       {conv3x3(128, 256, 13, 13, 384, 1, 1, 1), true},   // conv3
       {conv3x3(128, 384, 13, 13, 384, 1, 1, 2), true},   // conv4
       {conv3x3(128, 384, 13, 13, 256, 1, 1, 2), true},   // conv5
@@ -142,13 +125,7 @@ static void check_eligibility() {
       {conv3x3(8, 64, 13, 13, 64, 2, 0, 2), true},
       {conv3x3(100000, 512, 13, 13, 512, 1, 1, 1), false},         // workspace > 1 GiB
   };
-  for (auto& c : cases)
-    if (eligible(c.s) != c.want) {
-      std::printf("FAIL eligible(n=%ld c=%ld k=%ld r=%ld stride=%ld pad=(%ld,%ld) g=%ld) != %d\n", (long)c.s.n,
-                  (long)c.s.c, (long)c.s.k, (long)c.s.r, (long)c.s.stride_h, (long)c.s.pad_h, (long)c.s.pad_w,
-                  (long)c.s.groups, c.want);
-      ++failures;
-    }
+  check_eligible(eligible, cases);
 }
 
 int main() {
