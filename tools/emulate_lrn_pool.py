@@ -104,18 +104,19 @@ template <class Index, int S, int T>
 void pool_forward(int64_t g, const PoolShape& sh, const float* x, float* y, int32_t* idx) {
   launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, true>, sh, x, y, idx);
 }
-// launch_gather's grid and block (gather_block), except: planes looped over min(planes, |g|)
+// launch_gather's grid and block (gather_thread_rows, gather_block), except: planes looped over min(planes, |g|)
 // grid rows, and blockDim.x forced to 8 for |g| == 3 (wider rows then loop over columns).
 template <int S, int T>
 void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy, float* dx) {
   int64_t bx = 8;
   while (bx < 128 && bx < sh.w) bx *= 2;
   if (g == 3 || g == -3) bx = 8;
-  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride;
+  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride, rows = S ? pool::kGatherRows : 1;
+  const int64_t thread_rows = (tiles_h + rows - 1) / rows;
   int64_t by = 1;
-  while (by < pool::kThreads / bx && (by < tiles_h || by * bx < 64)) by *= 2;
+  while (by < pool::kThreads / bx && (by < thread_rows || by * bx < 64)) by *= 2;
   const int64_t gy = std::min<int64_t>(sh.n * sh.c, g < 0 ? -g : g);
-  launch2((tiles_h + by - 1) / by, gy, bx, by, pool::max_pool_gather_kernel<S, T>, sh, idx, dy, dx);
+  launch2((thread_rows + by - 1) / by, gy, bx, by, pool::max_pool_gather_kernel<S, T>, sh, idx, dy, dx);
 }
 template <class Index, int S, int T>
 void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
