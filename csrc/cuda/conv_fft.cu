@@ -8,7 +8,7 @@
 // and the GEMM core's per-thread steps, on the CPU against a float64 direct sum).
 //
 // ptxas -v (CUDA 13.0, -O3; CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh):
-//   spectrum_kernel 88 registers on sm_90 (84 on sm_80), 35,904 bytes static shared memory
+//   spectrum_kernel 91 registers on sm_90 (82 on sm_80), 35,904 bytes static shared memory
 //   (6 blocks of 136 threads per SM on an H100), no stack, no spills: dft32's 64 values stay in
 //   registers (every index a constant once unrolled). filter_kernel 48 registers, 256 bytes of
 //   shared memory, no stack (with the cos/sin table indexed at run time from its constexpr
