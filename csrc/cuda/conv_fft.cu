@@ -9,12 +9,13 @@
 //
 // ptxas -v (CUDA 13.0, -O3; CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh):
 //   spectrum_kernel 91 registers on sm_90 (82 on sm_80), 35,904 bytes static shared memory
-//   (6 blocks of 136 threads per SM on an H100), no stack, no spills: dft32's 64 values stay in
-//   registers (every index a constant once unrolled). filter_kernel 48 registers, 256 bytes of
-//   shared memory, no stack (with the cos/sin table indexed at run time from its constexpr
-//   array it had a 128-byte stack frame: hence the unrolled fill). The product GEMM is the
-//   Winograd backward-filter's instantiation (two k-fast dense operands): multistage 128x128
-//   127 registers, 64x64 79, no spills.
+//   (5 warps a block: registers allow 4 blocks an SM, shared memory 6), no stack, no spills:
+//   dft32's 64 values stay in registers (every index a constant once unrolled). filter_kernel 48
+//   registers, 256 bytes of shared memory, no stack (with the cos/sin table indexed at run time
+//   from its constexpr array it had a 128-byte stack frame: hence the unrolled fill). The product
+//   GEMM is the Winograd backward-filter's instantiation (two k-fast dense operands); conv2's
+//   (M = 96, N = 128) takes the 48x128 tile: multistage 117 registers, 23,552 bytes (128x128 127,
+//   64x64 79), no spills.
 #include "fft.cuh"
 
 namespace convnet::cuda::fft {

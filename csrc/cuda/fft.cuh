@@ -4,7 +4,7 @@
 // CPU emulator (tools/emulate_fft.cu), so that the emulator runs the real code.
 //
 // Why: conv2's filter gradient is 57 GFLOP as an implicit GEMM (M = Kg = 128, N = Cg*25 = 1200,
-// K = n*729), ~2.2 ms on an H200 at our GEMM core's ~26 TFLOP/s, against ~0.46 ms for cuDNN.
+// K = n*729), ~2.2 ms on an H200 at our GEMM core's ~26 TFLOP/s, against ~0.5 ms for cuDNN.
 // A 5x5 Winograd small enough to stay accurate in float32 (6x6 or 7x7 tiles) moves 1.4-2.5 GB of
 // transformed tiles; the 8x8 and 9x9 ones lose 1-2 more decimal digits (2e-5 and 1e-4 relative
 // against 2e-6 for F(4x4, 3x3), in a float32 simulation). FFT is exact up to float32 rounding
