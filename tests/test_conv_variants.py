@@ -104,6 +104,21 @@ def test_conv_variant_winograd_random(variant, rng, seed):
 
 
 @needs_gpu
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True, ids=VARIANT_IDS)
+def test_conv_variant_deterministic(variant, rng):
+    """Bit-identical results run after run, on shapes that reach split-K (the first), Winograd
+    (the second, variants >= 3) and the FFT backward-filter (the third, variant 5)."""
+    for n, c, h, k, r, pad, groups in [(6, 24, 14, 32, 3, 1, 2), (2, 64, 13, 96, 3, 1, 1), (2, 96, 27, 64, 5, 2, 2)]:
+        x = convnet.tensor(rng.standard_normal((n, c, h, h)), "cuda:0")
+        w = convnet.tensor(rng.standard_normal((k, c // groups, r, r)), "cuda:0")
+        dy = convnet.tensor(rng.standard_normal((n, k, h, h)), "cuda:0")  # stride 1, padding (r - 1) / 2
+        runs = [[ops.conv2d(x, w, None, 1, pad, groups).numpy()] +
+                [t.numpy() for t in ops.conv2d_backward(x, w, dy, 1, pad, groups)] for _ in range(2)]
+        for a, b in zip(*runs):
+            assert np.array_equal(a, b)
+
+
+@needs_gpu
 @pytest.mark.parametrize("variant", [4, 5], indirect=True, ids=["cuda-v4", "cuda-v5"])
 @pytest.mark.parametrize("seed", range(6))
 def test_conv_variant_fft_random(variant, rng, seed):
