@@ -5,7 +5,8 @@
 Each family module (benchmarks/bench_<family>.py) lists cases; every case is timed here
 against the references measured in the same run (NumPy, and PyTorch when importable), so
 the table reports ratios, not absolute claims. Memory-bound ops also report GB/s against a
-device-to-device copy of the same size measured in the same run.
+device-to-device copy of the same size measured in the same run. The table ends with a tally of
+the issues' speed goals (GOALS below) and the rows that miss them.
 """
 import argparse
 import importlib
@@ -156,6 +157,7 @@ def main(argv=None):
             "host": platform.node(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     print_table(info)
+    print_goals(info)
     if args.profile:
         print_kernels(rows)
     if args.json:
@@ -230,6 +232,45 @@ def print_table(info):
     print(" ".join(head))
     for row in info["rows"]:
         print(format_row(row))
+
+
+# The issues' speed goals, per family: (metric, goal on a GPU, goal on the CPU). Issue 2: the
+# memory-bound kernels at 0.8 of a same-size copy on a GPU, at PyTorch's speed on the CPU;
+# issue 3: conv and fc at 0.7 of cuDNN/cuBLAS on a GPU, 0.5 of PyTorch on the CPU.
+GOALS = {"elementwise": (2, "vs_copy", "x_torch", 0.8, 1.0), "lrn": (2, "vs_copy", "x_torch", 0.8, 1.0),
+         "pool": (2, "vs_copy", "x_torch", 0.8, 1.0), "softmax": (2, "vs_copy", "x_torch", 0.8, 1.0),
+         "conv": (3, "x_torch", "x_torch", 0.7, 0.5), "linear": (3, "x_torch", "x_torch", 0.7, 0.5)}
+
+
+def goal_misses(info):
+    """(rows with a goal and the metric measured, [(issue, row, metric, value, goal)] below it).
+    Rows of non-default kernel variants (names ending in ' v<N>') are not counted."""
+    on_gpu = info["device"] != "cpu"
+    counted, misses = 0, []
+    for row in info["rows"]:
+        goal = GOALS.get(row["family"])
+        last = row["name"].rsplit(" ", 1)[-1]
+        if goal is None or (last[:1] == "v" and last[1:].isdigit()):
+            continue
+        issue, gpu_metric, cpu_metric, gpu_goal, cpu_goal = goal
+        metric, target = (gpu_metric, gpu_goal) if on_gpu else (cpu_metric, cpu_goal)
+        if metric not in row:
+            continue
+        counted += 1
+        if row[metric] < target:
+            misses.append((issue, row, metric, row[metric], target))
+    return counted, misses
+
+
+def print_goals(info):
+    counted, misses = goal_misses(info)
+    if not counted:
+        return
+    print(f"\n# issue goals ({'GPU' if info['device'] != 'cpu' else 'CPU'}): {counted - len(misses)} of {counted} "
+          f"rows met" + (", below:" if misses else ""))
+    for issue, row, metric, value, target in misses:
+        extra = f", gpu_vs_copy {row['gpu_vs_copy']:.2f}" if metric == "vs_copy" and "gpu_vs_copy" in row else ""
+        print(f"#   issue {issue}: {row['family']} {row['name']}: {metric} {value:.2f} < {target}{extra}")
 
 
 if __name__ == "__main__":

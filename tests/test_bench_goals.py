@@ -1,0 +1,48 @@
+"""benchmarks/run.py's tally of the issues' speed goals (goal_misses): which rows count, which
+metric and goal apply on a GPU and on the CPU. Synthetic rows; no timing here."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def run():
+    if not RUN.exists():
+        pytest.skip(f"{RUN} not found (tests run outside the checkout)")
+    spec = importlib.util.spec_from_file_location("bench_run", RUN)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ROWS = [
+    {"family": "elementwise", "name": "relu conv1", "vs_copy": 0.9, "x_torch": 0.95},
+    {"family": "pool", "name": "max_pool_backward 55->27", "vs_copy": 0.3, "x_torch": 3.0, "gpu_vs_copy": 0.28},
+    {"family": "conv", "name": "conv2 backward-filter", "x_torch": 0.6},
+    {"family": "conv", "name": "conv2 backward-filter v5", "x_torch": 0.1},  # a variant row: not counted
+    {"family": "lrn", "name": "lrn conv1"},                                   # no metric measured
+    {"family": "step", "name": "alexnet 1 device b128", "x_torch": 0.2},     # no goal
+]
+
+
+def test_goals_on_a_gpu(run):
+    counted, misses = run.goal_misses({"device": "cuda:0", "rows": ROWS})
+    assert counted == 3
+    assert [(issue, row["name"], metric, goal) for issue, row, metric, _, goal in misses] == [
+        (2, "max_pool_backward 55->27", "vs_copy", 0.8), (3, "conv2 backward-filter", "x_torch", 0.7)]
+
+
+def test_goals_on_the_cpu(run):
+    counted, misses = run.goal_misses({"device": "cpu", "rows": ROWS})
+    assert counted == 3
+    assert [(issue, row["name"], value, goal) for issue, row, _, value, goal in misses] == [
+        (2, "relu conv1", 0.95, 1.0)]
+
+
+def test_goals_printed(run, capsys):
+    run.print_goals({"device": "cuda:0", "rows": ROWS})
+    out = capsys.readouterr().out
+    assert "1 of 3 rows met" in out and "max_pool_backward 55->27: vs_copy 0.30 < 0.8, gpu_vs_copy 0.28" in out
