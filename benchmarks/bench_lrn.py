@@ -1,7 +1,7 @@
 """Local response normalisation on the AlexNet shapes (after conv1 and conv2), the paper's
 constants. Bytes moved: forward reads x and writes y; backward reads x and dy and writes dx
 (s is recomputed from x, y is not read). On a GPU each case also runs under every CUDA kernel
-variant (CONVNET_LRN_VARIANT, csrc/cuda/lrn.cu), as rows "... v0" to "... v4"; the plain rows use the
+variant (CONVNET_LRN_VARIANT, csrc/cuda/lrn.cu), as rows "... v0" to "... v5"; the plain rows use the
 default variant."""
 import numpy as np
 
@@ -44,7 +44,7 @@ def _with_variant(v, fn):
 def cases(ctx):
     dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
     default = _C.lrn_variant()
-    variants = [v for v in (0, 1, 2, 3, 4) if v != default] + [default] if dev != "cpu" else []  # the default last
+    variants = [v for v in (0, 1, 2, 3, 4, 5) if v != default] + [default] if dev != "cpu" else []  # the default last
     out = []
     for name, shape in SHAPES:
         a = np.abs(np.random.standard_normal((n,) + shape)).astype(np.float32) * 20  # ReLU outputs

@@ -80,9 +80,10 @@ def lrn_variant(request):
 
 
 # The CUDA kernel variants (CONVNET_LRN_VARIANT, csrc/cuda/lrn.cu): each against the reference.
-@pytest.mark.parametrize("lrn_variant", [0, 1, 2, 3, 4], indirect=True, ids=["v0", "v1", "v2", "v3", "v4"])
+@pytest.mark.parametrize("lrn_variant", [0, 1, 2, 3, 4, 5], indirect=True, ids=["v0", "v1", "v2", "v3", "v4", "v5"])
 @pytest.mark.parametrize("shape,size,alpha,beta,k,scale", CASES + [((1, 300, 2, 3), 5, 0.2, 0.75, 1.0, 1.0),
-                                                                   ((2, 37, 3, 5), 3, 0.2, 0.6, 1.0, 2.0)])
+                                                                   ((2, 37, 3, 5), 3, 0.2, 0.6, 1.0, 2.0),
+                                                                   ((3, 70, 37, 31), 5, 1e-4, 0.75, 2.0, 20.0)])
 def test_lrn_variants(device, rng, lrn_variant, shape, size, alpha, beta, k, scale):
     if device == "cpu":
         pytest.skip("the variants are CUDA kernels; the CPU twin has one")
@@ -91,12 +92,12 @@ def test_lrn_variants(device, rng, lrn_variant, shape, size, alpha, beta, k, sca
 
 def test_lrn_variant_setting():
     before = _C.lrn_variant()
-    assert before in (0, 1, 2, 3, 4)
+    assert before in (0, 1, 2, 3, 4, 5)
     try:
         _C.set_lrn_variant(0)
         assert _C.lrn_variant() == 0
-        with pytest.raises(ValueError, match="set_lrn_variant: variant must be 0 to 4, got 5"):
-            _C.set_lrn_variant(5)
+        with pytest.raises(ValueError, match="set_lrn_variant: variant must be 0 to 5, got 6"):
+            _C.set_lrn_variant(6)
     finally:
         _C.set_lrn_variant(before)
 

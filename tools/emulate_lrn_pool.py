@@ -76,15 +76,19 @@ template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Spl
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx); }
 template <int H, bool B> void bwd_block16(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward_wide(H)>, sh, sp, x, dy, dx); }
+template <int H, bool B> void fwd_span(int64_t g, const LrnShape& sh, const Split&, const float* x, float* y) {
+  launch(g, kThreads, lrn_span_kernel<H, B>, sh, split_spans(sh), x, y); }
 // variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward, 3 block kernels with
-// 16-channel blocks, 4 ring forward + variant 3's backward (as lrn_variant() picks in the launchers)
+// 16-channel blocks, 4 ring forward + variant 3's backward, 5 span forward + block backward (as
+// lrn_variant() picks in the launchers)
 extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
                         const float* x, float* y, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
   if (variant == 0 || variant == 2 || variant == 4) { RING(fwd, g, sh, sp, x, y) }
-  else if (variant == 1) { RING(fwd_block, g, sh, sp, x, y) } else { RING(fwd_block16, g, sh, sp, x, y) }
+  else if (variant == 1) { RING(fwd_block, g, sh, sp, x, y) }
+  else if (variant == 5) { RING(fwd_span, g, sh, sp, x, y) } else { RING(fwd_block16, g, sh, sp, x, y) }
   launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
 }
 extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
@@ -93,7 +97,8 @@ extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size,
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
   if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) }
-  else if (variant >= 3) { RING(bwd_block16, g, sh, sp, x, dy, dx) } else { RING(bwd_block, g, sh, sp, x, dy, dx) }
+  else if (variant == 3 || variant == 4) { RING(bwd_block16, g, sh, sp, x, dy, dx) }
+  else { RING(bwd_block, g, sh, sp, x, dy, dx) }
   std::vector<float> t(n * c * hw, NAN);
   launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
   launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx);
@@ -190,7 +195,7 @@ def main():
                                 ((1, 33, 1, 1), 7, 0.2, 0.6, 1.0, 1.0)]
         for grid in (1, 3, 1000, -7):  # -7: 7 blocks, the pool kernels' 64-bit index path
             small_only = abs(grid) == 1
-            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1, 3)):
+            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1, 3, 5)):
                 if grid < 0 or (small_only and np.prod(shape) > 200000):
                     continue
                 x = (rng.standard_normal(shape) * scale).astype(np.float32)

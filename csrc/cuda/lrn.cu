@@ -23,6 +23,8 @@
 // v1 0.59-0.61; backward v0 0.50-0.55, v1 0.61-0.67). bench_lrn.py prints a row per variant.
 // Variant 3: variant 1 with blocks of 16 channels (forward; backward for half <= 2); variant 4:
 // the ring forward and variant 3's backward (so each direction's winner can be the default).
+// Variant 5: a forward over spans of pixels (lrn_span_kernel: why and the prediction there) and
+// variant 2's backward. Not yet run on a GPU.
 // Why: at H = 2 variant 1's
 // forward has 6 blocks of 256 threads per SM with 8 loads (32 B) each in flight, ~49 KB an SM,
 // below the ~55-60 KB that Little's law asks of an H200 SM at ~4.5 TB/s and ~1.5-2 us loaded
@@ -40,7 +42,7 @@
 // dx_i = dy_i p_i - 2 alpha beta x_i sum_{|m-i|<=half} t_m.
 //
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
-// every kernel: 0 bytes stack frame, 0 bytes spill stores/loads (sm_80 too). Registers by
+// every kernel but one: 0 bytes stack frame, 0 bytes spill stores/loads (sm_80 too). Registers by
 // half-window H (0..4), beta = 3/4 fast path / general powf:
 //   lrn_ring_kernel<H>             48/32  56/39  64/40  61/40  64/40
 //   lrn_backward_ring_kernel<H>    60/42  58/54  65/57  72/63  78/70
@@ -48,6 +50,8 @@
 //   lrn_block_kernel<H>, U = 16    44/48  48/44  48/48  48/48  48/48   (variant 3)
 //   lrn_backward_block_kernel<H>, U = 16 (H <= 2; variants 3, 4)   103/111  106/108  112/114
 //   lrn_backward_block_kernel<H>   58/57  75/67  69/75  60/68  64/75   (U = 4 for H >= 3)
+//   lrn_span_kernel<H> (variant 5) 56/64  64/64  72/80  87/91  98/100; no stack except H = 1 with
+//                                  general beta on sm_90 (8 bytes spilled; sm_80 none)
 //   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
 // Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
 // each), backward 69 (3 blocks, 16 loads in flight each).
@@ -322,6 +326,81 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnS
   }
 }
 
+// ---- variant 5: the forward over spans of pixels, a few channels at a time ----
+// Every kernel above keeps loads in flight by walking several channels at once, so a block
+// reads U channel rows of its 256 pixels (1 KB each) together: ~6,000 separate 1 KB streams
+// across an H200 at once, against ~1,000 long ones for a copy. The measured forwards rank by
+// that count, not by bytes in flight: the ring (about one channel at a time, one load in flight)
+// 0.63-0.67 of copy, blocks of 8 channels 0.59-0.61, of 16 0.61. Here a thread takes
+// kSpanPixels pixels kThreads apart and kSpanChannels channels at a time: the same 16 loads in
+// flight as 16-channel blocks, but a block reads kSpanChannels rows of 4 KB, 4x fewer and 4x
+// longer streams (72 registers at the paper's window: 3 blocks an SM). Prediction (H200, not yet run): forward 0.75-0.85 of copy if the stream count
+// is the limit; unchanged (~0.6-0.67) refutes that. The sums run in the same order as the other
+// kernels (the same bits as variant 1's forward).
+constexpr int kSpanPixels = 4, kSpanChannels = 4;
+
+// Blocks: (image, chunk of channels, span of kThreads * kSpanPixels pixels). Chunks of >= 32
+// channels, as many as bring the grid to ~1,000 blocks (conv1 at batch 128: 3 chunks x 3 spans).
+struct SpanSplit {
+  int64_t chunk, nchunks, spans, blocks;
+};
+
+SpanSplit split_spans(const LrnShape& sh) {
+  const int64_t span = (int64_t)kThreads * kSpanPixels, spans = (sh.hw + span - 1) / span;
+  const int64_t per_chunk = sh.n * spans, most = (sh.c + 31) / 32;
+  int64_t nchunks = 1024 / (per_chunk > 0 ? per_chunk : 1);
+  nchunks = nchunks < 1 ? 1 : (nchunks > most ? most : nchunks);
+  const int64_t chunk = (sh.c + nchunks - 1) / nchunks;
+  nchunks = (sh.c + chunk - 1) / chunk;
+  return SpanSplit{chunk, nchunks, spans, per_chunk * nchunks};
+}
+
+template <int H, bool kThreeQuarters>
+__global__ void __launch_bounds__(kThreads) lrn_span_kernel(const LrnShape sh, const SpanSplit sp,
+                                                             const float* __restrict__ x, float* __restrict__ y) {
+  constexpr int U = kSpanChannels, PX = kSpanPixels, R = 2 * H + U;  // win[j][m] = x_{i0-H+m} at pixel j
+  const int64_t hw = sh.hw;
+  for (int64_t b = blockIdx.x; b < sp.blocks; b += gridDim.x) {
+    const int64_t span = b % sp.spans, rest = b / sp.spans, cb = rest % sp.nchunks, n = rest / sp.nchunks;
+    const int c0 = (int)(cb * sp.chunk), c1 = (int)min(sh.c, cb * sp.chunk + sp.chunk);
+    const int limit = (int)min(sh.c, (int64_t)c1 + H);
+    const int64_t p0 = span * kThreads * PX + threadIdx.x;
+    const float* xp = x + n * sh.c * hw + p0;
+    float* yp = y + n * sh.c * hw + p0;
+    bool in[PX];
+#pragma unroll
+    for (int j = 0; j < PX; ++j) in[j] = p0 + j * kThreads < hw;
+    float win[PX][R];
+#pragma unroll
+    for (int m = 0; m < 2 * H; ++m)
+#pragma unroll
+      for (int j = 0; j < PX; ++j) win[j][m] = in[j] ? load_or_zero32(xp + j * kThreads, c0 - H + m, limit, hw) : 0.f;
+    for (int i0 = c0; i0 < c1; i0 += U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int j = 0; j < PX; ++j)
+          win[j][2 * H + u] = in[j] ? load_or_zero32(xp + j * kThreads, i0 + H + u, limit, hw) : 0.f;
+#pragma unroll
+      for (int j = 0; j < PX; ++j)
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (in[j] && i0 + u < c1) {
+            float sum = 0.f;
+#pragma unroll
+            for (int m = 0; m <= 2 * H; ++m) sum += win[j][u + m] * win[j][u + m];
+            yp[j * kThreads + (int64_t)(i0 + u) * hw] =
+                win[j][H + u] * neg_pow_fast<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta);
+          }
+        }
+#pragma unroll
+      for (int j = 0; j < PX; ++j)
+#pragma unroll
+        for (int m = 0; m < 2 * H; ++m) win[j][m] = win[j][m + U];
+    }
+  }
+}
+
 // ---- fallback for wide windows: one thread per element, direct sums over the window ----
 
 __device__ __forceinline__ float window_denominator(const LrnShape& sh, const float* __restrict__ xp, int64_t i,
@@ -439,6 +518,17 @@ struct BlockForward {
   const LrnShape& sh; const Split& sp; const float* x; float* y;
   template <int H, bool B> void run() { launch_block_forward<H, B, U>(sh, sp, x, y); }
 };
+template <int H, bool kThreeQuarters>
+void launch_span_forward(const LrnShape& sh, const float* x, float* y) {
+  const SpanSplit sp = split_spans(sh);
+  lrn_span_kernel<H, kThreeQuarters><<<blocks_for(sp.blocks, 1), kThreads, 0, stream()>>>(sh, sp, x, y);
+  CUDA_CHECK_LAUNCH("lrn_span_kernel");
+}
+
+struct SpanForward {
+  const LrnShape& sh; const float* x; float* y;
+  template <int H, bool B> void run() { launch_span_forward<H, B>(sh, x, y); }
+};
 template <bool kWide>
 struct BlockBackward {
   const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
@@ -450,10 +540,11 @@ struct BlockBackward {
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
   // variants 0, 2 and 4: the ring forward (measured faster than the block forward on the H200);
-  // 1: blocks of 8 channels, 3: blocks of 16
+  // 1: blocks of 8 channels, 3: blocks of 16, 5: spans of pixels
   const int variant = lrn_variant();
   const bool ring = variant == 1   ? with_ring(sh, BlockForward<kBlockForward>{sh, sp, x, y})
                     : variant == 3 ? with_ring(sh, BlockForward<kBlockForwardWide>{sh, sp, x, y})
+                    : variant == 5 ? with_ring(sh, SpanForward{sh, x, y})
                                    : with_ring(sh, Forward{sh, sp, x, y});
   if (ring) return;
   const int64_t total = sh.n * sh.c * sh.hw;
@@ -463,12 +554,12 @@ void lrn(const LrnShape& sh, const float* x, float* y) {
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
-  // variants 1 and 2: the block backward (measured faster than the ring backward on the H200);
+  // variants 1, 2 and 5: the block backward (measured faster than the ring backward on the H200);
   // 3 and 4: its 16-channel blocks; 0: the ring backward
   const int variant = lrn_variant();
-  const bool ring = variant == 0   ? with_ring(sh, Backward{sh, sp, x, dy, dx})
-                    : variant >= 3 ? with_ring(sh, BlockBackward<true>{sh, sp, x, dy, dx})
-                                   : with_ring(sh, BlockBackward<false>{sh, sp, x, dy, dx});
+  const bool ring = variant == 0                   ? with_ring(sh, Backward{sh, sp, x, dy, dx})
+                    : variant == 3 || variant == 4 ? with_ring(sh, BlockBackward<true>{sh, sp, x, dy, dx})
+                                                   : with_ring(sh, BlockBackward<false>{sh, sp, x, dy, dx});
   if (ring) return;
   const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
   int device = 0;
