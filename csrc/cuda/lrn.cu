@@ -89,15 +89,23 @@ struct Split {
   int64_t chunk, nchunks, total;  // channels per chunk, chunks, threads
 };
 
+// The c channels cut into `want` chunks, but at least 1 and at most one per 32 channels; all of
+// `chunk` channels but the last.
+struct Chunks {
+  int64_t chunk, count;
+};
+Chunks channel_chunks(int64_t c, int64_t want) {
+  const int64_t most = (c + 31) / 32;
+  int64_t n = want > most ? most : want;
+  if (n < 1) n = 1;
+  const int64_t chunk = (c + n - 1) / n;
+  return Chunks{chunk, (c + chunk - 1) / chunk};
+}
+
 Split split_channels(const LrnShape& sh) {
   const int64_t pixels = sh.n * sh.hw;
-  int64_t want = ((int64_t)1 << 19) / (pixels > 0 ? pixels : 1);  // chunks for ~2^19 threads
-  int64_t most = (sh.c + 31) / 32;                                 // but chunks of >= 32 channels
-  int64_t nchunks = want < 1 ? 1 : (want > most ? most : want);
-  if (nchunks < 1) nchunks = 1;
-  int64_t chunk = (sh.c + nchunks - 1) / nchunks;
-  nchunks = (sh.c + chunk - 1) / chunk;
-  return Split{chunk, nchunks, pixels * nchunks};
+  const Chunks ch = channel_chunks(sh.c, ((int64_t)1 << 19) / (pixels > 0 ? pixels : 1));  // ~2^19 threads
+  return Split{ch.chunk, ch.count, pixels * ch.count};
 }
 
 // Which (image, chunk, pixel) thread `idx` is: the base offset of its pixel in channel 0 and
@@ -219,6 +227,16 @@ __device__ __forceinline__ float neg_pow_fast(float s, float neg_beta) {
   return powf(s, neg_beta);
 }
 
+// y_i = x_i s_i^-beta from the 2H+1 x values of i's window (xw[0] = x_{i-H}), the squares summed
+// in ascending channel order.
+template <int H, bool kThreeQuarters>
+__device__ __forceinline__ float lrn_y(const LrnShape& sh, const float* xw) {
+  float sum = 0.f;
+#pragma unroll
+  for (int m = 0; m <= 2 * H; ++m) sum += xw[m] * xw[m];
+  return xw[H] * neg_pow_fast<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta);
+}
+
 template <int H, bool kThreeQuarters, int U>
 __global__ void __launch_bounds__(kThreads) lrn_block_kernel(const LrnShape sh, const Split sp,
                                                               const float* __restrict__ x, float* __restrict__ y) {
@@ -237,14 +255,8 @@ __global__ void __launch_bounds__(kThreads) lrn_block_kernel(const LrnShape sh, 
 #pragma unroll
       for (int u = 0; u < U; ++u) win[2 * H + u] = load_or_zero32(xp, i0 + H + u, limit, hw);
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (i0 + u < c1) {
-          float sum = 0.f;
-#pragma unroll
-          for (int m = 0; m <= 2 * H; ++m) sum += win[u + m] * win[u + m];
-          yp[(int64_t)(i0 + u) * hw] = win[H + u] * neg_pow_fast<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta);
-        }
-      }
+      for (int u = 0; u < U; ++u)
+        if (i0 + u < c1) yp[(int64_t)(i0 + u) * hw] = lrn_y<H, kThreeQuarters>(sh, win + u);
 #pragma unroll
       for (int m = 0; m < 2 * H; ++m) win[m] = win[m + U];
     }
@@ -339,20 +351,17 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnS
 // kernels (the same bits as variant 1's forward).
 constexpr int kSpanPixels = 4, kSpanChannels = 4;
 
-// Blocks: (image, chunk of channels, span of kThreads * kSpanPixels pixels). Chunks of >= 32
-// channels, as many as bring the grid to ~1,000 blocks (conv1 at batch 128: 3 chunks x 3 spans).
+// Blocks: (image, chunk of channels, span of kThreads * kSpanPixels pixels), with as many chunks
+// as bring the grid to ~1,000 blocks (conv1 at batch 128: 3 chunks x 3 spans).
 struct SpanSplit {
   int64_t chunk, nchunks, spans, blocks;
 };
 
 SpanSplit split_spans(const LrnShape& sh) {
   const int64_t span = (int64_t)kThreads * kSpanPixels, spans = (sh.hw + span - 1) / span;
-  const int64_t per_chunk = sh.n * spans, most = (sh.c + 31) / 32;
-  int64_t nchunks = 1024 / (per_chunk > 0 ? per_chunk : 1);
-  nchunks = nchunks < 1 ? 1 : (nchunks > most ? most : nchunks);
-  const int64_t chunk = (sh.c + nchunks - 1) / nchunks;
-  nchunks = (sh.c + chunk - 1) / chunk;
-  return SpanSplit{chunk, nchunks, spans, per_chunk * nchunks};
+  const int64_t per_chunk = sh.n * spans;
+  const Chunks ch = channel_chunks(sh.c, 1024 / (per_chunk > 0 ? per_chunk : 1));
+  return SpanSplit{ch.chunk, ch.count, spans, per_chunk * ch.count};
 }
 
 template <int H, bool kThreeQuarters>
@@ -384,15 +393,8 @@ __global__ void __launch_bounds__(kThreads) lrn_span_kernel(const LrnShape sh, c
 #pragma unroll
       for (int j = 0; j < PX; ++j)
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (in[j] && i0 + u < c1) {
-            float sum = 0.f;
-#pragma unroll
-            for (int m = 0; m <= 2 * H; ++m) sum += win[j][u + m] * win[j][u + m];
-            yp[j * kThreads + (int64_t)(i0 + u) * hw] =
-                win[j][H + u] * neg_pow_fast<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta);
-          }
-        }
+        for (int u = 0; u < U; ++u)
+          if (in[j] && i0 + u < c1) yp[j * kThreads + (int64_t)(i0 + u) * hw] = lrn_y<H, kThreeQuarters>(sh, win[j] + u);
 #pragma unroll
       for (int j = 0; j < PX; ++j)
 #pragma unroll
