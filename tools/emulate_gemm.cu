@@ -176,27 +176,19 @@ void emulate_gemm(const G& g, int sms) {
   emulate<Cfg, G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
 }
 
-// run_gemm's tile choice (gemm.cuh, variant >= 2), emulated instead of launched (the dense GEMMs of
-// tools/emulate_winograd.cu and emulate_fft.cu).
-template <bool AK, bool BK, class AL, class BL, class ST>
-void emulate_as_run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const AL& a, const BL& b, const ST& st,
-                         int sms) {
-  if (M <= ThinTile::BM) return emulate<ThinTile, AK, BK>(batch, M, N, K, a, b, st, sms);
-  const double big = tile_efficiency(M, N, BigTile::BM, BigTile::BN);
-  const double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
-  if constexpr (tile_map_fits(Tile48::BM, Tile48::BK, Tile48::THREADS, AK) &&
-                tile_map_fits(Tile48::BN, Tile48::BK, Tile48::THREADS, BK)) {
-    const double t48 = 0.85 * tile_efficiency(M, N, Tile48::BM, Tile48::BN);
-    if (M <= 2 * Tile48::BM && t48 > big && t48 > medium) return emulate<Tile48, AK, BK>(batch, M, N, K, a, b, st, sms);
-  }
-  if (big >= medium)
-    emulate<BigTile, AK, BK>(batch, M, N, K, a, b, st, sms);
-  else
-    emulate<MediumTile, AK, BK>(batch, M, N, K, a, b, st, sms);
-}
+// A GEMM described as data (gemm.cuh: Gemm), emulated on the tile run_gemm picks under variant 2
+// or later (choose_tile; the dense GEMMs of tools/emulate_winograd.cu and emulate_fft.cu).
 template <class G>
 void emulate_gemm_of(const G& g, int sms) {
-  emulate_as_run_gemm<G::A_KFAST, G::B_KFAST>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
+  constexpr bool AK = G::A_KFAST, BK = G::B_KFAST;
+  switch (choose_tile<AK, BK, typename G::Big>(g.M, g.N, 2)) {
+    case TileChoice::Thin: return emulate<ThinTile, AK, BK>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
+    case TileChoice::T48:
+      if constexpr (tile48_fits<AK, BK>()) return emulate<Tile48, AK, BK>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
+      break;
+    case TileChoice::Big: return emulate<typename G::Big, AK, BK>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
+    case TileChoice::Medium: return emulate<MediumTile, AK, BK>(g.batch, g.M, g.N, g.K, g.a, g.b, g.st, sms);
+  }
 }
 
 // Errors of a transform-domain result (Winograd, FFT) against a float64 reference: norm-wise

@@ -586,8 +586,32 @@ inline double tile_efficiency(int64_t M, int64_t N, int bm, int bn) {
   return (double)(M * N) / (double)(pm * pn);
 }
 
-// Picks the tile shape for the problem and runs it. The big tile does ~1.25x more work per
-// shared-memory byte than the medium one, hence the weight on its padding efficiency.
+enum class TileChoice { Thin, T48, Big, Medium };
+
+// Whether Tile48's tile maps cover operands read this way (else run_gemm never instantiates it).
+template <bool A_KFAST, bool B_KFAST>
+constexpr bool tile48_fits() {
+  return tile_map_fits(Tile48::BM, Tile48::BK, Tile48::THREADS, A_KFAST) &&
+         tile_map_fits(Tile48::BN, Tile48::BK, Tile48::THREADS, B_KFAST);
+}
+
+// The tile shape run_gemm takes for an M x N product (host code; tools/emulate_gemm.cu asks it
+// too). The big tile does ~1.25x more work per shared-memory byte than the medium one, hence the
+// weight on its padding efficiency. variant: Tile48 from 2 on.
+template <bool A_KFAST, bool B_KFAST, class Big = BigTile>
+TileChoice choose_tile(int64_t M, int64_t N, int variant) {
+  if (M <= ThinTile::BM) return TileChoice::Thin;
+  const double big = tile_efficiency(M, N, Big::BM, Big::BN);
+  const double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
+  if constexpr (tile48_fits<A_KFAST, B_KFAST>()) {
+    // 0.85: ~1.1x the medium tile's work per shared-memory byte (48x128 against 64x64)
+    const double t48 = 0.85 * tile_efficiency(M, N, Tile48::BM, Tile48::BN);
+    if (variant >= 2 && M <= 2 * Tile48::BM && t48 > big && t48 > medium) return TileChoice::T48;
+  }
+  return big >= medium ? TileChoice::Big : TileChoice::Medium;
+}
+
+// Runs the product on the tile choose_tile picks.
 // variant: 0 = the split-K rule choose_split_k; 1 = choose_split_k_waves; 2 = that and Tile48.
 template <bool A_KFAST, bool B_KFAST, class Big = BigTile, class ALoad, class BLoad, class Store>
 void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, const BLoad& b,
@@ -595,25 +619,19 @@ void run_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, const ALoad& a, co
   if (batch == 0 || M == 0 || N == 0) return;
   CHECK_VALUE(M < INT32_MAX && N < INT32_MAX && K < INT32_MAX && batch < 65536, "GEMM ", name,
               " too large for 32-bit indexing (M=", M, ", N=", N, ", K=", K, ")");
-  if (M <= ThinTile::BM) {
-    launch_gemm<ThinTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
-    return;
+  const int bt = (int)batch, m = (int)M, n = (int)N, k = (int)K;
+  switch (choose_tile<A_KFAST, B_KFAST, Big>(M, N, variant)) {
+    case TileChoice::Thin:
+      return launch_gemm<ThinTile, A_KFAST, B_KFAST>(bt, m, n, k, a, b, st, name, variant);
+    case TileChoice::T48:
+      if constexpr (tile48_fits<A_KFAST, B_KFAST>())
+        return launch_gemm<Tile48, A_KFAST, B_KFAST>(bt, m, n, k, a, b, st, name, variant);
+      break;  // not chosen where it does not fit
+    case TileChoice::Big:
+      return launch_gemm<Big, A_KFAST, B_KFAST>(bt, m, n, k, a, b, st, name, variant);
+    case TileChoice::Medium:
+      return launch_gemm<MediumTile, A_KFAST, B_KFAST>(bt, m, n, k, a, b, st, name, variant);
   }
-  double big = tile_efficiency(M, N, Big::BM, Big::BN);
-  double medium = 0.8 * tile_efficiency(M, N, MediumTile::BM, MediumTile::BN);
-  if constexpr (tile_map_fits(Tile48::BM, Tile48::BK, Tile48::THREADS, A_KFAST) &&
-                tile_map_fits(Tile48::BN, Tile48::BK, Tile48::THREADS, B_KFAST)) {
-    // 0.85: ~1.1x the medium tile's work per shared-memory byte (48x128 against 64x64)
-    const double t48 = 0.85 * tile_efficiency(M, N, Tile48::BM, Tile48::BN);
-    if (variant >= 2 && M <= 2 * Tile48::BM && t48 > big && t48 > medium) {
-      launch_gemm<Tile48, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
-      return;
-    }
-  }
-  if (big >= medium)
-    launch_gemm<Big, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
-  else
-    launch_gemm<MediumTile, A_KFAST, B_KFAST>((int)batch, (int)M, (int)N, (int)K, a, b, st, name, variant);
 }
 
 // A GEMM described as data: sizes, loaders and store (the conv and Winograd families build
