@@ -61,12 +61,15 @@ def timer(fn, device, min_time=0.2, max_reps=200, sync=None):
     return statistics.median(times)
 
 
-def copy_bandwidth(device, nbytes, torch=None):
-    """GB/s of a same-device copy of nbytes (read + write counted), our ceiling for memory-bound ops:
-    (by wall time per call, by the copy's GPU time from the profiler when torch is given, else None)."""
+def copy_bandwidth(device, traffic, torch=None):
+    """GB/s of a same-device copy moving `traffic` bytes (traffic / 2 read, as many written), our
+    ceiling for a memory-bound op that moves as many: (by wall time per call, by the copy's GPU time
+    from the profiler when torch is given, else None). The same traffic, not just the same order:
+    a larger copy hides more of its launch, and the small (fc-sized) ops would be held to a ceiling
+    no op of their size can reach."""
     import numpy as np
 
-    n = max(nbytes // 4, 1)
+    n = max(traffic // 8, 1)
     src = convnet.tensor(np.random.rand(n).astype("float32"), device)
     dst = convnet.empty((n,), "float32", device)
     t = timer(lambda: dst.copy_(src), device)
@@ -124,9 +127,9 @@ def main(argv=None):
             profile = args.profile and torch is not None and device != "cpu"
             if case.get("bytes"):
                 row["GB/s"] = case["bytes"] / t / 1e9
-                key = 1 << max(20, int(case["bytes"]).bit_length())
+                key = min(int(case["bytes"]), 1 << 31)
                 if key not in copy_cache:
-                    copy_cache[key] = copy_bandwidth(device, min(key, 1 << 30), torch if profile else None)
+                    copy_cache[key] = copy_bandwidth(device, key, torch if profile else None)
                 row["copy_GB/s"], copy_gpu = copy_cache[key]
                 row["vs_copy"] = row["GB/s"] / row["copy_GB/s"]
             if case.get("flops"):
