@@ -254,7 +254,11 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("device"));
   m.def("set_poison", &set_poison);
   m.def("poison", &poison);
-  m.def("empty_cache", &gpu::empty_cache);
+  m.def("empty_cache", [] {  // the cached blocks of every device, the host's included
+    host::empty_cache();
+    gpu::empty_cache();
+  });
+  m.def("host_memory_cached", &host::cached_bytes);
   m.def("memory_allocated", &gpu::allocated_bytes);
   m.def("memory_cached", &gpu::cached_bytes);
   m.def("check_finite", [](const Tensor& t, const std::string& name) {

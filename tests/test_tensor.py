@@ -70,6 +70,33 @@ def test_numpy_view_shares_memory_on_cpu(rng):
     assert v[0] == 42.0  # the view keeps the storage alive
 
 
+def test_large_host_blocks_are_cached(rng):
+    # Blocks of 1 MiB and more go back to a cache when their tensor dies and are handed out again
+    # (csrc/core/host_memory.cpp); a view still held keeps its block out of the cache.
+    a = rng.standard_normal(3 * 2**18 + 5).astype(np.float32)  # 3 MiB and a bit
+    x = convnet.tensor(a)
+    _C.empty_cache()
+    assert _C.host_memory_cached() == 0
+    convnet.ops.relu(x)  # its output dies at once: the block is cached
+    cached = _C.host_memory_cached()
+    assert a.nbytes <= cached < a.nbytes + 2**17
+    kept = convnet.ops.relu(x).numpy()  # takes the cached block, held by the view
+    assert _C.host_memory_cached() == 0
+    for sign in (-1.0, 1.0, -1.0):  # an input and an output block a time (poisoned, then written in full)
+        y = convnet.ops.relu(convnet.tensor(sign * a))
+        np.testing.assert_array_equal(y.numpy(), np.maximum(sign * a, 0))
+        del y
+    assert _C.host_memory_cached() == 2 * cached  # the same two blocks each time, not six
+    np.testing.assert_array_equal(kept, np.maximum(a, 0))  # never handed out while viewed
+    del kept
+    assert _C.host_memory_cached() == 3 * cached
+    small = convnet.ops.relu(convnet.tensor(a[:1000]))  # small blocks are not cached
+    del small
+    assert _C.host_memory_cached() == 3 * cached
+    _C.empty_cache()
+    assert _C.host_memory_cached() == 0
+
+
 def test_dlpack_numpy_both_ways(device, rng):
     a = rng.standard_normal((3, 7)).astype(np.float32)
     t = convnet.from_dlpack(a)  # zero copy

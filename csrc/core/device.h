@@ -24,6 +24,15 @@ struct DeviceGuard {
   int previous = -1;
 };
 
+namespace host {
+// CPU tensor memory, 64-byte aligned (csrc/core/host_memory.cpp): blocks of 1 MiB and more are
+// cached by size and reused, as the GPU's are; smaller ones come from the C library.
+void* allocate(size_t nbytes);
+void deallocate(void* p, size_t nbytes);
+void empty_cache();
+size_t cached_bytes();
+}  // namespace host
+
 namespace gpu {
 // Caching allocator: blocks are kept per device and size class and reused. The freeing
 // thread gets its own blocks back first, with no wait (same per-thread stream: stream order

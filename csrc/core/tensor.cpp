@@ -83,11 +83,9 @@ std::shared_ptr<Storage> Storage::allocate(size_t nbytes, Device d, bool pinned)
     s->pinned = true;
     s->release = [raw, p, n] { gpu::deallocate_pinned(p, n, raw->event); };
   } else if (d.is_cpu()) {
-    size_t rounded = (n + 63) / 64 * 64;  // 64-byte aligned for vector loads
-    void* p = std::aligned_alloc(64, rounded);
-    CHECK_DEVICE(p, "out of host memory allocating ", nbytes, " bytes");
+    void* p = host::allocate(n);
     s->data = p;
-    s->release = [p] { std::free(p); };
+    s->release = [p, n] { host::deallocate(p, n); };
   } else {
     void* p = gpu::allocate(d.index, n);
     int dev = d.index;
