@@ -37,6 +37,21 @@ def test_empty_and_zeros(device):
     assert np.isnan(convnet.empty((7,), "float32", device).numpy()).all()
 
 
+def test_shapes_out_of_range_are_refused(device):
+    # a byte count that wrapped around would allocate a few bytes for a huge tensor
+    for shape in [(1 << 62,), (1 << 31, 1 << 31), (1 << 40, 1 << 40), (3, 1 << 61)]:
+        with pytest.raises(ValueError, match="too large"):
+            convnet.empty(shape, "float32", device)
+        with pytest.raises(ValueError, match="too large"):
+            convnet.zeros(shape, "int32", device)
+    with pytest.raises(ValueError, match="negative dimension"):
+        convnet.empty((2, -3), "float32", device)
+    t = convnet.tensor(np.arange(4, dtype=np.float32), device)
+    with pytest.raises(ValueError, match="too large"):
+        t.reshape([1 << 62, 4])  # (2^64 elements: the count alone would wrap to 0)
+    np.testing.assert_array_equal(t.reshape([2, 2]).numpy(), np.arange(4).reshape(2, 2))
+
+
 def test_copy_and_reshape(device, rng):
     a = rng.standard_normal((3, 4)).astype(np.float32)
     t = convnet.tensor(a, device)

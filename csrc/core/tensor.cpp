@@ -108,11 +108,23 @@ std::string Tensor::shape_str() const {
   return o + ")";
 }
 
+namespace {
+// Every dimension >= 0 and the byte count representable: a product that wrapped around would
+// allocate a few bytes for a tensor that kernels then write far past.
+void check_shape(const Tensor& t) {
+  int64_t bytes = (int64_t)dtype_size(t.dtype);
+  for (auto s : t.shape) {
+    CHECK_VALUE(s >= 0, "negative dimension in shape ", t.shape_str());
+    CHECK_VALUE(!__builtin_mul_overflow(bytes, s, &bytes), "shape ", t.shape_str(), " is too large: its size overflows");
+  }
+}
+}  // namespace
+
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device d, bool pinned) {
   Tensor t;
-  for (auto s : shape) CHECK_VALUE(s >= 0, "negative dimension in shape");
   t.shape = shape;
   t.dtype = dtype;
+  check_shape(t);
   t.storage = Storage::allocate(t.nbytes(), d, pinned);
   if (g_poison) {
     if (d.is_cpu()) std::memset(t.raw(), 0xFF, t.nbytes());  // 0xFFFFFFFF is a float NaN
@@ -159,6 +171,7 @@ Tensor Tensor::to(Device d, bool non_blocking) const {
 Tensor Tensor::reshape(const std::vector<int64_t>& new_shape) const {
   Tensor t = *this;
   t.shape = new_shape;
+  check_shape(t);
   CHECK_VALUE(t.numel() == numel(), "cannot reshape ", shape_str(), " to ", t.shape_str());
   return t;
 }
