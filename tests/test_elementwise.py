@@ -202,6 +202,10 @@ def test_sgd_update_bad_input(device):
         ops.sgd_update(w, t((4, 3), np.int32), t((4, 3)), 0.01)
     with pytest.raises(ValueError, match="sgd_update: w, dw and v must be three different tensors"):
         ops.sgd_update(w, t((4, 3)), w, 0.01)
+    for lr, momentum, wd in [(float("nan"), 0.9, 5e-4), (0.01, float("inf"), 5e-4), (0.01, 0.9, 1e39)]:
+        with pytest.raises(ValueError, match="sgd_update: lr, momentum and weight_decay must be finite"):
+            ops.sgd_update(w, t((4, 3)), t((4, 3)), lr, momentum=momentum, weight_decay=wd)
+    np.testing.assert_array_equal(w.numpy(), np.ones((4, 3), np.float32))  # refused calls left w alone
     if device != "cpu":
         with pytest.raises(ValueError, match="sgd_update: 'w' is on cuda:0 but 'v' is on cpu"):
             ops.sgd_update(w, t((4, 3)), t((4, 3), dev="cpu"), 0.01)

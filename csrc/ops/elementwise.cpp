@@ -1,6 +1,7 @@
 // Entry points of the elementwise family: check arguments once, allocate outputs, dispatch.
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <utility>
 
 #include "../kernels/elementwise.h"
@@ -59,6 +60,10 @@ void sgd_update(const Tensor& w, const Tensor& dw, const Tensor& v, double lr, d
   check_matches(v, "v", DType::f32, w.shape, w, "w");
   CHECK_VALUE(w.storage != dw.storage && w.storage != v.storage && dw.storage != v.storage,
               "w, dw and v must be three different tensors");
+  // as float32, the kernels' type: a NaN or overflowing rate would silently ruin every weight
+  CHECK_VALUE(std::isfinite((float)lr) && std::isfinite((float)momentum) && std::isfinite((float)weight_decay),
+              "lr, momentum and weight_decay must be finite float32 values, got ", lr, ", ", momentum, ", ",
+              weight_decay);
   CONVNET_DISPATCH(w.device(), sgd_update, w.data<float>(), dw.data<float>(), v.data<float>(),
                    w.numel(), (float)lr, (float)momentum, (float)weight_decay);
 }
