@@ -32,13 +32,6 @@ bool is_pointwise(const ConvShape& s) {
   return s.r == 1 && s.s == 1 && s.stride_h == 1 && s.stride_w == 1 && s.pad_h == 0 && s.pad_w == 0;
 }
 
-// The outputs o in [0, out) whose input index o * stride - pad + k lies in [0, in): [lo, hi).
-void valid_outputs(int64_t k, int64_t pad, int64_t stride, int64_t in, int64_t out, int64_t& lo, int64_t& hi) {
-  auto ceil_pos = [stride](int64_t a) { return a <= 0 ? int64_t(0) : (a + stride - 1) / stride; };
-  lo = std::min(out, ceil_pos(pad - k));
-  hi = std::max(lo, std::min(out, ceil_pos(in + pad - k)));
-}
-
 // Images are taken nb at a time, side by side along the GEMM's n (columns (image, op, oq)), so
 // that the small late layers (13x13 outputs) still give the GEMM a wide product.
 int64_t images_per_chunk(const ConvShape& s) {
@@ -74,71 +67,114 @@ void strided_copy(const float* src, int64_t stride, int64_t count, float* dst) {
   for (; j < count; ++j) dst[j] = src[j * stride];
 }
 
+// Scratch buffers reused across calls, one set per thread (each OpenMP thread, and each
+// Python thread calling in, as kernels run without the GIL).
+float* scratch(std::vector<float>& buf, size_t n) {
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+thread_local std::vector<float> col_buf, mat_buf, partial_buf, frame_buf;
+
+// One input channel's rows [top, top + rows) and columns [-pad_w, -pad_w + width), zero outside
+// the image: the frame a band of output rows reads, so that im2col and col2im move plain
+// (strided) rows with no bounds tests. Small (conv1's band: 63 x 227 floats; conv3-5: 15 x 15).
+struct Frame {
+  int64_t top, rows, width;
+  Frame(const ConvShape& s, int64_t p0, int64_t p1)
+      : top(p0 * s.stride_h - s.pad_h), rows((p1 - p0 - 1) * s.stride_h + s.r), width((s.q - 1) * s.stride_w + s.s) {}
+  int64_t floats() const { return rows * width; }
+};
+
+// f = the frame of channel plane xc (h x w).
+void fill_frame(const ConvShape& s, const Frame& fr, const float* xc, float* f) {
+  const int64_t left = std::min(s.pad_w, fr.width), inside = std::max<int64_t>(0, std::min(s.w, fr.width - left));
+  for (int64_t t = 0; t < fr.rows; ++t) {
+    float* o = f + t * fr.width;
+    const int64_t ih = fr.top + t;
+    if (ih < 0 || ih >= s.h) {
+      std::fill(o, o + fr.width, 0.f);
+      continue;
+    }
+    std::fill(o, o + left, 0.f);
+    std::copy(xc + ih * s.w, xc + ih * s.w + inside, o + left);
+    std::fill(o + left + inside, o + fr.width, 0.f);
+  }
+}
+
+// dst[j] = src[j * stride], j < count; stride 1 inline (rows are short: a call per row cost more).
+inline void copy_row(const float* src, int64_t stride, int64_t count, float* dst) {
+  if (stride == 1) {
+#pragma omp simd
+    for (int64_t j = 0; j < count; ++j) dst[j] = src[j];
+  } else {
+    strided_copy(src, stride, count, dst);
+  }
+}
+
 // col (crs rows of ld floats) for nb images of one group, image i at x + i * x_stride, output
 // rows [p0, p1) of each: row (ci, kr, ks), column i * (p1 - p0) * q + (op - p0, oq) holds
-// x_i[ci, op*stride_h - pad_h + kr, oq*stride_w - pad_w + ks], or 0 in the padding.
+// x_i[ci, op*stride_h - pad_h + kr, oq*stride_w - pad_w + ks], or 0 in the padding. One task
+// per (image, channel): its frame, then r * s rows of col copied out of it.
 void im2col(const ConvShape& s, int64_t cg, const float* x, int64_t x_stride, int64_t nb, int64_t p0, int64_t p1,
             float* col, int64_t ld) {
-  const int64_t rows = cg * s.r * s.s, pq = (p1 - p0) * s.q;
-#pragma omp parallel for schedule(dynamic, 16) if (nb * rows * pq > 32768)
-  for (int64_t task = 0; task < nb * rows; ++task) {
-    const int64_t i = task / rows, row = task % rows;
-    const int64_t ci = row / (s.r * s.s), kr = row / s.s % s.r, ks = row % s.s;
-    const float* xc = x + i * x_stride + ci * s.h * s.w;
-    float* out = col + row * ld + i * pq - p0 * s.q;  // output row op at out + op * q
-    int64_t p_lo, p_hi, q_lo, q_hi;
-    valid_outputs(kr, s.pad_h, s.stride_h, s.h, s.p, p_lo, p_hi);
-    valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo, q_hi);
-    p_lo = std::min(std::max(p_lo, p0), p1);
-    p_hi = std::max(p_lo, std::min(p_hi, p1));
-    std::fill(out + p0 * s.q, out + p_lo * s.q, 0.f);
-    for (int64_t op = p_lo; op < p_hi; ++op) {
-      float* o = out + op * s.q;
-      std::fill(o, o + q_lo, 0.f);
-      if (q_hi > q_lo) {
-        const float* xr = xc + (op * s.stride_h - s.pad_h + kr) * s.w + (q_lo * s.stride_w - s.pad_w + ks);
-        if (s.stride_w == 1) {
-          std::memcpy(o + q_lo, xr, (q_hi - q_lo) * sizeof(float));
-        } else {
-          strided_copy(xr, s.stride_w, q_hi - q_lo, o + q_lo);
-        }
+  if (p1 <= p0 || s.q <= 0) return;
+  const Frame fr(s, p0, p1);
+  const int64_t bp = p1 - p0, pq = bp * s.q;
+#pragma omp parallel for schedule(dynamic, 1) if (nb * cg > 1 && nb * cg * s.r * s.s * pq > 32768)
+  for (int64_t task = 0; task < nb * cg; ++task) {
+    const int64_t i = task / cg, ci = task % cg;
+    float* f = scratch(frame_buf, fr.floats());
+    fill_frame(s, fr, x + i * x_stride + ci * s.h * s.w, f);
+    for (int64_t kr = 0; kr < s.r; ++kr)
+      for (int64_t ks = 0; ks < s.s; ++ks) {
+        float* out = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq;
+        for (int64_t op = 0; op < bp; ++op)
+          copy_row(f + (op * s.stride_h + kr) * fr.width + ks, s.stride_w, s.q, out + op * s.q);
       }
-      std::fill(o + q_hi, o + s.q, 0.f);
-    }
-    std::fill(out + p_hi * s.q, out + p1 * s.q, 0.f);
   }
 }
 
 // The inverse gather: dx_i (cg x h x w at dx + i * dx_stride, overwritten) = the sum of every
-// col entry over the input pixel it was read from. Done per input row (i, ci, ih), so rows
-// are independent and each sum runs in the fixed order (kr, ks, oq).
+// col entry over the input pixel it was read from. One task per (image, channel): the entries
+// are added into a zeroed frame in the order (kr, ks) for every pixel (each (kr, ks) reaches a
+// pixel at most once), then the frame's inside is dx; pixels no window reads get 0.
 void col2im(const ConvShape& s, int64_t cg, const float* col, int64_t ld, int64_t nb, float* dx, int64_t dx_stride) {
-  const int64_t pq = s.p * s.q, rows = cg * s.h;
-  std::vector<int64_t> q_lo(s.s), q_hi(s.s);  // valid output columns for each kernel column
-  for (int64_t ks = 0; ks < s.s; ++ks) valid_outputs(ks, s.pad_w, s.stride_w, s.w, s.q, q_lo[ks], q_hi[ks]);
-#pragma omp parallel for schedule(dynamic, 8) if (nb * rows * s.w > 8192)
-  for (int64_t task = 0; task < nb * rows; ++task) {
-    const int64_t i = task / rows, row = task % rows;
-    const int64_t ci = row / s.h, ih = row % s.h;
-    float* xr = dx + i * dx_stride + row * s.w;
-    std::fill(xr, xr + s.w, 0.f);
-    for (int64_t kr = 0; kr < s.r; ++kr) {
-      const int64_t t = ih + s.pad_h - kr;  // = op * stride_h
-      if (t < 0 || t % s.stride_h) continue;
-      const int64_t op = t / s.stride_h;
-      if (op >= s.p) continue;
+  const int64_t pq = s.p * s.q;
+  if (pq <= 0) {
+    for (int64_t i = 0; i < nb; ++i) std::fill(dx + i * dx_stride, dx + i * dx_stride + cg * s.h * s.w, 0.f);
+    return;
+  }
+  const Frame fr(s, 0, s.p);
+#pragma omp parallel for schedule(dynamic, 1) if (nb * cg > 1 && nb * cg * s.r * s.s * pq > 32768)
+  for (int64_t task = 0; task < nb * cg; ++task) {
+    const int64_t i = task / cg, ci = task % cg;
+    float* f = scratch(frame_buf, fr.floats());
+    std::fill(f, f + fr.floats(), 0.f);
+    for (int64_t kr = 0; kr < s.r; ++kr)
       for (int64_t ks = 0; ks < s.s; ++ks) {
-        const int64_t lo = q_lo[ks], hi = q_hi[ks];
-        if (hi <= lo) continue;
-        const float* d = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq + op * s.q + lo;
-        float* xo = xr + (lo * s.stride_w - s.pad_w + ks);
-        if (s.stride_w == 1) {
+        const float* d = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq;
+        for (int64_t op = 0; op < s.p; ++op) {
+          float* o = f + (op * s.stride_h + kr) * fr.width + ks;
+          const float* dr = d + op * s.q;
+          if (s.stride_w == 1) {
 #pragma omp simd
-          for (int64_t j = 0; j < hi - lo; ++j) xo[j] += d[j];
-        } else {
-          for (int64_t j = 0; j < hi - lo; ++j) xo[j * s.stride_w] += d[j];
+            for (int64_t j = 0; j < s.q; ++j) o[j] += dr[j];
+          } else {
+            for (int64_t j = 0; j < s.q; ++j) o[j * s.stride_w] += dr[j];
+          }
         }
       }
+    float* xc = dx + i * dx_stride + ci * s.h * s.w;
+    const int64_t left = std::min(s.pad_w, fr.width), inside = std::max<int64_t>(0, std::min(s.w, fr.width - left));
+    for (int64_t ih = 0; ih < s.h; ++ih) {
+      float* xr = xc + ih * s.w;
+      const int64_t t = ih - fr.top;  // the frame row of input row ih
+      if (t >= fr.rows) {
+        std::fill(xr, xr + s.w, 0.f);
+        continue;
+      }
+      std::copy(f + t * fr.width + left, f + t * fr.width + left + inside, xr);
+      std::fill(xr + inside, xr + s.w, 0.f);
     }
   }
 }
@@ -162,13 +198,6 @@ void matrix_to_images(const float* m, int64_t rows, int64_t pq, int64_t nb, cons
     }
 }
 
-// Scratch buffers reused across calls, one set per thread (each OpenMP thread, and each
-// Python thread calling in, as kernels run without the GIL).
-float* scratch(std::vector<float>& buf, size_t n) {
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
-thread_local std::vector<float> col_buf, mat_buf, partial_buf;
 
 // Every group's weights packed once per call as the GEMM's left factor: w_g (forward) or
 // w_g^T (backward-data), shared read-only by all the (chunk, group) items, which would
