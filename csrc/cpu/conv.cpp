@@ -80,14 +80,16 @@ thread_local std::vector<float> col_buf, mat_buf, partial_buf, frame_buf;
 // (strided) rows with no bounds tests. Small (conv1's band: 63 x 227 floats; conv3-5: 15 x 15).
 struct Frame {
   int64_t top, rows, width;
+  int64_t left, inside;  // a row's columns of left padding, then of image (input columns 0 .. inside - 1)
   Frame(const ConvShape& s, int64_t p0, int64_t p1)
-      : top(p0 * s.stride_h - s.pad_h), rows((p1 - p0 - 1) * s.stride_h + s.r), width((s.q - 1) * s.stride_w + s.s) {}
+      : top(p0 * s.stride_h - s.pad_h), rows((p1 - p0 - 1) * s.stride_h + s.r), width((s.q - 1) * s.stride_w + s.s),
+        left(std::min(s.pad_w, width)), inside(std::max<int64_t>(0, std::min(s.w, width - left))) {}
   int64_t floats() const { return rows * width; }
 };
 
 // f = the frame of channel plane xc (h x w).
 void fill_frame(const ConvShape& s, const Frame& fr, const float* xc, float* f) {
-  const int64_t left = std::min(s.pad_w, fr.width), inside = std::max<int64_t>(0, std::min(s.w, fr.width - left));
+  const int64_t left = fr.left, inside = fr.inside;
   for (int64_t t = 0; t < fr.rows; ++t) {
     float* o = f + t * fr.width;
     const int64_t ih = fr.top + t;
@@ -167,7 +169,7 @@ void col2im(const ConvShape& s, int64_t cg, const float* col, int64_t ld, int64_
         }
       }
     float* xc = dx + i * dx_stride + ci * s.h * s.w;
-    const int64_t left = std::min(s.pad_w, fr.width), inside = std::max<int64_t>(0, std::min(s.w, fr.width - left));
+    const int64_t left = fr.left, inside = fr.inside;
     for (int64_t ih = 0; ih < s.h; ++ih) {
       float* xr = xc + ih * s.w;
       const int64_t t = ih - fr.top;  // the frame row of input row ih
