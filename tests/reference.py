@@ -35,5 +35,26 @@ def assert_close(a, b, tol=1e-5, what="result"):
 
 # ---- references ----
 
+def digests_by_thread_count(code, threads=("1", "2", "3", "5")):
+    """Run `code` (a script printing a SHA-256 of some results) under each OpenMP thread count, with
+    this checkout's convnet; returns the digests (the CPU kernels promise the same bits for all)."""
+    import os
+    import subprocess
+    import sys
+
+    import convnet
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))  # this convnet, built
+    digests = []
+    for n in threads:
+        env = dict(os.environ, OMP_NUM_THREADS=n, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        # cwd=root too: `python -c` puts the working directory first on sys.path
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
+                             check=True)
+        digests.append(out.stdout.strip())
+    assert len(digests[0]) == 64, digests[0]
+    return digests
+
+
 def relu(x):
     return np.maximum(x, 0.0)

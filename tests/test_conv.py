@@ -5,7 +5,7 @@ import convnet
 from convnet import ops
 
 import ref_conv as ref
-from reference import assert_close, numeric_grad
+from reference import assert_close, digests_by_thread_count, numeric_grad
 
 TOL = 1e-4
 
@@ -224,10 +224,6 @@ def test_cpu_thread_count_independent():
     shared out among threads (chunks of several images, groups) or one after another with the
     threads inside the GEMM (more threads than items), with the weights packed once per call;
     the last shape runs one image at a time in 2 bands of output rows."""
-    import os
-    import subprocess
-    import sys
-
     code = ("import hashlib, numpy as np, convnet; from convnet import ops\n"
             "h = hashlib.sha256(); r = np.random.default_rng(5); T = convnet.tensor\n"
             "shapes = ((7, 8, 9, 16, 3, 1, 1, 2), (3, 3, 23, 8, 5, 2, 2, 1), (2, 3, 67, 4, 5, 2, 2, 1))\n"
@@ -240,12 +236,5 @@ def test_cpu_thread_count_independent():
             "    outs = [y] + [t.numpy() for t in ops.conv2d_backward(T(x), T(w), dy, st, pd, g)]\n"
             "    for t in outs: h.update(t.tobytes())\n"
             "print(h.hexdigest())")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))  # this convnet, built
-    digests = []
-    for threads in ("1", "2", "3", "5"):
-        env = dict(os.environ, OMP_NUM_THREADS=threads, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        # cwd=root too: `python -c` puts the working directory first on sys.path
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
-                             check=True)
-        digests.append(out.stdout.strip())
-    assert len(digests[0]) == 64 and digests == [digests[0]] * 4
+    digests = digests_by_thread_count(code)
+    assert digests == [digests[0]] * 4

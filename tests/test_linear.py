@@ -5,7 +5,7 @@ import convnet
 from convnet import ops
 
 import ref_conv as ref
-from reference import assert_close, numeric_grad
+from reference import assert_close, digests_by_thread_count, numeric_grad
 
 TOL = 1e-4
 
@@ -99,3 +99,29 @@ def test_wrong_device():
         ops.linear(x, w.to("cpu"), convnet.tensor(np.ones(3, np.float32), "cuda:0"))
     with pytest.raises(ValueError, match="linear_backward: 'x' is on cpu but 'dy' is on cuda:0"):
         ops.linear_backward(x, w.to("cpu"), convnet.tensor(np.ones((2, 3), np.float32), "cuda:0"))
+
+
+def test_cpu_thread_count_independent():
+    """CPU forward and backward are bitwise the same with 1, 2, 3 and 5 OpenMP threads: the
+    few-rows products (forward and input gradient of a small batch; 33 outputs: a partial column
+    strip) and a weight gradient of 69 MB (written past the caches)."""
+    code = ("import hashlib, numpy as np, convnet; from convnet import ops\n"
+            "h = hashlib.sha256(); r = np.random.default_rng(5); T = convnet.tensor\n"
+            "for n, i, o in ((16, 4200, 4100), (5, 300, 33), (40, 70, 90)):\n"
+            "    x, w = r.standard_normal((n, i), np.float32), r.standard_normal((o, i), np.float32)\n"
+            "    dy = r.standard_normal((n, o), np.float32)\n"
+            "    outs = [ops.linear(T(x), T(w))] + list(ops.linear_backward(T(x), T(w), T(dy)))\n"
+            "    for t in outs: h.update(t.numpy().tobytes())\n"
+            "print(h.hexdigest())")
+    digests = digests_by_thread_count(code)
+    assert digests == [digests[0]] * 4
+
+
+def test_large_weight_gradient(rng):
+    # a weight gradient larger than the caches (69 MB) is written with streaming stores
+    n, i, o = 16, 4200, 4100
+    x, w, dy = (rng.standard_normal(s).astype(np.float32) for s in ((n, i), (o, i), (n, o)))
+    dx, dw, db = ops.linear_backward(convnet.tensor(x), convnet.tensor(w), convnet.tensor(dy))
+    assert_close(dw.numpy(), dy.T.astype(np.float64) @ x, 1e-5, "dw")
+    assert_close(dx.numpy(), dy.astype(np.float64) @ w, 1e-5, "dx")
+    assert_close(db.numpy(), dy.astype(np.float64).sum(0), 1e-5, "db")

@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -30,6 +31,9 @@ constexpr int VL = 16, MR = 12, NV = 2;
 inline vf vzero() { return _mm512_setzero_ps(); }
 inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
 inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
+// past the caches (no read for ownership) when p is 64-byte aligned
+inline void vstream(float* p, vf v) { ((uintptr_t)p & 63) ? _mm512_storeu_ps(p, v) : _mm512_stream_ps(p, v); }
+inline void stream_fence() { _mm_sfence(); }
 inline vf vbroadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
@@ -39,6 +43,8 @@ constexpr int VL = 8, MR = 6, NV = 2;
 inline vf vzero() { return _mm256_setzero_ps(); }
 inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
 inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+inline void vstream(float* p, vf v) { ((uintptr_t)p & 31) ? _mm256_storeu_ps(p, v) : _mm256_stream_ps(p, v); }
+inline void stream_fence() { _mm_sfence(); }
 inline vf vbroadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
@@ -48,6 +54,8 @@ constexpr int VL = 1, MR = 4, NV = 4;
 inline vf vzero() { return 0.f; }
 inline vf vload(const float* p) { return *p; }
 inline void vstore(float* p, vf v) { *p = v; }
+inline void vstream(float* p, vf v) { *p = v; }
+inline void stream_fence() {}
 inline vf vbroadcast(const float* p) { return *p; }
 inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
 inline vf vadd(vf a, vf b) { return a + b; }
@@ -67,11 +75,12 @@ constexpr int64_t KC = 256;        // k-block: an A sliver plus a B sliver fit L
 constexpr int64_t TILE_M = 8, TILE_N = 4;     // slivers per unit of work: 96 x 128 of C on AVX-512
 constexpr int64_t FEW_ROWS = 16;               // A B^T with at most this many rows: no packing
 constexpr int64_t PANEL_FLOATS = 1 << 21;      // packed B panel: at most 8 MiB (but one sliver wide)
+constexpr double STREAM_BYTES = 64.0 * (1 << 20);  // C larger than this, written once: streaming stores
 
 // c[0..mr) x [0..nr) = (or +=) the product of a packed A sliver (kc x MR) and a packed
 // B sliver (kc x NR). Full tiles are stored straight from the registers.
 void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
-                  int mr, int nr, bool accumulate) {
+                  int mr, int nr, bool accumulate, bool stream = false) {
   vf acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -94,7 +103,10 @@ void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) {
         float* cp = c + i * ldc + j * VL;
-        vstore(cp, accumulate ? vadd(vload(cp), acc[i][j]) : acc[i][j]);
+        if (stream)
+          vstream(cp, acc[i][j]);
+        else
+          vstore(cp, accumulate ? vadd(vload(cp), acc[i][j]) : acc[i][j]);
       }
     return;
   }
@@ -241,28 +253,68 @@ void gemm_few_rows_bt(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   }
 }
 
-// C = A B for a few rows of A (a fully-connected layer's input gradient on a small batch):
-// B is streamed from memory once, row after row of a column strip, with that strip of C
-// accumulating in L1.
+// C = A B for a few rows of A (a fully-connected layer's input gradient on a small batch): B is
+// streamed from memory once, and each R x NR block of C stays in registers through a block of k
+// (R = MR rows a pass: the other passes over the same part of B find it in L2). The earlier form
+// kept a strip of C in L1 and loaded and stored it for every row of B: two loads and a store per
+// multiply-add. Each element is summed over k in order, with fused multiply-adds, as before.
+template <int R>
+void few_rows_strip(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    bool accumulate) {
+  vf acc[R][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = accumulate ? vload(c + i * ldc + j * VL) : vzero();
+  for (int64_t p = 0; p < k; ++p) {
+    vf bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = vload(b + p * ldb + j * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const vf av = vbroadcast(a + i * lda + p);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = vfma(av, bv[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) vstore(c + i * ldc + j * VL, acc[i][j]);
+}
+
+template <int R = MR>
+void few_rows_strip_upto(int rows, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                         int64_t ldc, bool accumulate) {
+  if constexpr (R > 1) {
+    if (rows < R) return few_rows_strip_upto<R - 1>(rows, k, a, lda, b, ldb, c, ldc, accumulate);
+  }
+  few_rows_strip<R>(k, a, lda, b, ldb, c, ldc, accumulate);
+}
+
 void gemm_few_rows_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                       float* c, int64_t ldc, bool accumulate, int nt) {
-  constexpr int64_t STRIP = 512;
+  // B in blocks of KB rows x STRIP columns (256 KiB: L2), read from memory in 2 KiB runs of a
+  // row; each NR-wide part of a block then goes through the registers once per MR rows of C.
+  constexpr int64_t STRIP = 16 * NR, KB = 128;
+  const int64_t full = n / NR * NR;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt) if (nt > 1)
   for (int64_t j0 = 0; j0 < n; j0 += STRIP) {
-    const int64_t width = std::min(STRIP, n - j0);
-    alignas(64) float acc[FEW_ROWS][STRIP];
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < width; ++j) acc[i][j] = accumulate ? c[i * ldc + j0 + j] : 0.f;
-    for (int64_t p = 0; p < k; ++p) {
-      const float* brow = b + p * ldb + j0;
-      for (int64_t i = 0; i < m; ++i) {
-        const float av = a[i * lda + p];
-        float* ci = acc[i];
-#pragma omp simd
-        for (int64_t j = 0; j < width; ++j) ci[j] += av * brow[j];
-      }
+    const int64_t j1 = std::min(j0 + STRIP, full);
+    for (int64_t p0 = 0; p0 < k; p0 += KB) {
+      const int64_t kb = std::min(KB, k - p0);
+      for (int64_t j = j0; j < j1; j += NR)
+        for (int64_t i0 = 0; i0 < m; i0 += MR)
+          few_rows_strip_upto((int)std::min<int64_t>(MR, m - i0), kb, a + i0 * lda + p0, lda, b + p0 * ldb + j, ldb,
+                              c + i0 * ldc + j, ldc, accumulate || p0 > 0);
     }
-    for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * ldc + j0, acc[i], width * sizeof(float));
+    if (j0 + STRIP < n) continue;
+    for (int64_t i = 0; i < m; ++i)  // the last n % NR columns, one element at a time
+      for (int64_t j = full; j < n; ++j) {
+        float sum = accumulate ? c[i * ldc + j] : 0.f;
+        for (int64_t p = 0; p < k; ++p) sum = std::fma(a[i * lda + p], b[p * ldb + j], sum);
+        c[i * ldc + j] = sum;
+      }
   }
 }
 
@@ -304,6 +356,10 @@ void gemm_packed(bool trans_a, const float* a, int64_t lda, const float* prepack
 
   auto a_sliver = [&](int64_t kb, int64_t s) { return pa + (kb * ms + s) * MR * kc; };
   auto b_sliver = [&](int64_t kb, int64_t s) { return pb + (kb * panel_slivers + s) * NR * kc; };
+  // C written once (one k-block, nothing to add to) and larger than any cache (a fully-connected
+  // layer's weight gradient: fc6's 151 MB): stored past the caches, which saves reading every
+  // line before writing it.
+  const bool stream = kblocks == 1 && !accumulate && (double)m * n * sizeof(float) > STREAM_BYTES;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -330,11 +386,13 @@ void gemm_packed(bool trans_a, const float* a, int64_t lda, const float* prepack
             const int64_t col = (j0 + js) * NR;
             for (int64_t is = is0; is < is1; ++is)
               micro_kernel(kcur, a_sliver(kb, is), b_sliver(kb, js), c + is * MR * ldc + col, ldc,
-                           (int)std::min<int64_t>(MR, m - is * MR), (int)std::min<int64_t>(NR, n - col), acc);
+                           (int)std::min<int64_t>(MR, m - is * MR), (int)std::min<int64_t>(NR, n - col), acc,
+                           stream);
           }
         }
       }
     }
+    if (stream) stream_fence();  // this thread's streaming stores done before the region's closing barrier
   }
 }
 
