@@ -110,6 +110,8 @@ def test_random_shapes(device, rng, seed):
     (1, 2, 70, 70, 3, 3, 3, (2, 2), (1, 1), 1),     # stride 2 (vector strided copy), 2 bands of output rows
     (2, 3, 211, 97, 5, 11, 11, (4, 4), (2, 2), 1),  # stride 4, forward in 2 bands of 26 rows, 23 wide
     (1, 2, 40, 150, 3, 3, 5, (1, 4), (1, 2), 1),    # stride (1, 4), 2 bands
+    (3, 2, 19, 11, 4, 3, 3, (3, 1), (1, 2), 1),     # rows under 16 wide copied as whole chunks, stride (3, 1)
+    (3, 1, 10, 1, 4, 7, 4, (4, 1), (1, 4), 1),      # an image's part of a col row under one chunk
 ])
 def test_edge_shapes(device, rng, case):
     run_conv(device, rng, *case)

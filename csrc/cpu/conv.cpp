@@ -124,16 +124,24 @@ void im2col(const ConvShape& s, int64_t cg, const float* x, int64_t x_stride, in
   if (p1 <= p0 || s.q <= 0) return;
   const Frame fr(s, p0, p1);
   const int64_t bp = p1 - p0, pq = bp * s.q;
+  // Stride 1: a row shorter than kChunk floats is copied as one whole chunk, running on into the
+  // next row's place, which is written after it; only the rows whose chunk would reach past this
+  // image's part of the col row (another task's) are copied exactly. The frame has kChunk floats
+  // of slack for the reads.
+  constexpr int64_t kChunk = 16;
+  const int64_t chunked = s.stride_w == 1 && s.q < kChunk && pq >= kChunk ? (pq - kChunk) / s.q + 1 : 0;  // rows
 #pragma omp parallel for schedule(dynamic, 1) if (nb * cg > 1 && nb * cg * s.r * s.s * pq > 32768)
   for (int64_t task = 0; task < nb * cg; ++task) {
     const int64_t i = task / cg, ci = task % cg;
-    float* f = scratch(frame_buf, fr.floats());
+    float* f = scratch(frame_buf, fr.floats() + kChunk);
     fill_frame(s, fr, x + i * x_stride + ci * s.h * s.w, f);
     for (int64_t kr = 0; kr < s.r; ++kr)
       for (int64_t ks = 0; ks < s.s; ++ks) {
         float* out = col + ((ci * s.r + kr) * s.s + ks) * ld + i * pq;
-        for (int64_t op = 0; op < bp; ++op)
-          copy_row(f + (op * s.stride_h + kr) * fr.width + ks, s.stride_w, s.q, out + op * s.q);
+        const float* src = f + kr * fr.width + ks;
+        int64_t op = 0;
+        for (; op < chunked; ++op) std::memcpy(out + op * s.q, src + op * s.stride_h * fr.width, kChunk * sizeof(float));
+        for (; op < bp; ++op) copy_row(src + op * s.stride_h * fr.width, s.stride_w, s.q, out + op * s.q);
       }
   }
 }
