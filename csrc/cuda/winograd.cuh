@@ -96,9 +96,19 @@ GEMM_HD void sandwich(const float (&in)[I][I], float (&out)[O][O]) {
 }
 
 // ---- shapes ----
+struct TileAt {
+  int64_t img;
+  int th, tw;  // tile row and column in the image
+};
+
 struct Tiling {
   int64_t n, C, K, T;  // images, input / output channels (all groups), tiles
   int Cg, Kg, H, W, P, Q, ph, pw, tiles_h, tiles_w, tiles;  // tiles per image
+  GEMM_HD TileAt locate(int64_t t) const {  // tile t < T
+    const int64_t img = t / tiles;
+    const int tile = (int)(t - img * tiles), th = tile / tiles_w;
+    return {img, th, tile - th * tiles_w};
+  }
 };
 
 inline Tiling tiling(const ConvShape& sh) {
@@ -128,6 +138,18 @@ inline bool eligible(const ConvShape& sh) {
   return workspace_floats(tiling(sh)) * (int64_t)sizeof(float) <= kMaxWorkspaceBytes;
 }
 
+// ---- the transformed layout X[g][e][row][col] (the GEMMs' operands, z = g*36 + e) ----
+// One (row, col) of group g: its kPos values are `stride` (= rows * cols) apart from here.
+GEMM_HD int64_t position_base(int g, int64_t stride, int64_t row_col) { return (int64_t)g * kPos * stride + row_col; }
+GEMM_HD void store_positions(float* base, int64_t stride, const float (&v)[kIn][kIn]) {
+#pragma unroll
+  for (int e = 0; e < kPos; ++e) base[e * stride] = v[e / kIn][e % kIn];
+}
+GEMM_HD void load_positions(const float* base, int64_t stride, float (&v)[kIn][kIn]) {
+#pragma unroll
+  for (int e = 0; e < kPos; ++e) v[e / kIn][e % kIn] = GEMM_LDG(base + e * stride);
+}
+
 // ---- the per-element steps of the transform kernels (one call per thread and index) ----
 
 // idx < K*Cg: U[g][e][kk][c] = (G w[g*Kg+kk, c] G^T)_e.
@@ -145,9 +167,7 @@ struct FilterTransform {
       for (int j = 0; j < 3; ++j) f[i][j] = w[idx * 9 + i * 3 + j];
     sandwich<kIn, 3, Gm>(f, out);
     const int64_t pos_stride = (int64_t)Kg * Cg;
-    float* base = u + (int64_t)g * kPos * pos_stride + (int64_t)kk * Cg + c;
-#pragma unroll
-    for (int e = 0; e < kPos; ++e) base[e * pos_stride] = out[e / kIn][e % kIn];
+    store_positions(u + position_base(g, pos_stride, (int64_t)kk * Cg + c), pos_stride, out);
   }
 };
 
@@ -159,10 +179,9 @@ struct InputTransform {
   Tiling s;
   GEMM_HD void operator()(int64_t idx) const {
     const int64_t ch = idx / s.T, t = idx - ch * s.T;
-    const int64_t img = t / s.tiles;
-    const int tile = (int)(t - img * s.tiles), th = tile / s.tiles_w, tw = tile - th * s.tiles_w;
-    const int h0 = th * kOut - s.ph, w0 = tw * kOut - s.pw;
-    const float* plane = x + (img * s.C + ch) * s.H * s.W;
+    const TileAt at = s.locate(t);
+    const int h0 = at.th * kOut - s.ph, w0 = at.tw * kOut - s.pw;
+    const float* plane = x + (at.img * s.C + ch) * s.H * s.W;
     float d[kIn][kIn], out[kIn][kIn];
 #pragma unroll
     for (int i = 0; i < kIn; ++i)
@@ -174,9 +193,7 @@ struct InputTransform {
     sandwich<kIn, kIn, BT>(d, out);
     const int g = (int)(ch / s.Cg), c = (int)(ch - (int64_t)g * s.Cg);
     const int64_t pos_stride = s.Cg * s.T;
-    float* base = v + (int64_t)g * kPos * pos_stride + c * s.T + t;
-#pragma unroll
-    for (int e = 0; e < kPos; ++e) base[e * pos_stride] = out[e / kIn][e % kIn];
+    store_positions(v + position_base(g, pos_stride, c * s.T + t), pos_stride, out);
   }
 };
 
@@ -190,20 +207,17 @@ struct OutputTransform {
     const int64_t k = idx / s.T, t = idx - k * s.T;
     const int g = (int)(k / s.Kg), kk = (int)(k - (int64_t)g * s.Kg);
     const int64_t pos_stride = s.Kg * s.T;
-    const float* base = m + (int64_t)g * kPos * pos_stride + kk * s.T + t;
     float in[kIn][kIn], out[kOut][kOut];
-#pragma unroll
-    for (int e = 0; e < kPos; ++e) in[e / kIn][e % kIn] = GEMM_LDG(base + e * pos_stride);
+    load_positions(m + position_base(g, pos_stride, kk * s.T + t), pos_stride, in);
     sandwich<kOut, kIn, AT>(in, out);
-    const int64_t img = t / s.tiles;
-    const int tile = (int)(t - img * s.tiles), th = tile / s.tiles_w, tw = tile - th * s.tiles_w;
+    const TileAt at = s.locate(t);
     const float b = bias ? bias[k] : 0.f;
-    float* plane = y + (img * s.K + k) * s.P * s.Q;
+    float* plane = y + (at.img * s.K + k) * s.P * s.Q;
 #pragma unroll
     for (int i = 0; i < kOut; ++i)
 #pragma unroll
       for (int j = 0; j < kOut; ++j) {
-        const int p = th * kOut + i, q = tw * kOut + j;
+        const int p = at.th * kOut + i, q = at.tw * kOut + j;
         if (p < s.P && q < s.Q) plane[p * s.Q + q] = out[i][j] + b;
       }
   }
@@ -216,23 +230,20 @@ struct GradOutputTransform {
   Tiling s;
   GEMM_HD void operator()(int64_t idx) const {
     const int64_t k = idx / s.T, t = idx - k * s.T;
-    const int64_t img = t / s.tiles;
-    const int tile = (int)(t - img * s.tiles), th = tile / s.tiles_w, tw = tile - th * s.tiles_w;
-    const float* plane = dy + (img * s.K + k) * s.P * s.Q;
+    const TileAt at = s.locate(t);
+    const float* plane = dy + (at.img * s.K + k) * s.P * s.Q;
     float d[kOut][kOut], out[kIn][kIn];
 #pragma unroll
     for (int i = 0; i < kOut; ++i)
 #pragma unroll
       for (int j = 0; j < kOut; ++j) {
-        const int p = th * kOut + i, q = tw * kOut + j;
+        const int p = at.th * kOut + i, q = at.tw * kOut + j;
         d[i][j] = (p < s.P && q < s.Q) ? GEMM_LDG(plane + p * s.Q + q) : 0.f;
       }
     sandwich<kIn, kOut, Transposed<AT>>(d, out);
     const int g = (int)(k / s.Kg), kk = (int)(k - (int64_t)g * s.Kg);
     const int64_t pos_stride = s.Kg * s.T;
-    float* base = out_hat + (int64_t)g * kPos * pos_stride + kk * s.T + t;
-#pragma unroll
-    for (int e = 0; e < kPos; ++e) base[e * pos_stride] = out[e / kIn][e % kIn];
+    store_positions(out_hat + position_base(g, pos_stride, kk * s.T + t), pos_stride, out);
   }
 };
 
@@ -245,10 +256,8 @@ struct FilterGradTransform {
     const int64_t k = idx / Cg;
     const int c = (int)(idx - k * Cg), g = (int)(k / Kg), kk = (int)(k - (int64_t)g * Kg);
     const int64_t pos_stride = (int64_t)Kg * Cg;
-    const float* base = du + (int64_t)g * kPos * pos_stride + (int64_t)kk * Cg + c;
     float in[kIn][kIn], out[3][3];
-#pragma unroll
-    for (int e = 0; e < kPos; ++e) in[e / kIn][e % kIn] = GEMM_LDG(base + e * pos_stride);
+    load_positions(du + position_base(g, pos_stride, (int64_t)kk * Cg + c), pos_stride, in);
     sandwich<3, kIn, Transposed<Gm>>(in, out);
 #pragma unroll
     for (int i = 0; i < 3; ++i)
