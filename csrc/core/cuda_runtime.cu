@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../cuda/common.cuh"
+#include "block_cache.h"
 #include "device.h"
 
 namespace convnet {
@@ -96,11 +97,9 @@ size_t round_size(size_t n) {
   return (n + (2u << 20) - 1) / (2u << 20) * (2u << 20);
 }
 
-struct Pool {
-  std::mutex m;
-  std::multimap<size_t, Block> free_blocks;  // by size
-  std::vector<cudaEvent_t> spare_events;     // recorded again at the next free (creating one costs more)
-  size_t cached = 0, allocated = 0;
+struct Pool : BlockCache<Block> {
+  std::vector<cudaEvent_t> spare_events;  // GPU: recorded again at the next free (creating one costs more)
+  size_t allocated = 0;
 };
 
 Pool& pool(int device) {
@@ -114,13 +113,11 @@ Pool& pool(int device) {
 
 void release_cached(int device, Pool& p) {  // caller holds p.m
   DeviceGuard g(Device{DeviceType::CUDA, device});
-  for (auto& kv : p.free_blocks) {
-    cudaEventSynchronize(kv.second.freed);
-    cudaEventDestroy(kv.second.freed);
-    cudaFree(kv.second.ptr);
-  }
-  p.free_blocks.clear();
-  p.cached = 0;
+  p.drain([](const Block& b) {
+    cudaEventSynchronize(b.freed);
+    cudaEventDestroy(b.freed);
+    cudaFree(b.ptr);
+  });
   for (cudaEvent_t e : p.spare_events) cudaEventDestroy(e);
   p.spare_events.clear();
 }
@@ -134,15 +131,13 @@ Pool& pinned_pool() {
 void release_pinned_cache() {
   Pool& p = pinned_pool();
   std::lock_guard<std::mutex> lock(p.m);
-  for (auto& kv : p.free_blocks) {
-    if (kv.second.freed) {
-      cudaEventSynchronize(kv.second.freed);
-      cudaEventDestroy(kv.second.freed);
+  p.drain([](const Block& b) {
+    if (b.freed) {
+      cudaEventSynchronize(b.freed);
+      cudaEventDestroy(b.freed);
     }
-    cudaFreeHost(kv.second.ptr);
-  }
-  p.free_blocks.clear();
-  p.cached = 0;
+    cudaFreeHost(b.ptr);
+  });
 }
 
 }  // namespace
@@ -156,14 +151,8 @@ void* allocate(int device, size_t nbytes) {
     std::lock_guard<std::mutex> lock(p.m);
     // A block this thread freed first: its stream is ours, so stream order alone makes it safe.
     const std::thread::id me = std::this_thread::get_id();
-    const auto range = p.free_blocks.equal_range(size);
-    auto it = range.first;
-    for (auto j = range.first; j != range.second; ++j)
-      if (j->second.owner == me) { it = j; break; }
-    if (it != range.second) {
-      Block b = it->second;
-      p.free_blocks.erase(it);
-      p.cached -= size;
+    Block b{};
+    if (p.take(size, b, [me](const Block& x) { return x.owner == me; })) {
       p.allocated += size;
       // Work queued on another thread's stream may still read the block: wait for it on ours.
       if (b.owner != me) CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), b.freed, 0));
@@ -211,8 +200,7 @@ void deallocate(int device, void* ptr, size_t nbytes) {
     std::lock_guard<std::mutex> lock(p.m);
     p.allocated -= size;
     if (ok) {
-      p.free_blocks.emplace(size, b);
-      p.cached += size;
+      p.put(size, b);
     } else {
       cudaGetLastError();
       if (b.freed) cudaEventDestroy(b.freed);
@@ -304,13 +292,7 @@ void* allocate_pinned(size_t nbytes) {
   Block b{nullptr, nullptr};
   {
     std::lock_guard<std::mutex> lock(p.m);
-    auto it = p.free_blocks.find(size);
-    if (it != p.free_blocks.end()) {
-      b = it->second;
-      p.free_blocks.erase(it);
-      p.cached -= size;
-      p.allocated += size;
-    }
+    if (p.take(size, b)) p.allocated += size;
   }
   if (b.ptr) {
     if (b.freed) {  // the host writes into it next: wait for the last copy that read it
@@ -341,8 +323,7 @@ void deallocate_pinned(void* ptr, size_t nbytes, void* event) {
   Pool& p = pinned_pool();
   std::lock_guard<std::mutex> lock(p.m);
   p.allocated -= size;
-  p.free_blocks.emplace(size, Block{ptr, static_cast<cudaEvent_t>(event)});
-  p.cached += size;
+  p.put(size, Block{ptr, static_cast<cudaEvent_t>(event)});
 }
 
 void copy_host_to_device_async(void* dst, int dst_dev, const void* src, size_t nbytes, void** event) {

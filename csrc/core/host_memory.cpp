@@ -7,7 +7,6 @@
 // huge pages (2 MiB pages: 512x fewer faults the first time a block is touched).
 #include <algorithm>
 #include <cstdlib>
-#include <map>
 #include <mutex>
 
 #ifdef __unix__
@@ -18,6 +17,7 @@
 #include <unistd.h>
 #endif
 
+#include "block_cache.h"
 #include "device.h"
 
 namespace convnet::host {
@@ -36,17 +36,9 @@ size_t cache_limit() {  // the most bytes kept cached: a quarter of the machine'
   return limit;
 }
 
-struct Cache {
-  std::mutex m;
-  std::multimap<size_t, void*> free_blocks;  // by rounded size
-  size_t cached = 0;
+struct Cache : BlockCache<void*> {
   const size_t limit = cache_limit();
-
-  void release_all() {  // caller holds m
-    for (auto& kv : free_blocks) std::free(kv.second);
-    free_blocks.clear();
-    cached = 0;
-  }
+  void release_all() { drain([](void* p) { std::free(p); }); }  // caller holds m
 };
 
 Cache& cache() {
@@ -82,13 +74,8 @@ void* allocate(size_t nbytes) {
   Cache& c = cache();
   if (size >= kLarge) {
     std::lock_guard<std::mutex> lock(c.m);
-    auto it = c.free_blocks.find(size);
-    if (it != c.free_blocks.end()) {
-      void* p = it->second;
-      c.free_blocks.erase(it);
-      c.cached -= size;
-      return p;
-    }
+    void* p = nullptr;
+    if (c.take(size, p)) return p;
   }
   void* p = fresh(size);
   if (!p && size >= kLarge) {  // give the cache back and try once more
@@ -108,8 +95,7 @@ void deallocate(void* p, size_t nbytes) {
   if (size >= kLarge) {
     std::lock_guard<std::mutex> lock(c.m);
     if (c.cached + size <= c.limit) {
-      c.free_blocks.emplace(size, p);
-      c.cached += size;
+      c.put(size, p);
       return;
     }
   }
