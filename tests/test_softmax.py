@@ -119,3 +119,34 @@ def test_softmax_xent_bad_input(device):
     if device != "cpu":
         with pytest.raises(ValueError, match=f"{op}: 'logits' is on cuda:0 but 'labels' is on cpu"):
             ops.softmax_cross_entropy(x, t(np.array([0, 1, 3], np.int32), "cpu"))
+
+
+def test_softmax_xent_findings_over_many_rows(device, rng):
+    """The forward checks the values in the pass that reads them: the first bad label over rows
+    spread across threads, an exact count of non-finite values over many rows and wide rows,
+    and a bad label reported before non-finite logits."""
+    n, k = 600, 1000
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    labels = rng.integers(0, k, n).astype(np.int32)
+    op = "softmax_cross_entropy"
+
+    def run(a, l):
+        return ops.softmax_cross_entropy(convnet.tensor(a, device), convnet.tensor(l, device))
+
+    bad = labels.copy()
+    bad[[517, 300, 599]] = [k, -7, 1 << 30]
+    with pytest.raises(ValueError, match=rf"{op}: label -7 at index 300 is out of range \[0, {k}\)"):
+        run(x, bad)
+    spoiled = x.copy()
+    spots = [(0, 0), (0, 999), (1, 500), (255, 3), (256, 256), (599, 998), (420, 17)]
+    for i, (r, c) in enumerate(spots):
+        spoiled[r, c] = (np.nan, np.inf, -np.inf)[i % 3]
+    with pytest.raises(ValueError, match=f"{op}: 'logits' contains {len(spots)} NaN or infinite"):
+        run(spoiled, labels)
+    with pytest.raises(ValueError, match=f"{op}: label -7 at index 300"):
+        run(spoiled, bad)
+    # After the refusals the same call on clean input is right.
+    loss, probs = run(x, labels)
+    want_loss, want_probs = ref_softmax_xent(x, labels)
+    assert abs(loss - want_loss) <= 1e-6 * abs(want_loss)
+    assert_close(probs.numpy(), want_probs, 1e-5)

@@ -217,7 +217,11 @@ void check_finite(const Tensor& t, const char* name) {
   } else {
     bad = gpu::count_nonfinite(t.device().index, t.data<float>(), t.numel());
   }
-  CHECK_VALUE(bad == 0, "'", name, "' contains ", bad, " NaN or infinite value(s)");
+  check_no_nonfinite(bad, name);
+}
+
+void check_no_nonfinite(int64_t count, const char* name) {
+  CHECK_VALUE(count == 0, "'", name, "' contains ", count, " NaN or infinite value(s)");
 }
 
 }  // namespace convnet

@@ -86,6 +86,7 @@ void check_dim(const Tensor& t, int d, const char* name);
 void check_shape(const Tensor& t, const std::vector<int64_t>& want, const char* name);
 void check_same_device(const Tensor& a, const char* an, const Tensor& b, const char* bn);
 void check_finite(const Tensor& t, const char* name);  // float32 only; one pass over the data
+void check_no_nonfinite(int64_t count, const char* name);  // for an op that counted them itself
 // The usual check of a tensor that travels with an op's main input `ref` (its gradient, its
 // saved output, a mask): defined, of `dtype`, on ref's device, of `shape`.
 void check_matches(const Tensor& t, const char* name, DType dtype, const std::vector<int64_t>& shape,

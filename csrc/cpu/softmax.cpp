@@ -33,15 +33,22 @@ inline float exp_nonpositive(float x) {
 }  // namespace
 
 void softmax_cross_entropy(const float* logits, const int32_t* labels, float* probs, int64_t n,
-                           int64_t k, double* mean_loss) {
+                           int64_t k, SoftmaxFindings* found) {
   std::vector<double> row_loss(n);
+  std::vector<int64_t> row_nonfinite(n);
 #pragma omp parallel for schedule(static) if (n * k > 16384)
   for (int64_t r = 0; r < n; ++r) {
     const float* x = logits + r * k;
     float* p = probs + r * k;
     float m = x[0];
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < k; ++j) m = x[j] > m ? x[j] : m;
+    int64_t bad = 0;
+    // x - x is 0 for a finite x and NaN otherwise (a test that vectorises, unlike isfinite).
+#pragma omp simd reduction(max : m) reduction(+ : bad)
+    for (int64_t j = 0; j < k; ++j) {
+      m = x[j] > m ? x[j] : m;
+      bad += !(x[j] - x[j] == 0.f);
+    }
+    row_nonfinite[r] = bad;
     float s = 0.f;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < k; ++j) {
@@ -53,12 +60,19 @@ void softmax_cross_entropy(const float* logits, const int32_t* labels, float* pr
 #pragma omp simd
     for (int64_t j = 0; j < k; ++j) p[j] *= inv;
     // -log softmax[label] = logsumexp - x[label] = log(s) - (x[label] - m); s >= 1, so no
-    // underflow however far below the max the label's logit is.
-    row_loss[r] = std::log((double)s) - ((double)x[labels[r]] - (double)m);
+    // underflow however far below the max the label's logit is. A bad label reads nothing.
+    const int32_t label = labels[r];
+    row_loss[r] = label >= 0 && label < k ? std::log((double)s) - ((double)x[label] - (double)m) : 0.0;
   }
-  double total = 0.0;  // serial, in row order: the same for any thread count
-  for (int64_t r = 0; r < n; ++r) total += row_loss[r];
-  *mean_loss = total / (double)n;
+  // Serial, in row order: the same for any thread count.
+  *found = {0.0, 0, -1, 0};
+  double total = 0.0;
+  for (int64_t r = 0; r < n; ++r) {
+    total += row_loss[r];
+    found->nonfinite += row_nonfinite[r];
+    if (found->bad_row < 0 && (labels[r] < 0 || labels[r] >= k)) found->bad_row = r, found->bad_label = labels[r];
+  }
+  found->mean_loss = total / (double)n;
 }
 
 void softmax_cross_entropy_backward(const float* probs, const int32_t* labels, float* dlogits,

@@ -10,21 +10,25 @@
 namespace convnet {
 namespace {
 
-// labels int32 (N,) on the logits' device with every value in [0, k); on a GPU the labels
-// are copied to the host to check (N ints: cheap next to the kernels).
-void check_labels(const Tensor& labels, const Tensor& scores, const char* scores_name) {
+// labels int32 (N,) on the scores' device, one per row.
+void check_label_shape(const Tensor& labels, const Tensor& scores, const char* scores_name) {
   check_defined(labels, "labels");
   check_dtype(labels, DType::i32, "labels");
   check_dim(labels, 1, "labels");
   check_same_device(scores, scores_name, labels, "labels");
-  const int64_t n = scores.size(0), k = scores.size(1);
-  CHECK_VALUE(labels.size(0) == n, "'labels' has ", labels.size(0), " entries but '", scores_name,
-              "' has ", n, " rows");
+  CHECK_VALUE(labels.size(0) == scores.size(0), "'labels' has ", labels.size(0), " entries but '",
+              scores_name, "' has ", scores.size(0), " rows");
+}
+
+void check_label_value(int64_t row, int32_t label, int64_t k) {
+  CHECK_VALUE(label >= 0 && label < k, "label ", label, " at index ", row, " is out of range [0, ", k, ")");
+}
+
+// Every label in [0, k); on a GPU the labels are copied to the host to check (N ints).
+void check_label_values(const Tensor& labels, int64_t k) {
   Tensor host = labels.to(Device{});
   const int32_t* l = host.data<int32_t>();
-  for (int64_t i = 0; i < n; ++i)
-    CHECK_VALUE(l[i] >= 0 && l[i] < k, "label ", l[i], " at index ", i, " is out of range [0, ", k,
-                ")");
+  for (int64_t i = 0; i < labels.size(0); ++i) check_label_value(i, l[i], k);
 }
 
 void check_scores(const Tensor& t, const char* name) {
@@ -42,19 +46,22 @@ void check_scores(const Tensor& t, const char* name) {
 std::pair<double, Tensor> softmax_cross_entropy(const Tensor& logits, const Tensor& labels) {
   OpScope op("softmax_cross_entropy");
   check_scores(logits, "logits");
-  check_labels(labels, logits, "logits");
-  check_finite(logits, "logits");
+  check_label_shape(labels, logits, "logits");
   Tensor probs = Tensor::empty_like(logits);
-  double loss = 0.0;
+  // The kernel checks the values as it reads them (see csrc/kernels/softmax.h).
+  SoftmaxFindings found{};
   CONVNET_DISPATCH(logits.device(), softmax_cross_entropy, logits.data<float>(), labels.data<int32_t>(),
-                   probs.data<float>(), logits.size(0), logits.size(1), &loss);
-  return {loss, probs};
+                   probs.data<float>(), logits.size(0), logits.size(1), &found);
+  if (found.bad_row >= 0) check_label_value(found.bad_row, found.bad_label, logits.size(1));
+  check_no_nonfinite(found.nonfinite, "logits");
+  return {found.mean_loss, probs};
 }
 
 Tensor softmax_cross_entropy_backward(const Tensor& probs, const Tensor& labels) {
   OpScope op("softmax_cross_entropy_backward");
   check_scores(probs, "probs");
-  check_labels(labels, probs, "probs");
+  check_label_shape(labels, probs, "probs");
+  check_label_values(labels, probs.size(1));
   Tensor dlogits = Tensor::empty_like(probs);
   CONVNET_DISPATCH(probs.device(), softmax_cross_entropy_backward, probs.data<float>(),
                    labels.data<int32_t>(), dlogits.data<float>(), probs.size(0), probs.size(1));
