@@ -11,8 +11,9 @@
 # bench: benchmarks/run.py --profile, so bench.txt ends with the kernels (and GPU times) of one
 # call of ours and of PyTorch's per case (which algorithm cuDNN picked, where our time goes);
 # BENCH_ONLY=pool,lrn (say) limits it to those families.
-# The checks still pending from CPU-only stops (conv variant 5, LRN variant 5, the max-pool gather), about 6 minutes:
-#   BENCH_ONLY=pool,lrn,step tools/gpu_check.sh build tests variants bench
+# The checks still pending from CPU-only stops (conv variant 5, LRN variant 5, the max-pool
+# gather, the one-round-trip softmax, the shared allocator block cache), about 6 minutes:
+#   BENCH_ONLY=pool,lrn,softmax,step tools/gpu_check.sh build tests variants bench
 # train: the paper's net at 224x224 for a short run (images/s), then the default small net on
 # the built-in data (train-small.log: it must learn, as on the CPU).
 set -uo pipefail
