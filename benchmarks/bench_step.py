@@ -6,11 +6,20 @@ On a GPU: the full AlexNet at batch ctx["batch"] (128). Two towers use logical d
 and cuda:1 (two GPUs when there are two, else both on cuda:0 in two threads with per-thread
 streams). On the CPU: the small AlexNet the training script uses, at ctx["batch"], and the
 full AlexNet at batch 2 (a full batch would take minutes).
+
+Each case repeats one batch of random images, so the learning rate is the paper's 0.01 scaled
+by batch/128: at 0.01 the batch-2 AlexNet's loss left 10 by its third step and was NaN by its
+twentieth (the same batch trained over and over), and a timing loop that long would then time
+arithmetic on NaNs. Scaled, it stayed below 6 for 40 steps.
 """
 import numpy as np
 
 from convnet import models
 from convnet.optim import SGD
+
+
+def _lr(batch):
+    return 0.01 * batch / 128
 
 
 def _step_case(name, net, batch, num_classes, seed=0):
@@ -21,7 +30,7 @@ def _step_case(name, net, batch, num_classes, seed=0):
     import convnet
 
     images = convnet.tensor(x, net.layers[1].device)
-    opt = SGD(net, lr=0.01)
+    opt = SGD(net, lr=_lr(batch))
 
     def step():
         net.forward(images, y, train=True)
@@ -36,7 +45,7 @@ def _torch_step(torch, net, x, y, device):
     from convnet.torch_net import TorchNet
 
     ref = TorchNet(net, device=device)
-    opt = torch.optim.SGD(list(ref.params.values()), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(list(ref.params.values()), lr=_lr(len(x)), momentum=0.9, weight_decay=5e-4)
     xt = torch.tensor(x, device=device)
     yt = torch.tensor(y, dtype=torch.long, device=device)
 
