@@ -3,28 +3,15 @@
 // tools/emulate_gemm.cu can run the real maps through the real kernel steps on the CPU.
 #pragma once
 #include "../kernels/conv.h"
-#include "gemm.cuh"
+#include "dense_operands.cuh"
 
 namespace convnet::cuda::conv_gemm {
 
 
 // ---- forward ----
 
-// A(m, k) = w[g*Kg + m][k]: weight rows are contiguous in k = (c, r, s).
-struct FwdWeights {
-  const float* w;
-  int Kg, CRS;
-  struct Col {
-    bool ok;
-    const float* row;
-  };
-  GEMM_HD Col col(int z, int m) const {
-    if (m < 0) return {false, w};
-    return {true, w + ((int64_t)z * Kg + m) * CRS};
-  }
-  GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.row + k); }
-  GEMM_HD const float* ptr(const Col& c, int k) const { return c.row + k; }
-};
+// A(m, k) = w[g*Kg + m][k]: weight rows are contiguous in k = (c, r, s). Layout: rows Kg, ld CRS.
+struct FwdWeights : MatrixLoader<RowMajorStack, Contiguous::K> {};
 
 // B(k = (c, r, s), n = (img, p, q)) = x[img, g*Cg + c, p*sh - ph + r, q*sw - pw + s], 0 in the padding.
 struct FwdInput {
@@ -241,14 +228,8 @@ struct BwdFilterInput {
   }
 };
 
-// C(m, n) -> dw[g*Kg + m, n], n = (c, r, s).
-struct BwdFilterOutput {
-  float* dw;
-  int Kg, CRS;
-  GEMM_HD void operator()(int z, int m, int n, float v) const {
-    dw[((int64_t)z * Kg + m) * CRS + n] = v;
-  }
-};
+// C(m, n) -> dw[g*Kg + m, n], n = (c, r, s). Layout: rows Kg, ld CRS.
+struct BwdFilterOutput : MatrixStore<RowMajorStack> {};
 
 // ---- backward-data for few input channels: columns, then a gather (col2im) ----
 // With Cg tiny (conv1: 3) the phase GEMM above has M = Cg, so every gathered dy element feeds
@@ -256,21 +237,8 @@ struct BwdFilterOutput {
 // dy[img, g*Kg + kk, p, q] (a dense GEMM, M = Cg*R*S, N = images*P*Q, K = Kg), then each dx
 // element gathers its taps from cols (col2im_element), for a chunk of images at a time.
 
-// A(m = (c, r, s), k = kk) = w[g*Kg + kk][m]: contiguous along m.
-struct ColsWeights {
-  const float* w;
-  int Kg, CRS;
-  struct Col {
-    bool ok;
-    const float* base;
-  };
-  GEMM_HD Col col(int z, int m) const {
-    if (m < 0) return {false, w};
-    return {true, w + (int64_t)z * Kg * CRS + m};
-  }
-  GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(c.base + (int64_t)k * CRS); }
-  GEMM_HD const float* ptr(const Col& c, int k) const { return c.base + (int64_t)k * CRS; }
-};
+// A(m = (c, r, s), k = kk) = w[g*Kg + kk][m]: contiguous along m. Layout: rows Kg, ld CRS.
+struct ColsWeights : MatrixLoader<RowMajorStack, Contiguous::MN> {};
 
 // B(k = kk, n = (i, pq)) = dy[img0 + i, g*Kg + kk, pq]: contiguous along n within an image.
 struct ColsGrad {
@@ -291,7 +259,8 @@ struct ColsGrad {
   GEMM_HD const float* ptr(const Col& c, int k) const { return c.base + (int64_t)k * PQ.d; }
 };
 
-// C(m, n) -> cols[(g*CRS + m) * Nc + n].
+// C(m, n) -> cols[(g*CRS + m) * Nc + n]. Not a MatrixStore: its int and int64 members (padding
+// between them) inside a layout struct changed the SASS of gemm_reduce_kernel<ColsOutput>.
 struct ColsOutput {
   float* cols;
   int CRS;

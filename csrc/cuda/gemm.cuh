@@ -5,7 +5,8 @@
 // and linear op is such a GEMM; only the index functors differ, so this is the one place where
 // tiling, synchronisation and bounds have to be right.
 //
-// Loader concept (see the functors in conv.cu / linear.cu):
+// Loader concept (see the functors in conv_gemm.cuh, linear_gemm.cuh, and dense_operands.cuh for
+// operands that are plain matrices):
 //   struct L { struct Col { bool ok; ... };
 //              Col col(int z, int mn) const;      // per-row/column state, hoisted out of the k loop;
 //                                                 // ok == false when mn is out of range

@@ -24,7 +24,7 @@
 // GEMM).
 #pragma once
 #include "../kernels/conv.h"
-#include "gemm.cuh"
+#include "dense_operands.cuh"
 
 namespace convnet::cuda::winograd {
 
@@ -268,49 +268,16 @@ struct FilterGradTransform {
 
 // ---- the GEMM operands: dense matrices, one per z = g*36 + e ----
 
-// Offsets into one workspace buffer are 32-bit (it holds < 2^28 floats, kMaxWorkspaceBytes):
-// a 4-byte Col per load instead of an 8-byte pointer kept the backward-filter GEMM (8 Cols per
-// thread) within the big tile's 128 registers (with pointers it spilled 104 bytes on sm_90).
+// The operands use 32-bit offsets (RowMajorStrided32 says why): a workspace buffer holds
+// < 2^28 floats (kMaxWorkspaceBytes).
 static_assert(kMaxWorkspaceBytes / 4 < INT32_MAX, "workspace offsets must fit 32 bits");
 
 // Element (mn, k) of matrix z = p[z*zstride + mn*ld + k] (rows contiguous along k).
-struct RowsAlongK {
-  const float* p;
-  int zstride, ld;
-  struct Col {
-    bool ok;
-    int row;  // offset of the row
-  };
-  GEMM_HD Col col(int z, int mn) const {
-    if (mn < 0) return {false, 0};
-    return {true, z * zstride + mn * ld};
-  }
-  GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(p + (c.row + k)); }
-  GEMM_HD const float* ptr(const Col& c, int k) const { return p + (c.row + k); }
-};
-
+struct RowsAlongK : MatrixLoader<RowMajorStrided32, Contiguous::K> {};
 // Element (mn, k) of matrix z = p[z*zstride + k*ld + mn] (contiguous along mn).
-struct RowsAlongMN {
-  const float* p;
-  int zstride, ld;
-  struct Col {
-    bool ok;
-    int column;  // offset of element (mn, 0)
-  };
-  GEMM_HD Col col(int z, int mn) const {
-    if (mn < 0) return {false, 0};
-    return {true, z * zstride + mn};
-  }
-  GEMM_HD float at(const Col& c, int k) const { return GEMM_LDG(p + (c.column + k * ld)); }
-  GEMM_HD const float* ptr(const Col& c, int k) const { return p + (c.column + k * ld); }
-};
-
+struct RowsAlongMN : MatrixLoader<RowMajorStrided32, Contiguous::MN> {};
 // C(m, n) of matrix z -> p[z*zstride + m*ld + n].
-struct DenseStore {
-  float* p;
-  int zstride, ld;
-  GEMM_HD void operator()(int z, int m, int n, float v) const { p[z * zstride + m * ld + n] = v; }
-};
+struct DenseStore : MatrixStore<RowMajorStrided32> {};
 
 // M_e = U_e V_e per group: batch groups*36, M = Kg, N = T, K = Cg.
 using ForwardGemm = Gemm<RowsAlongK, RowsAlongMN, DenseStore, true, false>;
