@@ -128,6 +128,16 @@ def test_dlpack_numpy_both_ways(device, rng):
     assert convnet.tensor(a, device).__dlpack_device__()[0] == (1 if device == "cpu" else 2)
 
 
+def test_dlpack_empty_arrays_with_any_strides():
+    # no elements, no layout: NumPy gives an empty (3, 0) array strides (0, 0), PyTorch (1, 1);
+    # both used to be refused as "not contiguous", which no contiguous copy could fix
+    for a in [np.empty((3, 0), np.float32), np.empty((2, 0, 4), np.float32), np.empty((0, 5), np.float32)]:
+        assert convnet.from_dlpack(a).shape == a.shape
+    torch = pytest.importorskip("torch")
+    for t in [torch.empty(3, 0), torch.empty(2, 0, 4), torch.zeros(0, 3).t()]:
+        assert convnet.from_dlpack(t).shape == tuple(t.shape)
+
+
 def test_dlpack_torch(device, rng):
     torch = pytest.importorskip("torch")
     if device != "cpu" and not torch.cuda.is_available():
