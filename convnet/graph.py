@@ -23,7 +23,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from . import _C, ops
+from . import _C, _cast, ops
 from .layers import Dropout, Input, SoftmaxLoss, make_layer
 
 _DEVICE_NAME = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
@@ -356,7 +356,8 @@ class Net:
                 raise ValueError(f"Net.forward: labels of shape {labels.shape} for {images.shape[0]} images")
             if labels.dtype.kind not in "iu":
                 raise TypeError(f"Net.forward: labels must be integers, got {labels.dtype}")
-            labels = _C.from_numpy(labels.astype(np.int32), self.loss_layer.device)
+            labels = _cast(labels, np.int32, "Net.forward: labels")
+            labels = _C.from_numpy(np.ascontiguousarray(labels), self.loss_layer.device)
         if train:
             step = self.step if step is None else int(step)
             for i, layer in enumerate(self.layers):

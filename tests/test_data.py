@@ -387,6 +387,25 @@ def test_loader_eval_and_steps_off(device, small):
         Loader(small.train, 4, train=True, crop=21, lighting=0)
 
 
+def test_loader_refuses_labels_it_would_change(small):
+    class Split:
+        images = small.train.images
+
+        def __init__(self, labels):
+            self.labels = labels
+
+        def __len__(self):
+            return len(self.labels)
+
+    n = len(small.train)
+    with pytest.raises(ValueError, match="split.labels: values .* do not fit in int32"):
+        Loader(Split(np.arange(n, dtype=np.int64) + 2**32), 8, train=False)  # was wrapped to 0, 1, ...
+    with pytest.raises(TypeError, match="split.labels must be integers, got float32"):
+        Loader(Split(np.full(n, 0.7, np.float32)), 8, train=False)  # was truncated to 0
+    labels = np.asarray(small.train.labels, np.int64)
+    np.testing.assert_array_equal(Loader(Split(labels), 8, train=False).labels, labels)
+
+
 @pytest.mark.skipif(not convnet.cuda_available(), reason="CUDA: no GPU visible")
 def test_loader_cpu_and_gpu_agree(small):
     kw = dict(train=True, crop=16, mean=small.mean, pca=small.pca, seed=9, epoch=3)

@@ -258,6 +258,8 @@ def test_bad_forward_input(rng):
         net.forward(x, np.array([-1, 0]))
     with pytest.raises(ValueError, match="labels"):
         net.forward(x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="labels: values from 0 to 4294967299 do not fit in int32"):
+        net.forward(x, np.array([0, 2**32 + 3]))  # was wrapped to class 3, silently
     with pytest.raises(RuntimeError, match="backward"):
         net.forward(x, y)  # test-time forward keeps nothing for backward
         net.backward()

@@ -26,6 +26,24 @@ def test_default_dtype_conversion():
         convnet.tensor(np.array(["a"]))
     with pytest.raises(TypeError, match="unsupported dtype"):
         convnet.tensor(np.zeros(2), dtype="float16")
+    # a 0-d array stays 0-d (np.ascontiguousarray made it shape (1,))
+    assert convnet.tensor(np.float32(3)).shape == () and convnet.tensor(np.array(7)).shape == ()
+    assert convnet.tensor(np.float32(3)).numpy().shape == ()
+
+
+def test_integer_conversions_keep_every_value():
+    # astype wrapped these silently: int64 2**32 + 3 became label 3, -1 became uint8 255, NaN -2**31
+    for data, kw in [(np.array([0, 2**32 + 3]), {}), (np.array([2**32 - 1], np.uint32), {}),
+                     (np.array([2**63], np.uint64), {}), (np.array([-1, 3]), dict(dtype="uint8")),
+                     (np.array([300]), dict(dtype="uint8")), (np.array([1.0, np.nan]), dict(dtype="int32")),
+                     (np.array([3e9]), dict(dtype="int32"))]:
+        with pytest.raises(ValueError, match="do not fit in"):
+            convnet.tensor(data, **kw)
+    edge = np.array([-2**31, 2**31 - 1], np.int64)
+    np.testing.assert_array_equal(convnet.tensor(edge).numpy(), edge)
+    np.testing.assert_array_equal(convnet.tensor(np.array([0, 255]), dtype="uint8").numpy(), [0, 255])
+    np.testing.assert_array_equal(convnet.tensor(np.array([1.5, -2.0]), dtype="int32").numpy(), [1, -2])
+    assert convnet.tensor(np.zeros(0, np.int64)).shape == (0,)
 
 
 def test_empty_and_zeros(device):
