@@ -61,7 +61,7 @@ def _to_tensor(x, device):
 
 class Net:
     def __init__(self, layers, devices=None, seed=0, parallel=None, config=None):
-        specs = [dict(s) for s in layers]
+        specs = [dict(s) if isinstance(s, dict) else s for s in layers]  # make_layer says what is wrong
         self.layers = [make_layer(s) for s in specs]
         self.seed = int(seed)
         self.step = 0  # training forwards so far: with the seed, it picks the dropout masks

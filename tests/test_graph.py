@@ -239,10 +239,38 @@ BASE = [{"name": "x", "type": "input", "shape": [3, 8, 8]},
     ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 9}], "does not fit"),
     ([{"name": "g", "type": "relu", "inputs": ["x", "f"]}], "takes one input"),
     ([{"name": "y", "type": "input", "shape": [1]}], "exactly one input"),
+    # settings that are not integers in range: ZeroDivisionError, a kernel "that does not fit" for
+    # stride -1, "zeros: negative dimension", or silent truncation (stride 1.5 -> 1) before
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "stride": 0}],
+     "layer 'g': stride must be >= 1, got 0"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "stride": -1}],
+     "layer 'g': stride must be >= 1, got -1"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "groups": 0}],
+     "layer 'g': groups must be >= 1"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "stride": 1.5}],
+     "layer 'g': stride must be an integer, got 1.5"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": -2, "kernel": 3}], "out_channels must be >= 1"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 0}], "kernel must be >= 1"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "padding": -1}],
+     "padding must be >= 0"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "weight_std": float("nan")}],
+     "weight_std must be finite"),
+    ([{"name": "g", "type": "maxpool", "inputs": ["x"], "stride": 0}], "layer 'g': stride must be >= 1"),
+    ([{"name": "g", "type": "lrn", "inputs": ["x"], "groups": 0}], "layer 'g': groups must be >= 1"),
+    ([{"name": "g", "type": "linear", "inputs": ["x"], "out_features": 0}], "out_features must be >= 1"),
+    ([{"name": "g", "type": "relu", "inputs": "x"}], "inputs must be a list of layer names"),
 ])
 def test_graph_validation(extra, match):
     with pytest.raises(ValueError, match=match):
         Net(BASE + extra, devices=["cpu"])
+
+
+def test_bad_input_layer_and_specs():
+    for shape in ([3, -8, 8], [0, 8, 8], "abc", [3, 8.0, 8]):
+        with pytest.raises(ValueError, match="layer 'x': shape must be a list of integers >= 1"):
+            Net([{"name": "x", "type": "input", "shape": shape}] + BASE[1:], devices=["cpu"])
+    with pytest.raises(TypeError, match="a layer spec is a dict, got str"):
+        Net(BASE + ["relu"], devices=["cpu"])
 
 
 def test_bad_forward_input(rng):
