@@ -288,6 +288,16 @@ def test_bad_forward_input(rng):
         net.forward(x, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="labels: values from 0 to 4294967299 do not fit in int32"):
         net.forward(x, np.array([0, 2**32 + 3]))  # was wrapped to class 3, silently
+    with pytest.raises(TypeError, match="images must be real numbers"):
+        net.forward(x.astype(np.complex64))  # lost its imaginary part, with a warning
+    assert net.forward(list(x)).shape == (2, 5)  # was: 'list' object has no attribute 'shape'
+    # NumPy's SeedSequence said only "expected non-negative integer"; int() took 1.5
+    with pytest.raises(ValueError, match="Net.forward: step must be >= 0, got -1"):
+        net.forward(x, y, train=True, step=-1)
+    with pytest.raises(TypeError, match="Net.forward: step must be an integer"):
+        net.forward(x, y, train=True, step=1.5)
+    with pytest.raises(ValueError, match="Net: seed must be >= 0, got -1"):
+        models.small_alexnet(devices=["cpu:0", "cpu:1"], seed=-1, **TINY)
     with pytest.raises(RuntimeError, match="backward"):
         net.forward(x, y)  # test-time forward keeps nothing for backward
         net.backward()
