@@ -307,6 +307,21 @@ def test_builtin_deterministic(tmp_path):
         builtin.generate(tmp_path / "d", num_classes=40)
 
 
+def test_builtin_cache_damaged_is_made_again(tmp_path):
+    # the cache's index matched, so a truncated shard or a lost labels file was handed to
+    # open_dataset every run: "--data: ... is not a prepared dataset", for a --data never given
+    kw = dict(num_train=20, num_val=8, size=16, seed=1)
+    path = builtin.ensure(tmp_path / "b", verbose=False, **kw)
+    good = (path / "train-00000.npy").read_bytes()
+    with open(path / "train-00000.npy", "r+b") as f:
+        f.truncate(len(good) // 2)
+    assert builtin.ensure(path, verbose=False, **kw) == path
+    assert (path / "train-00000.npy").read_bytes() == good
+    (path / "val-labels.npy").unlink()
+    builtin.ensure(path, verbose=False, **kw)
+    assert len(open_dataset(path).val) == 8
+
+
 def test_builtin_default_path(monkeypatch, tmp_path):
     monkeypatch.setenv("CONVNET_DATA", str(tmp_path))
     assert builtin.default_path() == tmp_path / "builtin-64-s0"
