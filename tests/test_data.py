@@ -236,6 +236,28 @@ def test_open_dataset_errors(tmp_path):
         open_dataset(tmp_path / "junk")
 
 
+def test_open_dataset_damaged_files(tmp_path):
+    path = builtin.generate(tmp_path / "d", num_train=12, num_val=4, size=16, seed=0, num_classes=3, workers=1)
+    files = {f: (path / f).read_bytes() for f in ("index.json", "train-00000.npy", "train-labels.npy")}
+
+    def damaged(name, write, match):
+        write(path / name)
+        with pytest.raises(ValueError, match=match):
+            open_dataset(path)
+        (path / name).write_bytes(files[name])
+
+    # was an AttributeError ('list' object has no attribute 'get')
+    damaged("index.json", lambda p: p.write_text("[1, 2]"), "not a prepared dataset")
+    # were taken, to fail later: a TypeError in the Loader, a crop that "does not fit in 12x12 images"
+    damaged("train-00000.npy", lambda p: np.save(p, np.zeros((12, 16, 16, 3), np.float32)), "holds float32")
+    damaged("train-00000.npy", lambda p: np.save(p, np.zeros((12, 12, 12, 3), np.uint8)),
+            r"holds uint8 \(12, 12, 12, 3\), the index says 12 uint8 images of \(16, 16, 3\)")
+    # were taken: a label out of range stopped training at the step that drew it, 0.7 became class 0
+    damaged("train-labels.npy", lambda p: np.save(p, np.full(12, 7, np.int32)), r"labels from 7 to 7, outside 0..2")
+    damaged("train-labels.npy", lambda p: np.save(p, np.full(12, 0.7, np.float32)), "not integer labels")
+    assert len(open_dataset(path).train) == 12
+
+
 def test_sharded_images_read_as_one_array(prepared):
     ds = open_dataset(prepared)
     imgs = ds.train.images

@@ -93,7 +93,7 @@ def _open_prepared(path, index_file):
         index = json.loads(index_file.read_text())
     except ValueError as e:
         raise ValueError(f"open_dataset: {index_file} is not valid JSON ({e})") from None
-    if index.get("format") != shards.FORMAT:
+    if not isinstance(index, dict) or index.get("format") != shards.FORMAT:
         raise _not_prepared(path)
     if index.get("version") != shards.VERSION:
         raise ValueError(f"open_dataset: {path} has format version {index.get('version')}, this convnet reads "
@@ -109,6 +109,13 @@ def _open_prepared(path, index_file):
             raise FileNotFoundError(f"open_dataset: {path} is incomplete: missing {missing or info['labels']}")
         images = shards.open_images(path, info["shards"], index["image_size"])
         labels = np.load(path / info["labels"], mmap_mode="r")
+        # a label out of range would stop training at the step that first draws it, maybe hours in
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:
+            raise ValueError(f"open_dataset: {path / info['labels']} holds {labels.dtype} {labels.shape}, "
+                             f"not integer labels (N,)")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(index["classes"])):
+            raise ValueError(f"open_dataset: {path / info['labels']} holds labels from {labels.min()} to "
+                             f"{labels.max()}, outside 0..{len(index['classes']) - 1} ({len(index['classes'])} classes)")
         splits[name] = Split(name, images, labels)
     mean = np.load(path / index["mean"])
     pca = index["pca"]
