@@ -422,6 +422,8 @@ def test_loader_eval_and_steps_off(device, small):
         Loader(convnet.data.Split("f", np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, np.int32)), 2, train=False)
     with pytest.raises(ValueError, match="crop"):
         Loader(small.train, 4, train=True, crop=21, lighting=0)
+    with pytest.raises(ValueError, match="lighting must be >= 0, got nan"):
+        Loader(small.train, 4, train=True, lighting=float("nan"))  # was: no lighting, silently
 
 
 def test_loader_refuses_labels_it_would_change(small):

@@ -223,6 +223,28 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
     assert "--resume" in err
 
 
+@pytest.mark.parametrize("flags, message", [
+    # tracebacks once the run folder was written (Loader, SGD's first step, the schedule)
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--lr", "nan"], "--lr must be finite and >= 0"),
+    (["--momentum", "inf"], "--momentum must be finite"),
+    (["--milestones", "a,b"], "--milestones must be comma-separated epochs"),
+    (["--lr-factor", "2", "--schedule", "plateau"], "--lr-factor must be in"),
+    (["--lighting", "-1"], "--lighting must be finite and >= 0"),
+    # silently wrong: no training, every image but the last 100, the rate -0.01 after epoch 2,
+    # no lighting, epochs of no step reporting a training loss of 0.0000
+    (["--epochs", "-1"], "--epochs must be >= 1"),
+    (["--limit-train", "-100"], "--limit-train must be >= 1"),
+    (["--lr-factor", "-1"], "--lr-factor must be in"),
+    (["--lighting", "nan"], "--lighting must be finite and >= 0"),
+    (["--limit-train", "20", "--batch-size", "50"], "20 training images make no full batch of 50"),
+])
+def test_bad_numbers_stop_before_anything_is_written(data_dir, tmp_path, capsys, flags, message):
+    err = _exit(train.main, ["--data", str(data_dir), "--run-dir", str(tmp_path / "r")] + TINY + flags, capsys)
+    assert message in err, err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
 def test_resume_keeps_the_runs_devices(data_dir, tmp_path, monkeypatch):
     """--resume without --devices continues on the run's devices, not this machine's default
     (seen on a GPU machine: a CPU run resumed on the GPU and drifted by float rounding)."""

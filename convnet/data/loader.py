@@ -63,7 +63,7 @@ class Loader:
             raise ValueError(f"Loader: crop {self.crop_hw} does not fit in {h}x{w} images")
         self.flip = bool(flip) and self.train
         self.lighting = float(lighting) if self.train else 0.0
-        if self.lighting < 0:
+        if not self.lighting >= 0:  # a NaN passed "< 0" and then "> 0" too: no lighting, silently
             raise ValueError(f"Loader: lighting must be >= 0, got {lighting}")
         if self.lighting > 0:
             if pca is None:
