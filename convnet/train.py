@@ -465,11 +465,16 @@ def train(argv=None, step_hook=None):
           f"weight decay {args['weight_decay']}, {args['schedule']} schedule, {args['epochs']} epochs, "
           f"run folder {run_dir}", flush=True)
 
+    interrupt = _DeferredInterrupt()
     try:
-        with _DeferredInterrupt() as interrupt:
+        with interrupt:
             _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir,
                   step_hook, interrupt)
     except KeyboardInterrupt:
+        if interrupt.updating:  # a second Ctrl-C inside an update: weights and position disagree
+            print(f"\ninterrupted during the update of step {state['step']}: nothing saved, "
+                  f"{_kept(run_dir)}; continue with --resume {run_dir}", flush=True)
+            raise TrainingError("interrupted", code=130) from None
         save(run_dir, net, opt, state, "last")
         print(f"\ninterrupted: saved {checkpoint_path(run_dir)} at epoch {state['epoch'] + 1}, batch "
               f"{state['batch']}; continue with --resume {run_dir}", flush=True)
@@ -486,10 +491,12 @@ def train(argv=None, step_hook=None):
 class _DeferredInterrupt:
     """Holds a Ctrl-C until the current training step is complete, so that the checkpoint
     written on interrupt has weights, momentum and position that belong together; a second
-    Ctrl-C interrupts at once."""
+    Ctrl-C interrupts at once. `updating` is true while the weights change and the position
+    (step, batch) has not yet followed: a checkpoint written then would be neither step."""
 
     def __init__(self):
         self.pending = False
+        self.updating = False
         self._old = None
 
     def __enter__(self):
@@ -574,6 +581,7 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
             if not math.isfinite(loss):
                 stop_nonfinite(net, images, loss, state, run_dir)
             net.backward()
+            interrupt.updating = True
             opt.step()
             y = labels.numpy()
             t1, t5 = topk_correct(logits.numpy(), y)
@@ -586,6 +594,7 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
             state["batch"] += 1
             state["step"] += 1
             state["epoch_stats"] = stats
+            interrupt.updating = False
             bar.update(loss=f"{stats['loss'] / stats['n']:.3f}",
                        top1=f"{100 * stats['top1'] / stats['n']:.1f}%",
                        top5=f"{100 * stats['top5'] / stats['n']:.1f}%",

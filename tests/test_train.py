@@ -87,6 +87,39 @@ def test_resume_equals_never_stopping(data_dir, run_a, tmp_path):
     assert [r["val_top1"] for r in a] == [r["val_top1"] for r in b]
 
 
+def test_interrupt_inside_an_update_keeps_the_last_checkpoint(data_dir, run_a, tmp_path, monkeypatch):
+    """A second Ctrl-C lands at once, maybe between two parameters' updates: the checkpoint written
+    then held half of step 8's update under the position of step 8, and a resumed run redid the
+    step on top of it (silently not the run that never stopped). Now nothing is written then."""
+    import convnet
+
+    run(data_dir, tmp_path, "--epochs", "1")
+    sgd_update, at = convnet.ops.sgd_update, {"step": None, "calls": 0}
+
+    def note_step(net, step):
+        at["step"] = step
+
+    def update(*a, **k):
+        if at["step"] == 8:
+            at["calls"] += 1
+            if at["calls"] == 3:
+                raise KeyboardInterrupt
+        sgd_update(*a, **k)
+
+    monkeypatch.setattr(convnet.ops, "sgd_update", update)
+    with pytest.raises(train.TrainingError) as e:
+        train.train(["--resume", str(tmp_path), "--epochs", "3"], step_hook=note_step)
+    assert e.value.code == 130 and at["calls"] == 3
+    monkeypatch.setattr(convnet.ops, "sgd_update", sgd_update)
+    _, _, meta = weights(tmp_path)
+    assert (meta["train"]["epoch"], meta["train"]["batch"], meta["train"]["step"]) == (1, 0, 6)
+    train.train(["--resume", str(tmp_path), "--epochs", "3"])
+    got, _, _ = weights(tmp_path)
+    want, _, _ = weights(run_a)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def test_nan_stops_with_step_and_layer(data_dir, tmp_path, capsys):
     run(data_dir, tmp_path, "--epochs", "1")
     before, _, _ = weights(tmp_path)
