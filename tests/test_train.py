@@ -252,6 +252,11 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
     (tmp_path / "junk").write_text("not a checkpoint")
     err = _exit(evaluate.main, [str(tmp_path / "junk")], capsys)
     assert "cannot load a checkpoint" in err
+    # a traceback from range() or np.concatenate, or (--limit -30) all but the last 30 images scored
+    for flags, message in [(["--batch-size", "0"], "--batch-size must be >= 1"),
+                           (["--limit", "-30"], "--limit must be >= 1"), (["--limit", "0"], "--limit must be >= 1")]:
+        err = _exit(evaluate.main, [str(run_a), "--data", str(data_dir)] + flags, capsys)
+        assert message in err and "Traceback" not in err, err
     err = _exit(train.main, ["--resume", str(tmp_path / "nowhere")], capsys)
     assert "--resume" in err
 
