@@ -357,6 +357,9 @@ class Net:
         images (convnet.Tensor or NumPy float32, NCHW); with labels, (logits, mean loss).
         train=True applies dropout (masks from the net's seed and `step`, by default the count of
         training forwards so far) and keeps what backward() needs."""
+        # until this forward completes, backward() has nothing to work from: after one that failed
+        # half-way it mixed this batch's saved activations with the last batch's softmax and labels
+        self._trained_forward = False
         if not isinstance(images, _C.Tensor):
             images = np.asarray(images)
             if images.dtype.kind not in "fiu":  # complex lost its imaginary part, lists had no .shape

@@ -305,6 +305,16 @@ def test_bad_forward_input(rng):
         net.features(x, "fc9")
 
 
+def test_no_backward_after_a_failed_forward(rng):
+    net = models.small_alexnet(devices=["cpu:0", "cpu:1"], **TINY)
+    x, y = batch(rng, 2, 40, 5)
+    net.forward(x, y, train=True)
+    with pytest.raises(ValueError, match="label 9"):
+        net.forward(x[::-1].copy(), np.array([0, 9]), train=True)  # fails in the loss layer, the last
+    with pytest.raises(RuntimeError, match="needs a forward with labels and train=True"):
+        net.backward()  # ran, on this batch's activations with the last batch's softmax and labels
+
+
 def test_forward_accepts_tensors(rng):
     net = models.small_alexnet(devices=["cpu:0", "cpu:1"], **TINY)
     x, y = batch(rng, 2, 40, 5)
