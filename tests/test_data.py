@@ -306,6 +306,30 @@ def test_cifar_folder(tmp_path):
     assert x.shape == (8, 3, 28, 28) and y.shape == (8,)
 
 
+def test_cifar_damaged_files(tmp_path):
+    # were tracebacks naming no file (UnpicklingError, EOFError, TypeError, OverflowError), or went
+    # through with pixel values wrapped (300 -> 44, -1 -> 255)
+    folder = tmp_path / "cifar-10-batches-py"
+    write_fake_cifar(folder, np.random.default_rng(4))
+    files = {f.name: f.read_bytes() for f in folder.iterdir()}
+    for name, blob, match in [
+            ("data_batch_1", files["data_batch_1"][:100], "data_batch_1 is not a CIFAR-10 pickle"),
+            ("test_batch", b"", "test_batch is not a CIFAR-10 pickle"),
+            ("batches.meta", pickle.dumps([1, 2]), "batches.meta is not a CIFAR-10 pickle: it holds no label_names"),
+            ("data_batch_2", pickle.dumps({b"labels": [1]}), "it holds no data"),
+            ("data_batch_3", pickle.dumps({b"data": np.full((2, 3072), 300), b"labels": [1, 1]}),
+             "data_batch_3 data: values from 300 to 300 do not fit in uint8"),
+            ("data_batch_3", pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [1, 1]}),
+             "data must be integers, got float32"),
+            ("data_batch_4", pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2**32 + 1]}),
+             "data_batch_4 labels: values from 1 to 4294967297 do not fit in int32")]:
+        (folder / name).write_bytes(blob)
+        with pytest.raises(ValueError, match=match):
+            open_dataset(folder)
+        (folder / name).write_bytes(files[name])
+    assert len(open_dataset(folder).train) == 30
+
+
 # ---- the built-in dataset ----
 
 def test_builtin_deterministic(tmp_path):
