@@ -238,7 +238,7 @@ def test_open_dataset_errors(tmp_path):
 
 def test_open_dataset_damaged_files(tmp_path):
     path = builtin.generate(tmp_path / "d", num_train=12, num_val=4, size=16, seed=0, num_classes=3, workers=1)
-    files = {f: (path / f).read_bytes() for f in ("index.json", "train-00000.npy", "train-labels.npy")}
+    files = {f: (path / f).read_bytes() for f in ("index.json", "train-00000.npy", "train-labels.npy", "mean.npy")}
 
     def damaged(name, write, match):
         write(path / name)
@@ -255,6 +255,11 @@ def test_open_dataset_damaged_files(tmp_path):
     # were taken: a label out of range stopped training at the step that drew it, 0.7 became class 0
     damaged("train-labels.npy", lambda p: np.save(p, np.full(12, 7, np.int32)), r"labels from 7 to 7, outside 0..2")
     damaged("train-labels.npy", lambda p: np.save(p, np.full(12, 0.7, np.float32)), "not integer labels")
+    # made every training image NaN: the run stopped at step 0, suggesting a smaller --lr
+    index = json.loads(files["index.json"])
+    index["pca"]["eigval"][0] = float("nan")
+    damaged("index.json", lambda p: p.write_text(json.dumps(index)), "PCA lighting values are not finite")
+    damaged("mean.npy", lambda p: np.save(p, np.full((16, 16, 3), np.inf, np.float32)), "mean image")
     assert len(open_dataset(path).train) == 12
 
 

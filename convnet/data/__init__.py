@@ -46,6 +46,10 @@ class Dataset:
         self.mean = np.asarray(mean, np.float32)
         self.pca_eigval = np.asarray(eigval, np.float32).reshape(3)
         self.pca_eigvec = np.asarray(eigvec, np.float32).reshape(3, 3)
+        # a NaN here made every training image NaN: the run stopped at step 0 blaming the input
+        # images and suggesting a smaller --lr
+        if not all(np.isfinite(a).all() for a in (self.mean, self.pca_eigval, self.pca_eigvec)):
+            raise ValueError(f"open_dataset: {path}: the mean image or the PCA lighting values are not finite")
         self.image_size = int(self.mean.shape[0])
         self.info = info or {}
 
