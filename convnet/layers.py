@@ -144,10 +144,14 @@ class Input(Layer):
     def __init__(self, spec):
         super().__init__(spec)
         shape = spec["shape"]
-        if isinstance(shape, str) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
-                                             for d in (shape if hasattr(shape, "__iter__") else [None])):
+        try:
+            if isinstance(shape, str) or any(isinstance(d, bool) for d in shape):
+                raise TypeError
+            self.shape = tuple(operator.index(d) for d in shape)
+        except TypeError:
+            self.shape = ()
+        if not self.shape or min(self.shape) < 1:
             raise ValueError(f"layer {self.name!r}: shape must be a list of integers >= 1, got {shape!r}")
-        self.shape = tuple(shape)
 
 
 def _param_spec(spec, out):

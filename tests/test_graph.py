@@ -266,11 +266,13 @@ def test_graph_validation(extra, match):
 
 
 def test_bad_input_layer_and_specs():
-    for shape in ([3, -8, 8], [0, 8, 8], "abc", [3, 8.0, 8]):
+    for shape in ([3, -8, 8], [0, 8, 8], "abc", [3, 8.0, 8], [], 5, [3, True, 8]):
         with pytest.raises(ValueError, match="layer 'x': shape must be a list of integers >= 1"):
             Net([{"name": "x", "type": "input", "shape": shape}] + BASE[1:], devices=["cpu"])
     with pytest.raises(TypeError, match="a layer spec is a dict, got str"):
         Net(BASE + ["relu"], devices=["cpu"])
+    net = Net([{"name": "x", "type": "input", "shape": np.array([3, 8, 8])}] + BASE[1:], devices=["cpu"])
+    assert net.input_layer.shape == (3, 8, 8)
 
 
 def test_bad_forward_input(rng):
