@@ -37,11 +37,28 @@ __all__ = ["Tensor", "tensor", "from_dlpack", "empty", "zeros", "cuda_available"
 _DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
 
 
+def _cast(a, dtype, what="tensor"):
+    """NumPy array `a` as `dtype`. Into an integer dtype every value must fit: astype alone wraps
+    (int64 2**32 + 3 -> int32 3, -1 -> uint8 255) and turns NaN into -2**31, silently."""
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype:
+        return a
+    if dtype.kind in "iu" and a.dtype.kind in "iuf" and a.size:
+        lo, hi = a.min(), a.max()
+        lo, hi = (int(lo), int(hi)) if a.dtype.kind in "iu" else (float(lo), float(hi))
+        info = np.iinfo(dtype)
+        if not info.min <= lo <= hi <= info.max:  # False for NaN too
+            raise ValueError(f"{what}: values from {lo} to {hi} do not fit in {dtype.name} "
+                             f"({info.min} to {info.max})")
+    return a.astype(dtype)
+
+
 def tensor(data, device="cpu", dtype=None):
     """A new tensor holding a copy of `data` (an ndarray, list, or Tensor) on `device`.
 
     Without `dtype`, float32/int32/uint8 arrays keep their dtype, other floating arrays
-    become float32, other integer arrays int32 and booleans uint8.
+    become float32, other integer arrays int32 and booleans uint8. Integers that do not fit
+    the integer dtype they go to raise ValueError.
     """
     if isinstance(data, Tensor):
         if dtype is not None and dtype != data.dtype:
@@ -51,17 +68,18 @@ def tensor(data, device="cpu", dtype=None):
     if dtype is not None:
         if dtype not in _DTYPES:
             raise TypeError(f"tensor: unsupported dtype {dtype!r} (use float32, int32 or uint8)")
-        a = a.astype(_DTYPES[dtype], copy=False)
+        a = _cast(a, _DTYPES[dtype])
     elif a.dtype not in (np.float32, np.int32, np.uint8):
         if a.dtype.kind == "f":
             a = a.astype(np.float32)
         elif a.dtype.kind in "iu":
-            a = a.astype(np.int32)
+            a = _cast(a, np.int32)
         elif a.dtype.kind == "b":
             a = a.astype(np.uint8)
         else:
             raise TypeError(f"tensor: unsupported dtype {a.dtype} (use float32, int32 or uint8)")
-    return _C.from_numpy(np.ascontiguousarray(a), device)
+    # order="C", not ascontiguousarray: that one turns a 0-d array into shape (1,)
+    return _C.from_numpy(np.asarray(a, order="C"), device)
 
 
 def from_dlpack(obj):

@@ -11,7 +11,12 @@ loads into any placement (two towers or one device). The JSON file next to it (s
 suffix .json) holds the caller's metadata (epoch, step, RNG state...), the optimizer settings,
 the net's config and step, and the SHA-256 of the safetensors file, so a mismatched pair or
 a corrupt file is detected. Each file is written atomically (temporary file in the same folder,
-fsync, os.replace, fsync of the folder).
+fsync, os.replace, fsync of the folder), and the pair changes in three steps so that a save
+stopped anywhere leaves a checkpoint that loads, the old one or the new: the new weights go to
+a side file (.NAME.pending), the metadata naming their SHA-256 replaces the old metadata (the
+commit), then the weights take their place; load() reads the side file when a save stopped
+between the last two. (Written in place, the new weights and the old metadata disagreed until
+the second file was written, and a checkpoint stopped there no longer loaded.)
 """
 import hashlib
 import json
@@ -41,6 +46,19 @@ def meta_path(path):
     return path.with_suffix(".json")
 
 
+def _pending(path):
+    """Where save() keeps the new weights until their metadata is written."""
+    return path.with_name(f".{path.name}.pending")
+
+
+def _fsync_folder(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(path, chunks):
     """Write the byte chunks to path so that a reader sees either the old file or the new one."""
     path = Path(path)
@@ -55,11 +73,7 @@ def _atomic_write(path, chunks):
     finally:
         if tmp.exists():
             tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_folder(path.parent)
 
 
 def safetensors_bytes(tensors, metadata=None):
@@ -133,6 +147,29 @@ def read_safetensors(path):
     return tensors, metadata, hashlib.sha256(blob).hexdigest()
 
 
+def _read_weights(path, want, mpath):
+    """The tensors of a checkpoint's weights file, checked against the SHA-256 `want` from its
+    metadata, or those of the side file a save() stopped before its last rename left, when that
+    is the file the metadata names."""
+    try:
+        tensors, _, sha = read_safetensors(path)
+    except CheckpointError as e:
+        tensors, sha, error = None, None, e
+    if want not in (None, sha) and _pending(path).is_file():
+        try:
+            pending, _, pending_sha = read_safetensors(_pending(path))
+        except CheckpointError:
+            pending_sha = None
+        if pending_sha == want:
+            return pending
+    if tensors is None:
+        raise error
+    if want not in (None, sha):
+        raise CheckpointError(f"checkpoint {path}: the weights file does not match its metadata {mpath} "
+                              "(SHA-256 differs: corrupt, or one of the pair was replaced)")
+    return tensors
+
+
 def _jsonable(x):
     if isinstance(x, np.integer):
         return int(x)
@@ -153,13 +190,15 @@ def save(path, net, opt=None, meta=None):
     if opt is not None:
         for key, a in net.momentum_dict().items():
             tensors[MOMENTUM_PREFIX + key] = a
-    sha = write_safetensors(path, tensors, {"format": "convnet"})
+    sha = write_safetensors(_pending(path), tensors, {"format": "convnet"})
     record = dict(meta or {})
     record["convnet"] = {"config": net.config, "net_step": net.step, "weights_file": path.name,
                          "weights_sha256": sha,
                          "optimizer": None if opt is None else {k: v for k, v in opt.state_dict().items()
                                                                 if k != "momentum"}}
-    _atomic_write(mpath, [json.dumps(record, indent=1, default=_jsonable).encode()])
+    _atomic_write(mpath, [json.dumps(record, indent=1, default=_jsonable).encode()])  # the commit
+    os.replace(_pending(path), path)
+    _fsync_folder(path.parent)
     return path
 
 
@@ -179,10 +218,7 @@ def load(path, net=None, opt=None, devices=None):
     info = record.pop("convnet", None) if isinstance(record, dict) else None
     if not isinstance(info, dict) or "config" not in info:
         raise CheckpointError(f"checkpoint {path}: {mpath} is not convnet checkpoint metadata")
-    tensors, _, sha = read_safetensors(path)
-    if info.get("weights_sha256") not in (None, sha):
-        raise CheckpointError(f"checkpoint {path}: the weights file does not match its metadata {mpath} "
-                              "(SHA-256 differs: corrupt, or one of the pair was replaced)")
+    tensors = _read_weights(path, info.get("weights_sha256"), mpath)
     weights = {k: v for k, v in tensors.items() if not k.startswith(MOMENTUM_PREFIX)}
     momentum = {k[len(MOMENTUM_PREFIX):]: v for k, v in tensors.items() if k.startswith(MOMENTUM_PREFIX)}
     if net is None:

@@ -138,6 +138,11 @@ def main(argv=None):
         views = ()
     if not views or any(v not in (1, 10) for v in views):
         p.error(f"--views must be 1, 10 or 1,10, got {a.views!r}")
+    # 0 was a traceback from range() or np.concatenate; --limit -30 scored all but the last 30 images
+    if a.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.limit is not None and a.limit < 1:
+        p.error(f"--limit must be >= 1, got {a.limit}")
     try:
         settings = evaluate(a.checkpoints, a.data, views, a.batch_size, a.devices, a.limit)
     except EvaluateError as e:

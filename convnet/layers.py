@@ -11,9 +11,34 @@ for inputs that need none) and fills each param's .grad. Per-sample shapes (no b
 are inferred by out_shape(in_shapes) so the net can be checked and printed without running.
 """
 import math
+import operator
 
 from . import ops
 from . import _C
+
+
+def _int_setting(spec, key, minimum, default=None):
+    """An integer setting of a layer spec, at least `minimum` (KeyError when missing without a
+    default). int() took 1.5 or "3", and a stride or groups of 0 surfaced as a bare
+    ZeroDivisionError while the net was being built."""
+    v = spec[key] if default is None else spec.get(key, default)
+    try:
+        if isinstance(v, bool):
+            raise TypeError
+        v = operator.index(v)
+    except TypeError:
+        raise ValueError(f"layer {spec['name']!r}: {key} must be an integer, got {v!r}") from None
+    if v < minimum:
+        raise ValueError(f"layer {spec['name']!r}: {key} must be >= {minimum}, got {v}")
+    return v
+
+
+def _init_settings(layer, spec):
+    layer.weight_std = float(spec.get("weight_std", 0.01))
+    layer.bias_init = float(spec.get("bias_init", 0.0))
+    if not (math.isfinite(layer.weight_std) and layer.weight_std >= 0 and math.isfinite(layer.bias_init)):
+        raise ValueError(f"layer {layer.name!r}: weight_std must be finite and >= 0 and bias_init finite, got "
+                         f"{layer.weight_std} and {layer.bias_init}")
 
 
 class Param:
@@ -47,8 +72,11 @@ class Layer:
     def __init__(self, spec):
         self.spec = dict(spec)
         self.name = spec["name"]
-        self.inputs = list(spec.get("inputs", []))
-        self.tower = int(spec.get("tower", 0))
+        inputs = spec.get("inputs", [])
+        if isinstance(inputs, str) or not all(isinstance(n, str) for n in inputs):
+            raise ValueError(f"layer {self.name!r}: inputs must be a list of layer names, got {inputs!r}")
+        self.inputs = list(inputs)
+        self.tower = _int_setting(spec, "tower", 0, default=0)
         # The layer in the one-device net this one is part of (conv1_a and conv1_b: "conv1").
         self.group = spec.get("group", self.name)
         self.params = {}
@@ -115,7 +143,15 @@ class Input(Layer):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.shape = tuple(spec["shape"])
+        shape = spec["shape"]
+        try:
+            if isinstance(shape, str) or any(isinstance(d, bool) for d in shape):
+                raise TypeError
+            self.shape = tuple(operator.index(d) for d in shape)
+        except TypeError:
+            self.shape = ()
+        if not self.shape or min(self.shape) < 1:
+            raise ValueError(f"layer {self.name!r}: shape must be a list of integers >= 1, got {shape!r}")
 
 
 def _param_spec(spec, out):
@@ -131,13 +167,12 @@ class Conv(Layer):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.out_channels = int(spec["out_channels"])
-        self.kernel = int(spec["kernel"])
-        self.stride = int(spec.get("stride", 1))
-        self.padding = int(spec.get("padding", 0))
-        self.groups = int(spec.get("groups", 1))
-        self.weight_std = float(spec.get("weight_std", 0.01))
-        self.bias_init = float(spec.get("bias_init", 0.0))
+        self.out_channels = _int_setting(spec, "out_channels", 1)
+        self.kernel = _int_setting(spec, "kernel", 1)
+        self.stride = _int_setting(spec, "stride", 1, default=1)
+        self.padding = _int_setting(spec, "padding", 0, default=0)
+        self.groups = _int_setting(spec, "groups", 1, default=1)
+        _init_settings(self, spec)
 
     def _shape(self, s):
         if len(s) != 3:
@@ -186,9 +221,8 @@ class Linear(Layer):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.out_features = int(spec["out_features"])
-        self.weight_std = float(spec.get("weight_std", 0.01))
-        self.bias_init = float(spec.get("bias_init", 0.0))
+        self.out_features = _int_setting(spec, "out_features", 1)
+        _init_settings(self, spec)
 
     def _shape(self, s):
         self.in_features = math.prod(s)
@@ -235,11 +269,11 @@ class LRN(Layer):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.size = int(spec.get("size", 5))
+        self.size = _int_setting(spec, "size", 1, default=5)
         self.alpha = float(spec.get("alpha", 1e-4))
         self.beta = float(spec.get("beta", 0.75))
         self.k = float(spec.get("k", 2.0))
-        self.groups = int(spec.get("groups", 1))
+        self.groups = _int_setting(spec, "groups", 1, default=1)
 
     def _shape(self, s):
         if len(s) != 3 or s[0] % self.groups:
@@ -276,8 +310,8 @@ class MaxPool(Layer):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.size = int(spec.get("size", 3))
-        self.stride = int(spec.get("stride", 2))
+        self.size = _int_setting(spec, "size", 1, default=3)
+        self.stride = _int_setting(spec, "stride", 1, default=2)
 
     def _shape(self, s):
         if len(s) != 3 or s[1] < self.size or s[2] < self.size:

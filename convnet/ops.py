@@ -5,21 +5,41 @@ and images). The compiled entry point of each op (csrc/ops/<family>.cpp) checks 
 dtypes and devices once and raises ValueError, TypeError or RuntimeError naming the op;
 this module only supplies defaults, normalises int-or-pair arguments, and documents.
 """
+import operator
+
 import numpy as np
 
 from . import _C
+
+
+def _int(v, name):
+    """An integer argument (a Python or NumPy integer). int() would turn 1.5 into 1, "3" into 3
+    and True into 1 without a word."""
+    if not isinstance(v, (bool, np.bool_)):
+        try:
+            return operator.index(v)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an integer, got {v!r}")
 
 
 def _pair(v, name):
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
+        return _int(v[0], name), _int(v[1], name)
+    return _int(v, name), _int(v, name)
 
 
 def _seed(seed):
-    return int(np.random.randint(0, 2**63 - 1, dtype=np.int64)) if seed is None else int(seed)
+    """A seed for the kernels' 64-bit generator: any integer in [-2**63, 2**64), the same bits as
+    an int64 (2**64 - 1 and -1 draw the same mask); None draws one."""
+    if seed is None:
+        return int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
+    seed = _int(seed, "dropout: seed")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"dropout: seed must fit in 64 bits ([-2**63, 2**64)), got {seed}")
+    return seed - 2**64 if seed >= 2**63 else seed
 
 
 # ---- elementwise: csrc/ops/elementwise.cpp ----
@@ -63,13 +83,13 @@ def add_(a, b):
 
 def concat(xs, axis=1):
     """A new tensor joining the tensors xs (same device, same shape outside `axis`) along axis."""
-    return _C.concat(list(xs), int(axis))
+    return _C.concat(list(xs), _int(axis, "concat: axis"))
 
 
 def split(x, sizes, axis=1):
     """New tensors holding consecutive slices of x along axis, of the given sizes (summing to
     x.shape[axis]): the inverse of concat."""
-    return _C.split(x, [int(s) for s in sizes], int(axis))
+    return _C.split(x, [_int(s, "split: sizes") for s in sizes], _int(axis, "split: axis"))
 
 
 # ---- local response normalisation: csrc/ops/lrn.cpp ----
@@ -78,12 +98,12 @@ def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     """The paper's cross-channel LRN on NCHW x:
     b_i = a_i / (k + alpha * sum_{j=max(0,i-size//2)}^{min(C-1,i+size//2)} a_j^2)^beta.
     alpha is NOT divided by size (Caffe and PyTorch divide; pass alpha*size to compare)."""
-    return _C.lrn(x, int(size), float(alpha), float(beta), float(k))
+    return _C.lrn(x, _int(size, "lrn: size"), float(alpha), float(beta), float(k))
 
 
 def lrn_backward(x, y, dy, size=5, alpha=1e-4, beta=0.75, k=2.0):
     """Gradient of lrn with respect to x, from its input x, output y and output gradient dy."""
-    return _C.lrn_backward(x, y, dy, int(size), float(alpha), float(beta), float(k))
+    return _C.lrn_backward(x, y, dy, _int(size, "lrn_backward: size"), float(alpha), float(beta), float(k))
 
 
 # ---- max-pool: csrc/ops/pool.cpp ----
@@ -94,7 +114,7 @@ def max_pool(x, size=3, stride=2, return_indices=False):
     With return_indices=True returns (y, indices): indices (int32, shaped like y) hold each
     window's first maximal input (row-major) as its flat offset h * W + w in the input plane,
     for max_pool_backward(..., indices=indices)."""
-    y, indices = _C.max_pool(x, int(size), int(stride), bool(return_indices))
+    y, indices = _C.max_pool(x, _int(size, "max_pool: size"), _int(stride, "max_pool: stride"), bool(return_indices))
     return (y, indices) if return_indices else y
 
 
@@ -105,7 +125,8 @@ def max_pool_backward(x, y, dy, size=3, stride=2, indices=None):
     max_pool(..., return_indices=True) the argmax is not recomputed and y may be None; the
     result is bitwise the same. An index outside its window raises ValueError on the CPU; on a
     GPU (not checked: no sync) its gradient is dropped."""
-    return _C.max_pool_backward(x, y, dy, int(size), int(stride), indices)
+    return _C.max_pool_backward(x, y, dy, _int(size, "max_pool_backward: size"),
+                                _int(stride, "max_pool_backward: stride"), indices)
 
 
 # ---- softmax with cross-entropy: csrc/ops/softmax.cpp ----
@@ -126,17 +147,18 @@ def softmax_cross_entropy_backward(probs, labels):
 def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     """Cross-correlation of NCHW x with w (out_channels, in_channels/groups, kh, kw), plus b
     (out_channels,) if given. Output size (H + 2*pad - kh) // stride + 1 (floor)."""
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    return _C.conv2d(x, w, b, sh, sw, ph, pw, int(groups))
+    sh, sw = _pair(stride, "conv2d: stride")
+    ph, pw = _pair(padding, "conv2d: padding")
+    return _C.conv2d(x, w, b, sh, sw, ph, pw, _int(groups, "conv2d: groups"))
 
 
 def conv2d_backward(x, w, dy, stride=1, padding=0, groups=1, input_grad=True, weight_grad=True):
     """(dx, dw, db): gradients of conv2d with respect to its input, weights and bias.
     input_grad=False skips dx (None), weight_grad=False skips dw and db (None)."""
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
-    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, int(groups), bool(input_grad), bool(weight_grad))
+    sh, sw = _pair(stride, "conv2d_backward: stride")
+    ph, pw = _pair(padding, "conv2d_backward: padding")
+    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, _int(groups, "conv2d_backward: groups"), bool(input_grad),
+                              bool(weight_grad))
 
 
 # ---- fully connected: csrc/ops/linear.cpp ----
@@ -167,5 +189,5 @@ def augment(images, offsets, flips=None, rgb_shift=None, mean=None, crop=None, s
     if crop is None:
         crop_h, crop_w = int(images.shape[1]), int(images.shape[2])
     else:
-        crop_h, crop_w = _pair(crop, "crop")
+        crop_h, crop_w = _pair(crop, "augment: crop")
     return _C.augment(images, offsets, flips, rgb_shift, mean, crop_h, crop_w, source)

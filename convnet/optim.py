@@ -10,8 +10,10 @@ import math
 
 class SGD:
     def __init__(self, net, lr=0.01, momentum=0.9, weight_decay=5e-4):
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: lr, momentum and weight_decay must be >= 0, got {lr}, {momentum}, {weight_decay}")
+        # not (x >= 0): a NaN passed "x < 0" and failed only at the first step, after a forward and backward
+        if not all(math.isfinite(x) and x >= 0 for x in (lr, momentum, weight_decay)):
+            raise ValueError(f"SGD: lr, momentum and weight_decay must be finite and >= 0, got {lr}, {momentum}, "
+                             f"{weight_decay}")
         self.net = net
         self.lr = float(lr)
         self.momentum = float(momentum)
@@ -85,6 +87,9 @@ class StepSchedule:
     """lr = base_lr * factor ** (number of milestones reached); step(epoch) sets it."""
 
     def __init__(self, opt, milestones, factor=0.1, base_lr=None):
+        # a negative factor made the rate negative (gradient ascent, silently), a NaN one NaN
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"StepSchedule: factor must be finite and > 0, got {factor}")
         self.opt = opt
         self.milestones = sorted(int(m) for m in milestones)
         self.factor = factor

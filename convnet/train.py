@@ -135,6 +135,28 @@ def resolve_args(ns):
     return args, explicit
 
 
+def check_args(args):
+    """The numbers of the recipe, before anything is written: bad ones failed late, as a traceback
+    (--batch-size 0, --lr nan, --milestones a), or not at all (--epochs -1 trained nothing and
+    --limit-train -5 meant every image but the last 5; --lighting nan turned the lighting off)."""
+    def need(ok, key, what):
+        if not ok:
+            raise TrainingError(f"--{key.replace('_', '-')} must be {what}, got {args[key]}")
+
+    for key in ("batch_size", "epochs", "crop", "input_size", "limit_train", "limit_val"):
+        if args[key] is not None:
+            need(args[key] >= 1, key, ">= 1")
+    for key in ("lr", "momentum", "weight_decay", "lighting"):
+        need(math.isfinite(args[key]) and args[key] >= 0, key, "finite and >= 0")
+    need(math.isfinite(args["lr_factor"]) and 0 < args["lr_factor"] and (args["lr_factor"] < 1 or
+         args["schedule"] == "step"), "lr_factor", "in (0, 1) (above 0 with --schedule step)")
+    need(args["check_every"] >= 0, "check_every", ">= 0")
+    try:
+        [int(m) for m in str(args["milestones"] or "").split(",") if m.strip()]
+    except ValueError:
+        need(False, "milestones", "comma-separated epochs, e.g. 30,60,80")
+
+
 # ---------------------------------------------------------------- devices
 
 def resolve_devices(spec, towers):
@@ -186,7 +208,10 @@ def open_data(args):
         size = dict(size=args["image_size"], num_train=args["num_train"], num_val=args["num_val"])
         path = builtin.default_path(**size)
         print(f"data: built-in dataset at {path} (generated on first use)", flush=True)
-        builtin.ensure(path, **size)
+        try:
+            builtin.ensure(path, **size)
+        except ValueError as e:
+            raise TrainingError(f"--num-train, --num-val, --image-size: {e}") from None
         args["data"] = str(path)
     path = Path(args["data"]).expanduser()
     if not path.exists():
@@ -393,11 +418,15 @@ def train(argv=None, step_hook=None):
     else:
         run_dir = Path(args["run_dir"] or f"runs/{args['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
 
+    check_args(args)
     devices = resolve_devices(args["devices"], args["towers"])
     ds = open_data(args)
     num_classes = len(ds.classes)
     train_split = _limit(ds.train, args["limit_train"])
     val_split = _limit(ds.val, args["limit_val"])
+    if train_split is None or len(train_split.labels) < args["batch_size"]:  # every epoch would take no step
+        raise TrainingError(f"{0 if train_split is None else len(train_split.labels)} training images make no "
+                            f"full batch of {args['batch_size']} (--batch-size, --limit-train)")
     if args["crop"] > ds.image_size:
         raise TrainingError(f"--crop {args['crop']} is larger than the dataset's images ({ds.image_size})")
 
@@ -436,11 +465,16 @@ def train(argv=None, step_hook=None):
           f"weight decay {args['weight_decay']}, {args['schedule']} schedule, {args['epochs']} epochs, "
           f"run folder {run_dir}", flush=True)
 
+    interrupt = _DeferredInterrupt()
     try:
-        with _DeferredInterrupt() as interrupt:
+        with interrupt:
             _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir,
                   step_hook, interrupt)
     except KeyboardInterrupt:
+        if interrupt.updating:  # a second Ctrl-C inside an update: weights and position disagree
+            print(f"\ninterrupted during the update of step {state['step']}: nothing saved, "
+                  f"{_kept(run_dir)}; continue with --resume {run_dir}", flush=True)
+            raise TrainingError("interrupted", code=130) from None
         save(run_dir, net, opt, state, "last")
         print(f"\ninterrupted: saved {checkpoint_path(run_dir)} at epoch {state['epoch'] + 1}, batch "
               f"{state['batch']}; continue with --resume {run_dir}", flush=True)
@@ -457,10 +491,12 @@ def train(argv=None, step_hook=None):
 class _DeferredInterrupt:
     """Holds a Ctrl-C until the current training step is complete, so that the checkpoint
     written on interrupt has weights, momentum and position that belong together; a second
-    Ctrl-C interrupts at once."""
+    Ctrl-C interrupts at once. `updating` is true while the weights change and the position
+    (step, batch) has not yet followed: a checkpoint written then would be neither step."""
 
     def __init__(self):
         self.pending = False
+        self.updating = False
         self._old = None
 
     def __enter__(self):
@@ -545,6 +581,7 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
             if not math.isfinite(loss):
                 stop_nonfinite(net, images, loss, state, run_dir)
             net.backward()
+            interrupt.updating = True
             opt.step()
             y = labels.numpy()
             t1, t5 = topk_correct(logits.numpy(), y)
@@ -557,6 +594,7 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
             state["batch"] += 1
             state["step"] += 1
             state["epoch_stats"] = stats
+            interrupt.updating = False
             bar.update(loss=f"{stats['loss'] / stats['n']:.3f}",
                        top1=f"{100 * stats['top1'] / stats['n']:.1f}%",
                        top5=f"{100 * stats['top5'] / stats['n']:.1f}%",

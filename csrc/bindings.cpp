@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/device.h"
@@ -121,7 +122,9 @@ Tensor from_dlpack_capsule(py::capsule cap) {
   else if (dl.device.device_type == kDLCUDA) d = Device::parse("cuda:" + std::to_string(dl.device.device_id));
   else CHECK_VALUE(false, "unsupported DLPack device type ", dl.device.device_type);
   std::vector<int64_t> shape(dl.shape, dl.shape + dl.ndim);
-  if (dl.strides) {
+  // Strides describe nothing when there are no elements (PyTorch gives shape (3, 0) strides (1, 1)).
+  const bool no_elements = std::find(shape.begin(), shape.end(), 0) != shape.end();
+  if (dl.strides && !no_elements) {
     int64_t expect = 1;
     for (int i = dl.ndim - 1; i >= 0; --i) {
       if (shape[i] != 1)

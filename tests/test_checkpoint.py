@@ -1,6 +1,7 @@
 """Checkpoints: the safetensors format, atomic files, resuming gives the same next step as
 never stopping, and clear errors for another model's or a damaged checkpoint."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -102,6 +103,47 @@ def test_another_model_is_refused(tmp_path):
     more = models.small_alexnet(devices=CPU2, extra_conv=True, **SMALL)
     with pytest.raises(ValueError, match="conv6"):
         checkpoint.load(path, more)
+
+
+def test_save_stopped_anywhere_leaves_a_checkpoint(tmp_path, monkeypatch):
+    """A process that dies inside save() (a kill, a third Ctrl-C) leaves the old checkpoint or the new
+    one. The weights used to be renamed into place before the metadata: a save stopped between the
+    two left new weights under old metadata, refused by load() for their SHA-256: no checkpoint."""
+    old_net = models.small_alexnet(devices=CPU2, **SMALL)
+    old_opt = SGD(old_net, lr=0.05)
+    new_net = models.small_alexnet(devices=CPU2, **SMALL)
+    new_opt = SGD(new_net, lr=0.05)
+    train_step(new_net, new_opt, 0)
+    path = tmp_path / "ckpt.safetensors"
+    replace = os.replace
+    seen = set()
+    for k in range(1, 10):
+        checkpoint.save(path, old_net, old_opt, {"epoch": 1})
+        renames = []
+
+        def dying(src, dst):  # the process dies just after its k-th rename
+            replace(src, dst)
+            renames.append(dst)
+            if len(renames) == k:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "replace", dying)
+        try:
+            checkpoint.save(path, new_net, new_opt, {"epoch": 2})
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        monkeypatch.setattr(os, "replace", replace)
+        net, opt_state, meta = checkpoint.load(path, devices=CPU2)
+        want = old_net if meta["epoch"] == 1 else new_net
+        seen.add(meta["epoch"])
+        for key, w in want.state_dict().items():
+            np.testing.assert_array_equal(net.state_dict()[key], w)
+        for key, m in want.momentum_dict().items():
+            np.testing.assert_array_equal(opt_state["momentum"][key], m)
+        if finished:
+            break
+    assert finished and seen == {1, 2}
 
 
 def test_damaged_checkpoints(tmp_path):

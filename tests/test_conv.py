@@ -181,6 +181,15 @@ def test_bad_input(device):
         ops.conv2d(np.ones((2, 4, 8, 8), np.float32), w, b, groups=2)
     with pytest.raises(ValueError, match="must be an int or a pair"):
         ops.conv2d(x, w, b, stride=(1, 1, 1), groups=2)
+    # int() turned 1.5 into 1 and 2.0 into 2 without a word
+    for bad, match in [(dict(stride=1.5, groups=2), "conv2d: stride must be an integer, got 1.5"),
+                       (dict(padding=(1, "1"), groups=2), "conv2d: padding must be an integer, got '1'"),
+                       (dict(groups=2.0), "conv2d: groups must be an integer, got 2.0"),
+                       (dict(stride=None, groups=2), "conv2d: stride must be an integer, got None")]:
+        with pytest.raises(TypeError, match=match):
+            ops.conv2d(x, w, b, **bad)
+    with pytest.raises(TypeError, match="conv2d_backward: groups must be an integer"):
+        ops.conv2d_backward(x, w, dy, groups=True)
     with pytest.raises(ValueError, match="conv2d_backward: 'dy' must have shape \\(2, 6, 6, 6\\)"):
         ops.conv2d_backward(x, w, t((2, 6, 8, 8)), groups=2)
     with pytest.raises(TypeError, match="conv2d_backward: 'dy' must be float32"):

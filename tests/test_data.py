@@ -236,6 +236,33 @@ def test_open_dataset_errors(tmp_path):
         open_dataset(tmp_path / "junk")
 
 
+def test_open_dataset_damaged_files(tmp_path):
+    path = builtin.generate(tmp_path / "d", num_train=12, num_val=4, size=16, seed=0, num_classes=3, workers=1)
+    files = {f: (path / f).read_bytes() for f in ("index.json", "train-00000.npy", "train-labels.npy", "mean.npy")}
+
+    def damaged(name, write, match):
+        write(path / name)
+        with pytest.raises(ValueError, match=match):
+            open_dataset(path)
+        (path / name).write_bytes(files[name])
+
+    # was an AttributeError ('list' object has no attribute 'get')
+    damaged("index.json", lambda p: p.write_text("[1, 2]"), "not a prepared dataset")
+    # were taken, to fail later: a TypeError in the Loader, a crop that "does not fit in 12x12 images"
+    damaged("train-00000.npy", lambda p: np.save(p, np.zeros((12, 16, 16, 3), np.float32)), "holds float32")
+    damaged("train-00000.npy", lambda p: np.save(p, np.zeros((12, 12, 12, 3), np.uint8)),
+            r"holds uint8 \(12, 12, 12, 3\), the index says 12 uint8 images of \(16, 16, 3\)")
+    # were taken: a label out of range stopped training at the step that drew it, 0.7 became class 0
+    damaged("train-labels.npy", lambda p: np.save(p, np.full(12, 7, np.int32)), r"labels from 7 to 7, outside 0..2")
+    damaged("train-labels.npy", lambda p: np.save(p, np.full(12, 0.7, np.float32)), "not integer labels")
+    # made every training image NaN: the run stopped at step 0, suggesting a smaller --lr
+    index = json.loads(files["index.json"])
+    index["pca"]["eigval"][0] = float("nan")
+    damaged("index.json", lambda p: p.write_text(json.dumps(index)), "PCA lighting values are not finite")
+    damaged("mean.npy", lambda p: np.save(p, np.full((16, 16, 3), np.inf, np.float32)), "mean image")
+    assert len(open_dataset(path).train) == 12
+
+
 def test_sharded_images_read_as_one_array(prepared):
     ds = open_dataset(prepared)
     imgs = ds.train.images
@@ -284,6 +311,30 @@ def test_cifar_folder(tmp_path):
     assert x.shape == (8, 3, 28, 28) and y.shape == (8,)
 
 
+def test_cifar_damaged_files(tmp_path):
+    # were tracebacks naming no file (UnpicklingError, EOFError, TypeError, OverflowError), or went
+    # through with pixel values wrapped (300 -> 44, -1 -> 255)
+    folder = tmp_path / "cifar-10-batches-py"
+    write_fake_cifar(folder, np.random.default_rng(4))
+    files = {f.name: f.read_bytes() for f in folder.iterdir()}
+    for name, blob, match in [
+            ("data_batch_1", files["data_batch_1"][:100], "data_batch_1 is not a CIFAR-10 pickle"),
+            ("test_batch", b"", "test_batch is not a CIFAR-10 pickle"),
+            ("batches.meta", pickle.dumps([1, 2]), "batches.meta is not a CIFAR-10 pickle: it holds no label_names"),
+            ("data_batch_2", pickle.dumps({b"labels": [1]}), "it holds no data"),
+            ("data_batch_3", pickle.dumps({b"data": np.full((2, 3072), 300), b"labels": [1, 1]}),
+             "data_batch_3 data: values from 300 to 300 do not fit in uint8"),
+            ("data_batch_3", pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [1, 1]}),
+             "data must be integers, got float32"),
+            ("data_batch_4", pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2**32 + 1]}),
+             "data_batch_4 labels: values from 1 to 4294967297 do not fit in int32")]:
+        (folder / name).write_bytes(blob)
+        with pytest.raises(ValueError, match=match):
+            open_dataset(folder)
+        (folder / name).write_bytes(files[name])
+    assert len(open_dataset(folder).train) == 30
+
+
 # ---- the built-in dataset ----
 
 def test_builtin_deterministic(tmp_path):
@@ -305,6 +356,21 @@ def test_builtin_deterministic(tmp_path):
     assert len(open_dataset(a).val) == 6
     with pytest.raises(ValueError, match="num_classes"):
         builtin.generate(tmp_path / "d", num_classes=40)
+
+
+def test_builtin_cache_damaged_is_made_again(tmp_path):
+    # the cache's index matched, so a truncated shard or a lost labels file was handed to
+    # open_dataset every run: "--data: ... is not a prepared dataset", for a --data never given
+    kw = dict(num_train=20, num_val=8, size=16, seed=1)
+    path = builtin.ensure(tmp_path / "b", verbose=False, **kw)
+    good = (path / "train-00000.npy").read_bytes()
+    with open(path / "train-00000.npy", "r+b") as f:
+        f.truncate(len(good) // 2)
+    assert builtin.ensure(path, verbose=False, **kw) == path
+    assert (path / "train-00000.npy").read_bytes() == good
+    (path / "val-labels.npy").unlink()
+    builtin.ensure(path, verbose=False, **kw)
+    assert len(open_dataset(path).val) == 8
 
 
 def test_builtin_default_path(monkeypatch, tmp_path):
@@ -385,6 +451,27 @@ def test_loader_eval_and_steps_off(device, small):
         Loader(convnet.data.Split("f", np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, np.int32)), 2, train=False)
     with pytest.raises(ValueError, match="crop"):
         Loader(small.train, 4, train=True, crop=21, lighting=0)
+    with pytest.raises(ValueError, match="lighting must be >= 0, got nan"):
+        Loader(small.train, 4, train=True, lighting=float("nan"))  # was: no lighting, silently
+
+
+def test_loader_refuses_labels_it_would_change(small):
+    class Split:
+        images = small.train.images
+
+        def __init__(self, labels):
+            self.labels = labels
+
+        def __len__(self):
+            return len(self.labels)
+
+    n = len(small.train)
+    with pytest.raises(ValueError, match="split.labels: values .* do not fit in int32"):
+        Loader(Split(np.arange(n, dtype=np.int64) + 2**32), 8, train=False)  # was wrapped to 0, 1, ...
+    with pytest.raises(TypeError, match="split.labels must be integers, got float32"):
+        Loader(Split(np.full(n, 0.7, np.float32)), 8, train=False)  # was truncated to 0
+    labels = np.asarray(small.train.labels, np.int64)
+    np.testing.assert_array_equal(Loader(Split(labels), 8, train=False).labels, labels)
 
 
 @pytest.mark.skipif(not convnet.cuda_available(), reason="CUDA: no GPU visible")

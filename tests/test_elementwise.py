@@ -91,6 +91,13 @@ def test_dropout_seeds(device, rng):
     np.testing.assert_array_equal(m1.numpy(), m2.numpy())
     np.testing.assert_array_equal(y1.numpy(), y2.numpy())
     assert np.mean(m1.numpy() != m3.numpy()) > 0.3  # independent masks differ in ~half the places
+    # any 64-bit seed, read as the kernels' uint64: 2**64 - 1 is -1 (was a TypeError of pybind11's)
+    np.testing.assert_array_equal(ops.dropout(x, 0.5, 2**64 - 1)[1].numpy(), ops.dropout(x, 0.5, -1)[1].numpy())
+    assert ops.dropout(x, 0.5, 2**63)[1].shape == x.shape
+    with pytest.raises(ValueError, match="dropout: seed must fit in 64 bits"):
+        ops.dropout(x, 0.5, 2**64)
+    with pytest.raises(TypeError, match="dropout: seed must be an integer, got 1.5"):
+        ops.dropout(x, 0.5, 1.5)  # was truncated to 1
     # seed=None draws a fresh seed each call
     assert np.any(ops.dropout(x)[1].numpy() != ops.dropout(x)[1].numpy())
 

@@ -239,10 +239,40 @@ BASE = [{"name": "x", "type": "input", "shape": [3, 8, 8]},
     ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 9}], "does not fit"),
     ([{"name": "g", "type": "relu", "inputs": ["x", "f"]}], "takes one input"),
     ([{"name": "y", "type": "input", "shape": [1]}], "exactly one input"),
+    # settings that are not integers in range: ZeroDivisionError, a kernel "that does not fit" for
+    # stride -1, "zeros: negative dimension", or silent truncation (stride 1.5 -> 1) before
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "stride": 0}],
+     "layer 'g': stride must be >= 1, got 0"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "stride": -1}],
+     "layer 'g': stride must be >= 1, got -1"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "groups": 0}],
+     "layer 'g': groups must be >= 1"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "stride": 1.5}],
+     "layer 'g': stride must be an integer, got 1.5"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": -2, "kernel": 3}], "out_channels must be >= 1"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 0}], "kernel must be >= 1"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "padding": -1}],
+     "padding must be >= 0"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "weight_std": float("nan")}],
+     "weight_std must be finite"),
+    ([{"name": "g", "type": "maxpool", "inputs": ["x"], "stride": 0}], "layer 'g': stride must be >= 1"),
+    ([{"name": "g", "type": "lrn", "inputs": ["x"], "groups": 0}], "layer 'g': groups must be >= 1"),
+    ([{"name": "g", "type": "linear", "inputs": ["x"], "out_features": 0}], "out_features must be >= 1"),
+    ([{"name": "g", "type": "relu", "inputs": "x"}], "inputs must be a list of layer names"),
 ])
 def test_graph_validation(extra, match):
     with pytest.raises(ValueError, match=match):
         Net(BASE + extra, devices=["cpu"])
+
+
+def test_bad_input_layer_and_specs():
+    for shape in ([3, -8, 8], [0, 8, 8], "abc", [3, 8.0, 8], [], 5, [3, True, 8]):
+        with pytest.raises(ValueError, match="layer 'x': shape must be a list of integers >= 1"):
+            Net([{"name": "x", "type": "input", "shape": shape}] + BASE[1:], devices=["cpu"])
+    with pytest.raises(TypeError, match="a layer spec is a dict, got str"):
+        Net(BASE + ["relu"], devices=["cpu"])
+    net = Net([{"name": "x", "type": "input", "shape": np.array([3, 8, 8])}] + BASE[1:], devices=["cpu"])
+    assert net.input_layer.shape == (3, 8, 8)
 
 
 def test_bad_forward_input(rng):
@@ -258,11 +288,33 @@ def test_bad_forward_input(rng):
         net.forward(x, np.array([-1, 0]))
     with pytest.raises(ValueError, match="labels"):
         net.forward(x, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="labels: values from 0 to 4294967299 do not fit in int32"):
+        net.forward(x, np.array([0, 2**32 + 3]))  # was wrapped to class 3, silently
+    with pytest.raises(TypeError, match="images must be real numbers"):
+        net.forward(x.astype(np.complex64))  # lost its imaginary part, with a warning
+    assert net.forward(list(x)).shape == (2, 5)  # was: 'list' object has no attribute 'shape'
+    # NumPy's SeedSequence said only "expected non-negative integer"; int() took 1.5
+    with pytest.raises(ValueError, match="Net.forward: step must be >= 0, got -1"):
+        net.forward(x, y, train=True, step=-1)
+    with pytest.raises(TypeError, match="Net.forward: step must be an integer"):
+        net.forward(x, y, train=True, step=1.5)
+    with pytest.raises(ValueError, match="Net: seed must be >= 0, got -1"):
+        models.small_alexnet(devices=["cpu:0", "cpu:1"], seed=-1, **TINY)
     with pytest.raises(RuntimeError, match="backward"):
         net.forward(x, y)  # test-time forward keeps nothing for backward
         net.backward()
     with pytest.raises(ValueError, match="features"):
         net.features(x, "fc9")
+
+
+def test_no_backward_after_a_failed_forward(rng):
+    net = models.small_alexnet(devices=["cpu:0", "cpu:1"], **TINY)
+    x, y = batch(rng, 2, 40, 5)
+    net.forward(x, y, train=True)
+    with pytest.raises(ValueError, match="label 9"):
+        net.forward(x[::-1].copy(), np.array([0, 9]), train=True)  # fails in the loss layer, the last
+    with pytest.raises(RuntimeError, match="needs a forward with labels and train=True"):
+        net.backward()  # ran, on this batch's activations with the last batch's softmax and labels
 
 
 def test_forward_accepts_tensors(rng):

@@ -167,6 +167,16 @@ def test_lrn_bad_input(device):
         ops.lrn(x, alpha=-1.0)
     with pytest.raises(ValueError, match="lrn: beta must be finite"):
         ops.lrn(x, beta=float("nan"))
+    # finite doubles that become inf (or k 0) as the kernels' float32: outputs of NaN (zero inputs) or 0
+    for bad, match in [(dict(alpha=1e39), "alpha must be finite and >= 0 as a float32, got 1e\\+39"),
+                       (dict(beta=1e39), "beta must be finite as a float32"),
+                       (dict(beta=-1e39), "beta must be finite as a float32"),
+                       (dict(k=1e-50), "k must be finite and > 0 as a float32, got 1e-50"),
+                       (dict(k=1e39), "k must be finite and > 0 as a float32")]:
+        with pytest.raises(ValueError, match="lrn: " + match):
+            ops.lrn(x, **bad)
+        with pytest.raises(ValueError, match="lrn_backward: " + match):
+            ops.lrn_backward(x, x, x, **bad)
     y = ops.lrn(x)
     wrong = convnet.tensor(np.ones((2, 3, 4, 5), np.float32), device)
     with pytest.raises(ValueError, match="lrn_backward: 'dy' must have shape"):

@@ -170,3 +170,16 @@ def test_step_schedule():
     sched = StepSchedule(opt, [30, 60, 80])
     assert [sched.step(e) for e in (0, 29, 30, 59, 60, 80, 89)] == pytest.approx(
         [0.01, 0.01, 0.001, 0.001, 1e-4, 1e-5, 1e-5])
+    for factor in (-1.0, 0.0, float("nan")):  # -1 made the rate -0.01 at the first milestone: ascent
+        with pytest.raises(ValueError, match="StepSchedule: factor must be finite and > 0"):
+            StepSchedule(opt, [30], factor=factor)
+
+
+def test_sgd_settings_must_be_finite():
+    net = models.small_alexnet(devices=["cpu"], towers=1, num_classes=3, input_size=40, widths=(4, 4, 4, 4, 4),
+                               fc=(4, 4))
+    for bad in (dict(lr=float("nan")), dict(lr=float("inf")), dict(momentum=float("nan")),
+                dict(weight_decay=float("nan")), dict(lr=-1.0)):
+        # a NaN was taken, then refused by sgd_update at the first step, after a forward and backward
+        with pytest.raises(ValueError, match="SGD: lr, momentum and weight_decay must be finite and >= 0"):
+            SGD(net, **bad)

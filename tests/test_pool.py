@@ -209,6 +209,11 @@ def test_max_pool_bad_input(device):
         ops.max_pool(x, 0, 1)
     with pytest.raises(ValueError, match="max_pool: stride must be >= 1"):
         ops.max_pool(x, 3, 0)
+    with pytest.raises(TypeError, match="max_pool: size must be an integer, got 3.9"):
+        ops.max_pool(x, 3.9, 2)  # was truncated to 3
+    with pytest.raises(TypeError, match="max_pool_backward: stride must be an integer"):
+        ops.max_pool_backward(x, None, x, 3, "2")
+    assert ops.max_pool(x, np.int64(3), np.uint8(2)).shape == (2, 3, 3, 3)
     y = ops.max_pool(x, 3, 2)  # (2, 3, 3, 3)
     with pytest.raises(ValueError, match="max_pool_backward: 'dy' must have shape"):
         ops.max_pool_backward(x, y, x, 3, 2)

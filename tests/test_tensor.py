@@ -26,6 +26,24 @@ def test_default_dtype_conversion():
         convnet.tensor(np.array(["a"]))
     with pytest.raises(TypeError, match="unsupported dtype"):
         convnet.tensor(np.zeros(2), dtype="float16")
+    # a 0-d array stays 0-d (np.ascontiguousarray made it shape (1,))
+    assert convnet.tensor(np.float32(3)).shape == () and convnet.tensor(np.array(7)).shape == ()
+    assert convnet.tensor(np.float32(3)).numpy().shape == ()
+
+
+def test_integer_conversions_keep_every_value():
+    # astype wrapped these silently: int64 2**32 + 3 became label 3, -1 became uint8 255, NaN -2**31
+    for data, kw in [(np.array([0, 2**32 + 3]), {}), (np.array([2**32 - 1], np.uint32), {}),
+                     (np.array([2**63], np.uint64), {}), (np.array([-1, 3]), dict(dtype="uint8")),
+                     (np.array([300]), dict(dtype="uint8")), (np.array([1.0, np.nan]), dict(dtype="int32")),
+                     (np.array([3e9]), dict(dtype="int32"))]:
+        with pytest.raises(ValueError, match="do not fit in"):
+            convnet.tensor(data, **kw)
+    edge = np.array([-2**31, 2**31 - 1], np.int64)
+    np.testing.assert_array_equal(convnet.tensor(edge).numpy(), edge)
+    np.testing.assert_array_equal(convnet.tensor(np.array([0, 255]), dtype="uint8").numpy(), [0, 255])
+    np.testing.assert_array_equal(convnet.tensor(np.array([1.5, -2.0]), dtype="int32").numpy(), [1, -2])
+    assert convnet.tensor(np.zeros(0, np.int64)).shape == (0,)
 
 
 def test_empty_and_zeros(device):
@@ -126,6 +144,16 @@ def test_dlpack_numpy_both_ways(device, rng):
     with pytest.raises(TypeError, match="DLPack"):
         convnet.from_dlpack([1, 2])
     assert convnet.tensor(a, device).__dlpack_device__()[0] == (1 if device == "cpu" else 2)
+
+
+def test_dlpack_empty_arrays_with_any_strides():
+    # no elements, no layout: NumPy gives an empty (3, 0) array strides (0, 0), PyTorch (1, 1);
+    # both used to be refused as "not contiguous", which no contiguous copy could fix
+    for a in [np.empty((3, 0), np.float32), np.empty((2, 0, 4), np.float32), np.empty((0, 5), np.float32)]:
+        assert convnet.from_dlpack(a).shape == a.shape
+    torch = pytest.importorskip("torch")
+    for t in [torch.empty(3, 0), torch.empty(2, 0, 4), torch.zeros(0, 3).t()]:
+        assert convnet.from_dlpack(t).shape == tuple(t.shape)
 
 
 def test_dlpack_torch(device, rng):

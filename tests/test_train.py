@@ -87,6 +87,39 @@ def test_resume_equals_never_stopping(data_dir, run_a, tmp_path):
     assert [r["val_top1"] for r in a] == [r["val_top1"] for r in b]
 
 
+def test_interrupt_inside_an_update_keeps_the_last_checkpoint(data_dir, run_a, tmp_path, monkeypatch):
+    """A second Ctrl-C lands at once, maybe between two parameters' updates: the checkpoint written
+    then held half of step 8's update under the position of step 8, and a resumed run redid the
+    step on top of it (silently not the run that never stopped). Now nothing is written then."""
+    import convnet
+
+    run(data_dir, tmp_path, "--epochs", "1")
+    sgd_update, at = convnet.ops.sgd_update, {"step": None, "calls": 0}
+
+    def note_step(net, step):
+        at["step"] = step
+
+    def update(*a, **k):
+        if at["step"] == 8:
+            at["calls"] += 1
+            if at["calls"] == 3:
+                raise KeyboardInterrupt
+        sgd_update(*a, **k)
+
+    monkeypatch.setattr(convnet.ops, "sgd_update", update)
+    with pytest.raises(train.TrainingError) as e:
+        train.train(["--resume", str(tmp_path), "--epochs", "3"], step_hook=note_step)
+    assert e.value.code == 130 and at["calls"] == 3
+    monkeypatch.setattr(convnet.ops, "sgd_update", sgd_update)
+    _, _, meta = weights(tmp_path)
+    assert (meta["train"]["epoch"], meta["train"]["batch"], meta["train"]["step"]) == (1, 0, 6)
+    train.train(["--resume", str(tmp_path), "--epochs", "3"])
+    got, _, _ = weights(tmp_path)
+    want, _, _ = weights(run_a)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def test_nan_stops_with_step_and_layer(data_dir, tmp_path, capsys):
     run(data_dir, tmp_path, "--epochs", "1")
     before, _, _ = weights(tmp_path)
@@ -219,8 +252,35 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
     (tmp_path / "junk").write_text("not a checkpoint")
     err = _exit(evaluate.main, [str(tmp_path / "junk")], capsys)
     assert "cannot load a checkpoint" in err
+    # a traceback from range() or np.concatenate, or (--limit -30) all but the last 30 images scored
+    for flags, message in [(["--batch-size", "0"], "--batch-size must be >= 1"),
+                           (["--limit", "-30"], "--limit must be >= 1"), (["--limit", "0"], "--limit must be >= 1")]:
+        err = _exit(evaluate.main, [str(run_a), "--data", str(data_dir)] + flags, capsys)
+        assert message in err and "Traceback" not in err, err
     err = _exit(train.main, ["--resume", str(tmp_path / "nowhere")], capsys)
     assert "--resume" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    # tracebacks once the run folder was written (Loader, SGD's first step, the schedule)
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--lr", "nan"], "--lr must be finite and >= 0"),
+    (["--momentum", "inf"], "--momentum must be finite"),
+    (["--milestones", "a,b"], "--milestones must be comma-separated epochs"),
+    (["--lr-factor", "2", "--schedule", "plateau"], "--lr-factor must be in"),
+    (["--lighting", "-1"], "--lighting must be finite and >= 0"),
+    # silently wrong: no training, every image but the last 100, the rate -0.01 after epoch 2,
+    # no lighting, epochs of no step reporting a training loss of 0.0000
+    (["--epochs", "-1"], "--epochs must be >= 1"),
+    (["--limit-train", "-100"], "--limit-train must be >= 1"),
+    (["--lr-factor", "-1"], "--lr-factor must be in"),
+    (["--lighting", "nan"], "--lighting must be finite and >= 0"),
+    (["--limit-train", "20", "--batch-size", "50"], "20 training images make no full batch of 50"),
+])
+def test_bad_numbers_stop_before_anything_is_written(data_dir, tmp_path, capsys, flags, message):
+    err = _exit(train.main, ["--data", str(data_dir), "--run-dir", str(tmp_path / "r")] + TINY + flags, capsys)
+    assert message in err, err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
 
 
 def test_resume_keeps_the_runs_devices(data_dir, tmp_path, monkeypatch):

@@ -46,6 +46,10 @@ class Dataset:
         self.mean = np.asarray(mean, np.float32)
         self.pca_eigval = np.asarray(eigval, np.float32).reshape(3)
         self.pca_eigvec = np.asarray(eigvec, np.float32).reshape(3, 3)
+        # a NaN here made every training image NaN: the run stopped at step 0 blaming the input
+        # images and suggesting a smaller --lr
+        if not all(np.isfinite(a).all() for a in (self.mean, self.pca_eigval, self.pca_eigvec)):
+            raise ValueError(f"open_dataset: {path}: the mean image or the PCA lighting values are not finite")
         self.image_size = int(self.mean.shape[0])
         self.info = info or {}
 
@@ -93,7 +97,7 @@ def _open_prepared(path, index_file):
         index = json.loads(index_file.read_text())
     except ValueError as e:
         raise ValueError(f"open_dataset: {index_file} is not valid JSON ({e})") from None
-    if index.get("format") != shards.FORMAT:
+    if not isinstance(index, dict) or index.get("format") != shards.FORMAT:
         raise _not_prepared(path)
     if index.get("version") != shards.VERSION:
         raise ValueError(f"open_dataset: {path} has format version {index.get('version')}, this convnet reads "
@@ -109,6 +113,13 @@ def _open_prepared(path, index_file):
             raise FileNotFoundError(f"open_dataset: {path} is incomplete: missing {missing or info['labels']}")
         images = shards.open_images(path, info["shards"], index["image_size"])
         labels = np.load(path / info["labels"], mmap_mode="r")
+        # a label out of range would stop training at the step that first draws it, maybe hours in
+        if labels.dtype.kind not in "iu" or labels.ndim != 1:
+            raise ValueError(f"open_dataset: {path / info['labels']} holds {labels.dtype} {labels.shape}, "
+                             f"not integer labels (N,)")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(index["classes"])):
+            raise ValueError(f"open_dataset: {path / info['labels']} holds labels from {labels.min()} to "
+                             f"{labels.max()}, outside 0..{len(index['classes']) - 1} ({len(index['classes'])} classes)")
         splits[name] = Split(name, images, labels)
     mean = np.load(path / index["mean"])
     pca = index["pca"]

@@ -16,13 +16,39 @@ def is_cifar_folder(path):
     return (path / META_FILE).is_file() and ((path / TEST_FILE).is_file() or (path / TRAIN_FILES[0]).is_file())
 
 
+def _unpickle(path, keys):
+    """The dict of a CIFAR-10 pickle file, holding `keys`. A truncated or foreign file fails inside
+    pickle in many ways (UnpicklingError, EOFError, TypeError...) that did not name the file."""
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever pickle raised, the file is not a CIFAR-10 batch
+        raise ValueError(f"cifar: {path} is not a CIFAR-10 pickle (truncated or corrupt?): "
+                         f"{type(e).__name__}: {e}") from None
+    missing = [k.decode() for k in keys if not isinstance(d, dict) or k not in d]
+    if missing:
+        raise ValueError(f"cifar: {path} is not a CIFAR-10 pickle: it holds no {' and '.join(missing)}")
+    return d
+
+
+def _integers(a, dtype, what):
+    """a as the integer `dtype`, every value kept (astype wrapped 300 to 44 and -1 to 255)."""
+    from convnet import _cast
+
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers, got {a.dtype}")
+    return _cast(a, dtype, what)
+
+
 def _load(path):
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
-    data = np.asarray(d[b"data"], dtype=np.uint8)
+    d = _unpickle(path, (b"data", b"labels"))
+    data = _integers(d[b"data"], np.uint8, f"cifar: {path} data")
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"cifar: {path} holds data of shape {data.shape}, expected (N, 3072)")
-    labels = np.asarray(d[b"labels"], dtype=np.int32)
+    labels = _integers(d[b"labels"], np.int32, f"cifar: {path} labels")
     if len(labels) != len(data):
         raise ValueError(f"cifar: {path} has {len(data)} images but {len(labels)} labels")
     # Each row is the red plane, then green, then blue, each 32x32 row-major.
@@ -32,8 +58,7 @@ def _load(path):
 def read(path):
     """(classes, {"train": (images, labels) or None, "val": ...}) from a cifar-10-batches-py folder."""
     path = Path(path)
-    with open(path / META_FILE, "rb") as f:
-        meta = pickle.load(f, encoding="bytes")
+    meta = _unpickle(path / META_FILE, (b"label_names",))
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
     parts = [_load(path / n) for n in TRAIN_FILES if (path / n).is_file()]
     splits = {"train": None, "val": None}

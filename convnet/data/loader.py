@@ -45,7 +45,10 @@ class Loader:
         if batch_size < 1:
             raise ValueError(f"Loader: batch_size must be positive, got {batch_size}")
         self.split, self.batch_size, self.train = split, int(batch_size), bool(train)
-        self.images, self.labels = split.images, np.asarray(split.labels, dtype=np.int32)
+        labels = np.asarray(split.labels)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"Loader: split.labels must be integers, got {labels.dtype}")
+        self.images, self.labels = split.images, convnet._cast(labels, np.int32, "Loader: split.labels")
         shape = tuple(getattr(self.images, "shape", ()))
         if len(shape) != 4 or shape[3] != 3 or np.dtype(getattr(self.images, "dtype", None)) != np.uint8:
             raise TypeError(f"Loader: split.images must be uint8 (N, H, W, 3), got "
@@ -60,7 +63,7 @@ class Loader:
             raise ValueError(f"Loader: crop {self.crop_hw} does not fit in {h}x{w} images")
         self.flip = bool(flip) and self.train
         self.lighting = float(lighting) if self.train else 0.0
-        if self.lighting < 0:
+        if not self.lighting >= 0:  # a NaN passed "< 0" and then "> 0" too: no lighting, silently
             raise ValueError(f"Loader: lighting must be >= 0, got {lighting}")
         if self.lighting > 0:
             if pca is None:

@@ -76,10 +76,7 @@ class ShardedImages:
     def _shard(self, s):
         a = self._arrays[s]
         if a is None:  # two threads may both map it: harmless, one mapping is kept
-            a = np.load(self._paths[s], mmap_mode="r")
-            if len(a) != self._starts[s + 1] - self._starts[s] or a.shape[1:] != self.shape[1:]:
-                raise ValueError(f"shard {self._paths[s]} holds {a.shape}, the index says "
-                                 f"{self._starts[s + 1] - self._starts[s]} images of {self.shape[1:]}")
+            a = _load_shard(self._paths[s], self._starts[s + 1] - self._starts[s], self.shape[1:])
             self._arrays[s] = a
         return a
 
@@ -133,13 +130,23 @@ def _allow_open_files(n):
         pass
 
 
+def _load_shard(path, count, item_shape):
+    """Memory-map one shard file, which must hold `count` uint8 images of `item_shape`."""
+    a = np.load(path, mmap_mode="r")
+    if a.dtype != np.uint8 or len(a) != count or a.shape[1:] != tuple(item_shape):
+        raise ValueError(f"shard {path} holds {a.dtype} {a.shape}, the index says {count} uint8 images of "
+                         f"{tuple(item_shape)}")
+    return a
+
+
 def open_images(folder, shards, image_size):
-    """Memory-map a split's shard files: the plain np.memmap when there is one shard."""
+    """Memory-map a split's shard files: the plain np.memmap when there is one shard (checked
+    here; several shards are checked as each is first mapped)."""
     used = [s for s in shards if s["count"] > 0]
     if not used:
         return None
     if len(used) == 1:
-        return np.load(Path(folder) / used[0]["file"], mmap_mode="r")
+        return _load_shard(Path(folder) / used[0]["file"], used[0]["count"], (image_size, image_size, 3))
     return ShardedImages([Path(folder) / s["file"] for s in used], [s["count"] for s in used],
                          (image_size, image_size, 3))
 
