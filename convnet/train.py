@@ -417,6 +417,12 @@ def train(argv=None, step_hook=None):
         run_dir = Path(run_dir)
     else:
         run_dir = Path(args["run_dir"] or f"runs/{args['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
+        # a new run would empty the old one's metrics and replace its checkpoints
+        held = [f.name for f in (checkpoint_path(run_dir), checkpoint_path(run_dir, "best"), run_dir / "metrics.jsonl")
+                if f.is_file() and f.stat().st_size > 0]
+        if held:
+            raise TrainingError(f"--run-dir {run_dir} already holds a run ({', '.join(held)}): continue it with "
+                                f"--resume {run_dir}, or choose another --run-dir")
 
     check_args(args)
     devices = resolve_devices(args["devices"], args["towers"])

@@ -294,3 +294,18 @@ def test_resume_keeps_the_runs_devices(data_dir, tmp_path, monkeypatch):
     _, _, meta = weights(tmp_path)
     assert meta["train"]["epoch"] == 2
     assert meta["train"]["args"]["devices"] == "cpu:0,cpu:1"
+
+
+def test_a_new_run_never_overwrites_an_old_one(data_dir, tmp_path, capsys):
+    """A second run given the folder of a first (without --resume) is refused before it writes:
+    it would empty metrics.jsonl and replace the first run's checkpoints."""
+    run(data_dir, tmp_path, "--epochs", "1")
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()}
+    assert "checkpoint-last.safetensors" in before and before["metrics.jsonl"]
+    err = _exit(train.main, ["--data", str(data_dir), "--run-dir", str(tmp_path)] + TINY, capsys)
+    assert f"--run-dir {tmp_path} already holds a run" in err and f"--resume {tmp_path}" in err, err
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()} == before
+    # an empty folder (made beforehand, say) is fine
+    (tmp_path / "fresh").mkdir()
+    run(data_dir, tmp_path / "fresh", "--epochs", "1")
+    assert train.checkpoint_path(tmp_path / "fresh").exists()

@@ -84,6 +84,7 @@ fi
 
 if stage train; then
   echo "== train ($(elapsed))"
+  rm -rf /tmp/convnet-gpu-run /tmp/convnet-gpu-small  # a new run refuses a folder holding an old one
   CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN_TIMEOUT:-150} $PY -m convnet.train ${TRAIN_ARGS:---model alexnet --image-size 256 --num-train 5120 --num-val 512 --epochs 2 --devices cuda:0 --run-dir /tmp/convnet-gpu-run --progress 0 --plots 0} > "$OUT/train.log" 2>&1
   echo "- train rc $?:" >> "$summary"; grep -E '^epoch|^data|^recipe|^done' "$OUT/train.log" | sed 's/^/  /' >> "$summary"
   CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN2_TIMEOUT:-150} $PY -m convnet.train ${TRAIN2_ARGS:---run-dir /tmp/convnet-gpu-small --progress 0 --plots 0} > "$OUT/train-small.log" 2>&1
