@@ -402,8 +402,9 @@ def train(argv=None, step_hook=None):
             net, opt_state, meta = checkpoint.load(str(ckpt), devices=resolve_devices(spec, 2))
         except (FileNotFoundError, OSError, ValueError, KeyError) as e:
             raise TrainingError(f"--resume: cannot load a checkpoint from {args['resume']}: {e}") from None
-        if "train" not in meta:
-            raise TrainingError(f"--resume: {ckpt} was not written by convnet-train")
+        if not isinstance(meta.get("train"), dict) or not isinstance(meta["train"].get("args"), dict):
+            raise TrainingError(f"--resume: {ckpt} was not written by convnet-train (no 'train' record "
+                                "with its 'args' in the metadata)")
         saved = meta["train"]["args"]
         for k in explicit - RESUMABLE_OVERRIDES - {"resume", "run_dir"}:
             if saved.get(k) != args[k]:

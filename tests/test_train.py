@@ -309,3 +309,21 @@ def test_a_new_run_never_overwrites_an_old_one(data_dir, tmp_path, capsys):
     (tmp_path / "fresh").mkdir()
     run(data_dir, tmp_path / "fresh", "--epochs", "1")
     assert train.checkpoint_path(tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize("train_record", ["x", {"epoch": 1}, None])
+def test_resume_from_a_checkpoint_with_a_damaged_train_record(data_dir, tmp_path, capsys, train_record):
+    """The metadata's 'train' section is not covered by the weights' SHA-256: a hand-edited one
+    is refused with the reason, not a traceback."""
+    import json
+
+    run(data_dir, tmp_path, "--epochs", "1")
+    meta_file = train.checkpoint_path(tmp_path).with_suffix(".json")
+    record = json.loads(meta_file.read_text())
+    if train_record is None:
+        del record["train"]
+    else:
+        record["train"] = train_record
+    meta_file.write_text(json.dumps(record))
+    err = _exit(train.main, ["--resume", str(tmp_path), "--epochs", "2"], capsys)
+    assert "was not written by convnet-train" in err and "Traceback" not in err, err
