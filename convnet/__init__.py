@@ -30,27 +30,12 @@ def _load_compiled():
 
 _C = _load_compiled()
 from ._C import Tensor
+from ._checks import cast
 
 __all__ = ["Tensor", "tensor", "from_dlpack", "empty", "zeros", "cuda_available", "device_count",
            "synchronize", "ops"]
 
 _DTYPES = {"float32": np.float32, "int32": np.int32, "uint8": np.uint8}
-
-
-def _cast(a, dtype, what="tensor"):
-    """NumPy array `a` as `dtype`. Into an integer dtype every value must fit: astype alone wraps
-    (int64 2**32 + 3 -> int32 3, -1 -> uint8 255) and turns NaN into -2**31, silently."""
-    dtype = np.dtype(dtype)
-    if a.dtype == dtype:
-        return a
-    if dtype.kind in "iu" and a.dtype.kind in "iuf" and a.size:
-        lo, hi = a.min(), a.max()
-        lo, hi = (int(lo), int(hi)) if a.dtype.kind in "iu" else (float(lo), float(hi))
-        info = np.iinfo(dtype)
-        if not info.min <= lo <= hi <= info.max:  # False for NaN too
-            raise ValueError(f"{what}: values from {lo} to {hi} do not fit in {dtype.name} "
-                             f"({info.min} to {info.max})")
-    return a.astype(dtype)
 
 
 def tensor(data, device="cpu", dtype=None):
@@ -68,12 +53,12 @@ def tensor(data, device="cpu", dtype=None):
     if dtype is not None:
         if dtype not in _DTYPES:
             raise TypeError(f"tensor: unsupported dtype {dtype!r} (use float32, int32 or uint8)")
-        a = _cast(a, _DTYPES[dtype])
+        a = cast(a, _DTYPES[dtype])
     elif a.dtype not in (np.float32, np.int32, np.uint8):
         if a.dtype.kind == "f":
             a = a.astype(np.float32)
         elif a.dtype.kind in "iu":
-            a = _cast(a, np.int32)
+            a = cast(a, np.int32)
         elif a.dtype.kind == "b":
             a = a.astype(np.uint8)
         else:

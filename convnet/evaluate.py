@@ -72,7 +72,6 @@ def predict(net, images_u8, mean, crop, views, batch_size=128, device=None):
 def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=None, limit=None):
     """Scores every checkpoint and, for several, their ensemble. Returns a list of settings, one
     per view count: {"views", "rows": [{"name", "top1", "top5", "probs"}], "labels"}."""
-    from convnet import data
     from convnet.train import TrainingError, open_data
 
     nets = [load_net(c, devices) for c in checkpoints]

@@ -17,14 +17,14 @@ layout, e.g. "conv2.weight" of shape (256, 48, 5, 5). A tower holds a slice of r
 channels) of each of its layers' parameters; state_dict() joins them, load_state_dict() splits.
 """
 import math
-import operator
 import re
 import threading
 from collections import defaultdict
 
 import numpy as np
 
-from . import _C, _cast, ops
+from . import _C, ops
+from ._checks import cast, integer
 from .layers import Dropout, Input, SoftmaxLoss, make_layer
 
 _DEVICE_NAME = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
@@ -54,20 +54,6 @@ def _dropout_seed(seed, step, index):
     return int(np.random.SeedSequence([int(seed), int(step), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _count(v, what):
-    """An integer >= 0 (a seed or a step: they seed NumPy's SeedSequence, which refuses negative
-    numbers with a bare 'expected non-negative integer'; int() would take 1.5)."""
-    try:
-        if isinstance(v, (bool, np.bool_)):
-            raise TypeError
-        v = operator.index(v)
-    except TypeError:
-        raise TypeError(f"{what} must be an integer, got {v!r}") from None
-    if v < 0:
-        raise ValueError(f"{what} must be >= 0, got {v}")
-    return v
-
-
 def _to_tensor(x, device):
     if isinstance(x, _C.Tensor):
         return x.to(device)
@@ -78,7 +64,7 @@ class Net:
     def __init__(self, layers, devices=None, seed=0, parallel=None, config=None):
         specs = [dict(s) if isinstance(s, dict) else s for s in layers]  # make_layer says what is wrong
         self.layers = [make_layer(s) for s in specs]
-        self.seed = _count(seed, "Net: seed")
+        self.seed = integer(seed, "Net: seed", minimum=0)
         self.step = 0  # training forwards so far: with the seed, it picks the dropout masks
         self.config = config if config is not None else {"layers": specs, "seed": self.seed}
         self._check_graph()
@@ -378,10 +364,10 @@ class Net:
                 raise ValueError(f"Net.forward: labels of shape {labels.shape} for {images.shape[0]} images")
             if labels.dtype.kind not in "iu":
                 raise TypeError(f"Net.forward: labels must be integers, got {labels.dtype}")
-            labels = _cast(labels, np.int32, "Net.forward: labels")
+            labels = cast(labels, np.int32, "Net.forward: labels")
             labels = _C.from_numpy(np.ascontiguousarray(labels), self.loss_layer.device)
         if train:
-            step = self.step if step is None else _count(step, "Net.forward: step")
+            step = self.step if step is None else integer(step, "Net.forward: step", minimum=0)
             for i, layer in enumerate(self.layers):
                 if isinstance(layer, Dropout):
                     layer.seed = _dropout_seed(self.seed, step, i)

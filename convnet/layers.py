@@ -15,6 +15,7 @@ import operator
 
 from . import ops
 from . import _C
+from ._checks import integer
 
 
 def _int_setting(spec, key, minimum, default=None):
@@ -22,15 +23,7 @@ def _int_setting(spec, key, minimum, default=None):
     default). int() took 1.5 or "3", and a stride or groups of 0 surfaced as a bare
     ZeroDivisionError while the net was being built."""
     v = spec[key] if default is None else spec.get(key, default)
-    try:
-        if isinstance(v, bool):
-            raise TypeError
-        v = operator.index(v)
-    except TypeError:
-        raise ValueError(f"layer {spec['name']!r}: {key} must be an integer, got {v!r}") from None
-    if v < minimum:
-        raise ValueError(f"layer {spec['name']!r}: {key} must be >= {minimum}, got {v}")
-    return v
+    return integer(v, f"layer {spec['name']!r}: {key}", minimum, error=ValueError)
 
 
 def _init_settings(layer, spec):

@@ -5,30 +5,18 @@ and images). The compiled entry point of each op (csrc/ops/<family>.cpp) checks 
 dtypes and devices once and raises ValueError, TypeError or RuntimeError naming the op;
 this module only supplies defaults, normalises int-or-pair arguments, and documents.
 """
-import operator
-
 import numpy as np
 
 from . import _C
-
-
-def _int(v, name):
-    """An integer argument (a Python or NumPy integer). int() would turn 1.5 into 1, "3" into 3
-    and True into 1 without a word."""
-    if not isinstance(v, (bool, np.bool_)):
-        try:
-            return operator.index(v)
-        except TypeError:
-            pass
-    raise TypeError(f"{name} must be an integer, got {v!r}")
+from ._checks import integer
 
 
 def _pair(v, name):
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-        return _int(v[0], name), _int(v[1], name)
-    return _int(v, name), _int(v, name)
+        return integer(v[0], name), integer(v[1], name)
+    return integer(v, name), integer(v, name)
 
 
 def _seed(seed):
@@ -36,7 +24,7 @@ def _seed(seed):
     an int64 (2**64 - 1 and -1 draw the same mask); None draws one."""
     if seed is None:
         return int(np.random.randint(0, 2**63 - 1, dtype=np.int64))
-    seed = _int(seed, "dropout: seed")
+    seed = integer(seed, "dropout: seed")
     if not -2**63 <= seed < 2**64:
         raise ValueError(f"dropout: seed must fit in 64 bits ([-2**63, 2**64)), got {seed}")
     return seed - 2**64 if seed >= 2**63 else seed
@@ -83,13 +71,13 @@ def add_(a, b):
 
 def concat(xs, axis=1):
     """A new tensor joining the tensors xs (same device, same shape outside `axis`) along axis."""
-    return _C.concat(list(xs), _int(axis, "concat: axis"))
+    return _C.concat(list(xs), integer(axis, "concat: axis"))
 
 
 def split(x, sizes, axis=1):
     """New tensors holding consecutive slices of x along axis, of the given sizes (summing to
     x.shape[axis]): the inverse of concat."""
-    return _C.split(x, [_int(s, "split: sizes") for s in sizes], _int(axis, "split: axis"))
+    return _C.split(x, [integer(s, "split: sizes") for s in sizes], integer(axis, "split: axis"))
 
 
 # ---- local response normalisation: csrc/ops/lrn.cpp ----
@@ -98,12 +86,12 @@ def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     """The paper's cross-channel LRN on NCHW x:
     b_i = a_i / (k + alpha * sum_{j=max(0,i-size//2)}^{min(C-1,i+size//2)} a_j^2)^beta.
     alpha is NOT divided by size (Caffe and PyTorch divide; pass alpha*size to compare)."""
-    return _C.lrn(x, _int(size, "lrn: size"), float(alpha), float(beta), float(k))
+    return _C.lrn(x, integer(size, "lrn: size"), float(alpha), float(beta), float(k))
 
 
 def lrn_backward(x, y, dy, size=5, alpha=1e-4, beta=0.75, k=2.0):
     """Gradient of lrn with respect to x, from its input x, output y and output gradient dy."""
-    return _C.lrn_backward(x, y, dy, _int(size, "lrn_backward: size"), float(alpha), float(beta), float(k))
+    return _C.lrn_backward(x, y, dy, integer(size, "lrn_backward: size"), float(alpha), float(beta), float(k))
 
 
 # ---- max-pool: csrc/ops/pool.cpp ----
@@ -114,7 +102,7 @@ def max_pool(x, size=3, stride=2, return_indices=False):
     With return_indices=True returns (y, indices): indices (int32, shaped like y) hold each
     window's first maximal input (row-major) as its flat offset h * W + w in the input plane,
     for max_pool_backward(..., indices=indices)."""
-    y, indices = _C.max_pool(x, _int(size, "max_pool: size"), _int(stride, "max_pool: stride"), bool(return_indices))
+    y, indices = _C.max_pool(x, integer(size, "max_pool: size"), integer(stride, "max_pool: stride"), bool(return_indices))
     return (y, indices) if return_indices else y
 
 
@@ -125,8 +113,8 @@ def max_pool_backward(x, y, dy, size=3, stride=2, indices=None):
     max_pool(..., return_indices=True) the argmax is not recomputed and y may be None; the
     result is bitwise the same. An index outside its window raises ValueError on the CPU; on a
     GPU (not checked: no sync) its gradient is dropped."""
-    return _C.max_pool_backward(x, y, dy, _int(size, "max_pool_backward: size"),
-                                _int(stride, "max_pool_backward: stride"), indices)
+    return _C.max_pool_backward(x, y, dy, integer(size, "max_pool_backward: size"),
+                                integer(stride, "max_pool_backward: stride"), indices)
 
 
 # ---- softmax with cross-entropy: csrc/ops/softmax.cpp ----
@@ -149,7 +137,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, groups=1):
     (out_channels,) if given. Output size (H + 2*pad - kh) // stride + 1 (floor)."""
     sh, sw = _pair(stride, "conv2d: stride")
     ph, pw = _pair(padding, "conv2d: padding")
-    return _C.conv2d(x, w, b, sh, sw, ph, pw, _int(groups, "conv2d: groups"))
+    return _C.conv2d(x, w, b, sh, sw, ph, pw, integer(groups, "conv2d: groups"))
 
 
 def conv2d_backward(x, w, dy, stride=1, padding=0, groups=1, input_grad=True, weight_grad=True):
@@ -157,7 +145,7 @@ def conv2d_backward(x, w, dy, stride=1, padding=0, groups=1, input_grad=True, we
     input_grad=False skips dx (None), weight_grad=False skips dw and db (None)."""
     sh, sw = _pair(stride, "conv2d_backward: stride")
     ph, pw = _pair(padding, "conv2d_backward: padding")
-    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, _int(groups, "conv2d_backward: groups"), bool(input_grad),
+    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, integer(groups, "conv2d_backward: groups"), bool(input_grad),
                               bool(weight_grad))
 
 

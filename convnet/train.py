@@ -14,7 +14,6 @@ computes the same weights as one that never stopped.
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import cast
+
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
@@ -35,12 +37,10 @@ def _unpickle(path, keys):
 
 def _integers(a, dtype, what):
     """a as the integer `dtype`, every value kept (astype wrapped 300 to 44 and -1 to 255)."""
-    from convnet import _cast
-
     a = np.asarray(a)
     if a.dtype.kind not in "iu":
         raise ValueError(f"{what} must be integers, got {a.dtype}")
-    return _cast(a, dtype, what)
+    return cast(a, dtype, what)
 
 
 def _load(path):

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import convnet
+from convnet._checks import cast
 
 from .augment import augment_batch, batch_rng, center_offsets, draw, lighting_shift
 
@@ -48,7 +49,7 @@ class Loader:
         labels = np.asarray(split.labels)
         if labels.dtype.kind not in "iu":
             raise TypeError(f"Loader: split.labels must be integers, got {labels.dtype}")
-        self.images, self.labels = split.images, convnet._cast(labels, np.int32, "Loader: split.labels")
+        self.images, self.labels = split.images, cast(labels, np.int32, "Loader: split.labels")
         shape = tuple(getattr(self.images, "shape", ()))
         if len(shape) != 4 or shape[3] != 3 or np.dtype(getattr(self.images, "dtype", None)) != np.uint8:
             raise TypeError(f"Loader: split.images must be uint8 (N, H, W, 3), got "
