@@ -3,8 +3,9 @@ core's per-thread steps, index maps and split-K rules, compiled for the host by 
 tools/emulate_winograd.cu (variant 3's Winograd transforms and GEMMs, the same way),
 tools/emulate_fft.cu (variant 5's FFT backward-filter: the spectrum kernel's steps, barrier by
 barrier, the product GEMMs and the inverse at the taps) and
-tools/emulate_lrn_pool.py (the LRN and max-pool kernel bodies compiled by g++), each against
-float64 references. Skipped, with the reason, where the compilers or the tools/ folder are missing."""
+tools/emulate_lrn_pool.py (the LRN and max-pool kernel bodies compiled by g++) and
+tools/emulate_softmax.py (the softmax kernels, one OS thread a CUDA thread, so that barriers and
+warp shuffles are real), each against float64 references. Skipped, with the reason, where the compilers or the tools/ folder are missing."""
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,9 @@ def test_fft_emulator(tmp_path):
     assert "all passed" in out.stdout, out.stdout[-3000:]
 
 
-def test_lrn_pool_emulator():
-    src = TOOLS / "emulate_lrn_pool.py"
+@pytest.mark.parametrize("name", ["emulate_lrn_pool", "emulate_softmax"])
+def test_python_driven_emulator(name):
+    src = TOOLS / f"{name}.py"
     _need("g++", src)
     out = subprocess.run([sys.executable, str(src)], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert out.returncode == 0 and " 0 failed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
