@@ -7,6 +7,7 @@ namespace convnet::cuda::linear_gemm {
 
 // Element (mn, k) = p[mn * ld + k]: a row-major matrix read along its rows.
 struct AlongRows : MatrixLoader<RowMajor, Contiguous::K> {};
+
 // Element (mn, k) = p[k * ld + mn]: a row-major matrix read along its columns.
 struct AlongColumns : MatrixLoader<RowMajor, Contiguous::MN> {};
 
