@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -262,6 +264,15 @@ PYBIND11_MODULE(_C, m) {
     gpu::empty_cache();
   });
   m.def("host_memory_cached", &host::cached_bytes);
+  // For a helper thread (the data loader's): its CPU kernels run on this many OpenMP threads.
+  // Its own team of several would make libgomp count more threads than cores, and then every
+  // team, the training thread's included, sleeps and is woken at each region instead of spinning.
+  m.def("set_cpu_threads_of_this_thread", [](int n) {
+    OpScope s("set_cpu_threads_of_this_thread");
+    CHECK_VALUE(n >= 1, "n must be >= 1, got ", n);
+    omp_set_num_threads(n);
+  }, py::arg("n"));
+  m.def("cpu_threads_of_this_thread", [] { return omp_get_max_threads(); });
   m.def("memory_allocated", &gpu::allocated_bytes);
   m.def("memory_cached", &gpu::cached_bytes);
   m.def("check_finite", [](const Tensor& t, const std::string& name) {
