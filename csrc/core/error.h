@@ -2,6 +2,7 @@
 // exception. The message starts with the name of the op that was running, so a
 // CUDA fault three layers deep still says which kernel it came from.
 #pragma once
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -37,8 +38,14 @@ inline void append_one(std::string& s, const std::string& v) { s += v; }
 inline void append_one(std::string& s, const char* v) { s += v; }
 inline void append_one(std::string& s, char v) { s += v; }
 inline void append_one(std::string& s, bool v) { s += v ? "true" : "false"; }
-template <class T, std::enable_if_t<std::is_arithmetic_v<T>, int> = 0>
+template <class T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
 void append_one(std::string& s, T v) { s += std::to_string(v); }
+// Floating point as %g: std::to_string's %f wrote 1e-50 as 0.000000 and 1e39 with 40 digits.
+inline void append_one(std::string& s, double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  s += b;
+}
 template <class... A>
 std::string message(const A&... parts) {
   std::string s = current_op();

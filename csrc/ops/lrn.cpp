@@ -2,8 +2,6 @@
 // allocate outputs, dispatch.
 #include <atomic>
 #include <cmath>
-#include <cstdio>
-#include <string>
 
 #include "../kernels/lrn.h"
 #include "dispatch.h"
@@ -22,13 +20,6 @@ std::atomic<int>& variant_slot() {
   return v;
 }
 
-// %g, so that a k of 1e-50 does not read "0.000000"
-std::string num(double v) {
-  char s[32];
-  std::snprintf(s, sizeof s, "%g", v);
-  return s;
-}
-
 LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, double k) {
   check_defined(x, "x");
   check_dtype(x, DType::f32, "x");
@@ -37,9 +28,9 @@ LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, dou
   // As float32, the kernels' type: alpha or beta past 3.4e38 becomes inf and k under 1e-45 becomes 0,
   // and each of those turned every output into NaN.
   const float a = (float)alpha, b = (float)beta, kf = (float)k;
-  CHECK_VALUE(std::isfinite(a) && a >= 0, "alpha must be finite and >= 0 as a float32, got ", num(alpha));
-  CHECK_VALUE(std::isfinite(b), "beta must be finite as a float32, got ", num(beta));
-  CHECK_VALUE(std::isfinite(kf) && kf > 0, "k must be finite and > 0 as a float32, got ", num(k));
+  CHECK_VALUE(std::isfinite(a) && a >= 0, "alpha must be finite and >= 0 as a float32, got ", alpha);
+  CHECK_VALUE(std::isfinite(b), "beta must be finite as a float32, got ", beta);
+  CHECK_VALUE(std::isfinite(kf) && kf > 0, "k must be finite and > 0 as a float32, got ", k);
   return LrnShape{x.size(0), x.size(1), x.size(2) * x.size(3), size, a, b, kf};
 }
 
