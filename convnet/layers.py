@@ -11,7 +11,6 @@ for inputs that need none) and fills each param's .grad. Per-sample shapes (no b
 are inferred by out_shape(in_shapes) so the net can be checked and printed without running.
 """
 import math
-import operator
 
 from . import ops
 from . import _C
@@ -138,12 +137,12 @@ class Input(Layer):
         super().__init__(spec)
         shape = spec["shape"]
         try:
-            if isinstance(shape, str) or any(isinstance(d, bool) for d in shape):
+            if isinstance(shape, str):
                 raise TypeError
-            self.shape = tuple(operator.index(d) for d in shape)
-        except TypeError:
+            self.shape = tuple(integer(d, "shape", minimum=1) for d in shape)
+        except (TypeError, ValueError):
             self.shape = ()
-        if not self.shape or min(self.shape) < 1:
+        if not self.shape:
             raise ValueError(f"layer {self.name!r}: shape must be a list of integers >= 1, got {shape!r}")
 
 
