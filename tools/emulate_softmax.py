@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emulate_lrn_pool import between  # this folder is on sys.path when run as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
@@ -107,11 +109,6 @@ extern "C" void emu_softmax_backward(int64_t n, int64_t k, const float* probs, c
 class Findings(ctypes.Structure):
     _fields_ = [("mean_loss", ctypes.c_double), ("nonfinite", ctypes.c_int64), ("bad_row", ctypes.c_int64),
                 ("bad_label", ctypes.c_int32)]
-
-
-def between(text, start, end):
-    i = text.index(start)
-    return text[i:text.index(end, i)]
 
 
 def build(workdir):
