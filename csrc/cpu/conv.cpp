@@ -210,7 +210,6 @@ void matrix_to_images(const float* m, int64_t rows, int64_t pq, int64_t nb, cons
     }
 }
 
-
 // Every group's weights packed once per call as the GEMM's left factor: w_g (forward) or
 // w_g^T (backward-data), shared read-only by all the (chunk, group) items, which would
 // otherwise each pack the same weights again.
