@@ -278,6 +278,30 @@ def test_max_pool_indices_nan(device, rng):
     assert_close(dx, max_pool_backward_ref(x, dy, 3, 2), 1e-6, "max_pool_backward(indices) with NaN")
 
 
+@pytest.mark.parametrize("planes", [1, 15, 16, 17, 40])
+@pytest.mark.parametrize("h,w,size,stride", [(13, 13, 3, 2), (9, 20, 3, 2), (7, 7, 2, 1), (11, 5, 4, 3),
+                                             (6, 40, 3, 1), (55, 55, 3, 2)])
+def test_max_pool_backward_plane_groups(device, rng, planes, h, w, size, stride):
+    # The CPU backward without indices takes sixteen planes at a time, one a vector lane: a group
+    # short of sixteen, planes whose size is no multiple of sixteen (the last one ends the tensor),
+    # and a group holding NaN (a path of its own) beside one without. Values: ties, -0 beside +0
+    # (equal: the first one wins), +-inf. The result must be bitwise that of the saved indices.
+    shape = (1, planes, h, w)
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
+    x[rng.random(shape) < 0.02] = np.inf
+    x[rng.random(shape) < 0.02] = -np.inf
+    if planes > 16:
+        x[0, 16, h // 2, w // 2] = np.nan  # the second group only
+    xt = convnet.tensor(x, device)
+    y, idx = ops.max_pool(xt, size, stride, return_indices=True)
+    dy_np = rng.standard_normal(y.shape).astype(np.float32)
+    dy = convnet.tensor(dy_np, device)
+    without = ops.max_pool_backward(xt, y, dy, size, stride).numpy()
+    assert np.array_equal(without, ops.max_pool_backward(xt, y, dy, size, stride, indices=idx).numpy())
+    assert_close(without, max_pool_backward_ref(x, dy_np, size, stride), 1e-6, "max_pool_backward by plane groups")
+
+
 def test_max_pool_indices_match_torch(device, rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 3, 11, 10)).astype(np.float32)  # no ties: torch's choice is unique
