@@ -136,7 +136,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         lib = build(tmp)
         failures, checked = 0, 0
-        shapes = ts.SHAPES + [(3, 33), (2, 300), (9, 64), (40, 1000)]
+        shapes = ts.SHAPES + [(3, 33), (2, 300), (9, 64), (40, 1000), (300, 3)]  # 300 rows: > kMeanThreads
         for (n, k), grid in ((s, g) for s in shapes for g in (1, 3, 0)):
             # clean rows, then bad labels and non-finite logits spread over the rows
             x = (rng.standard_normal((n, k)) * 4).astype(np.float32)
