@@ -2,10 +2,11 @@
 // Compiled only when the CUDA backend is built.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
-#include <thread>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -86,9 +87,17 @@ namespace {
 
 struct Block {
   void* ptr;
-  cudaEvent_t freed;  // GPU: recorded on the freeing thread's stream; pinned host: the last async copy (or null)
-  std::thread::id owner{};  // GPU: the freeing thread (its per-thread stream needs no wait to reuse the block)
+  cudaEvent_t freed;   // GPU: recorded on the freeing thread's stream; pinned host: the last async copy (or null)
+  uint64_t owner = 0;  // GPU: the freeing thread's serial (its per-thread stream needs no wait to reuse the block)
 };
+
+// A number for the calling thread, never given to another: std::thread::id may be reused by a new
+// thread, whose per-thread stream is new too, while the old thread's queued work still reads a block.
+uint64_t thread_serial() {
+  static std::atomic<uint64_t> next{1};
+  thread_local const uint64_t mine = next++;
+  return mine;
+}
 
 // Size classes: multiples of 512 bytes up to 1 MiB, then multiples of 2 MiB, so a
 // training loop that allocates the same shapes each step hits the cache every time.
@@ -150,12 +159,16 @@ void* allocate(int device, size_t nbytes) {
   {
     std::lock_guard<std::mutex> lock(p.m);
     // A block this thread freed first: its stream is ours, so stream order alone makes it safe.
-    const std::thread::id me = std::this_thread::get_id();
+    const uint64_t me = thread_serial();
     Block b{};
     if (p.take(size, b, [me](const Block& x) { return x.owner == me; })) {
-      p.allocated += size;
       // Work queued on another thread's stream may still read the block: wait for it on ours.
-      if (b.owner != me) CUDA_CHECK(cudaStreamWaitEvent(cuda::stream(), b.freed, 0));
+      const cudaError_t waited = b.owner == me ? cudaSuccess : cudaStreamWaitEvent(cuda::stream(), b.freed, 0);
+      if (waited != cudaSuccess) {
+        p.put(size, b);  // back in the cache, still behind its event
+        CUDA_CHECK(waited);
+      }
+      p.allocated += size;
       p.spare_events.push_back(b.freed);  // the wait is queued: the event may be recorded again
       return b.ptr;
     }
@@ -186,7 +199,7 @@ void deallocate(int device, void* ptr, size_t nbytes) {
   int prev = -1;
   cudaGetDevice(&prev);
   if (prev != device) cudaSetDevice(device);
-  Block b{ptr, nullptr, std::this_thread::get_id()};
+  Block b{ptr, nullptr, thread_serial()};
   {
     std::lock_guard<std::mutex> lock(p.m);
     if (!p.spare_events.empty()) {
