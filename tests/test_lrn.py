@@ -177,6 +177,10 @@ def test_lrn_bad_input(device):
             ops.lrn(x, **bad)
         with pytest.raises(ValueError, match="lrn_backward: " + match):
             ops.lrn_backward(x, x, x, **bad)
+    # channels past the CUDA kernels' int indexing (an empty tensor: the check comes before any work)
+    huge = convnet.empty((1, 1 << 30, 0, 1), device=device)
+    with pytest.raises(ValueError, match="lrn: channel counts of 2\\^30 or more are not supported"):
+        ops.lrn(huge)
     y = ops.lrn(x)
     wrong = convnet.tensor(np.ones((2, 3, 4, 5), np.float32), device)
     with pytest.raises(ValueError, match="lrn_backward: 'dy' must have shape"):

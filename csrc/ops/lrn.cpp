@@ -25,6 +25,8 @@ LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, dou
   check_dtype(x, DType::f32, "x");
   check_dim(x, 4, "x");
   CHECK_VALUE(size >= 1 && size % 2 == 1, "size must be an odd integer >= 1, got ", size);
+  // The CUDA kernels index channels in int, with a window's reach added
+  CHECK_VALUE(x.size(1) < ((int64_t)1 << 30), "channel counts of 2^30 or more are not supported, got ", x.size(1));
   // As float32, the kernels' type: alpha or beta past 3.4e38 becomes inf and k under 1e-45 becomes 0,
   // and each of those turned every output into NaN.
   const float a = (float)alpha, b = (float)beta, kf = (float)k;
