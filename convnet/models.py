@@ -107,14 +107,16 @@ def tower_specs(towers=2, num_classes=1000, input_size=224, widths=ALEXNET_WIDTH
 
 
 def alexnet(towers=2, devices=None, num_classes=1000, input_size=224, width=1.0, extra_conv=False, half=False,
-            seed=0, dropout=0.5, parallel=None):
+            seed=0, dropout=0.5, weight_std=0.01, parallel=None):
     """The paper's AlexNet. towers=2: two towers on two logical devices (crossover at conv3, fc6,
     fc7, fc8); towers=1: the same function on one device with groups=2 in conv2/4/5 (and LRN).
     half=True: the paper's one-GPU net with half the kernels (towers must be 1). width scales
     every conv and FC layer (for tests and small runs); input_size other than 224 changes the
-    spatial sizes (and fc6's input) accordingly."""
+    spatial sizes (and fc6's input) accordingly. weight_std: the initial weights' standard
+    deviation (paper: 0.01)."""
     config = {"model": "alexnet", "towers": towers, "num_classes": num_classes, "input_size": input_size,
-              "width": width, "extra_conv": extra_conv, "half": half, "seed": seed, "dropout": dropout}
+              "width": width, "extra_conv": extra_conv, "half": half, "seed": seed, "dropout": dropout,
+              "weight_std": weight_std}
     widths = ALEXNET_WIDTHS
     if half:
         if towers != 1:
@@ -123,7 +125,7 @@ def alexnet(towers=2, devices=None, num_classes=1000, input_size=224, width=1.0,
     widths = tuple(_even(w * width) for w in widths)
     fc = tuple(_even(f * width) for f in ALEXNET_FC)
     specs = tower_specs(towers, num_classes, input_size, widths, fc, dropout=dropout, extra_conv=extra_conv,
-                        groups=not half)
+                        groups=not half, weight_std=weight_std)
     return Net(specs, devices=devices, seed=seed, parallel=parallel, config=config)
 
 

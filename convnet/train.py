@@ -89,8 +89,8 @@ def build_parser():
     a("--patience", type=int, help="plateau: epochs without improvement before a cut")
     a("--max-cuts", type=int, help="plateau: at most this many cuts (paper: 3)")
     a("--milestones", help="step: comma-separated epochs after which lr is cut, e.g. 30,60,80")
-    a("--input-size", type=int, help="side of the images the data is stored at (paper: 256 -> crops "
-                                     "of 224); for the net: the crop side it sees")
+    a("--input-size", type=int, help="the net's input side: sets --crop when that is not given "
+                                     "(paper: 224, cut from images stored at 256)")
     a("--crop", type=int, help="side of the random training crop and the validation centre crop "
                                "(paper: 224)")
     a("--width", type=float, help="alexnet: multiplier on every layer's kernel count (paper: 1.0; "
@@ -253,7 +253,7 @@ def build_model(args, num_classes, devices):
         return models.alexnet(towers=args["towers"], devices=devices, num_classes=num_classes,
                               input_size=args["crop"], width=args["width"],
                               extra_conv=args["extra_conv"], seed=args["seed"],
-                              dropout=args["dropout"])
+                              dropout=args["dropout"], weight_std=args["weight_std"])
     widths = [int(w) for w in str(args["widths"]).split(",")]
     conv1 = [int(v) for v in str(args["conv1"]).split(",")]
     if len(widths) != 7 or len(conv1) != 3:

@@ -85,6 +85,18 @@ def test_variants_shapes():
         models.alexnet(towers=2, half=True)
 
 
+def test_alexnet_weight_std():
+    # --weight-std reaches the paper's net too (it once reached only the small one), and the
+    # config keeps it, so a rebuilt net draws the same weights
+    net = models.alexnet(towers=1, devices=["cpu"], num_classes=10, width=0.25, weight_std=0.05)
+    w = net.state_dict()["conv3.weight"]
+    assert abs(w.std() - 0.05) < 0.005
+    assert net.config["weight_std"] == 0.05
+    np.testing.assert_array_equal(models.build(net.config, devices=["cpu"]).state_dict()["conv3.weight"], w)
+    old = {k: v for k, v in net.config.items() if k != "weight_std"}  # a checkpoint from before
+    assert abs(models.build(old, devices=["cpu"]).state_dict()["conv3.weight"].std() - 0.01) < 0.001
+
+
 def test_build_from_config_roundtrip():
     net = models.small_alexnet(devices=CPU2, seed=3, widths=(8, 8, 8, 8, 8), fc=(16, 16))
     cfg = json.loads(json.dumps(net.config))
