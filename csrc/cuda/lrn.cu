@@ -31,11 +31,12 @@
 // latency; U = 16 takes 48 registers (5 blocks), so ~80 KB. conv1 (96 channels, chunk of 96:
 // 6 blocks of 16) has no partial block; conv2 (chunks of 52) a last block of 4 with 12 loads
 // predicated off. Prediction (H200): forward conv1 ~80-85 us (0.8 of copy; v1 took 111-115 us),
-// unless the limit is instruction issue (~20 instructions an element); the GPU run decides
-// whether it becomes the default. Backward U = 16 (half <= 2): 112 registers, 2 blocks an SM
+// unless the limit is instruction issue (~20 instructions an element). Backward U = 16 (half <= 2): 112 registers, 2 blocks an SM
 // with 32 loads (128 B) in flight a thread, ~64 KB an SM (U = 8: 68 registers, 3 blocks, ~49 KB),
 // and 1.25 instead of 1.5 t/p evaluations an element (the halo); conv2's chunks of 52 channels
 // waste 12 of 64 in the last block. Prediction: backward conv1 0.7-0.75 of copy (v1 0.61-0.67).
+// Both refuted by the H200 run of 84eeb79 (every variant 0.60-0.69 of copy:
+// benchmarks/results/2026-11-26-local3-predictions.md), so variant 2 stayed the default.
 //
 // Backward, in one pass per chunk: lead index j computes p_j = s_j^-beta and
 // t_j = dy_j x_j p_j / s_j; channel i = j - half is then finished as
@@ -205,7 +206,7 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_ring_kernel(const LrnSh
   }
 }
 
-// ---- variant 1 (default): channels in blocks of U, U loads issued together ----
+// ---- variant 1: channels in blocks of U, U loads issued together (variant 2's backward) ----
 // The ring kernels above shift their ring every channel, and the shift moves the value just
 // loaded, so each thread waits for each load right after issuing it (SASS: MOV of the LDG
 // result in the same iteration): about one load in flight per thread, whatever kAhead. Here a
