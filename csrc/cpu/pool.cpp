@@ -214,7 +214,9 @@ int64_t plane_scatter(const PoolShape& sh, const int32_t* ip, const float* dyp, 
 // which changes no sum: one that starts at +0 is never -0).
 // (Without AVX-512, GCC notes that passing these by value changes the ABI: no matter, every
 // function here is internal.)
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 using Floats = float __attribute__((vector_size(64)));  // one AVX-512 register, two AVX2 ones
 using Mask = int32_t __attribute__((vector_size(64)));  // int lanes; a comparison's are all ones or 0
 constexpr int64_t kPlanes = 16;                         // a group's planes, one a lane
