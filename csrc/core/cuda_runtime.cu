@@ -279,6 +279,23 @@ void copy_between_gpus(void* dst, int dst_dev, const void* src, int src_dev, siz
               (path == GpuCopyPath::automatic && p2p_allowed && (dst_dev == src_dev || enable_peer(dst_dev, src_dev)));
   if (peer) {  // cudaMemcpyPeerAsync also works between devices without peer access (the driver stages it)
     CUDA_CHECK(cudaMemcpyPeerAsync(dst, dst_dev, src, src_dev, nbytes, cuda::stream()));
+    if (dst_dev != src_dev) {
+      // The copy runs on the destination's stream, unordered with the source device's work: this
+      // thread's source stream waits for it, so a later free of the source (its event is recorded
+      // there) or this thread's reuse of the block comes after the copy has read it.
+      cudaEvent_t copied;
+      CUDA_CHECK(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
+      cudaError_t e = cudaEventRecord(copied, cuda::stream());
+      if (e == cudaSuccess) {
+        int current = -1;
+        e = cudaGetDevice(&current);
+        if (e == cudaSuccess) e = cudaSetDevice(src_dev);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent(cuda::stream(), copied, 0);
+        if (current >= 0) cudaSetDevice(current);
+      }
+      cudaEventDestroy(copied);  // its resources go once it has completed
+      CUDA_CHECK(e);
+    }
     return;
   }
   // No peer access: stage through pinned host memory, synchronously.
