@@ -111,14 +111,18 @@ struct Pool : BlockCache<Block> {
   size_t allocated = 0;
 };
 
-Pool& pool(int device) {
+// The devices' pools, made at a device's first allocation; never freed: must outlive tensors
+// destroyed at exit. create false: nullptr for a device never allocated on.
+Pool* find_pool(int device, bool create) {
   static std::mutex m;
-  static std::map<int, Pool*> pools;  // never freed: must outlive tensors destroyed at exit
+  static std::map<int, Pool*> pools;
   std::lock_guard<std::mutex> lock(m);
-  Pool*& p = pools[device];
-  if (!p) p = new Pool();
-  return *p;
+  auto it = pools.find(device);
+  if (it != pools.end()) return it->second;
+  return create ? (pools[device] = new Pool()) : nullptr;
 }
+
+Pool& pool(int device) { return *find_pool(device, true); }
 
 void release_cached(int device, Pool& p) {  // caller holds p.m
   DeviceGuard g(Device{DeviceType::CUDA, device});
@@ -225,9 +229,10 @@ void deallocate(int device, void* ptr, size_t nbytes) {
 
 void empty_cache() {
   for (int d = 0; d < cuda_device_count(); ++d) {
-    Pool& p = pool(d);
-    std::lock_guard<std::mutex> lock(p.m);
-    release_cached(d, p);
+    Pool* p = find_pool(d, false);  // a GPU never used is left alone (no context made on it)
+    if (!p) continue;
+    std::lock_guard<std::mutex> lock(p->m);
+    release_cached(d, *p);
   }
   release_pinned_cache();
 }
