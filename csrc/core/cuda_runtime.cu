@@ -291,12 +291,12 @@ void copy_between_gpus(void* dst, int dst_dev, const void* src, int src_dev, siz
       cudaEvent_t copied;
       CUDA_CHECK(cudaEventCreateWithFlags(&copied, cudaEventDisableTiming));
       cudaError_t e = cudaEventRecord(copied, cuda::stream());
-      if (e == cudaSuccess) {
-        int current = -1;
-        e = cudaGetDevice(&current);
-        if (e == cudaSuccess) e = cudaSetDevice(src_dev);
+      try {
+        DeviceGuard gs(Device{DeviceType::CUDA, src_dev});
         if (e == cudaSuccess) e = cudaStreamWaitEvent(cuda::stream(), copied, 0);
-        if (current >= 0) cudaSetDevice(current);
+      } catch (...) {
+        cudaEventDestroy(copied);
+        throw;
       }
       cudaEventDestroy(copied);  // its resources go once it has completed
       CUDA_CHECK(e);
