@@ -37,11 +37,13 @@ constexpr int kL = 32;                 // DFT side
 constexpr int kF2 = kL / 2 + 1;        // columns kept of a real plane's spectrum
 constexpr int kFreq = kL * kF2;        // 544 frequencies
 constexpr int kPlanes = 8;             // planes per block of the spectrum kernel
+constexpr int kLoadPlanes = 4;         // planes whose loads a warp has in flight together (step 1)
 constexpr int kRowThreads = kPlanes * kL / 2;  // 128: one thread per pair of rows
 constexpr int kThreads = kPlanes * kF2;        // 136: one thread per kept column
 constexpr int64_t kMaxWorkspaceBytes = int64_t(1) << 30;
 static_assert(kRowThreads <= kThreads, "the row step runs on the first kRowThreads threads");
 static_assert(kThreads % kPlanes == 0, "the store step keeps one plane per thread");
+static_assert(kPlanes % kLoadPlanes == 0, "the load step takes the planes kLoadPlanes at a time");
 
 // cos and sin of 2 pi j / 32 (j < 32), correctly rounded to float.
 GEMM_HD float cos32(int j) {
@@ -159,14 +161,32 @@ struct PlaneSpectra {
     return src + (i * channels + ch) * height * width;
   }
 
-  // Step 1: the block's planes into shared memory, a warp per row (coalesced; width <= 32).
+  // Step 1: the block's planes into shared memory, a warp per row (coalesced; width <= 32). A warp
+  // loads its rows of kLoadPlanes planes before storing any, so 32 loads are in flight together
+  // (a load, then its store, row by row, left each block waiting out one memory latency per row:
+  // 54 of them for conv2); more planes at once would raise the registers above the transforms' 91.
   GEMM_HD void load(SpectrumSmem& sm, int64_t block, int tid) const {
-    const int warp = tid / 32, lane = tid % 32, warps = kThreads / 32;
+    constexpr int warps = kRowThreads / 32, rows = kL / warps;  // rows of a plane per warp (height <= 32)
+    const int warp = tid / 32, lane = tid % 32;
     if (warp >= warps || lane >= width) return;
-    for (int item = warp; item < kPlanes * height; item += warps) {
-      const int p = item / height, h = item - p * height;
-      const int64_t q = block * kPlanes + p;
-      if (q < planes()) sm.raw(p, h, lane) = GEMM_LDG(plane_src(q) + h * width + lane);
+#pragma unroll 1
+    for (int p0 = 0; p0 < kPlanes; p0 += kLoadPlanes) {
+      float v[kLoadPlanes][rows];
+#pragma unroll
+      for (int p = 0; p < kLoadPlanes; ++p) {
+        const bool real = block * kPlanes + p0 + p < planes();
+        const float* s = real ? plane_src(block * kPlanes + p0 + p) + lane : nullptr;
+#pragma unroll
+        for (int k = 0; k < rows; ++k) {
+          const int h = warp + k * warps;
+          v[p][k] = real && h < height ? GEMM_LDG(s + h * width) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int p = 0; p < kLoadPlanes; ++p)
+#pragma unroll
+        for (int k = 0; k < rows; ++k)
+          if (warp + k * warps < height) sm.raw(p0 + p, warp + k * warps, lane) = v[p][k];
     }
   }
 
@@ -217,25 +237,28 @@ struct PlaneSpectra {
     for (int f1 = 0; f1 < kL; ++f1) sm.re(p, f2, f1) = re[f1], sm.im(p, f2, f1) = im[f1];
   }
 
-  // Step 5: the stores, planes fastest across threads (consecutive images: consecutive floats).
-  // kThreads is a multiple of kPlanes, so each thread keeps one plane and walks (f, part).
+  // Step 5: the stores, one thread per (column f2, plane), planes fastest across threads
+  // (consecutive images: each store instruction fills whole 32-byte sectors), walking f1 with a
+  // fixed pointer step. (One item per (frequency, part) with its own index arithmetic made this
+  // step most of the kernel's instructions.)
   GEMM_HD void store(SpectrumSmem& sm, int64_t block, int tid) const {
-    const int p = tid % kPlanes;
+    const int p = tid % kPlanes, f2 = tid / kPlanes;
     const int64_t q = block * kPlanes + p;
-    if (q >= planes()) return;
+    if (f2 >= kF2 || q >= planes()) return;
     const int64_t ch = q / n, i = q - ch * n;
     const int groups = channels / rows_per_group, g = (int)(ch / rows_per_group);
     const int64_t ld = 2 * n, rows_per_z = (doubled ? 2 : 1) * (int64_t)rows_per_group;
     const int64_t zstride = rows_per_z * ld, second = rows_per_group * ld;
-    float* plane_out = out + ((int64_t)g * rows_per_z + (ch - (int64_t)g * rows_per_group)) * ld + i;  // f = 0
-    const int part_bits = doubled ? 2 : 1;
-    for (int item = tid / kPlanes; item < (kFreq << part_bits); item += kThreads / kPlanes) {
-      const int part = item & ((1 << part_bits) - 1), f = item >> part_bits, f1 = f / kF2, f2 = f - f1 * kF2;
-      float* o = plane_out + (int64_t)f * groups * zstride;
-      // parts: (row, i) = re, (row, n + i) = im, (row + rows_per_group, i) = im, (that row, n + i) = -re;
-      // selects, not branches: the 4 parts sit in one warp (8 lanes each)
+    // matrix z = f * groups + g, f = f1 * 17 + f2
+    float* o = out + ((int64_t)f2 * groups + g) * zstride + (ch - (int64_t)g * rows_per_group) * ld + i;
+    const int64_t step = (int64_t)kF2 * groups * zstride;
+#pragma unroll 4  // fully unrolled: 168 registers
+    for (int f1 = 0; f1 < kL; ++f1, o += step) {
+      // (row, i) = re, (row, n + i) = im; doubled: (row + rows_per_group, i) = im, (that row, n + i) = -re
       const float re = sm.re(p, f2, f1), im = sm.im(p, f2, f1);
-      o[((part & 1) ? n : 0) + ((part & 2) ? second : 0)] = part == 0 ? re : part == 3 ? -re : im;
+      o[0] = re;
+      o[n] = im;
+      if (doubled) o[second] = im, o[second + n] = -re;
     }
   }
 };
@@ -285,20 +308,37 @@ struct FilterFromProducts {
     float acc[kTapChunk];
 #pragma unroll
     for (int j = 0; j < kTapChunk; ++j) acc[j] = 0.f;
-    const int64_t zstride = 2 * (int64_t)Cg * Kg;
-    const float* base = prod + ((int64_t)g * 2 * Cg + c) * Kg + kk;
-    for (int f1 = 0; f1 < kL; ++f1)
+    // e^{+2 pi i (f1 r + f2 (s0 + j))/32} = e^{i a} e^{i b}: a = f1 r + f2 s0 from the table at run
+    // time, once per (f1, f2); b = f2 j a compile-time constant (f2 and j unrolled). So each
+    // product costs U = P e^{i a} (4 multiply-adds) and then 2 a tap. The 34 values of row f1 + 1
+    // are loaded while row f1 is summed (the compiler, left alone, put each load just before its
+    // use: one memory latency waited per frequency).
+    const int64_t fstride = (int64_t)groups * 2 * Cg * Kg, imag = (int64_t)Cg * Kg;
+    const float* row = prod + ((int64_t)g * 2 * Cg + c) * Kg + kk;
+    float pr[kF2], pi[kF2];
+#pragma unroll
+    for (int f2 = 0; f2 < kF2; ++f2, row += fstride) pr[f2] = GEMM_LDG(row), pi[f2] = GEMM_LDG(row + imag);
+    for (int f1 = 0; f1 < kL; ++f1) {
+      float next_r[kF2], next_i[kF2];
+      if (f1 + 1 < kL) {
+#pragma unroll
+        for (int f2 = 0; f2 < kF2; ++f2, row += fstride) next_r[f2] = GEMM_LDG(row), next_i[f2] = GEMM_LDG(row + imag);
+      }
+#pragma unroll
       for (int f2 = 0; f2 < kF2; ++f2) {
-        const float* e = base + (int64_t)((f1 * kF2 + f2) * groups) * zstride;
-        const float mult = (f2 == 0 || f2 == kF2 - 1) ? 1.f : 2.f;
-        const float pr = mult * GEMM_LDG(e), pi = mult * GEMM_LDG(e + (int64_t)Cg * Kg);
-        const int a0 = f1 * r + f2 * s0;
+        const int a = (f1 * r + f2 * s0) & (kL - 1);
+        const float ca = cs[a], sa = cs[kL + a];
+        const float ur = pr[f2] * ca - pi[f2] * sa, ui = pr[f2] * sa + pi[f2] * ca;
+        const float m = (f2 == 0 || f2 == kF2 - 1) ? 1.f : 2.f;
 #pragma unroll
         for (int j = 0; j < kTapChunk; ++j) {
-          const int a = (a0 + f2 * j) & (kL - 1);
-          acc[j] += pr * cs[a] - pi * cs[kL + a];
+          const int b = (f2 * j) & (kL - 1);
+          acc[j] += ur * (m * cos32(b)) - ui * (m * sin32(b));
         }
       }
+#pragma unroll
+      for (int f2 = 0; f2 < kF2; ++f2) pr[f2] = next_r[f2], pi[f2] = next_i[f2];
+    }
     float* out = dw + (((int64_t)g * Kg + kk) * Cg + c) * R * S + (int64_t)r * S + s0;
 #pragma unroll
     for (int j = 0; j < kTapChunk; ++j)

@@ -14,12 +14,12 @@ namespace convnet {
 namespace {
 
 constexpr int kConvVariants = 6;
-// Variant 4 (variant 3 with the multistage cp.async k-loop) measured fastest on an H200
-// (benchmarks/results/2026-11-26-h200-84eeb79/bench-variants.txt: fc7 backward 0.360 -> 0.287 ms,
-// conv3 backward-filter 0.631 -> 0.566; 3-4% slower only on conv1 forward/backward-filter and conv2
-// backward-filter) and passed every CUDA test there, under both variants. Variant 3 (Winograd for
-// conv3-5) and 2 over 0/1: benchmarks/results/NOTES-conv-cuda.md.
-constexpr int kDefaultConvVariant = 4;
+// Variant 5 (variant 4 plus the FFT backward-filter for conv2-like shapes) measured fastest on an
+// H200 (benchmarks/results/2026-11-27-h200-47382a3/bench-variants.txt: conv2 backward-filter
+// 2.216 -> 1.158 ms, every other row within 2%) and passed every CUDA test there, under both
+// variants. Variant 4 (the multistage cp.async k-loop) over 3: 2026-11-26-h200-84eeb79; variant 3
+// (Winograd for conv3-5) and 2 over 0/1: benchmarks/results/NOTES-conv-cuda.md.
+constexpr int kDefaultConvVariant = 5;
 
 std::atomic<int>& variant_slot() {
   static std::atomic<int> v{
