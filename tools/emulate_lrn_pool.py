@@ -42,15 +42,17 @@ template <class K, class... A> void launch(int64_t grid, int64_t block, K kernel
   for (int64_t b = 0; b < grid; ++b)
     for (int64_t t = 0; t < block; ++t) { blockIdx.x = b; threadIdx.x = t; kernel(args...); }
 }
-// a 2-D launch: grid (gx, gy), block (bx, by)
-template <class K, class... A> void launch2(int64_t gx, int64_t gy, int64_t bx, int64_t by, K kernel, A... args) {
-  gridDim.x = gx; gridDim.y = gy; blockDim.x = bx; blockDim.y = by;
+// a 2-D grid (gx, gy) of 3-D blocks (bx, by, bz)
+template <class K, class... A>
+void launch3(int64_t gx, int64_t gy, int64_t bx, int64_t by, int64_t bz, K kernel, A... args) {
+  gridDim.x = gx; gridDim.y = gy; blockDim.x = bx; blockDim.y = by; blockDim.z = bz;
   for (int64_t b = 0; b < gx * gy; ++b)
-    for (int64_t t = 0; t < bx * by; ++t) {
-      blockIdx.x = b % gx; blockIdx.y = b / gx; threadIdx.x = t % bx; threadIdx.y = t / bx;
+    for (int64_t t = 0; t < bx * by * bz; ++t) {
+      blockIdx.x = b % gx; blockIdx.y = b / gx;
+      threadIdx.x = t % bx; threadIdx.y = t / bx % by; threadIdx.z = t / (bx * by);
       kernel(args...);
     }
-  gridDim.y = blockDim.y = blockIdx.y = threadIdx.y = 0;
+  gridDim.y = blockDim.y = blockIdx.y = threadIdx.y = blockDim.z = threadIdx.z = 0;
 }
 namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1; } }
 '''
@@ -109,19 +111,26 @@ template <class Index, int S, int T>
 void pool_forward(int64_t g, const PoolShape& sh, const float* x, float* y, int32_t* idx) {
   launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, true>, sh, x, y, idx);
 }
-// launch_gather's grid and block (gather_thread_rows, gather_block), except: planes looped over min(planes, |g|)
-// grid rows, and blockDim.x forced to 8 for |g| == 3 (wider rows then loop over columns).
+// launch_gather's grid and block (gather_launch), except: plane blocks looped over min(plane blocks,
+// |g|) grid rows, and blockDim.x forced to 8 for |g| == 3 (wider rows then loop over columns).
 template <int S, int T>
 void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy, float* dx) {
+  const bool tiles = S != 0;
+  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride, planes = sh.n * sh.c;
+  const int64_t columns = tiles ? (sh.w + sh.stride - 1) / sh.stride : sh.w;
+  const int64_t thread_rows = tiles ? (tiles_h + pool::kGatherRows - 1) / pool::kGatherRows : tiles_h;
   int64_t bx = 8;
-  while (bx < 128 && bx < sh.w) bx *= 2;
+  while (bx < 128 && bx < columns) bx *= 2;
   if (g == 3 || g == -3) bx = 8;
-  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride, rows = S ? pool::kGatherRows : 1;
-  const int64_t thread_rows = (tiles_h + rows - 1) / rows;
   int64_t by = 1;
-  while (by < pool::kThreads / bx && (by < thread_rows || by * bx < 64)) by *= 2;
-  const int64_t gy = std::min<int64_t>(sh.n * sh.c, g < 0 ? -g : g);
-  launch2((thread_rows + by - 1) / by, gy, bx, by, pool::max_pool_gather_kernel<S, T>, sh, idx, dy, dx);
+  while (by < pool::kThreads / bx && (by < thread_rows || (!tiles && by * bx < 64))) by *= 2;
+  int64_t bz = 1;
+  while (tiles && bz * 2 * bx * by <= pool::kThreads && bz < planes) bz *= 2;
+  const int64_t gy = std::min<int64_t>((planes + bz - 1) / bz, g < 0 ? -g : g), gx = (thread_rows + by - 1) / by;
+  if constexpr (S != 0)
+    launch3(gx, gy, bx, by, bz, pool::max_pool_gather_tiles_kernel<S, T>, sh, idx, dy, dx);
+  else
+    launch3(gx, gy, bx, by, 1, pool::max_pool_gather_kernel, sh, idx, dy, dx);
 }
 template <class Index, int S, int T>
 void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {

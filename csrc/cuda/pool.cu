@@ -11,36 +11,34 @@
 // x once. A shared-memory staging of input rows was not chosen: it would save L1 wavefronts,
 // which are not the limit at ~20 bytes of DRAM traffic per output.
 // Backward, with indices (the training path): a gather, no atomics, deterministic, in the CPU
-// scatter's order (the same bits). A thread takes one column iw of kGatherRows consecutive tile
-// rows (each the `stride` input rows tr*stride ..; runtime windows: one tile row); consecutive
-// threads take consecutive columns, so each store instruction of a warp writes 32 consecutive
-// floats of one row. Grid: x over groups of thread rows (blockDim.y of them), y over planes
-// (looped past 65535): no index division. For the compiled 3/2 window a thread first loads the
-// indices and dy of all the windows covering its rows (5 window rows x 2 columns: 20 loads in
-// flight), then finishes its 8 input rows; a warp's loads of those are 17 consecutive elements of
-// each row (L1 hits shared by neighbouring threads; DRAM sees idx and dy once). For each element
-// the covering windows are visited in row-major order and a window's dy added where its index is
-// the element's own offset. An index outside its window (or the plane) is never matched by any
-// thread, so it cannot write out of bounds; its dy is dropped. Without indices: the forward
-// kernel first writes only the argmax into a scratch int32 buffer (the caching allocator), then
-// the same gather runs. Elements no window covers (the dropped edge, or gaps when size < stride)
-// get 0.
-// Why several tile rows a thread: with one (2 outputs a thread, its 8 loads mostly L1 hits) the
-// H200 ran 55->27 at 146 us, 0.34-0.37 of copy, for ~45 us of instruction issue and ~55 us of
-// DRAM traffic: latency-bound. Each block made one round trip (~1.5 us) for ~2.7 KB of DRAM
-// traffic, 8 blocks per SM: ~1.9 TB/s at best (the forward, ~5 KB per block's round trip,
-// reached 0.76-0.84). With kGatherRows = 4 each round trip carries 4x the bytes (48 registers:
-// 5 blocks of 256 per SM, so ~2.5x the bytes in flight per SM).
-// Prediction (H200, not yet run): 55->27 batch 128 (dx 148 MB written, idx and dy 36 MB each
-// read) 55-90 us (0.6-0.85 of copy; was 146 us); 27->13 and 13->6 likewise ~1.5-2.5x faster.
-// Refuted if 55->27 stays above 110 us: then the bound is not the round trips per byte.
+// scatter's order (the same bits): for each input element the windows covering it are visited
+// in row-major order and a window's dy added where its index is the element's own offset. An
+// index outside its window (or the plane) is never matched by any thread, so it cannot write
+// out of bounds; its dy is dropped. Elements no window covers (the dropped edge, or gaps when
+// size < stride) get 0. Without indices: the forward kernel first writes only the argmax into a
+// scratch int32 buffer (the caching allocator), then the same gather runs.
+// - Compiled 3/2 window (max_pool_gather_tiles_kernel): a thread takes one tile column (2 input
+//   columns) of kGatherRows tile rows, i.e. 2 x 8 input elements; it first loads the indices and
+//   dy of the 5 x 2 windows covering them (20 loads in flight), and since which of those covers
+//   which element is then a compile-time fact, each element costs only the compares of its own
+//   windows (4, 2, 2 or 1). Small planes put several planes in a block (blockDim.z).
+// - Runtime windows (max_pool_gather_kernel): a thread per (input column, tile row), plain
+//   loops over the covering windows.
+// Grids: x over groups of thread rows, y over planes (looped past 65535): no index division.
+// History (H200): one input column and one tile row a thread ran 55->27 at 146 us, 0.34-0.37
+// of copy (latency-bound: one round trip per 2 outputs); one column and 4 tile rows at 95 us,
+// 0.59 of copy (47382a3), then issue-bound (ncu: 3.2 instructions a cycle, integer pipe 73%
+// busy): every element compared against all four windows of its column pair with runtime
+// bounds, ~56 instructions an element. The tile-column kernel needs about half of that.
+// Prediction (not yet run): 55->27 at 55-70 us (0.8-0.95 of copy), 27->13 likewise, 13->6
+// (was 0.15-0.3: 256 planes of 13x13 in one-plane blocks of 64 threads, most idle) 2-3x faster.
 // The flat index is split with 32-bit division when it fits (64-bit division would cost about
 // as much as the memory traffic); offsets inside a plane are int32 (planes < 2^31, checked).
 //
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
 // 0 bytes stack frame, 0 bytes spill stores/loads for all. Registers, <Index, size, stride>:
 //   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29   <u32,0,0> 26 / 24   <i64,*> <= 31
-//   max_pool_gather_kernel (no Index: no division)  <3,2> 48 (kGatherRows 4; 32 with one row)  <0,0> 40
+//   max_pool_gather_tiles_kernel <3,2> 60   max_pool_gather_kernel (runtime window) 40
 // Timed on an H200 (results 2026-11-26-h200-29eff7f): forward 0.74-0.82 of copy.
 #include "../core/device.h"
 #include "../kernels/pool.h"
@@ -84,27 +82,91 @@ __global__ void __launch_bounds__(kThreads) max_pool_kernel(const PoolShape sh, 
   }
 }
 
-// Tile rows a thread of the compiled-window gather takes (see the header comment: with one, each
-// thread made one round trip for two outputs and the kernel was latency-bound).
+// Tile rows a thread of the compiled-window gather takes (see the header comment).
 constexpr int kGatherRows = 4;
 
-// One thread per column iw of kRows consecutive tile rows (the `stride` input rows each),
-// consecutive threads on consecutive columns (coalesced loads and stores along a row); see the
-// header comment. Grid: x over groups of thread rows (blockDim.y a block), y over planes (looped).
+// Compiled windows: one thread per (tile column m, kGatherRows tile rows) of a plane, i.e. the
+// kStride x kStride input blocks whose top-left corner is (tr*kStride, m*kStride); blockDim.z
+// planes a block (small planes). The windows covering those elements are rows
+// tr0 - kCover + 1 .. tr0 + kGatherRows - 1 and columns m - kCover + 1 .. m: their indices and dy
+// are all loaded first (-1, never an offset, outside the output). Whether window (i, j) covers
+// element (a, b) of a tile is then a compile-time fact, so each element costs only the compares
+// of the windows that do cover it (2.25 on average for 3/2), in row-major window order.
 template <int kSize, int kStride>
+__global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const PoolShape sh,
+                                                                          const int32_t* __restrict__ indices,
+                                                                          const float* __restrict__ dy,
+                                                                          float* __restrict__ dx) {
+  constexpr int kCover = (kSize + kStride - 1) / kStride;  // windows covering an element, at most, each way
+  constexpr int kWin = kGatherRows + kCover - 1;             // window rows a thread loads
+  const int h = (int)sh.h, w = (int)sh.w, p = (int)sh.p, q = (int)sh.q;
+  const int tr0 = ((int)blockIdx.x * (int)blockDim.y + (int)threadIdx.y) * kGatherRows;
+  if (tr0 * kStride >= h) return;  // no barrier in this kernel
+  const int64_t planes = sh.n * sh.c;
+  for (int64_t plane = (int64_t)blockIdx.y * blockDim.z + threadIdx.z; plane < planes;
+       plane += (int64_t)gridDim.y * blockDim.z) {
+    const int32_t* ip = indices + plane * p * q;
+    const float* dyp = dy + plane * p * q;
+    float* dxp = dx + plane * h * w;
+    for (int m = threadIdx.x; m * kStride < w; m += blockDim.x) {
+      int32_t wi[kWin][kCover];
+      float wd[kWin][kCover];
+#pragma unroll
+      for (int i = 0; i < kWin; ++i) {
+        const int oh = tr0 - kCover + 1 + i;
+#pragma unroll
+        for (int j = 0; j < kCover; ++j) {
+          const int ow = m - kCover + 1 + j;
+          const bool in = oh >= 0 && oh < p && ow >= 0 && ow < q;
+          const int o = in ? oh * q + ow : 0;
+          wi[i][j] = in ? __ldg(ip + o) : -1;
+          wd[i][j] = in ? __ldg(dyp + o) : 0.f;
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < kGatherRows; ++t) {
+#pragma unroll
+        for (int a = 0; a < kStride; ++a) {
+          const int ih = (tr0 + t) * kStride + a;
+          if (ih >= h) break;
+#pragma unroll
+          for (int b = 0; b < kStride; ++b) {
+            const int iw = m * kStride + b;
+            if (iw >= w) break;
+            const int self = ih * w + iw;
+            float acc = 0.f;
+            // window row tr0 + t - kCover + 1 + i covers input row ih when its last row reaches a
+            // (its first is at or above ih); likewise the columns: compile-time conditions
+#pragma unroll
+            for (int i = 0; i < kCover; ++i) {
+              if ((i - kCover + 1) * kStride + kSize - 1 < a) continue;
+#pragma unroll
+              for (int j = 0; j < kCover; ++j) {
+                if ((j - kCover + 1) * kStride + kSize - 1 < b) continue;
+                if (wi[t + i][j] == self) acc += wd[t + i][j];
+              }
+            }
+            dxp[self] = acc;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Runtime windows: one thread per (input column iw, tile row), consecutive threads on consecutive
+// columns; for each of the tile row's `stride` input rows, a plain loop over the covering
+// windows in row-major order. Grid: x over groups of tile rows (blockDim.y a block), y over
+// planes (looped past 65535).
 __global__ void __launch_bounds__(kThreads) max_pool_gather_kernel(const PoolShape sh,
                                                                     const int32_t* __restrict__ indices,
                                                                     const float* __restrict__ dy,
                                                                     float* __restrict__ dx) {
-  const int size = kSize ? kSize : (int)sh.size, stride = kStride ? kStride : (int)sh.stride;
-  // windows covering an element, at most, each way (compile-time windows only)
-  constexpr int kCover = kSize && kStride ? (kSize + kStride - 1) / kStride : 1;
-  constexpr int kStrideUnroll = kStride ? kStride : 1;  // no unrolling for a runtime stride
-  constexpr int kRows = kSize && kStride ? kGatherRows : 1;
+  const int size = (int)sh.size, stride = (int)sh.stride;
   const int h = (int)sh.h, w = (int)sh.w, p = (int)sh.p, q = (int)sh.q;
   const int tiles_h = (h + stride - 1) / stride;
-  const int tr0 = ((int)blockIdx.x * (int)blockDim.y + (int)threadIdx.y) * kRows;
-  if (tr0 >= tiles_h) return;  // no barrier in this kernel
+  const int tr = (int)blockIdx.x * (int)blockDim.y + (int)threadIdx.y;
+  if (tr >= tiles_h) return;  // no barrier in this kernel
   const int64_t planes = sh.n * sh.c;
   for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
     const int32_t* ip = indices + plane * p * q;
@@ -113,63 +175,19 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_kernel(const PoolSha
     for (int iw = threadIdx.x; iw < w; iw += blockDim.x) {
       // windows ow with ow*stride <= iw <= ow*stride + size - 1, inside the output
       const int ow_lo = iw >= size ? (iw - size) / stride + 1 : 0, ow_hi = min(iw / stride, q - 1);
-      if constexpr (kSize && kStride) {
-        // The windows oh = tr0 - kCover + 1 .. tr0 + kRows - 1 (those covering the thread's tile
-        // rows), ow = ow_lo ..: all their indices and dy loaded at once (no load waits on a
-        // compare; 4 x (kRows + kCover - 1) x kCover loads in flight); -1 (never an offset) outside.
-        constexpr int kWin = kRows + kCover - 1;
-        int32_t wi[kWin][kCover];
-        float wd[kWin][kCover];
-#pragma unroll
-        for (int i = 0; i < kWin; ++i) {
-          const int oh = tr0 - kCover + 1 + i;
-#pragma unroll
-          for (int j = 0; j < kCover; ++j) {
-            const int ow = ow_lo + j;
-            const bool in = oh >= 0 && oh < p && ow <= ow_hi;
-            const int o = in ? oh * q + ow : 0;
-            wi[i][j] = in ? __ldg(ip + o) : -1;
-            wd[i][j] = in ? __ldg(dyp + o) : 0.f;
+      for (int a = 0; a < stride; ++a) {
+        const int ih = tr * stride + a;
+        if (ih >= h) break;
+        const int oh_lo = ih >= size ? (ih - size) / stride + 1 : 0, oh_hi = min(tr, p - 1);
+        const int self = ih * w + iw;
+        float acc = 0.f;
+        for (int oh = oh_lo; oh <= oh_hi; ++oh) {
+          for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+            const int o = oh * q + ow;
+            if (__ldg(ip + o) == self) acc += __ldg(dyp + o);
           }
         }
-#pragma unroll
-        for (int t = 0; t < kRows; ++t) {
-          const int tr = tr0 + t;
-#pragma unroll
-          for (int a = 0; a < kStride; ++a) {
-            const int ih = tr * kStride + a;
-            if (ih >= h) break;
-            const int self = ih * w + iw;
-            float acc = 0.f;
-            // row-major window order, as the CPU scatter adds (the same bits)
-#pragma unroll
-            for (int i = 0; i < kCover; ++i) {
-              const int oh = tr - kCover + 1 + i;
-              const bool covers_row = oh * kStride + kSize - 1 >= ih;  // oh*stride <= ih holds: oh <= tr
-#pragma unroll
-              for (int j = 0; j < kCover; ++j)
-                if (covers_row && wi[t + i][j] == self) acc += wd[t + i][j];
-            }
-            dxp[self] = acc;
-          }
-        }
-      } else {  // runtime windows: plain loops over the covering windows, one tile row
-        const int tr = tr0;
-#pragma unroll kStrideUnroll
-        for (int a = 0; a < stride; ++a) {
-          const int ih = tr * stride + a;
-          if (ih >= h) break;
-          const int oh_lo = ih >= size ? (ih - size) / stride + 1 : 0, oh_hi = min(tr, p - 1);
-          const int self = ih * w + iw;
-          float acc = 0.f;
-          for (int oh = oh_lo; oh <= oh_hi; ++oh) {
-            for (int ow = ow_lo; ow <= ow_hi; ++ow) {
-              const int o = oh * q + ow;
-              if (__ldg(ip + o) == self) acc += __ldg(dyp + o);
-            }
-          }
-          dxp[self] = acc;
-        }
+        dxp[self] = acc;
       }
     }
   }
@@ -201,33 +219,37 @@ void launch_max_pool(const PoolShape& sh, const float* x, float* y, int32_t* ind
   }
 }
 
-// The gather's block: blockDim.x the power of two from 8 to 128 that covers w when it can (wider
-// rows loop), blockDim.y thread rows up to 256 threads in all, but no more rows than a plane has
-// (rounded up to a power of two; at least 64 threads): a warp spans rows when x < 32, so narrow
-// planes such as 13 wide (16 x 8 threads for 7 tile rows) keep most lanes busy.
-// Thread rows of a plane: its tile rows, kGatherRows to a thread for the compiled window.
-int64_t gather_thread_rows(const PoolShape& sh) {
-  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride, rows = paper_window(sh) ? kGatherRows : 1;
-  return (tiles_h + rows - 1) / rows;
-}
-
-dim3 gather_block(const PoolShape& sh) {
+// The gathers' blocks, up to kThreads threads (at least 64 where the plane allows): blockDim.x
+// the power of two from 8 to 128 that covers the columns a plane has for the kernel (tile
+// columns for the compiled window, input columns otherwise; wider rows loop), blockDim.y the
+// thread rows of a plane (rounded up to a power of two: a warp spans rows when x < 32) and, for
+// the compiled window only, blockDim.z planes, so that small planes (13x13 has 7 tile columns
+// and 2 thread rows) still fill the block.
+struct GatherLaunch {
+  dim3 grid, block;
+};
+GatherLaunch gather_launch(const PoolShape& sh, bool tiles) {
+  const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride;
+  const int64_t columns = tiles ? (sh.w + sh.stride - 1) / sh.stride : sh.w;
+  const int64_t thread_rows = tiles ? (tiles_h + kGatherRows - 1) / kGatherRows : tiles_h;
+  const int64_t planes = sh.n * sh.c;
   int x = 8;
-  while (x < 128 && x < sh.w) x *= 2;
-  const int64_t thread_rows = gather_thread_rows(sh);
+  while (x < 128 && x < columns) x *= 2;
   int y = 1;
-  while (y < kThreads / x && (y < thread_rows || y * x < 64)) y *= 2;
-  return dim3(x, y);
+  while (y < kThreads / x && (y < thread_rows || (!tiles && y * x < 64))) y *= 2;
+  int z = 1;
+  while (tiles && z * 2 * x * y <= kThreads && z < planes) z *= 2;
+  const int64_t plane_blocks = (planes + z - 1) / z;
+  return {dim3((unsigned)((thread_rows + y - 1) / y), (unsigned)std::min<int64_t>(plane_blocks, 65535)), dim3(x, y, z)};
 }
 
 void launch_gather(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx) {
-  const dim3 block = gather_block(sh);
-  const int64_t thread_rows = gather_thread_rows(sh), planes = sh.n * sh.c;
-  const dim3 grid((unsigned)((thread_rows + block.y - 1) / block.y), (unsigned)std::min<int64_t>(planes, 65535));
-  if (paper_window(sh))
-    max_pool_gather_kernel<3, 2><<<grid, block, 0, stream()>>>(sh, indices, dy, dx);
+  const bool tiles = paper_window(sh);
+  const GatherLaunch l = gather_launch(sh, tiles);
+  if (tiles)
+    max_pool_gather_tiles_kernel<3, 2><<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
   else
-    max_pool_gather_kernel<0, 0><<<grid, block, 0, stream()>>>(sh, indices, dy, dx);
+    max_pool_gather_kernel<<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
 }
 
 }  // namespace
@@ -241,7 +263,7 @@ void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, cons
                                int64_t* invalid) {
   *invalid = 0;  // not checked here: it would need a sync; a bad index gets no gradient
   launch_gather(sh, indices, dy, dx);
-  CUDA_CHECK_LAUNCH("max_pool_gather_kernel");
+  CUDA_CHECK_LAUNCH("max_pool gather kernel");
 }
 
 // Without saved indices: the argmax into scratch, then the gather. y is not read: the argmax is
