@@ -5,7 +5,8 @@
 #   summary.md   GPU, commit, pass/fail counts, benchmark table, training images/s
 #   build.log tests.log bench.txt bench.json train.log
 # Each stage has its own time limit so a hang in one still leaves the others' results.
-# Usage: tools/gpu_check.sh [stages...]   (stages: build tests variants bench train; default all)
+# Usage: tools/gpu_check.sh [stages...]   (stages: build tests variants bench train ncu memcheck;
+# default build tests variants bench train)
 # variants: the conv/linear tests under each GEMM variant in $VARIANTS (CONVNET_CONV_VARIANT;
 # default "4 5") and their benchmarks side by side (variants.log, bench-variants.txt).
 # bench: benchmarks/run.py --profile, so bench.txt ends with the kernels (and GPU times) of one
@@ -18,6 +19,10 @@
 #   TEST_FILTER="cuda or gpu or pinned or allocator" BENCH_ONLY=pool,lrn,softmax,step \
 #     tools/gpu_check.sh build tests variants bench
 # (TEST_FILTER: pytest -k; TEST_ARGS: more pytest arguments, split on spaces.)
+# ncu: Nsight Compute's throughput, occupancy and stall sections for the kernels of
+# tools/gpu_probe.py (conv2's FFT backward-filter, max-pool, LRN at conv1's size): ncu.txt, whose
+# lines per kernel (duration, DRAM throughput, occupancy, registers) are copied to summary.md.
+# memcheck: compute-sanitizer over tools/gpu_probe.py's small calls (memcheck.txt).
 # train: the paper's net at 224x224 for a short run (images/s), then the default small net on
 # the built-in data (train-small.log: it must learn, as on the CPU).
 set -uo pipefail
@@ -25,6 +30,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/latest}
 mkdir -p "$OUT"
 STAGES=${*:-build tests variants bench train}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # tools/gpu_probe.py imports the package built here
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 summary="$OUT/summary.md"
@@ -70,10 +76,13 @@ fi
 if stage variants; then
   echo "== variants ($(elapsed))"
   VARIANTS=${VARIANTS:-4 5}
+  : > "$OUT/variants.log"
   for v in $VARIANTS; do
+    echo "== CONVNET_CONV_VARIANT=$v" >> "$OUT/variants.log"
     CONVNET_CONV_VARIANT=$v timeout 120 $PY -m pytest -q -p no:cacheprovider -k cuda \
-      tests/test_conv.py tests/test_linear.py tests/test_conv_variants.py tests/test_graph.py > "$OUT/variants-$v.log" 2>&1
-    echo "- tests with CONVNET_CONV_VARIANT=$v (rc $?): $(tail -1 "$OUT/variants-$v.log")" >> "$summary"
+      tests/test_conv.py tests/test_linear.py tests/test_conv_variants.py tests/test_graph.py > "$OUT/variants-$v.tmp" 2>&1
+    echo "- tests with CONVNET_CONV_VARIANT=$v (rc $?): $(tail -1 "$OUT/variants-$v.tmp")" >> "$summary"
+    cat "$OUT/variants-$v.tmp" >> "$OUT/variants.log"; rm -f "$OUT/variants-$v.tmp"
   done
   CONVNET_BENCH_VARIANTS=$(echo $VARIANTS | tr ' ' ,) timeout 150 $PY benchmarks/run.py --device cuda:0 --only conv,linear > "$OUT/bench-variants.txt" 2>&1
   echo "- variant benchmark rc $? (bench-variants.txt)" >> "$summary"
@@ -94,6 +103,21 @@ if stage train; then
   echo "- train rc $?:" >> "$summary"; grep -E '^epoch|^data|^recipe|^done' "$OUT/train.log" | sed 's/^/  /' >> "$summary"
   CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN2_TIMEOUT:-150} $PY -m convnet.train ${TRAIN2_ARGS:---run-dir /tmp/convnet-gpu-small --progress 0 --plots 0} > "$OUT/train-small.log" 2>&1
   echo "- train (default small net, default devices: two logical GPUs on one) rc $?:" >> "$summary"; grep -E '^epoch|^done' "$OUT/train-small.log" | sed 's/^/  /' >> "$summary"
+fi
+if stage ncu; then
+  echo "== ncu ($(elapsed))"
+  timeout ${NCU_TIMEOUT:-150} ncu --clock-control none -k regex:"${NCU_KERNELS:-spectrum|filter_kernel|gemm|gather|max_pool|lrn}" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+    $PY tools/gpu_probe.py > "$OUT/ncu.txt" 2>&1
+  echo "- ncu rc $? (ncu.txt):" >> "$summary"
+  grep -E '^  [a-zA-Z_].*\(|^    (Duration|DRAM Throughput|Achieved Occupancy|Registers Per Thread|Issued Warp Per Scheduler) ' \
+    "$OUT/ncu.txt" | sed -e 's/^  \(.\{100\}\).*/  \1/' -e 's/^/  /' >> "$summary"
+fi
+
+if stage memcheck; then
+  echo "== memcheck ($(elapsed))"
+  timeout ${MEMCHECK_TIMEOUT:-120} compute-sanitizer --tool memcheck --leak-check no $PY tools/gpu_probe.py small > "$OUT/memcheck.txt" 2>&1
+  echo "- memcheck rc $?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck.txt" | tail -1)" >> "$summary"
 fi
 echo "- total $(elapsed)" >> "$summary"
 cat "$summary"
