@@ -275,22 +275,23 @@ class LRN(Layer):
     def _args(self):
         return self.size, self.alpha, self.beta, self.k
 
+    # With groups, the window stays inside each group of channels (a tower's). An image's groups
+    # are consecutive blocks of channels, so (N, C, H, W) viewed as (N * groups, C / groups, H, W)
+    # is the same memory with each group its own image: one call, no copies (a split into groups
+    # and a concat back cost the one-device AlexNet step ~8% on an H200).
+    def _grouped(self, t):
+        n, c, h, w = t.shape
+        return t if self.groups == 1 else t.reshape([n * self.groups, c // self.groups, h, w])
+
     def _forward(self, x, train):
-        if self.groups == 1:
-            y = ops.lrn(x, *self._args())
-            self._saved_x, self._saved_y = [x], [y]
-            return y
-        xs = ops.split(x, [x.shape[1] // self.groups] * self.groups, 1)
-        ys = [ops.lrn(xi, *self._args()) for xi in xs]
-        self._saved_x, self._saved_y = xs, ys
-        return ops.concat(ys, 1)
+        xg = self._grouped(x)
+        y = ops.lrn(xg, *self._args())
+        self._saved_x, self._saved_y = xg, y
+        return y.reshape(list(x.shape))
 
     def _backward(self, dy):
-        if self.groups == 1:
-            return ops.lrn_backward(self._saved_x[0], self._saved_y[0], dy, *self._args())
-        dys = ops.split(dy, [dy.shape[1] // self.groups] * self.groups, 1)
-        return ops.concat([ops.lrn_backward(x, y, d, *self._args())
-                           for x, y, d in zip(self._saved_x, self._saved_y, dys)], 1)
+        dx = ops.lrn_backward(self._saved_x, self._saved_y, self._grouped(dy), *self._args())
+        return dx.reshape(list(dy.shape))
 
     def describe(self):
         g = f" groups {self.groups}" if self.groups > 1 else ""

@@ -345,3 +345,28 @@ def test_explicit_concat_and_flatten_layers(rng):
     x = x[:, :2]
     assert_same_step(run_step(joined, x, y), run_step(explicit, x, y), rtol=1e-6)
     assert explicit.by_name["flat"].shape == (45,)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_lrn_layer_groups_normalise_each_group_alone(rng, device):
+    """An LRN layer with groups gives, forward and backward, exactly what ops.lrn gives on each
+    group of channels alone (the layer views the groups as images: no copies)."""
+    if device != "cpu" and not convnet.cuda_available():
+        pytest.skip("no GPU")
+    from convnet.layers import LRN
+    layer = LRN({"name": "n", "type": "lrn", "inputs": ["x"], "groups": 3, "size": 5, "alpha": 0.3})
+    layer.device = device
+    x = rng.standard_normal((2, 12, 3, 5)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y = layer._forward(convnet.tensor(x, device=device), train=True).numpy()
+    dx = layer._backward(convnet.tensor(dy, device=device)).numpy()
+    assert y.shape == dx.shape == x.shape
+    for g in range(3):
+        part = slice(4 * g, 4 * g + 4)
+        xg = convnet.tensor(np.ascontiguousarray(x[:, part]), device=device)
+        yg = convnet.ops.lrn(xg, 5, 0.3)
+        np.testing.assert_array_equal(y[:, part], yg.numpy())
+        dyg = convnet.tensor(np.ascontiguousarray(dy[:, part]), device=device)
+        np.testing.assert_array_equal(dx[:, part], convnet.ops.lrn_backward(xg, yg, dyg, 5, 0.3).numpy())
+    # a window across the whole 12 channels would differ: the groups are really separate
+    assert not np.allclose(y, convnet.ops.lrn(convnet.tensor(x, device=device), 5, 0.3).numpy())

@@ -46,3 +46,27 @@ def test_bad_input(device):
         ops.add_(a, b)
     with pytest.raises(TypeError, match="add_"):
         ops.add_(a, convnet.zeros((2, 3, 4), dtype="int32", device=device))
+
+
+@pytest.mark.parametrize("sizes", [(4, 8, 12), (4, 3, 8)])
+def test_concat_split_aligned_rows(device, rng, sizes):
+    """Channel concat/split with rows of whole 16-byte groups (the CUDA kernel's 4-float path)
+    and with one part breaking the alignment (its 1-float path), against NumPy. A NaN block of
+    the output's size is freed first, for the caching allocator to hand out again as the output
+    (an element left unwritten then shows as NaN)."""
+    poison = convnet.tensor(np.full((3, sum(sizes), 4, 4), np.nan, np.float32), device)
+    del poison
+    arrays = [rng.standard_normal((3, k, 4, 4)).astype(np.float32) for k in sizes]
+    y = ops.concat([convnet.tensor(a, device) for a in arrays], 1)
+    np.testing.assert_array_equal(y.numpy(), np.concatenate(arrays, 1))
+    for p, a in zip(ops.split(y, list(sizes), 1), arrays):
+        np.testing.assert_array_equal(p.numpy(), a)
+
+
+def test_concat_split_many_rows(device, rng):
+    """More rows than a CUDA grid's y dimension holds (65535): the row loop."""
+    arrays = [rng.standard_normal((70001, k)).astype(np.float32) for k in (1, 2)]
+    y = ops.concat([convnet.tensor(a, device) for a in arrays], 1)
+    np.testing.assert_array_equal(y.numpy(), np.concatenate(arrays, 1))
+    for p, a in zip(ops.split(y, [1, 2], 1), arrays):
+        np.testing.assert_array_equal(p.numpy(), a)
