@@ -12,12 +12,13 @@
 # bench: benchmarks/run.py --profile, so bench.txt ends with the kernels (and GPU times) of one
 # call of ours and of PyTorch's per case (which algorithm cuDNN picked, where our time goes);
 # BENCH_ONLY=pool,lrn (say) limits it to those families.
-# The checks still pending from CPU-only stops (conv variant 5, LRN variant 5, the max-pool
-# gather, the one-round-trip softmax, the shared allocator block cache), about 6 minutes; the
-# tests limited to the GPU cases (the CPU cases and the emulators, about 2 minutes of one core
-# here, already ran where the code was written), which keeps the call inside 10 minutes:
-#   TEST_FILTER="cuda or gpu or pinned or allocator" BENCH_ONLY=pool,lrn,softmax,step \
-#     tools/gpu_check.sh build tests variants bench
+# A check of CUDA code written without a GPU, about 3 minutes on an H200 (2026-11-27): the tests
+# limited to the GPU cases (the CPU cases and the emulators already ran where the code was
+# written), both conv variants, the local ops and the whole step, Nsight Compute, memcheck.
+# Pass COMMIT: the device machine's copy of .git can be older than the tree it was sent.
+#   COMMIT=$(git rev-parse --short HEAD) TEST_FILTER="cuda or gpu or pinned or allocator" \
+#     BENCH_ONLY=pool,lrn,softmax,step tools/gpu_check.sh build tests variants bench ncu memcheck
+# (it writes 9 files; the device tool returns 8: delete bench.json, say, before the call ends)
 # (TEST_FILTER: pytest -k; TEST_ARGS: more pytest arguments, split on spaces.)
 # ncu: Nsight Compute's throughput, occupancy and stall sections for the kernels of
 # tools/gpu_probe.py (conv2's FFT backward-filter, max-pool, LRN at conv1's size): ncu.txt, whose

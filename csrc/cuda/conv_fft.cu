@@ -17,10 +17,10 @@
 //   unrolled fill). The product GEMM is the Winograd backward-filter's instantiation (two k-fast
 //   dense operands); conv2's (M = 96, N = 128) takes the 48x128 tile: multistage 117 registers,
 //   23,552 bytes (128x128 127, 64x64 79), no spills.
-// Measured (ncu, H200, conv2 at batch 128, commit 47382a3): input spectra 173 us, gradient
-// spectra 376 us, products 225 us, filter 289 us. The spectra were bound by integer
-// instructions (the store step's per-item index arithmetic) and one memory latency per row
-// loaded; the filter by a load latency per frequency; both rewritten since (fft.cuh).
+// Measured (ncu, H200, conv2 at batch 128): at 47382a3 input spectra 173 us, gradient spectra
+// 376 us, products 225 us, filter 289 us (the spectra bound by integer instructions, the store
+// step's per-item index arithmetic, and one memory latency per row loaded; the filter by a load
+// latency per frequency); after rewriting those steps (deb597b) 58, 105, 226 and 61 us.
 #include "fft.cuh"
 
 namespace convnet::cuda::fft {

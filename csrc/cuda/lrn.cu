@@ -24,7 +24,7 @@
 // Variant 3: variant 1 with blocks of 16 channels (forward; backward for half <= 2); variant 4:
 // the ring forward and variant 3's backward (so each direction's winner can be the default).
 // Variant 5: a forward over spans of pixels (lrn_span_kernel: why and the prediction there) and
-// variant 2's backward. Not yet run on a GPU.
+// variant 2's backward; measured no faster (0.63-0.67 of copy, 47382a3 and deb597b).
 // Why: at H = 2 variant 1's
 // forward has 6 blocks of 256 threads per SM with 8 loads (32 B) each in flight, ~49 KB an SM,
 // below the ~55-60 KB that Little's law asks of an H200 SM at ~4.5 TB/s and ~1.5-2 us loaded
@@ -347,9 +347,11 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnS
 // 0.63-0.67 of copy, blocks of 8 channels 0.59-0.61, of 16 0.61. Here a thread takes
 // kSpanPixels pixels kThreads apart and kSpanChannels channels at a time: the same 16 loads in
 // flight as 16-channel blocks, but a block reads kSpanChannels rows of 4 KB, 4x fewer and 4x
-// longer streams (72 registers at the paper's window: 3 blocks an SM). Prediction (H200, not yet run): forward 0.75-0.85 of copy if the stream count
-// is the limit; unchanged (~0.6-0.67) refutes that. The sums run in the same order as the other
-// kernels (the same bits as variant 1's forward).
+// // longer streams (72 registers at the paper's window: 3 blocks an SM). Prediction (H200):
+// forward 0.75-0.85 of copy if the stream count is the limit; unchanged (~0.6-0.67) refutes
+// that. Refuted: 0.63-0.67 in the H200 runs of 47382a3 and deb597b (the ring forward 0.68-0.69
+// in the same runs). The sums run in the same order as the other kernels (the same bits as
+// variant 1's forward).
 constexpr int kSpanPixels = 4, kSpanChannels = 4;
 
 // Blocks: (image, chunk of channels, span of kThreads * kSpanPixels pixels), with as many chunks

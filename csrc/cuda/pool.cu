@@ -30,8 +30,9 @@
 // 0.59 of copy (47382a3), then issue-bound (ncu: 3.2 instructions a cycle, integer pipe 73%
 // busy): every element compared against all four windows of its column pair with runtime
 // bounds, ~56 instructions an element. The tile-column kernel needs about half of that.
-// Prediction (not yet run): 55->27 at 55-70 us (0.8-0.95 of copy), 27->13 likewise, 13->6
-// (was 0.15-0.3: 256 planes of 13x13 in one-plane blocks of 64 threads, most idle) 2-3x faster.
+// Predicted 55->27 at 55-70 us (0.8-0.95 of copy), 27->13 likewise, 13->6 (0.15-0.3: one-plane
+// blocks of 64 threads, most idle) 2-3x faster. Measured (deb597b): 55->27 66 us, 0.84 of copy;
+// 27->13 48 us, 0.76; 13->6 36 -> 17 us, 0.57 (a launch of that size is mostly fixed costs).
 // The flat index is split with 32-bit division when it fits (64-bit division would cost about
 // as much as the memory traffic); offsets inside a plane are int32 (planes < 2^31, checked).
 //
