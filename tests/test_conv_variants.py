@@ -164,7 +164,7 @@ def test_variant_switch_and_bad_values():
         _C.set_conv_variant(before)
 
 
-@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("4", "4"), ("5", "5"), ("0", "0"), ("", "4"), ("7", "ValueError")])  # unset: 4
+@pytest.mark.parametrize("value,expect", [("1", "1"), ("2", "2"), ("3", "3"), ("4", "4"), ("5", "5"), ("0", "0"), ("", "5"), ("7", "ValueError")])  # unset: the default, 5
 def test_variant_from_environment(value, expect):
     code = ("from convnet import _C\n"
             "try:\n    print(_C.conv_variant())\n"
