@@ -280,8 +280,10 @@ class LRN(Layer):
     # is the same memory with each group its own image: one call, no copies (a split into groups
     # and a concat back cost the one-device AlexNet step ~8% on an H200).
     def _grouped(self, t):
-        n, c, h, w = t.shape
-        return t if self.groups == 1 else t.reshape([n * self.groups, c // self.groups, h, w])
+        if self.groups == 1:
+            return t
+        n, c, h, w = t.shape  # 4-d, c divisible by groups: checked by _shape when the net was built
+        return t.reshape([n * self.groups, c // self.groups, h, w])
 
     def _forward(self, x, train):
         xg = self._grouped(x)

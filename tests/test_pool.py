@@ -231,6 +231,25 @@ def test_max_pool_bad_input(device):
             ops.max_pool_backward(x, y.to(other), y, 3, 2)
 
 
+
+@pytest.mark.parametrize("stride", [20, 2**31 - 1, 2**32, 2**32 + 1, 2**62])
+def test_max_pool_stride_past_the_plane(device, rng, stride):
+    """A stride past the plane gives one window each way: the same result as a stride of the
+    plane's size, with and without indices (once, 2^32 + 1 wrapped to 1 in the kernels' int
+    arithmetic, 2^32 divided by zero, and the CPU asked for a buffer of stride floats)."""
+    x = convnet.tensor(rng.standard_normal((2, 3, 20, 3)).astype(np.float32), device)
+    dy = convnet.tensor(rng.standard_normal((2, 3, 1, 1)).astype(np.float32), device)
+    want_y, want_i = ops.max_pool(x, 2, 20, return_indices=True)
+    y, i = ops.max_pool(x, 2, stride, return_indices=True)
+    assert y.shape == (2, 3, 1, 1)
+    np.testing.assert_array_equal(y.numpy(), want_y.numpy())
+    np.testing.assert_array_equal(i.numpy(), want_i.numpy())
+    want_dx = ops.max_pool_backward(x, want_y, dy, 2, 20).numpy()
+    np.testing.assert_array_equal(ops.max_pool_backward(x, y, dy, 2, stride).numpy(), want_dx)
+    np.testing.assert_array_equal(ops.max_pool_backward(x, None, dy, 2, stride, indices=i).numpy(), want_dx)
+    np.testing.assert_allclose(want_dx, max_pool_backward_ref(x.numpy(), dy.numpy(), 2, 20), rtol=0, atol=0)
+
+
 # ---- saved indices (max_pool(..., return_indices=True), max_pool_backward(..., indices=)) ----
 
 INDEX_CASES = CASES[:9] + [

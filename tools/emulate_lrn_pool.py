@@ -6,7 +6,8 @@ stand-ins (__ldg -> load, rsqrtf -> 1/sqrtf, blockIdx/threadIdx globals); every 
 every block then runs in turn. The host launchers (with <<<>>>) are mirrored by the small
 driver below. Outputs start as NaN, so an unwritten element fails; results are compared
 with the float64 references of tests/test_lrn.py and tests/test_pool.py, on their cases,
-with grids of 1, 3 and 1000 blocks (and the 64-bit index path of the pool kernels).
+with grids of 1, 3 and 1000 blocks (and the 64-bit index path of the pool kernels); the pool
+gradient also bit for bit against the CPU twin's (convnet.ops on the CPU).
 
     python tools/emulate_lrn_pool.py        (needs g++; about ten seconds)
 """
@@ -193,6 +194,9 @@ def build(workdir):
 def main():
     import test_lrn as tl
     import test_pool as tp
+
+    import convnet
+    from convnet import ops
     from reference import rel_error
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,15 +247,20 @@ def main():
                     bad.flat[1::5] = (bad.flat[1::5] + 1) % (shape[2] * shape[3])  # mostly a neighbour
                     dx3 = np.full(shape, np.nan, np.float32)
                     lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(bad), ptr(dy), ptr(dx3), grid, generic)
+                    # the CPU twin's gradient from the same indices: the same bits (the same adds in
+                    # the same row-major window order)
+                    cpu_dx = ops.max_pool_backward(convnet.tensor(x), None, convnet.tensor(dy), size, stride,
+                                                   indices=convnet.tensor(iref)).numpy()
                     e1 = 0.0 if np.array_equal(y, yref, equal_nan=True) else np.inf  # NaN windows: NaN
                     e2 = rel_error(dx, tp.max_pool_backward_ref(x, dy, size, stride))
                     e3 = rel_error(dx3, tp.scatter_indices_ref(bad, dy, shape, size, stride))
                     checked += 1
-                    if e1 > 0 or e2 > 1e-6 or e3 > 1e-6 or not np.array_equal(idx, iref) or not np.array_equal(dx, dx2):
+                    if (e1 > 0 or e2 > 1e-6 or e3 > 1e-6 or not np.array_equal(idx, iref) or not np.array_equal(dx, dx2)
+                            or not np.array_equal(dx, cpu_dx)):
                         failures += 1
                         print(f"FAIL pool {shape} {size}/{stride} ties {ties} generic {generic} grid {grid}: "
                               f"{e1:.3g} {e2:.3g} {e3:.3g} indices equal {np.array_equal(idx, iref)} "
-                              f"paths equal {np.array_equal(dx, dx2)}")
+                              f"paths equal {np.array_equal(dx, dx2)} CPU bits equal {np.array_equal(dx, cpu_dx)}")
         print(f"emulated CUDA lrn/pool: {checked} cases, {failures} failed")
         return 1 if failures else 0
 

@@ -164,7 +164,7 @@ struct PlaneSpectra {
   // Step 1: the block's planes into shared memory, a warp per row (coalesced; width <= 32). A warp
   // loads its rows of kLoadPlanes planes before storing any, so 32 loads are in flight together
   // (a load, then its store, row by row, left each block waiting out one memory latency per row:
-  // 54 of them for conv2); more planes at once would raise the registers above the transforms' 91.
+  // 54 of them for conv2); more planes at once would raise the registers above the transforms' 86.
   GEMM_HD void load(SpectrumSmem& sm, int64_t block, int tid) const {
     constexpr int warps = kRowThreads / 32, rows = kL / warps;  // rows of a plane per warp (height <= 32)
     const int warp = tid / 32, lane = tid % 32;

@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnS
 // 0.63-0.67 of copy, blocks of 8 channels 0.59-0.61, of 16 0.61. Here a thread takes
 // kSpanPixels pixels kThreads apart and kSpanChannels channels at a time: the same 16 loads in
 // flight as 16-channel blocks, but a block reads kSpanChannels rows of 4 KB, 4x fewer and 4x
-// // longer streams (72 registers at the paper's window: 3 blocks an SM). Prediction (H200):
+// longer streams (72 registers at the paper's window: 3 blocks an SM). Prediction (H200):
 // forward 0.75-0.85 of copy if the stream count is the limit; unchanged (~0.6-0.67) refutes
 // that. Refuted: 0.63-0.67 in the H200 runs of 47382a3 and deb597b (the ring forward 0.68-0.69
 // in the same runs). The sums run in the same order as the other kernels (the same bits as

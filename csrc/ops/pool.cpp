@@ -1,6 +1,7 @@
 // Entry points of the max-pool family: check arguments once, allocate outputs, dispatch.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 
@@ -20,6 +21,12 @@ PoolShape pool_shape(const Tensor& x, int64_t size, int64_t stride) {
               x.shape_str());
   CHECK_VALUE(x.size(2) * x.size(3) < ((int64_t)1 << 31), "planes of 2^31 or more elements are not supported, got ",
               x.shape_str());
+  // The kernels index rows and columns in int and step them by up to 256 (CUDA) at a time.
+  CHECK_VALUE(x.size(2) < ((int64_t)1 << 30) && x.size(3) < ((int64_t)1 << 30),
+              "heights and widths of 2^30 or more are not supported, got ", x.shape_str());
+  // A stride past the plane gives one window each way, exactly as a stride of the plane's size
+  // does: clamped so that the kernels' int arithmetic (and the CPU's per-stride buffers) stay small.
+  stride = std::min(stride, std::max(x.size(2), x.size(3)));
   PoolShape sh{x.size(0), x.size(1), x.size(2), x.size(3), size, stride, 0, 0};
   sh.p = (sh.h - size) / stride + 1;
   sh.q = (sh.w - size) / stride + 1;
