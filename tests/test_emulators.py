@@ -5,7 +5,8 @@ tools/emulate_fft.cu (variant 5's FFT backward-filter: the spectrum kernel's ste
 barrier, the product GEMMs and the inverse at the taps) and
 tools/emulate_lrn_pool.py (the LRN and max-pool kernel bodies compiled by g++) and
 tools/emulate_softmax.py (the softmax kernels, one OS thread a CUDA thread, so that barriers and
-warp shuffles are real), each against float64 references. Skipped, with the reason, where the compilers or the tools/ folder are missing."""
+warp shuffles are real), each against float64 references; and tools/gpu_probe.py smoke-run on the
+CPU. Skipped, with the reason, where the compilers or the tools/ folder are missing."""
 import shutil
 import subprocess
 import sys
@@ -58,3 +59,19 @@ def test_python_driven_emulator(name):
     _need("g++", src)
     out = subprocess.run([sys.executable, str(src)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and " 0 failed" in out.stdout, out.stdout[-3000:] + out.stderr[-2000:]
+
+
+def test_gpu_probe_runs_on_the_cpu():
+    """tools/gpu_probe.py (what gpu_check.sh's ncu and memcheck stages run on a GPU) runs, on the
+    CPU, so a GPU session does not find it broken."""
+    src = TOOLS / "gpu_probe.py"
+    if not src.exists():
+        pytest.skip(f"{src} not found (tests run outside the checkout)")
+    import os
+
+    import convnet
+    root = str(Path(convnet.__file__).resolve().parent.parent)  # the convnet this test imports
+    env = dict(os.environ, CONVNET_PROBE_DEVICE="cpu", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, str(src), "small"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "softmax" in out.stdout and "concat/split" in out.stdout, out.stdout

@@ -105,6 +105,7 @@ if stage train; then
   CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN2_TIMEOUT:-150} $PY -m convnet.train ${TRAIN2_ARGS:---run-dir /tmp/convnet-gpu-small --progress 0 --plots 0} > "$OUT/train-small.log" 2>&1
   echo "- train (default small net, default devices: two logical GPUs on one) rc $?:" >> "$summary"; grep -E '^epoch|^done' "$OUT/train-small.log" | sed 's/^/  /' >> "$summary"
 fi
+
 if stage ncu; then
   echo "== ncu ($(elapsed))"
   timeout ${NCU_TIMEOUT:-150} ncu --clock-control none -k regex:"${NCU_KERNELS:-spectrum|filter_kernel|gemm|gather|max_pool|lrn}" \

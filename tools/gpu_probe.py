@@ -3,9 +3,11 @@
     python tools/gpu_probe.py          conv2's backward-filter at batch 128 (variant 5's FFT path),
                                        max-pool (with and without saved indices) and LRN, forward
                                        and backward, at conv1's size: for ncu
-    python tools/gpu_probe.py small    the same ops on small, odd shapes, and softmax over 300
-                                       rows: for compute-sanitizer (memcheck), which is slow
+    python tools/gpu_probe.py small    the same ops on small, odd shapes, a runtime-size pooling
+                                       window, concat/split (aligned rows and not) and softmax
+                                       over 300 rows: for compute-sanitizer (memcheck), which is slow
 """
+import os
 import sys
 
 import numpy as np
@@ -14,11 +16,12 @@ import convnet
 import convnet.ops as ops
 
 small = sys.argv[1:] == ["small"]
+DEVICE = os.environ.get("CONVNET_PROBE_DEVICE", "cuda:0")  # cpu: a smoke run where there is no GPU
 rng = np.random.default_rng(0)
 
 
 def t(*shape):
-    return convnet.tensor(rng.standard_normal(shape).astype(np.float32), device="cuda:0")
+    return convnet.tensor(rng.standard_normal(shape).astype(np.float32), device=DEVICE)
 
 
 n = 3 if small else 128
@@ -34,8 +37,13 @@ print("max_pool_backward sums", ops.max_pool_backward(a, y, g).numpy().sum(),
 yl = ops.lrn(a)
 print("lrn_backward sum", ops.lrn_backward(a, yl, t(*a.shape)).numpy().sum())
 
-if small:
+if small:  # also the runtime-window gather, and concat/split on both of copy_rows's paths
+    y2 = ops.max_pool(a, 2, 3)
+    print("max_pool_backward 2/3 sum", ops.max_pool_backward(a, y2, t(*y2.shape), 2, 3).numpy().sum())
+    for k in (4, 3):
+        joined = ops.concat([t(3, k, 5, 4), t(3, 8, 5, 4)], 1)
+        print("concat/split", [p.shape for p in ops.split(joined, [k, 8], 1)])
     logits = t(300, 1000)
-    labels = convnet.tensor(rng.integers(0, 1000, 300).astype(np.int32), device="cuda:0")
+    labels = convnet.tensor(rng.integers(0, 1000, 300).astype(np.int32), device=DEVICE)
     loss, probs = ops.softmax_cross_entropy(logits, labels)
     print("softmax", loss, ops.softmax_cross_entropy_backward(probs, labels).numpy().sum())
