@@ -462,7 +462,8 @@ def train(argv=None, step_hook=None):
     if state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
 
-    print(f"model: {args['model']}, {args['towers']} towers on {','.join(devices)}, "
+    towers = "1 tower (grouped)" if args["towers"] == 1 else f"{args['towers']} towers"
+    print(f"model: {args['model']}, {towers} on {','.join(devices)}, "
           f"{sum(int(np.prod(v.shape)) for v in net.state_dict().values()):,} parameters", flush=True)
     print(net, flush=True)
     print(f"data: {len(train_split.labels)} training / {len(val_split.labels)} validation images, "
