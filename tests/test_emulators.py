@@ -7,6 +7,7 @@ tools/emulate_lrn_pool.py (the LRN and max-pool kernel bodies compiled by g++) a
 tools/emulate_softmax.py (the softmax kernels, one OS thread a CUDA thread, so that barriers and
 warp shuffles are real), each against float64 references; and tools/gpu_probe.py smoke-run on the
 CPU. Skipped, with the reason, where the compilers or the tools/ folder are missing."""
+import os
 import shutil
 import subprocess
 import sys
@@ -67,8 +68,6 @@ def test_gpu_probe_runs_on_the_cpu():
     src = TOOLS / "gpu_probe.py"
     if not src.exists():
         pytest.skip(f"{src} not found (tests run outside the checkout)")
-    import os
-
     import convnet
     root = str(Path(convnet.__file__).resolve().parent.parent)  # the convnet this test imports
     env = dict(os.environ, CONVNET_PROBE_DEVICE="cpu", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))

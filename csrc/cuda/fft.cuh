@@ -336,8 +336,10 @@ struct FilterFromProducts {
           acc[j] += ur * (m * cos32(b)) - ui * (m * sin32(b));
         }
       }
+      if (f1 + 1 < kL) {  // (the last row has no next one: nothing loaded to copy)
 #pragma unroll
-      for (int f2 = 0; f2 < kF2; ++f2) pr[f2] = next_r[f2], pi[f2] = next_i[f2];
+        for (int f2 = 0; f2 < kF2; ++f2) pr[f2] = next_r[f2], pi[f2] = next_i[f2];
+      }
     }
     float* out = dw + (((int64_t)g * Kg + kk) * Cg + c) * R * S + (int64_t)r * S + s0;
 #pragma unroll
