@@ -321,6 +321,37 @@ def test_max_pool_backward_plane_groups(device, rng, planes, h, w, size, stride)
     assert_close(without, max_pool_backward_ref(x, dy_np, size, stride), 1e-6, "max_pool_backward by plane groups")
 
 
+@pytest.mark.parametrize("planes", [1, 2, 3])
+@pytest.mark.parametrize("h,w", [(3, 3), (4, 4), (8, 15), (7, 16), (7, 17), (5, 31), (9, 32), (3, 33), (4, 34),
+                                 (5, 35), (3, 63), (3, 64), (4, 65), (3, 66)])
+def test_max_pool_backward_3x3_stride_2_rows(device, rng, planes, h, w):
+    # AlexNet's window (3, stride 2) has a CPU path of its own (AVX-512): rows of more than 16
+    # columns 32 at a time (the last block partial, or holding only column 2Q), rows of 16 or
+    # fewer two planes at a time (an odd plane count leaves one alone), an even height's last row
+    # in no window. Values: ties, -0 beside +0, +-inf, NaN in the last plane only, and maxima at
+    # even (row, column) places, which up to four windows share (so a wrong order of their sum
+    # shows). dy: +-0 only; small integers; normal values. Bitwise the result of the saved
+    # indices, which scatter in row-major window order.
+    shape = (1, planes, h, w)
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
+    x[rng.random(shape) < 0.03] = np.inf
+    x[rng.random(shape) < 0.03] = -np.inf
+    x[:, :, ::2, ::2][rng.random(x[:, :, ::2, ::2].shape) < 0.3] = 10
+    if planes == 3:
+        x[0, 2, rng.integers(h), rng.integers(w)] = np.nan
+    xt = convnet.tensor(x, device)
+    y, idx = ops.max_pool(xt, 3, 2, return_indices=True)
+    for dy_np in (rng.integers(-2, 3, y.shape).astype(np.float32) * np.float32(-0.0),  # every one +-0
+                  rng.integers(-3, 4, y.shape).astype(np.float32),
+                  rng.standard_normal(y.shape).astype(np.float32)):
+        dy = convnet.tensor(dy_np, device)
+        without = ops.max_pool_backward(xt, y, dy, 3, 2).numpy()
+        with_idx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=idx).numpy()
+        assert np.array_equal(without.view(np.uint32), with_idx.view(np.uint32))  # -0 and +0 differ here
+        assert_close(without, max_pool_backward_ref(x, dy_np, 3, 2), 1e-6, "max_pool_backward 3/2 by rows")
+
+
 def test_max_pool_indices_match_torch(device, rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 3, 11, 10)).astype(np.float32)  # no ties: torch's choice is unique

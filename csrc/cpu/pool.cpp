@@ -1,6 +1,7 @@
-// CPU twins of the max-pool family. OpenMP over the (image, channel) planes, or groups of sixteen
-// of them for the backward without indices; a plane (55x55 floats at most in AlexNet) stays in
-// L1 while it is worked on, a group in L2.
+// CPU twins of the max-pool family. OpenMP over the (image, channel) planes; the backward without
+// indices takes planes narrower than 17 columns two at a time (3x3 windows at stride 2, with
+// AVX-512), or for other windows (or without AVX-512) sixteen at a time. A plane (55x55 floats at
+// most in AlexNet) stays in L1 while it is worked on, a group of sixteen in L2.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -401,6 +402,227 @@ void group_backward(const PoolShape& sh, const float* x, const float* dy, float*
   lanes_to_planes(b.dx.data(), hw, first, count, dx);
 }
 
+#if defined(__AVX512F__)
+// ---- The backward without indices for 3x3 windows at stride 2 (AlexNet's three pools) ----
+// Row by row in the planes, no transposes. Sixteen windows side by side in a vector: sixteen
+// consecutive ones of a row ("wide", rows of more than 16 columns), or eight of one plane's row
+// beside eight of the next plane's ("pair", rows of 16 columns or fewer: 13x13 planes' six
+// windows would fill a wide vector badly). Window ow's columns 2ow, 2ow + 1 and 2ow + 2 are its
+// lane of three vectors permuted out of the row: even, odd, and even moved on by one window.
+// Its argmax is pool_better's scan in row-major order (max_pool's index). Its dy then goes to
+// its three rows of dx, as vectors of the even and odd columns: even column 2j takes window
+// j - 1's kw = 2 and then window j's kw = 0, odd column 2j + 1 window j's kw = 1. Row 2oh + 2
+// (kh = 2) is also row 2(oh + 1) (kh = 0 of the next window row): it is carried, in even/odd
+// form, and stored after the next window row has added to it. So each dx element is
+// ((((+0) + a) + b) + c) + d over its windows in row-major order: plane_scatter's sum, bit for
+// bit. A lane whose window did not pick the element adds +0, a no-op: +0 changes only -0, and
+// a sum that starts at +0 is never -0.
+namespace s2 {
+inline __mmask16 first(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+// p[0 .. 16) where that ends by `end`, else p[0 .. n) and zeros. Lanes from n on are no
+// window's (junk or zeros). Masked loads only where they must be: on the 2-core AMD EPYC this
+// was written on, masked loads (even with every lane set) made the whole pass 1.8x slower.
+inline __m512 load(const float* p, int64_t n, const float* end) {
+  return n >= 16 || p + 16 <= end ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(first(n), p);
+}
+inline void store(float* p, __m512 v, int64_t n) {
+  if (n >= 16)
+    _mm512_storeu_ps(p, v);
+  else
+    _mm512_mask_storeu_ps(p, first(n), v);
+}
+inline __m512i lanes(int a0, int step) {  // a0, a0 + step, ... as permute indices
+  return _mm512_setr_epi32(a0, a0 + step, a0 + 2 * step, a0 + 3 * step, a0 + 4 * step, a0 + 5 * step, a0 + 6 * step,
+                           a0 + 7 * step, a0 + 8 * step, a0 + 9 * step, a0 + 10 * step, a0 + 11 * step,
+                           a0 + 12 * step, a0 + 13 * step, a0 + 14 * step, a0 + 15 * step);
+}
+
+// v[kh][kw]: element (kh, kw) of each lane's window. Returns kh * 3 + kw of its argmax. Without
+// NaN in the plane, the first element equal to the maximum (a tree of max: the compares do not
+// wait on each other, as pool_better's scan's do); with NaN, that scan.
+template <bool kNaN>
+inline __m512i argmax(const __m512 (&v)[3][3]) {
+  __m512i at = _mm512_setzero_si512();
+  if (kNaN) {
+    __m512 m = v[0][0];
+#pragma GCC unroll 8
+    for (int t = 1; t < 9; ++t) {
+      const __m512 e = v[t / 3][t % 3];  // pool_better(e, m): m not NaN, and not e <= m
+      const __mmask16 take = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(m, m, _CMP_ORD_Q), e, m, _CMP_NLE_UQ);
+      m = _mm512_mask_mov_ps(m, take, e);
+      at = _mm512_mask_mov_epi32(at, take, _mm512_set1_epi32(t));
+    }
+  } else {
+    const __m512 m = _mm512_max_ps(
+        _mm512_max_ps(_mm512_max_ps(v[0][0], v[0][1]), _mm512_max_ps(v[0][2], v[1][0])),
+        _mm512_max_ps(_mm512_max_ps(v[1][1], v[1][2]), _mm512_max_ps(v[2][0], _mm512_max_ps(v[2][1], v[2][2]))));
+#pragma GCC unroll 9
+    for (int t = 8; t >= 0; --t)  // -0 == +0: the first of them wins, as with pool_better
+      at = _mm512_mask_mov_epi32(at, _mm512_cmp_ps_mask(v[t / 3][t % 3], m, _CMP_EQ_OQ), _mm512_set1_epi32(t));
+  }
+  return at;
+}
+
+// Whether any of p[0 .. n) is NaN.
+inline bool any_nan(const float* p, int64_t n) {
+  __mmask16 nan = 0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32)
+    nan |= _mm512_cmp_ps_mask(_mm512_loadu_ps(p + i), _mm512_loadu_ps(p + i + 16), _CMP_UNORD_Q);
+  for (; i < n; i += 16) {
+    const __m512 v = _mm512_maskz_loadu_ps(first(n - i), p + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  }
+  return nan != 0;
+}
+
+// Interleaved even and odd columns: the first 16 of them, and the next 16.
+inline __m512 interleave_lo(__m512 even, __m512 odd) {
+  return _mm512_permutex2var_ps(even, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), odd);
+}
+inline __m512 interleave_hi(__m512 even, __m512 odd) {
+  return _mm512_permutex2var_ps(even, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+                                odd);
+}
+
+// The walk down one set of lanes (a Lanes: Wide or Pair below), with
+//   row(i, v): v[kw] = element kw of each lane's window if its first row were input row i;
+//   dy_of(oh): each lane's dy (zeros in lanes of no window);
+//   shifted(c2, k): lane j gets window j - 1's pick (+0 for the first), c2 being window row
+//     k / 3's picks in its row k % 3;
+//   store(i, even, odd): input row i of dx, its even and odd columns.
+// Input row 2oh + 2 is loaded once, as the last row of window row oh and the first of oh + 1.
+// dy + 0 turns -0 into +0, so that c + c' and c are the sums (+0 + c) + c' and +0 + c.
+template <bool kNaN, class Lanes>
+void walk_rows(Lanes& l, int64_t P) {
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 v[3][3];
+  l.row(0, v[0]);
+  __m512 carry_even = zero, carry_odd = zero;  // input row 2oh: window row oh - 1's kh = 2 picks
+  for (int64_t oh = 0; oh < P; ++oh) {
+    l.row(2 * oh + 1, v[1]);
+    l.row(2 * oh + 2, v[2]);
+    const __m512i at = argmax<kNaN>(v);
+    const __m512 d = _mm512_add_ps(l.dy_of(oh), zero);
+    __m512 c[3][3];  // c[kh][kw]: the lanes' dy where (kh, kw) is their window's argmax, else +0
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) c[t / 3][t % 3] = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(t)), d);
+    l.store(2 * oh, _mm512_add_ps(_mm512_add_ps(carry_even, l.shifted(c[0][2], 3 * oh)), c[0][0]),
+            _mm512_add_ps(carry_odd, c[0][1]));
+    l.store(2 * oh + 1, _mm512_add_ps(l.shifted(c[1][2], 3 * oh + 1), c[1][0]), c[1][1]);
+    carry_even = _mm512_add_ps(l.shifted(c[2][2], 3 * oh + 2), c[2][0]);
+    carry_odd = c[2][1];
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) v[0][kw] = v[2][kw];
+  }
+  l.store(2 * P, carry_even, carry_odd);
+}
+
+// Lanes of sixteen consecutive windows of a plane (rows of more than 16 columns): columns
+// [c, c + 32) of each row. last_pick[k]: the previous block's lane 15 of shifted's c2 for k (for
+// this block's column c), in and out.
+struct Wide {
+  const float *x, *dy, *x_end, *dy_end;
+  float* dx;
+  float* last_pick;
+  int64_t W, Q, c;
+  const __m512i even_of = lanes(0, 2), odd_of = lanes(1, 2);
+
+  void row(int64_t i, __m512 (&v)[3]) const {
+    const float* r = x + i * W + c;
+    const __m512 lo = load(r, W - c, x_end), hi = load(r + 16, W - c - 16, x_end),
+                 on = W > c + 32 ? _mm512_castps128_ps512(_mm_load_ss(r + 32)) : _mm512_setzero_ps();
+    v[0] = _mm512_permutex2var_ps(lo, even_of, hi);
+    v[1] = _mm512_permutex2var_ps(lo, odd_of, hi);
+    v[2] = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(on), _mm512_castps_si512(v[0]), 1));
+  }
+  __m512 dy_of(int64_t oh) const {
+    const int64_t w0 = c / 2;
+    return _mm512_maskz_mov_ps(first(Q - w0), load(dy + oh * Q + w0, Q - w0, dy_end));
+  }
+  __m512 shifted(__m512 c2, int64_t k) const {
+    const __m512 s = _mm512_castsi512_ps(
+        _mm512_alignr_epi32(_mm512_castps_si512(c2), _mm512_castps_si512(_mm512_set1_ps(last_pick[k])), 15));
+    last_pick[k] = _mm_cvtss_f32(_mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set1_epi32(15), c2)));
+    return s;
+  }
+  void store(int64_t i, __m512 even, __m512 odd) const {
+    s2::store(dx + i * W + c, interleave_lo(even, odd), W - c);
+    s2::store(dx + i * W + c + 16, interleave_hi(even, odd), W - c - 16);
+  }
+};
+
+// Lanes 0-7: the windows of a row of plane a, 8-15: of plane b (rows of 16 columns or fewer,
+// so at most 7 windows: lanes 7 and 15 hold none). b may be absent (two false).
+struct Pair {
+  const float *xa, *xb, *dya, *dyb, *x_end, *dy_end;
+  float *dxa, *dxb;
+  int64_t W, Q, plane;
+  bool two;
+  const __m512i even_of = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+                odd_of = _mm512_add_epi32(even_of, _mm512_set1_epi32(1)),
+                next_of = _mm512_add_epi32(even_of, _mm512_set1_epi32(2)),  // lane 7: b's column 0, no window
+                back_one = _mm512_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6, 0, 8, 9, 10, 11, 12, 13, 14);
+
+  void row(int64_t i, __m512 (&v)[3]) const {
+    const __m512 a = load(xa + i * W, W, x_end), b = two ? load(xb + i * W, W, x_end) : _mm512_setzero_ps();
+    v[0] = _mm512_permutex2var_ps(a, even_of, b);
+    v[1] = _mm512_permutex2var_ps(a, odd_of, b);
+    v[2] = _mm512_permutex2var_ps(a, next_of, b);
+  }
+  __m512 dy_of(int64_t oh) const {
+    const __m512 a = load(dya + oh * Q, Q, dy_end), b = two ? load(dyb + oh * Q, Q, dy_end) : _mm512_setzero_ps();
+    return _mm512_maskz_mov_ps((__mmask16)(first(Q) | (two ? first(Q) << 8 : 0)), _mm512_shuffle_f32x4(a, b, 0x44));
+  }
+  __m512 shifted(__m512 c2, int64_t) const { return _mm512_maskz_permutexvar_ps(0xFEFE, back_one, c2); }
+  // Rows go in order, so a store may run on into the plane's next row (stored later), not past the plane.
+  void store_row(float* p, const float* plane_end, __m512 v) const {
+    if (p + 16 <= plane_end)
+      _mm512_storeu_ps(p, v);
+    else
+      _mm512_mask_storeu_ps(p, first(W), v);
+  }
+  void store(int64_t i, __m512 even, __m512 odd) const {
+    store_row(dxa + i * W, dxa + plane, interleave_lo(even, odd));
+    if (two) store_row(dxb + i * W, dxb + plane, interleave_hi(even, odd));
+  }
+};
+
+void backward(const PoolShape& sh, const float* x, const float* dy, float* dx) {
+  const int64_t H = sh.h, W = sh.w, P = sh.p, Q = sh.q, in_plane = H * W, out_plane = P * Q, planes = sh.n * sh.c;
+  const float *x_end = x + planes * in_plane, *dy_end = dy + planes * out_plane;
+  if (W > 16) {
+#pragma omp parallel if (planes * in_plane > 65536)
+    {
+      std::vector<float> last_pick(3 * P);
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < planes; ++i) {
+        const float* xp = x + i * in_plane;
+        const bool nan = any_nan(xp, in_plane);
+        std::fill(last_pick.begin(), last_pick.end(), 0.f);
+        for (int64_t c = 0; c < W; c += 32) {  // every column, even column 2Q
+          Wide l{xp, dy + i * out_plane, x_end, dy_end, dx + i * in_plane, last_pick.data(), W, Q, c};
+          nan ? walk_rows<true>(l, P) : walk_rows<false>(l, P);
+        }
+        std::fill(dx + i * in_plane + (2 * P + 1) * W, dx + (i + 1) * in_plane, 0.f);  // rows in no window
+      }
+    }
+  } else {
+#pragma omp parallel for schedule(static) if (planes * in_plane > 65536)
+    for (int64_t i = 0; i < planes; i += 2) {
+      const bool two = i + 1 < planes;
+      const int64_t j = two ? i + 1 : i;  // plane b, or a again (not read or written)
+      Pair l{x + i * in_plane, x + j * in_plane, dy + i * out_plane, dy + j * out_plane, x_end, dy_end,
+             dx + i * in_plane, dx + j * in_plane, W, Q, in_plane, two};
+      any_nan(l.xa, (two ? 2 : 1) * in_plane) ? walk_rows<true>(l, P) : walk_rows<false>(l, P);
+      std::fill(l.dxa + (2 * P + 1) * W, l.dxa + in_plane, 0.f);  // rows in no window
+      if (two) std::fill(l.dxb + (2 * P + 1) * W, l.dxb + in_plane, 0.f);
+    }
+  }
+}
+}  // namespace s2
+#endif
+
 }  // namespace
 
 void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
@@ -429,6 +651,9 @@ void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, cons
 // Without saved indices: each window's argmax recomputed from x, sixteen planes at a time (the
 // lanes above). y is not read: for y = max_pool(x) its first equal element is the argmax.
 void max_pool_backward(const PoolShape& sh, const float* x, const float* /*y*/, const float* dy, float* dx) {
+#if defined(__AVX512F__)
+  if (sh.size == 3 && sh.stride == 2) return s2::backward(sh, x, dy, dx);
+#endif
   const int64_t in_plane = sh.h * sh.w, planes = sh.n * sh.c, groups = (planes + kPlanes - 1) / kPlanes;
 #pragma omp parallel if (planes * in_plane > 65536)
   {
