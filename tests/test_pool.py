@@ -64,6 +64,17 @@ def scatter_indices_ref(indices, dy, shape, size, stride):
     return dx
 
 
+def scatter_in_order_f32(indices, dy, shape, size, stride):
+    """dx from valid indices in float32, each window's dy added in row-major window order: the
+    kernels' sums, bit for bit."""
+    n, c, h, w = shape
+    dx = np.zeros((n, c, h * w), np.float32)
+    ni, ci = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    for oh, ow, _, _ in _windows(h, w, size, stride):
+        dx[ni, ci, indices[:, :, oh, ow]] += dy[:, :, oh, ow].astype(np.float32)  # one element a plane
+    return dx.reshape(shape)
+
+
 def _distinct(rng, shape):
     """Inputs with all values distinct and well apart (no ties, safe for finite differences)."""
     v = rng.permutation(int(np.prod(shape))).reshape(shape).astype(np.float64)
@@ -330,8 +341,8 @@ def test_max_pool_backward_3x3_stride_2_rows(device, rng, planes, h, w):
     # fewer two planes at a time (an odd plane count leaves one alone), an even height's last row
     # in no window. Values: ties, -0 beside +0, +-inf, NaN in the last plane only, and maxima at
     # even (row, column) places, which up to four windows share (so a wrong order of their sum
-    # shows). dy: +-0 only; small integers; normal values. Bitwise the result of the saved
-    # indices, which scatter in row-major window order.
+    # shows). dy: +-0 only; small integers; normal values. Bitwise a float32 scatter in row-major
+    # window order, both from x and from the saved indices (the same path on the CPU).
     shape = (1, planes, h, w)
     x = rng.integers(-2, 3, shape).astype(np.float32)
     x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
@@ -348,7 +359,9 @@ def test_max_pool_backward_3x3_stride_2_rows(device, rng, planes, h, w):
         dy = convnet.tensor(dy_np, device)
         without = ops.max_pool_backward(xt, y, dy, 3, 2).numpy()
         with_idx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=idx).numpy()
-        assert np.array_equal(without.view(np.uint32), with_idx.view(np.uint32))  # -0 and +0 differ here
+        want = scatter_in_order_f32(max_pool_indices_ref(x, 3, 2), dy_np, shape, 3, 2)
+        assert np.array_equal(without.view(np.uint32), want.view(np.uint32))  # -0 and +0 differ here
+        assert np.array_equal(with_idx.view(np.uint32), want.view(np.uint32))
         assert_close(without, max_pool_backward_ref(x, dy_np, 3, 2), 1e-6, "max_pool_backward 3/2 by rows")
 
 
@@ -388,6 +401,31 @@ def test_max_pool_bad_indices(device, rng):
         dx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device)).numpy()
         assert_close(dx, want, 1e-6, "max_pool_backward(bad indices)")
     assert want[0, 0].sum() != 0 and want[1, 2, 7:, 7:].sum() == 0  # the reference dropped just those
+
+
+@pytest.mark.parametrize("h,w", [(7, 21), (9, 40), (8, 13)])
+def test_max_pool_bad_indices_3x3_stride_2(device, rng, h, w):
+    # The CPU's AVX-512 path for 3x3 windows at stride 2 checks an index against its own window's
+    # nine offsets: just right of the window, a row below it, another window's element, far off.
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    xt = convnet.tensor(x, device)
+    y, idx = ops.max_pool(xt, 3, 2, return_indices=True)
+    dy = convnet.tensor(rng.standard_normal(y.shape), device)
+    p, q = y.shape[2:]
+    bad = idx.numpy().copy()
+    bad[0, 0, 0, q - 1] = 2 * (q - 1) + 3           # row 0, one column past the window
+    bad[1, 1, p - 1, 0] = (2 * (p - 1) + 3) * w     # one row below
+    bad[1, 2, p - 1, q - 1] = idx.numpy()[1, 2, 0, 0]  # the first window's element
+    bad[0, 2, 0, 0] = -(2**31)
+    want = scatter_indices_ref(bad, dy.numpy(), x.shape, 3, 2)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="max_pool_backward: 4 of the indices are not inside their windows"):
+            ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device))
+    else:
+        dx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device)).numpy()
+        assert_close(dx, want, 1e-6, "max_pool_backward(bad indices)")
+    good = ops.max_pool_backward(xt, y, dy, 3, 2, indices=idx).numpy()  # and the rest as ever
+    assert_close(good, max_pool_backward_ref(x, dy.numpy(), 3, 2), 1e-6, "max_pool_backward(indices)")
 
 
 def test_max_pool_indices_devices_agree_bitwise(device, rng):
