@@ -290,7 +290,8 @@ inline void store_first(float* p, Floats v, int64_t n) {
 }
 
 // planes[first .. first + count) of src (len floats each) into out, element-major (lanes past
-// count are zeros), 16 x 16 blocks. Returns whether any value read was NaN.
+// count are zeros), 16 x 16 blocks. Returns whether any value read was NaN (kScan; else false).
+template <bool kScan>
 bool planes_to_lanes(const float* src, int64_t len, int64_t first, int64_t count, float* out) {
   Mask nan = {};
   for (int64_t e0 = 0; e0 < len; e0 += kPlanes) {
@@ -307,8 +308,10 @@ bool planes_to_lanes(const float* src, int64_t len, int64_t first, int64_t count
 #pragma GCC unroll 16
       for (int l = 0; l < kPlanes; ++l) v[l] = l < count ? load_first(p + l * len, n) : Floats{};
     }
+    if (kScan) {
 #pragma GCC unroll 16
-    for (int l = 0; l < kPlanes; ++l) nan |= v[l] != v[l];
+      for (int l = 0; l < kPlanes; ++l) nan |= v[l] != v[l];
+    }
     transpose16(v);
 #pragma GCC unroll 16
     for (int j = 0; j < kPlanes; ++j)
@@ -392,8 +395,8 @@ void add_windows(const PoolShape& sh, LaneBuffers& b) {
 void group_backward(const PoolShape& sh, const float* x, const float* dy, float* dx, int64_t first, int64_t count,
                     LaneBuffers& b) {
   const int64_t hw = sh.h * sh.w;
-  const bool nan = planes_to_lanes(x, hw, first, count, b.x.data());
-  planes_to_lanes(dy, sh.p * sh.q, first, count, b.dy.data());
+  const bool nan = planes_to_lanes<true>(x, hw, first, count, b.x.data());
+  planes_to_lanes<false>(dy, sh.p * sh.q, first, count, b.dy.data());
   std::fill(b.dx.begin(), b.dx.end(), 0.f);
   if (sh.size == 3)
     nan ? add_windows<3, true>(sh, b) : add_windows<3, false>(sh, b);
