@@ -413,7 +413,8 @@ void group_backward(const PoolShape& sh, const float* x, const float* dy, float*
 // windows would fill a wide vector badly). Window ow's columns 2ow, 2ow + 1 and 2ow + 2 are its
 // lane of three vectors permuted out of the row: even, odd, and even moved on by one window.
 // Each window's pick (its argmax recomputed from x, or its saved index) and dy then go down the
-// rows (walk_rows), keeping plane_scatter's order of sums: the same bits.
+// rows (walk_rows), keeping plane_scatter's order of sums: the same bits. Picking the argmax by
+// mask operations (FirstMaximum) made the walk 1.05-1.15x faster than by a vector of positions.
 namespace s2 {
 inline __mmask16 first(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 // p[0 .. 16) where that ends by `end`, else p[0 .. n) and zeros. Lanes from n on are no
@@ -434,28 +435,17 @@ inline __m512i lanes(int a0, int step) {  // a0, a0 + step, ... as permute indic
                            a0 + 12 * step, a0 + 13 * step, a0 + 14 * step, a0 + 15 * step);
 }
 
-// v[kh][kw]: element (kh, kw) of each lane's window. Returns kh * 3 + kw of its argmax. Without
-// NaN in the plane, the first element equal to the maximum (a tree of max: the compares do not
-// wait on each other, as pool_better's scan's do); with NaN, that scan.
-template <bool kNaN>
-inline __m512i argmax(const __m512 (&v)[3][3]) {
+// v[kh][kw]: element (kh, kw) of each lane's window. Returns kh * 3 + kw of its argmax by
+// pool_better's scan (for planes holding NaN; the others take FirstMaximum below).
+inline __m512i argmax_scan(const __m512 (&v)[3][3]) {
   __m512i at = _mm512_setzero_si512();
-  if (kNaN) {
-    __m512 m = v[0][0];
+  __m512 m = v[0][0];
 #pragma GCC unroll 8
-    for (int t = 1; t < 9; ++t) {
-      const __m512 e = v[t / 3][t % 3];  // pool_better(e, m): m not NaN, and not e <= m
-      const __mmask16 take = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(m, m, _CMP_ORD_Q), e, m, _CMP_NLE_UQ);
-      m = _mm512_mask_mov_ps(m, take, e);
-      at = _mm512_mask_mov_epi32(at, take, _mm512_set1_epi32(t));
-    }
-  } else {
-    const __m512 m = _mm512_max_ps(
-        _mm512_max_ps(_mm512_max_ps(v[0][0], v[0][1]), _mm512_max_ps(v[0][2], v[1][0])),
-        _mm512_max_ps(_mm512_max_ps(v[1][1], v[1][2]), _mm512_max_ps(v[2][0], _mm512_max_ps(v[2][1], v[2][2]))));
-#pragma GCC unroll 9
-    for (int t = 8; t >= 0; --t)  // -0 == +0: the first of them wins, as with pool_better
-      at = _mm512_mask_mov_epi32(at, _mm512_cmp_ps_mask(v[t / 3][t % 3], m, _CMP_EQ_OQ), _mm512_set1_epi32(t));
+  for (int t = 1; t < 9; ++t) {
+    const __m512 e = v[t / 3][t % 3];  // pool_better(e, m): m not NaN, and not e <= m
+    const __mmask16 take = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(m, m, _CMP_ORD_Q), e, m, _CMP_NLE_UQ);
+    m = _mm512_mask_mov_ps(m, take, e);
+    at = _mm512_mask_mov_epi32(at, take, _mm512_set1_epi32(t));
   }
   return at;
 }
@@ -482,36 +472,31 @@ inline __m512 interleave_hi(__m512 even, __m512 odd) {
                                 odd);
 }
 
-// The tensors and sizes every set of lanes shares.
-struct Planes {
-  const float *dy, *dy_end;
-  float* dx;
-  int64_t W, P, Q, in_plane, out_plane;
-};
-
 // A set of lanes: sixteen consecutive windows of one plane's rows (rows of more than 16 columns),
-// columns [c, c + 32) of the rows. It provides
+// columns [c, c + 32) of the rows. Pointers are the plane's (x: null without x). It provides
 //   windows(): the lanes that hold a window;
-//   row(x, x_end, r, v): v[kw] = element kw of each lane's window if its first row were input row r;
-//   out(t, t_end, oh): a tensor shaped like y (dy, or the indices' bits), each lane's window's
-//     value in output row oh (zeros in lanes of no window);
+//   row(r, v): v[kw] = element kw of each lane's window if its first row were input row r;
+//   out(t, t_end, oh): from t, the plane of a tensor shaped like y (dy, or the indices' bits), each
+//     lane's window's value in output row oh (zeros in lanes of no window); dy_of(oh): dy's;
 //   corner(oh) (Wide only: for saved indices): each lane's window's first element, as an offset
 //     in its plane;
 //   shifted(c2, k): lane j gets window j - 1's pick (+0 for the first), c2 being window row
 //     k / 3's picks in its row k % 3;
 //   store(r, even, odd): input row r of dx, its even and odd columns.
 // last_pick[k]: the previous block's lane 15 of shifted's c2 for k (for this block's column c).
-struct Wide : Planes {
-  int64_t plane;
+// (Plane pointers, not a tensor's and a plane number: the compiler redoes the walk's address
+// arithmetic after every store to dx, and the 13x13 planes' walk was 1.1x slower so.)
+struct Wide {
+  const float *x, *x_end, *dy, *dy_end;
+  float* dx;
+  int64_t W, P, Q, plane;
   float* last_pick;
   int64_t c = 0;
   const __m512i even_of = lanes(0, 2), odd_of = lanes(1, 2);
 
-  int64_t first_plane() const { return plane; }
-  int64_t plane_count() const { return 1; }
   __mmask16 windows() const { return first(Q - c / 2); }
-  void row(const float* x, const float* x_end, int64_t r, __m512 (&v)[3]) const {
-    const float* p = x + plane * in_plane + r * W + c;
+  void row(int64_t r, __m512 (&v)[3]) const {
+    const float* p = x + r * W + c;
     const __m512 lo = load(p, W - c, x_end), hi = load(p + 16, W - c - 16, x_end),
                  on = W > c + 32 ? _mm512_castps128_ps512(_mm_load_ss(p + 32)) : _mm512_setzero_ps();
     v[0] = _mm512_permutex2var_ps(lo, even_of, hi);
@@ -520,8 +505,9 @@ struct Wide : Planes {
   }
   __m512 out(const float* t, const float* t_end, int64_t oh) const {
     const int64_t w0 = c / 2;
-    return _mm512_maskz_mov_ps(windows(), load(t + plane * out_plane + oh * Q + w0, Q - w0, t_end));
+    return _mm512_maskz_mov_ps(windows(), load(t + oh * Q + w0, Q - w0, t_end));
   }
+  __m512 dy_of(int64_t oh) const { return out(dy, dy_end, oh); }
   __m512i corner(int64_t oh) const { return _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + c)), even_of); }
   __m512 shifted(__m512 c2, int64_t k) const {
     const __m512 s = _mm512_castsi512_ps(
@@ -530,37 +516,37 @@ struct Wide : Planes {
     return s;
   }
   void store(int64_t r, __m512 even, __m512 odd) const {
-    float* p = dx + plane * in_plane + r * W + c;
+    float* p = dx + r * W + c;
     s2::store(p, interleave_lo(even, odd), W - c);
     s2::store(p + 16, interleave_hi(even, odd), W - c - 16);
   }
 };
 
-// The same (but corner) for lanes 0-7: the windows of a row of plane a, 8-15: of plane a + 1
-// (rows of 16 columns or fewer, so at most 7 windows: lanes 7 and 15 hold none), unless two is false.
-struct Pair : Planes {
-  int64_t a;
+// The same (but corner; out reads both planes) for lanes 0-7: the windows of a row of plane a,
+// 8-15: of plane b (rows of 16 columns or fewer, so at most 7 windows: lanes 7 and 15 hold
+// none), unless two is false (then b's pointers are a's, never followed).
+struct Pair {
+  const float *xa, *xb, *x_end, *dya, *dyb, *dy_end;
+  float *dxa, *dxb;
+  int64_t W, P, Q, in_plane;
   bool two;
   const __m512i even_of = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
                 odd_of = _mm512_add_epi32(even_of, _mm512_set1_epi32(1)),
                 next_of = _mm512_add_epi32(even_of, _mm512_set1_epi32(2)),  // lane 7: b's column 0, no window
                 back_one = _mm512_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6, 0, 8, 9, 10, 11, 12, 13, 14);
 
-  int64_t first_plane() const { return a; }
-  int64_t plane_count() const { return two ? 2 : 1; }
   __mmask16 windows() const { return (__mmask16)(first(Q) | (two ? first(Q) << 8 : 0)); }
-  void row(const float* x, const float* x_end, int64_t r, __m512 (&v)[3]) const {
-    const float* p = x + a * in_plane + r * W;
-    const __m512 pa = load(p, W, x_end), pb = two ? load(p + in_plane, W, x_end) : _mm512_setzero_ps();
-    v[0] = _mm512_permutex2var_ps(pa, even_of, pb);
-    v[1] = _mm512_permutex2var_ps(pa, odd_of, pb);
-    v[2] = _mm512_permutex2var_ps(pa, next_of, pb);
+  void row(int64_t r, __m512 (&v)[3]) const {
+    const __m512 a = load(xa + r * W, W, x_end), b = two ? load(xb + r * W, W, x_end) : _mm512_setzero_ps();
+    v[0] = _mm512_permutex2var_ps(a, even_of, b);
+    v[1] = _mm512_permutex2var_ps(a, odd_of, b);
+    v[2] = _mm512_permutex2var_ps(a, next_of, b);
   }
-  __m512 out(const float* t, const float* t_end, int64_t oh) const {
-    const float* p = t + a * out_plane + oh * Q;
-    const __m512 pa = load(p, Q, t_end), pb = two ? load(p + out_plane, Q, t_end) : _mm512_setzero_ps();
-    return _mm512_maskz_mov_ps(windows(), _mm512_shuffle_f32x4(pa, pb, 0x44));  // a's first 8, b's first 8
+  __m512 out(const float* ta, const float* tb, const float* t_end, int64_t oh) const {
+    const __m512 a = load(ta + oh * Q, Q, t_end), b = two ? load(tb + oh * Q, Q, t_end) : _mm512_setzero_ps();
+    return _mm512_maskz_mov_ps(windows(), _mm512_shuffle_f32x4(a, b, 0x44));  // a's first 8, b's first 8
   }
+  __m512 dy_of(int64_t oh) const { return out(dya, dyb, dy_end, oh); }
   __m512 shifted(__m512 c2, int64_t) const { return _mm512_maskz_permutexvar_ps(0xFEFE, back_one, c2); }
   // Rows go in order, so a store may run on into the plane's next row (stored later), not past the plane.
   void store_row(float* p, const float* plane_end, __m512 v) const {
@@ -570,53 +556,71 @@ struct Pair : Planes {
       _mm512_mask_storeu_ps(p, first(W), v);
   }
   void store(int64_t r, __m512 even, __m512 odd) const {
-    float* p = dx + a * in_plane + r * W;
-    store_row(p, p - r * W + in_plane, interleave_lo(even, odd));
-    if (two) store_row(p + in_plane, p - r * W + 2 * in_plane, interleave_hi(even, odd));
+    store_row(dxa + r * W, dxa + in_plane, interleave_lo(even, odd));
+    if (two) store_row(dxb + r * W, dxb + in_plane, interleave_hi(even, odd));
   }
 };
 
-// Where each lane's window sends its dy: picks(l, oh, k) sets k[t] to the lanes whose window
-// row oh picks its element t = kh * 3 + kw.
-// From x: the argmax (row 2oh + 2 is loaded once, as the last row of window row oh and the first of oh + 1).
-template <bool kNaN>
-struct ArgmaxOfX {
-  const float *x, *x_end;
-  __m512 v[3][3];
-  template <class L>
-  void start(const L& l) { l.row(x, x_end, 0, v[0]); }
-  template <class L>
-  void picks(const L& l, int64_t oh, __mmask16 (&k)[9]) {
-    l.row(x, x_end, 2 * oh + 1, v[1]);
-    l.row(x, x_end, 2 * oh + 2, v[2]);
-    const __m512i at = argmax<kNaN>(v);
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) k[t] = _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(t));
-#pragma GCC unroll 3
-    for (int kw = 0; kw < 3; ++kw) v[0][kw] = v[2][kw];
+// Where each lane's window sends its dy: picks(l, oh, v) returns a picker for window row oh,
+// whose pick(t), asked for t = 0, 1, ..., 8 in turn, gives the lanes whose window picks its
+// element t = kh * 3 + kw.
+// From x, v: the window rows' input rows (row 2oh + 2 is loaded once, as the last row of window
+// row oh and the first of oh + 1). Without NaN in the plane: the first element equal to the
+// maximum, a tree of max (no compare waits on another, as in pool_better's scan) and the first
+// of the equal ones by mask operations. -0 == +0: the first of them wins, as with pool_better.
+struct FirstMaximum {
+  const __m512 (&v)[3][3];
+  __m512 m;
+  __mmask16 seen = 0;
+  __mmask16 pick(int t) {
+    const __mmask16 equal = _mm512_cmp_ps_mask(v[t / 3][t % 3], m, _CMP_EQ_OQ), first = equal & ~seen;
+    seen |= equal;
+    return first;
   }
 };
-// From saved indices (flat offsets in the plane): an index that is no element of its window
-// picks nothing and is counted in `invalid`.
-struct SavedIndices {
-  const int32_t *indices, *end;
-  int64_t invalid = 0;
+struct ScanResult {  // with NaN
+  __m512i at;
+  __mmask16 pick(int t) const { return _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(t)); }
+};
+template <bool kNaN>
+struct ArgmaxOfX {
   template <class L>
-  void start(const L&) {}
+  void start(const L& l, __m512 (&v)[3][3]) { l.row(0, v[0]); }
   template <class L>
-  void picks(const L& l, int64_t oh, __mmask16 (&k)[9]) {
-    const __m512i at = _mm512_castps_si512(
-        l.out(reinterpret_cast<const float*>(indices), reinterpret_cast<const float*>(end), oh));
-    const __m512i rel = _mm512_sub_epi32(at, l.corner(oh));
-    const __mmask16 windows = l.windows();
-    __mmask16 any = 0;
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) {
-      k[t] = _mm512_mask_cmpeq_epi32_mask(windows, rel, _mm512_set1_epi32((int)((t / 3) * l.W + t % 3)));
-      any |= k[t];
+  auto picks(const L& l, int64_t oh, __m512 (&v)[3][3]) {
+    l.row(2 * oh + 1, v[1]);
+    l.row(2 * oh + 2, v[2]);
+    if constexpr (kNaN) {
+      return ScanResult{argmax_scan(v)};
+    } else {
+      return FirstMaximum{v, _mm512_max_ps(_mm512_max_ps(_mm512_max_ps(v[0][0], v[0][1]), _mm512_max_ps(v[0][2], v[1][0])),
+                                           _mm512_max_ps(_mm512_max_ps(v[1][1], v[1][2]),
+                                                         _mm512_max_ps(v[2][0], _mm512_max_ps(v[2][1], v[2][2]))))};
     }
-    invalid += __builtin_popcount((unsigned)(windows & ~any));
   }
+  template <class L, class Picker>
+  void after(const L&, const Picker&) {}
+};
+// From saved indices (flat offsets in the plane): element t is at kh * W + kw from the window's
+// first. An index that is no element of its window picks nothing and is counted in `invalid`.
+struct SavedIndices {
+  const float *plane, *end;  // the indices' bits
+  int64_t invalid = 0;
+  struct Offsets {
+    __m512i rel;  // lanes of no window: 0 - corner < 0, no element
+    int64_t W;
+    __mmask16 windows, hit = 0;
+    __mmask16 pick(int t) {
+      const __mmask16 k = _mm512_mask_cmpeq_epi32_mask(windows, rel, _mm512_set1_epi32((int)((t / 3) * W + t % 3)));
+      hit |= k;
+      return k;
+    }
+  };
+  void start(const Wide&, __m512 (&)[3][3]) {}
+  Offsets picks(const Wide& l, int64_t oh, __m512 (&)[3][3]) {
+    return Offsets{_mm512_sub_epi32(_mm512_castps_si512(l.out(plane, end, oh)), l.corner(oh)), l.W, l.windows()};
+  }
+  void after(const Wide& l, const Offsets& o) { invalid += __builtin_popcount((unsigned)(l.windows() & ~o.hit)); }
 };
 
 // One walk down a set of lanes. Each window's dy goes to its three rows of dx, as vectors of the
@@ -630,20 +634,23 @@ struct SavedIndices {
 template <class L, class Source>
 void walk_rows(const L& l, Source& s) {
   const __m512 zero = _mm512_setzero_ps();
-  s.start(l);
+  __m512 v[3][3];  // ArgmaxOfX's input rows
+  s.start(l, v);
   __m512 carry_even = zero, carry_odd = zero;  // input row 2oh: window row oh - 1's kh = 2 picks
   for (int64_t oh = 0; oh < l.P; ++oh) {
-    __mmask16 k[9];
-    s.picks(l, oh, k);
-    const __m512 d = _mm512_add_ps(l.out(l.dy, l.dy_end, oh), zero);
+    auto picker = s.picks(l, oh, v);
+    const __m512 d = _mm512_add_ps(l.dy_of(oh), zero);
     __m512 c[3][3];  // c[kh][kw]: the lanes' dy where (kh, kw) is their pick, else +0
 #pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) c[t / 3][t % 3] = _mm512_maskz_mov_ps(k[t], d);
+    for (int t = 0; t < 9; ++t) c[t / 3][t % 3] = _mm512_maskz_mov_ps(picker.pick(t), d);
+    s.after(l, picker);
     l.store(2 * oh, _mm512_add_ps(_mm512_add_ps(carry_even, l.shifted(c[0][2], 3 * oh)), c[0][0]),
             _mm512_add_ps(carry_odd, c[0][1]));
     l.store(2 * oh + 1, _mm512_add_ps(l.shifted(c[1][2], 3 * oh + 1), c[1][0]), c[1][1]);
     carry_even = _mm512_add_ps(l.shifted(c[2][2], 3 * oh + 2), c[2][0]);
     carry_odd = c[2][1];
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) v[0][kw] = v[2][kw];  // ArgmaxOfX: the next window row's first input row
   }
   l.store(2 * l.P, carry_even, carry_odd);
 }
@@ -651,61 +658,66 @@ template <class Source>
 void walk(Wide& l, Source& s) {
   for (l.c = 0; l.c < l.W; l.c += 32) walk_rows(l, s);  // every column, even column 2Q
 }
-template <class Source>
-void walk(Pair& l, Source& s) { walk_rows(l, s); }
 
-// fn(lanes) for every plane (for_each_wide: rows of more than 16 columns) or pair of planes
-// (for_each_pair: 16 or fewer), in parallel; then dx's rows in no window (an even height's last) zeroed.
+// fn(lanes, i) for every plane i (rows of more than 16 columns; x may be null), in parallel;
+// then dx's rows in no window (an even height's last) zeroed.
 template <class Fn>
-void for_each_wide(const PoolShape& sh, const float* dy, float* dx, Fn fn) {
+void for_each_wide(const PoolShape& sh, const float* x, const float* dy, float* dx, Fn fn) {
   const int64_t in_plane = sh.h * sh.w, out_plane = sh.p * sh.q, planes = sh.n * sh.c;
-  const Planes all{dy, dy + planes * out_plane, dx, sh.w, sh.p, sh.q, in_plane, out_plane};
 #pragma omp parallel if (planes * in_plane > 65536)
   {
     std::vector<float> last_pick(3 * sh.p);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < planes; ++i) {
       std::fill(last_pick.begin(), last_pick.end(), 0.f);
-      Wide l{all, i, last_pick.data()};
-      fn(l);
+      Wide l{x ? x + i * in_plane : nullptr, x ? x + planes * in_plane : nullptr, dy + i * out_plane, dy + planes * out_plane,
+             dx + i * in_plane, sh.w, sh.p, sh.q, i, last_pick.data()};
+      fn(l, i);
       std::fill(dx + i * in_plane + (2 * sh.p + 1) * sh.w, dx + (i + 1) * in_plane, 0.f);
     }
   }
 }
-template <class Fn>
-void for_each_pair(const PoolShape& sh, const float* dy, float* dx, Fn fn) {
+
+void backward(const PoolShape& sh, const float* x, const float* dy, float* dx) {
   const int64_t in_plane = sh.h * sh.w, out_plane = sh.p * sh.q, planes = sh.n * sh.c;
-  const Planes all{dy, dy + planes * out_plane, dx, sh.w, sh.p, sh.q, in_plane, out_plane};
+  if (sh.w > 16) {
+    for_each_wide(sh, x, dy, dx, [&](Wide& l, int64_t i) {
+      if (any_nan(x + i * in_plane, in_plane)) {
+        ArgmaxOfX<true> s;
+        walk(l, s);
+      } else {
+        ArgmaxOfX<false> s;
+        walk(l, s);
+      }
+    });
+    return;
+  }
 #pragma omp parallel for schedule(static) if (planes * in_plane > 65536)
   for (int64_t i = 0; i < planes; i += 2) {
-    Pair l{all, i, i + 1 < planes};
-    fn(l);
-    for (int64_t j = i; j < i + l.plane_count(); ++j)
-      std::fill(dx + j * in_plane + (2 * sh.p + 1) * sh.w, dx + (j + 1) * in_plane, 0.f);
+    const bool two = i + 1 < planes;
+    const int64_t j = two ? i + 1 : i;
+    const Pair l{x + i * in_plane, x + j * in_plane, x + planes * in_plane, dy + i * out_plane, dy + j * out_plane,
+                 dy + planes * out_plane, dx + i * in_plane, dx + j * in_plane, sh.w, sh.p, sh.q, in_plane, two};
+    if (any_nan(x + i * in_plane, (two ? 2 : 1) * in_plane)) {
+      ArgmaxOfX<true> s;
+      walk_rows(l, s);
+    } else {
+      ArgmaxOfX<false> s;
+      walk_rows(l, s);
+    }
+    for (int64_t k = i; k <= j; ++k)  // rows in no window
+      std::fill(dx + k * in_plane + (2 * sh.p + 1) * sh.w, dx + (k + 1) * in_plane, 0.f);
   }
 }
 
-void backward(const PoolShape& sh, const float* x, const float* dy, float* dx) {
-  const int64_t in_plane = sh.h * sh.w;
-  const float* x_end = x + sh.n * sh.c * in_plane;
-  auto fn = [&](auto& l) {
-    if (any_nan(x + l.first_plane() * in_plane, l.plane_count() * in_plane)) {
-      ArgmaxOfX<true> s{x, x_end};
-      walk(l, s);
-    } else {
-      ArgmaxOfX<false> s{x, x_end};
-      walk(l, s);
-    }
-  };
-  sh.w > 16 ? for_each_wide(sh, dy, dx, fn) : for_each_pair(sh, dy, dx, fn);
-}
-
 // Rows of more than 16 columns only: for narrower ones (13x13 planes) plane_scatter's plain loop
-// was faster (0.055 against 0.079 ms for 13->6 at batch 16).
+// was faster (0.055 against 0.079 ms for 13->6 at batch 16, against the pair walk of 066a3ef).
 int64_t backward_indices(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx) {
+  const int64_t out_plane = sh.p * sh.q, planes = sh.n * sh.c;
+  const float* bits = reinterpret_cast<const float*>(indices);
   int64_t invalid = 0;
-  for_each_wide(sh, dy, dx, [&](Wide& l) {
-    SavedIndices s{indices, indices + sh.n * sh.c * sh.p * sh.q};
+  for_each_wide(sh, nullptr, dy, dx, [&](Wide& l, int64_t i) {
+    SavedIndices s{bits + i * out_plane, bits + planes * out_plane};
     walk(l, s);
 #pragma omp atomic
     invalid += s.invalid;
