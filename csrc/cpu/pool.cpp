@@ -1,7 +1,8 @@
-// CPU twins of the max-pool family. OpenMP over the (image, channel) planes; the backward without
-// indices takes planes narrower than 17 columns two at a time (3x3 windows at stride 2, with
-// AVX-512), or for other windows (or without AVX-512) sixteen at a time. A plane (55x55 floats at
-// most in AlexNet) stays in L1 while it is worked on, a group of sixteen in L2.
+// CPU twins of the max-pool family. OpenMP over the (image, channel) planes. The backward of 3x3
+// windows at stride 2 (AlexNet's; with AVX-512) walks down each plane's rows (s2 below), planes
+// narrower than 17 columns two at a time; for other windows (or without AVX-512) the backward
+// without indices takes sixteen planes at a time, one a vector lane. A plane (55x55 floats at most
+// in AlexNet) stays in L1 while it is worked on, a group of sixteen in L2.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -758,8 +759,8 @@ void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, cons
   *invalid = bad;
 }
 
-// Without saved indices: each window's argmax recomputed from x, sixteen planes at a time (the
-// lanes above). y is not read: for y = max_pool(x) its first equal element is the argmax.
+// Without saved indices: each window's argmax recomputed from x, by rows (s2) or sixteen planes at
+// a time (the lanes above). y is not read: for y = max_pool(x) its first equal element is the argmax.
 void max_pool_backward(const PoolShape& sh, const float* x, const float* /*y*/, const float* dy, float* dx) {
 #if defined(__AVX512F__)
   if (sh.size == 3 && sh.stride == 2) return s2::backward(sh, x, dy, dx);
