@@ -373,6 +373,19 @@ def test_max_pool_indices_match_torch(device, rng):
     assert np.array_equal(idx.numpy(), tidx.numpy())  # the same convention: h * W + w in the plane
 
 
+def _bad_indices_refused_or_dropped(xt, y, dy, bad, device, count):
+    """Indices outside their window (or the plane) are never followed: the CPU raises, naming how
+    many; a GPU drops their dy. Returns the reference dx without them."""
+    want = scatter_indices_ref(bad, dy.numpy(), xt.shape, 3, 2)
+    if device == "cpu":
+        with pytest.raises(ValueError, match=f"max_pool_backward: {count} of the indices are not inside their windows"):
+            ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device))
+    else:
+        dx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device)).numpy()
+        assert_close(dx, want, 1e-6, "max_pool_backward(bad indices)")
+    return want
+
+
 def test_max_pool_bad_indices(device, rng):
     x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
     xt = convnet.tensor(x, device)
@@ -388,18 +401,11 @@ def test_max_pool_bad_indices(device, rng):
     if other is not None:
         with pytest.raises(ValueError, match="max_pool_backward: 'x' is on"):
             ops.max_pool_backward(xt, y, dy, 3, 2, indices=idx.to(other))
-    # indices outside their window (or the plane): never followed; the CPU raises, a GPU drops their dy
     bad = idx.numpy().copy()
     bad[0, 0, 0, 0] = -1
     bad[0, 1, 1, 1] = 10**9
     bad[1, 2, 3, 3] = 0  # inside the plane, outside its window
-    want = scatter_indices_ref(bad, dy.numpy(), x.shape, 3, 2)
-    if device == "cpu":
-        with pytest.raises(ValueError, match="max_pool_backward: 3 of the indices are not inside their windows"):
-            ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device))
-    else:
-        dx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device)).numpy()
-        assert_close(dx, want, 1e-6, "max_pool_backward(bad indices)")
+    want = _bad_indices_refused_or_dropped(xt, y, dy, bad, device, 3)
     assert want[0, 0].sum() != 0 and want[1, 2, 7:, 7:].sum() == 0  # the reference dropped just those
 
 
@@ -417,13 +423,7 @@ def test_max_pool_bad_indices_3x3_stride_2(device, rng, h, w):
     bad[1, 1, p - 1, 0] = (2 * (p - 1) + 3) * w     # one row below
     bad[1, 2, p - 1, q - 1] = idx.numpy()[1, 2, 0, 0]  # the first window's element
     bad[0, 2, 0, 0] = -(2**31)
-    want = scatter_indices_ref(bad, dy.numpy(), x.shape, 3, 2)
-    if device == "cpu":
-        with pytest.raises(ValueError, match="max_pool_backward: 4 of the indices are not inside their windows"):
-            ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device))
-    else:
-        dx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=convnet.tensor(bad, device)).numpy()
-        assert_close(dx, want, 1e-6, "max_pool_backward(bad indices)")
+    _bad_indices_refused_or_dropped(xt, y, dy, bad, device, 4)
     good = ops.max_pool_backward(xt, y, dy, 3, 2, indices=idx).numpy()  # and the rest as ever
     assert_close(good, max_pool_backward_ref(x, dy.numpy(), 3, 2), 1e-6, "max_pool_backward(indices)")
 
