@@ -51,28 +51,19 @@ def max_pool_indices_ref(x, size, stride):
     return idx
 
 
-def scatter_indices_ref(indices, dy, shape, size, stride):
-    """dx from saved indices: each window's dy to its index; an index outside its window is dropped."""
+def scatter_indices_ref(indices, dy, shape, size, stride, dtype=np.float64):
+    """dx from saved indices: each window's dy to its index; an index outside its window is dropped.
+    Windows go in row-major order (a window adds one element a plane), so in float32 these are the
+    kernels' sums, bit for bit."""
     n, c, h, w = shape
-    dx = np.zeros(shape)
+    dx = np.zeros(shape, dtype)
     for oh, ow, rows, cols in _windows(h, w, size, stride):
         at = indices[:, :, oh, ow].astype(np.int64)
         r, col = at // w, at % w
         ok = (r >= rows.start) & (r < rows.stop) & (col >= cols.start) & (col < cols.stop) & (at >= 0)
         ni, ci = np.nonzero(ok)
-        np.add.at(dx, (ni, ci, r[ok], col[ok]), dy[ni, ci, oh, ow].astype(np.float64))
+        np.add.at(dx, (ni, ci, r[ok], col[ok]), dy[ni, ci, oh, ow].astype(dtype))
     return dx
-
-
-def scatter_in_order_f32(indices, dy, shape, size, stride):
-    """dx from valid indices in float32, each window's dy added in row-major window order: the
-    kernels' sums, bit for bit."""
-    n, c, h, w = shape
-    dx = np.zeros((n, c, h * w), np.float32)
-    ni, ci = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
-    for oh, ow, _, _ in _windows(h, w, size, stride):
-        dx[ni, ci, indices[:, :, oh, ow]] += dy[:, :, oh, ow].astype(np.float32)  # one element a plane
-    return dx.reshape(shape)
 
 
 def _distinct(rng, shape):
@@ -359,7 +350,7 @@ def test_max_pool_backward_3x3_stride_2_rows(device, rng, planes, h, w):
         dy = convnet.tensor(dy_np, device)
         without = ops.max_pool_backward(xt, y, dy, 3, 2).numpy()
         with_idx = ops.max_pool_backward(xt, y, dy, 3, 2, indices=idx).numpy()
-        want = scatter_in_order_f32(max_pool_indices_ref(x, 3, 2), dy_np, shape, 3, 2)
+        want = scatter_indices_ref(max_pool_indices_ref(x, 3, 2), dy_np, shape, 3, 2, np.float32)
         assert np.array_equal(without.view(np.uint32), want.view(np.uint32))  # -0 and +0 differ here
         assert np.array_equal(with_idx.view(np.uint32), want.view(np.uint32))
         assert_close(without, max_pool_backward_ref(x, dy_np, 3, 2), 1e-6, "max_pool_backward 3/2 by rows")

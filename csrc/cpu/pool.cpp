@@ -415,7 +415,8 @@ void group_backward(const PoolShape& sh, const float* x, const float* dy, float*
 // lane of three vectors permuted out of the row: even, odd, and even moved on by one window.
 // Each window's pick (its argmax recomputed from x, or its saved index) and dy then go down the
 // rows (walk_rows), keeping plane_scatter's order of sums: the same bits. Picking the argmax by
-// mask operations (FirstMaximum) made the walk 1.05-1.15x faster than by a vector of positions.
+// mask operations (FirstMaximum) rather than as a vector of positions compared nine times made
+// the 13x13 planes' walk 1.14x faster (0.093 -> 0.082 ms for 13->6 at batch 16).
 namespace s2 {
 inline __mmask16 first(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 // p[0 .. 16) where that ends by `end`, else p[0 .. n) and zeros. Lanes from n on are no
@@ -621,7 +622,7 @@ struct SavedIndices {
   Offsets picks(const Wide& l, int64_t oh, __m512 (&)[3][3]) {
     return Offsets{_mm512_sub_epi32(_mm512_castps_si512(l.out(plane, end, oh)), l.corner(oh)), l.W, l.windows()};
   }
-  void after(const Wide& l, const Offsets& o) { invalid += __builtin_popcount((unsigned)(l.windows() & ~o.hit)); }
+  void after(const Wide&, const Offsets& o) { invalid += __builtin_popcount((unsigned)(o.windows & ~o.hit)); }
 };
 
 // One walk down a set of lanes. Each window's dy goes to its three rows of dx, as vectors of the
