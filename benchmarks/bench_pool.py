@@ -2,11 +2,13 @@
 13 -> 6 (conv5). Bytes moved: forward reads x and writes y (+idx: and the int32 indices);
 backward reads x, y and dy and writes dx (the argmax is recomputed); backward+idx (the training
 path) reads the indices and dy and writes dx. PyTorch's counterparts: max_pool2d (with
-return_indices for +idx) and its backward from the saved indices (for both backward rows)."""
+return_indices for +idx) and its backward from the saved indices (for both backward rows).
+On a GPU each case also runs under every CUDA kernel variant (CONVNET_POOL_VARIANT,
+csrc/cuda/pool.cu), as rows "... v0" and "... v1"; the plain rows use the default variant."""
 import numpy as np
 
 import convnet
-from convnet import ops
+from convnet import _C, ops
 
 SHAPES = [("55->27", (96, 55, 55)), ("27->13", (256, 27, 27)), ("13->6", (256, 13, 13))]
 SIZE, STRIDE = 3, 2
@@ -32,8 +34,18 @@ def numpy_max_pool_backward(a, g):
     return dx
 
 
+def _with_variant(v, fn):
+    """fn run under CUDA max-pool variant v (set before each call: rows run one after another)."""
+    def run():
+        _C.set_pool_variant(v)
+        return fn()
+    return run
+
+
 def cases(ctx):
     dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
+    default = _C.pool_variant()
+    variants = [v for v in (0, 1) if v != default] + [default] if dev != "cpu" else []  # the default last
     out = []
     for name, shape in SHAPES:
         a = np.random.standard_normal((n,) + shape).astype(np.float32)
@@ -61,5 +73,9 @@ def cases(ctx):
             # torch's backward scatters from the indices its forward saved
             bwd["torch"] = bwd_i["torch"] = lambda t=t, tg=tg, tidx=tidx: torch.ops.aten.max_pool2d_with_indices_backward(
                 tg, t, [SIZE, SIZE], [STRIDE, STRIDE], [0, 0], [1, 1], False, tidx)
+        for case in (fwd, fwd_i, bwd, bwd_i):
+            case["ours"] = _with_variant(default, case["ours"])
         out += [fwd, fwd_i, bwd, bwd_i]
+        out += [{"name": f"{case['name']} v{v}", "bytes": case["bytes"], "ours": _with_variant(v, case["ours"])}
+                for v in variants for case in (fwd, fwd_i, bwd, bwd_i)]
     return out

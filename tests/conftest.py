@@ -16,14 +16,16 @@ from convnet import _C  # noqa: E402
 _C.set_poison(True)
 
 
-def _devices():
-    params = [pytest.param("cpu", id="cpu")]
+def cuda_param(value, id):
+    """A test parameter that needs a GPU: skipped, with the reason, where none is usable."""
     if convnet.cuda_available():
-        params.append(pytest.param("cuda:0", id="cuda"))
-    else:
-        why = "no GPU visible" if _C.cuda_built() else "convnet built without CUDA"
-        params.append(pytest.param("cuda:0", id="cuda", marks=pytest.mark.skip(reason=f"CUDA: {why}")))
-    return params
+        return pytest.param(value, id=id)
+    why = "no GPU visible" if _C.cuda_built() else "convnet built without CUDA"
+    return pytest.param(value, id=id, marks=pytest.mark.skip(reason=f"CUDA: {why}"))
+
+
+def _devices():
+    return [pytest.param("cpu", id="cpu"), cuda_param("cuda:0", "cuda")]
 
 
 @pytest.fixture(params=_devices())

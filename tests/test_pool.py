@@ -3,9 +3,39 @@ import numpy as np
 import pytest
 
 import convnet
-from convnet import ops
+from convnet import _C, ops
 
+from conftest import cuda_param
 from reference import assert_close, numeric_grad
+
+
+# Every test here runs on the CPU and on CUDA under each kernel variant (CONVNET_POOL_VARIANT,
+# csrc/cuda/pool.cu): "cuda" variant 0, "cuda-v1" whole planes a block through shared memory.
+@pytest.fixture(params=[pytest.param(("cpu", None), id="cpu"), cuda_param(("cuda:0", 0), "cuda"),
+                        cuda_param(("cuda:0", 1), "cuda-v1")])
+def device(request):
+    dev, variant = request.param
+    if variant is None:
+        yield dev
+        return
+    before = _C.pool_variant()
+    _C.set_pool_variant(variant)
+    try:
+        yield dev
+    finally:
+        _C.set_pool_variant(before)
+
+
+def test_pool_variant_setting():
+    before = _C.pool_variant()
+    try:
+        _C.set_pool_variant(1)
+        assert _C.pool_variant() == 1
+        with pytest.raises(ValueError, match="set_pool_variant: variant must be 0 or 1, got 2"):
+            _C.set_pool_variant(2)
+        assert _C.pool_variant() == 1
+    finally:
+        _C.set_pool_variant(before)
 
 
 # ---- NumPy float64 references ----

@@ -2,14 +2,16 @@
 their index maps, rings, chunking and grid-stride loops without a GPU.
 
 The kernel bodies are cut verbatim out of the .cu files and compiled as host C++ with a few
-stand-ins (__ldg -> load, rsqrtf -> 1/sqrtf, blockIdx/threadIdx globals); every thread of
-every block then runs in turn. The host launchers (with <<<>>>) are mirrored by the small
+stand-ins (__ldg -> load, rsqrtf -> 1/sqrtf, blockIdx/threadIdx per host thread); every thread
+of every block then runs in turn, except in the kernels with barriers (max-pool variant 1), where
+each CUDA thread of a block is an OS thread, __syncthreads a std::barrier over them, and the
+dynamic shared memory one buffer (blocks run one at a time). The host launchers (with <<<>>>) are mirrored by the small
 driver below. Outputs start as NaN, so an unwritten element fails; results are compared
 with the float64 references of tests/test_lrn.py and tests/test_pool.py, on their cases,
 with grids of 1, 3 and 1000 blocks (and the 64-bit index path of the pool kernels); the pool
 gradient also bit for bit against the CPU twin's (convnet.ops on the CPU).
 
-    python tools/emulate_lrn_pool.py        (needs g++; about ten seconds)
+    python tools/emulate_lrn_pool.py        (needs g++; about half a minute)
 """
 import ctypes
 import subprocess
@@ -24,12 +26,16 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 STANDINS = r'''
 #include <algorithm>
+#include <barrier>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <thread>
 #include <vector>
 struct Dim { int64_t x = 0, y = 0, z = 0; };
-static Dim blockIdx, threadIdx, blockDim, gridDim;
+static thread_local Dim blockIdx, threadIdx;
+static Dim blockDim, gridDim;
 #define __global__
 #define __device__
 #define __host__
@@ -54,6 +60,27 @@ void launch3(int64_t gx, int64_t gy, int64_t bx, int64_t by, int64_t bz, K kerne
       kernel(args...);
     }
   gridDim.y = blockDim.y = blockIdx.y = threadIdx.y = blockDim.z = threadIdx.z = 0;
+}
+// Kernels with barriers: `block` OS threads, each running its thread of every block in turn,
+// a barrier between blocks; `shared` bytes of dynamic shared memory, poisoned (NaN) at the start.
+static std::unique_ptr<std::barrier<>> block_sync;
+static std::vector<float> emu_shared;
+inline void __syncthreads() { block_sync->arrive_and_wait(); }
+template <class K, class... A> void launch_sync(int64_t grid, int64_t block, size_t shared, K kernel, A... args) {
+  gridDim.x = grid; blockDim.x = block;
+  block_sync = std::make_unique<std::barrier<>>(block);
+  emu_shared.assign(shared / sizeof(float), NAN);
+  std::vector<std::thread> threads;
+  for (int64_t t = 0; t < block; ++t)
+    threads.emplace_back([=] {
+      threadIdx.x = t;
+      for (int64_t b = 0; b < grid; ++b) {
+        blockIdx.x = b;
+        kernel(args...);
+        block_sync->arrive_and_wait();
+      }
+    });
+  for (auto& th : threads) th.join();
 }
 namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1; } }
 '''
@@ -133,6 +160,34 @@ void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy,
   else
     launch3(gx, gy, bx, by, 1, pool::max_pool_gather_kernel, sh, idx, dy, dx);
 }
+// Variant 1 (launch_planes): false where a plane's shared arrays pass the limit; else the planes
+// kernel, on min(blocks, |g|) blocks (grid-stride over the rest).
+template <int S, int T, pool::PlanesStep kStep>
+bool planes(int64_t g, const PoolShape& sh, const float* x, const int32_t* saved, const float* dy, float* y,
+            int32_t* idx, float* dx) {
+  using pool::PlanesStep;
+  const int64_t hw = sh.h * sh.w, pq = sh.p * sh.q;
+  const int64_t plane_bytes = 4 * ((kStep != PlanesStep::from_indices ? hw : 0) + (kStep != PlanesStep::forward ? 2 * pq : 0));
+  if (plane_bytes > pool::kPlanesSharedBytes) return false;
+  const int64_t per_block = std::max<int64_t>(1, std::min(pool::kPlanesElements / hw, pool::kPlanesSharedBytes / plane_bytes));
+  const pool::PlaneBlocks pb{(int)per_block, pool::FastDiv(hw), pool::FastDiv(sh.w), pool::FastDiv(pq), pool::FastDiv(sh.q)};
+  const int64_t blocks = std::min<int64_t>((sh.n * sh.c + per_block - 1) / per_block, g < 0 ? -g : g);
+  launch_sync(blocks, pool::kThreads, per_block * plane_bytes, pool::max_pool_planes_kernel<S, T, kStep>, sh, pb, x, saved,
+              dy, y, idx, dx);
+  return true;
+}
+template <class Index, int S, int T>
+void pool_forward1(int64_t g, const PoolShape& sh, const float* x, float* y, int32_t* idx) {
+  if (!planes<S, T, pool::PlanesStep::forward>(g, sh, x, nullptr, nullptr, y, idx, nullptr)) pool_forward<Index, S, T>(g, sh, x, y, idx);
+}
+template <class Index, int S, int T>
+void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx);
+template <class Index, int S, int T>
+void pool_backward1(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
+  const bool ran = idx ? planes<S, T, pool::PlanesStep::from_indices>(g, sh, nullptr, idx, dy, nullptr, nullptr, dx)
+                       : planes<S, T, pool::PlanesStep::from_x>(g, sh, x, nullptr, dy, nullptr, nullptr, dx);
+  if (!ran) pool_backward<Index, S, T>(g, sh, x, idx, dy, dx);
+}
 template <class Index, int S, int T>
 void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
   if (!idx) {  // the no-indices path: argmax into scratch, then the gather
@@ -146,19 +201,20 @@ void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t
 #define POOL(F, ...) \
   if (g < 0) { if (paper) F<int64_t, 3, 2>(-g, __VA_ARGS__); else F<int64_t, 0, 0>(-g, __VA_ARGS__); } \
   else { if (paper) F<uint32_t, 3, 2>(g, __VA_ARGS__); else F<uint32_t, 0, 0>(g, __VA_ARGS__); }
+// variant: CONVNET_POOL_VARIANT (0 or 1)
 extern "C" void emu_pool(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
-                         const float* x, float* y, int32_t* idx, int64_t g, int generic) {
+                         const float* x, float* y, int32_t* idx, int64_t g, int generic, int variant) {
   PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
   const bool paper = !generic && size == 3 && stride == 2;
-  POOL(pool_forward, sh, x, y, idx)
+  if (variant == 1) { POOL(pool_forward1, sh, x, y, idx) } else { POOL(pool_forward, sh, x, y, idx) }
 }
 // idx null: the backward without indices (from x)
 extern "C" void emu_pool_backward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
                                   const float* x, const int32_t* idx, const float* dy, float* dx, int64_t g,
-                                  int generic) {
+                                  int generic, int variant) {
   PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
   const bool paper = !generic && size == 3 && stride == 2;
-  POOL(pool_backward, sh, x, idx, dy, dx)
+  if (variant == 1) { POOL(pool_backward1, sh, x, idx, dy, dx) } else { POOL(pool_backward, sh, x, idx, dy, dx) }
 }
 '''
 
@@ -174,20 +230,26 @@ def build(workdir):
     # from the namespace's opening to the first host launcher; both leave `namespace {` open
     lrn_kernels = between(lrn, "namespace convnet::cuda {", "template <int H, bool kThreeQuarters>\nvoid launch_forward")
     pool_kernels = between(pool, "namespace {", "}  // namespace\n\n")
+    pool_kernels = pool_kernels.replace("extern __shared__ float planes_shared[];",
+                                        "float* planes_shared = emu_shared.data();")
+    # variant 1's launch constants, from the host part of pool.cu
+    pool_kernels += "\n".join(line for line in pool.splitlines() if line.startswith("constexpr int64_t kPlanes")) + "\n"
+    fast_div = between((ROOT / "csrc/cuda/common.cuh").read_text(), "struct FastDiv {", "\n};\n") + "\n};\n"
     src = STANDINS + f'#include "{ROOT}/csrc/kernels/lrn.h"\n#include "{ROOT}/csrc/kernels/pool.h"\n'
     src += lrn_kernels + "}  // namespace\n\n"
-    src += "namespace pool { using convnet::PoolShape;\n" + pool_kernels + "}  // namespace\n}  // namespace pool\n"
+    src += "namespace pool { using convnet::PoolShape;\n" + fast_div + pool_kernels
+    src += "}  // namespace\n}  // namespace pool\n"
     src += "}  // namespace convnet::cuda\n" + DRIVER.replace("pool::", "convnet::cuda::pool::")
     cpp, so = Path(workdir) / "emulate.cpp", Path(workdir) / "emulate.so"
     cpp.write_text(src)
-    subprocess.check_call(["g++", "-O2", "-std=gnu++17", "-shared", "-fPIC", "-o", str(so), str(cpp)])
+    subprocess.check_call(["g++", "-O2", "-std=gnu++20", "-pthread", "-shared", "-fPIC", "-o", str(so), str(cpp)])
     lib = ctypes.CDLL(str(so))
     I, F, P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I, ctypes.c_int]
     lib.emu_lrn_backward.argtypes = [I, I, I, I, F, F, F, P, P, P, I, ctypes.c_int]
     C = ctypes.c_int
-    lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, P, I, C]
-    lib.emu_pool_backward.argtypes = [I, I, I, I, I, I, P, P, P, P, I, C]
+    lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, P, I, C, C]
+    lib.emu_pool_backward.argtypes = [I, I, I, I, I, I, P, P, P, P, I, C, C]
     return lib
 
 
@@ -224,12 +286,18 @@ def main():
                     failures += 1
                     print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
             wide = [((1, 2, 7, 261), 3, 2), ((2, 1, 5, 300), 2, 2), ((1, 1, 3, 131), 3, 1)]  # rows > 128: looped
-            for shape, size, stride in tp.CASES + tp.INDEX_CASES[9:] + wide:
-                if small_only and np.prod(shape) > 200000:
-                    continue
+            # variant 1: planes past 48 KB of shared memory (x) fall back to variant 0's kernels, but
+            # the backward from indices (dy and indices only) still fits
+            big = [((1, 2, 120, 110), 3, 2), ((2, 1, 115, 113), 2, 1)]
+            for (shape, size, stride), variant in ((c, v) for c in tp.CASES + tp.INDEX_CASES[9:] + wide + big
+                                                   for v in (0, 1)):
+                if (small_only and np.prod(shape) > 200000) or (variant == 1 and grid in (1, -7)):
+                    continue  # variant 1: no 64-bit index path; one block is a grid of 3's loop, slower
                 for ties, generic in ((False, 0), (True, 0), (True, 1), ("nan", 0), ("nan", 1)):
                     if generic and (size, stride) != (3, 2):
                         continue  # other windows always take the generic kernels
+                    if variant == 1 and np.prod(shape) > 200000 and (grid != 1000 or generic):
+                        continue  # its barriers cost ~1 ms each here (256 OS threads on few cores)
                     x = (rng.integers(0, 3, shape) if ties is True else rng.standard_normal(shape)).astype(np.float32)
                     if ties == "nan":  # NaNs take the windows they are in (the first one in row-major order)
                         x.flat[rng.integers(0, x.size, max(1, x.size // 50))] = np.nan
@@ -238,15 +306,17 @@ def main():
                     idx = np.full(yref.shape, -5, np.int32)
                     dy = rng.standard_normal(yref.shape).astype(np.float32)
                     dx, dx2 = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
-                    lib.emu_pool(*shape, size, stride, ptr(x), ptr(y), ptr(idx), grid, generic)
-                    lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(idx), ptr(dy), ptr(dx), grid, generic)
-                    lib.emu_pool_backward(*shape, size, stride, ptr(x), None, ptr(dy), ptr(dx2), grid, generic)
+                    lib.emu_pool(*shape, size, stride, ptr(x), ptr(y), ptr(idx), grid, generic, variant)
+                    lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(idx), ptr(dy), ptr(dx), grid, generic,
+                                          variant)
+                    lib.emu_pool_backward(*shape, size, stride, ptr(x), None, ptr(dy), ptr(dx2), grid, generic, variant)
                     # bad indices: never followed (no write outside dx), their dy dropped
                     bad = idx.copy()
                     bad.flat[::3] = rng.integers(-2**31, 2**31 - 1, bad.flat[::3].shape)
                     bad.flat[1::5] = (bad.flat[1::5] + 1) % (shape[2] * shape[3])  # mostly a neighbour
                     dx3 = np.full(shape, np.nan, np.float32)
-                    lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(bad), ptr(dy), ptr(dx3), grid, generic)
+                    lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(bad), ptr(dy), ptr(dx3), grid, generic,
+                                          variant)
                     # the CPU twin's gradient from the same indices: the same bits (the same adds in
                     # the same row-major window order)
                     cpu_dx = ops.max_pool_backward(convnet.tensor(x), None, convnet.tensor(dy), size, stride,
@@ -258,7 +328,8 @@ def main():
                     if (e1 > 0 or e2 > 1e-6 or e3 > 1e-6 or not np.array_equal(idx, iref) or not np.array_equal(dx, dx2)
                             or not np.array_equal(dx, cpu_dx)):
                         failures += 1
-                        print(f"FAIL pool {shape} {size}/{stride} ties {ties} generic {generic} grid {grid}: "
+                        print(f"FAIL pool {shape} {size}/{stride} ties {ties} generic {generic} variant {variant} "
+                              f"grid {grid}: "
                               f"{e1:.3g} {e2:.3g} {e3:.3g} indices equal {np.array_equal(idx, iref)} "
                               f"paths equal {np.array_equal(dx, dx2)} CPU bits equal {np.array_equal(dx, cpu_dx)}")
         print(f"emulated CUDA lrn/pool: {checked} cases, {failures} failed")

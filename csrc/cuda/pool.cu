@@ -40,7 +40,21 @@
 // 0 bytes stack frame, 0 bytes spill stores/loads for all. Registers, <Index, size, stride>:
 //   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29   <u32,0,0> 26 / 24   <i64,*> <= 31
 //   max_pool_gather_tiles_kernel <3,2> 60   max_pool_gather_kernel (runtime window) 40
+//   max_pool_planes_kernel (variant 1) <3,2> forward / from x / from indices 26 / 27 / 26,
+//   runtime window 31 / 31 / 32 (sm_90)
 // Timed on an H200 (results 2026-11-26-h200-29eff7f): forward 0.74-0.82 of copy.
+//
+// Variant 1 (CONVNET_POOL_VARIANT=1, max_pool_planes_kernel below; the default stays 0 until
+// measured): whole planes a block through shared memory, every global access a contiguous run,
+// and the backward without indices in one pass (no argmax scratch: 333 of the 404 MB that two
+// passes move at 55->27, batch 128). Written without a GPU; checked by tools/emulate_lrn_pool.py.
+// Prediction (H200): backward without indices 55->27 from 126 us to 90-100 us (0.72 -> 0.85-0.9
+// of copy), 27->13 0.67 -> ~0.85, 13->6 (two ~15 us launches now) 0.51 -> ~0.7; from indices and
+// the forward on 13x13 planes (warps now spread over several planes and two-column writes)
+// 0.57 / 0.77 -> 0.7-0.8, the larger planes about as now. Refuted where bench_pool.py's "v1" rows
+// are no faster than the "v0" rows of the same run.
+#include <algorithm>
+
 #include "../core/device.h"
 #include "../kernels/pool.h"
 #include "common.cuh"
@@ -194,6 +208,110 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_kernel(const PoolSha
   }
 }
 
+// ---- variant 1 (CONVNET_POOL_VARIANT=1): whole planes a block, through shared memory ----
+// A block takes `per_block` consecutive planes, which lie back to back in every tensor, so it
+// reads x, dy and saved indices and writes y, indices and dx as contiguous runs, a thread an
+// element (coalesced; partial lines only at a run's two ends), where the kernels above read x in
+// stride-2 patterns and write dx two columns a thread. Shared memory holds the planes of x
+// (forward, backward without indices), and each window's dy and argmax offset (backward). The
+// steps, a barrier after each:
+//   load: x and/or the windows' dy and saved indices;
+//   scan (forward, backward without indices): each window's maximum and argmax from shared x, in
+//     row-major order with pool_better (the same bits as max_pool_kernel); the forward writes y
+//     and indices, the backward keeps the argmax in shared memory (no scratch tensor, no second
+//     launch);
+//   gather (backward): each input element adds the dy of the covering windows whose argmax it is,
+//     in row-major window order (as the gathers above and the CPU scatter: the same bits); a saved
+//     index outside its window is matched by no element, so its dy is dropped.
+enum class PlanesStep { forward, from_x, from_indices };
+
+struct PlaneBlocks {
+  int per_block;                // planes a block
+  FastDiv plane_in, row_in;     // by h * w and by w: an input element's plane and row
+  FastDiv plane_out, row_out;   // by p * q and by q: a window's plane and row
+};
+
+template <int kSize, int kStride, PlanesStep kStep>
+__global__ void __launch_bounds__(kThreads) max_pool_planes_kernel(
+    const PoolShape sh, const PlaneBlocks pb, const float* __restrict__ x, const int32_t* __restrict__ saved,
+    const float* __restrict__ dy, float* __restrict__ y, int32_t* __restrict__ indices, float* __restrict__ dx) {
+  extern __shared__ float planes_shared[];
+  constexpr bool kScan = kStep != PlanesStep::from_indices, kGather = kStep != PlanesStep::forward;
+  const int size = kSize ? kSize : (int)sh.size, stride = kStride ? kStride : (int)sh.stride;
+  // windows covering an element, at most, each way (compile-time for the paper's window)
+  const int cover = kSize ? (kSize + kStride - 1) / kStride : (size + stride - 1) / stride;
+  const int h = (int)sh.h, w = (int)sh.w, p = (int)sh.p, q = (int)sh.q, hw = h * w, pq = p * q;
+  const int64_t planes = sh.n * sh.c;
+  // shared: [x of the planes (kScan)] [the windows' dy] [the windows' argmax] (kGather)
+  float* xs = planes_shared;
+  float* wdy = planes_shared + (kScan ? pb.per_block * hw : 0);
+  int32_t* warg = reinterpret_cast<int32_t*>(wdy + (kGather ? pb.per_block * pq : 0));
+  for (int64_t first = (int64_t)blockIdx.x * pb.per_block; first < planes;
+       first += (int64_t)gridDim.x * pb.per_block) {
+    const int k = (int)min((int64_t)pb.per_block, planes - first);
+    const int inputs = k * hw, windows = k * pq;
+    if (kScan)
+      for (int e = threadIdx.x; e < inputs; e += blockDim.x) xs[e] = __ldg(x + first * hw + e);
+    if (kGather)
+      for (int i = threadIdx.x; i < windows; i += blockDim.x) {
+        wdy[i] = __ldg(dy + first * pq + i);
+        if (kStep == PlanesStep::from_indices) warg[i] = __ldg(saved + first * pq + i);
+      }
+    __syncthreads();
+    if (kScan) {
+      for (int i = threadIdx.x; i < windows; i += blockDim.x) {
+        const int j = pb.plane_out.div(i), o = i - j * pq, oh = pb.row_out.div(o), ow = o - oh * q;
+        const float* xp = xs + j * hw;
+        const int corner = oh * stride * w + ow * stride;
+        float m = xp[corner];
+        int at = corner;
+#pragma unroll
+        for (int kh = 0; kh < size; ++kh) {
+#pragma unroll
+          for (int kw = 0; kw < size; ++kw) {
+            const int a = corner + kh * w + kw;
+            const float v = xp[a];
+            const bool take = pool_better(v, m);
+            m = take ? v : m;
+            at = take ? a : at;
+          }
+        }
+        if (kStep == PlanesStep::forward) {
+          y[first * pq + i] = m;
+          if (indices) indices[first * pq + i] = at;
+        } else {
+          warg[i] = at;
+        }
+      }
+      if (kGather) __syncthreads();
+    }
+    if (kGather) {
+      for (int e = threadIdx.x; e < inputs; e += blockDim.x) {
+        const int j = pb.plane_in.div(e), r = e - j * hw, ih = pb.row_in.div(r), iw = r - ih * w;
+        // windows oh with oh*stride <= ih <= oh*stride + size - 1, inside the output; likewise ow
+        const int oh_lo = ih >= size ? (ih - size) / stride + 1 : 0, oh_hi = min(ih / stride, p - 1);
+        const int ow_lo = iw >= size ? (iw - size) / stride + 1 : 0, ow_hi = min(iw / stride, q - 1);
+        const int32_t* wa = warg + j * pq;
+        const float* wd = wdy + j * pq;
+        float acc = 0.f;
+#pragma unroll
+        for (int a = cover - 1; a >= 0; --a) {  // ascending oh: row-major window order
+          const int oh = oh_hi - a;
+          if (oh < oh_lo) continue;
+#pragma unroll
+          for (int b = cover - 1; b >= 0; --b) {
+            const int ow = ow_hi - b;
+            if (ow < ow_lo) continue;
+            if (wa[oh * q + ow] == r) acc += wd[oh * q + ow];
+          }
+        }
+        dx[first * hw + e] = acc;
+      }
+    }
+    __syncthreads();  // the next planes overwrite the shared arrays
+  }
+}
+
 }  // namespace
 
 // A grid-stride index stays below total + gridDim.x * blockDim.x; keep that inside uint32_t.
@@ -244,6 +362,33 @@ GatherLaunch gather_launch(const PoolShape& sh, bool tiles) {
   return {dim3((unsigned)((thread_rows + y - 1) / y), (unsigned)std::min<int64_t>(plane_blocks, 65535)), dim3(x, y, z)};
 }
 
+// Variant 1: about kPlanesElements input elements a block (at least one plane), within
+// kPlanesSharedBytes of shared memory (the limit without opting in to more).
+constexpr int64_t kPlanesElements = 2048;
+constexpr int64_t kPlanesSharedBytes = 48 * 1024;
+
+// Variant 1's kernel for one step; false, with nothing launched, under variant 0 or where one
+// plane's shared arrays pass kPlanesSharedBytes (variant 0's kernels then run).
+template <PlanesStep kStep>
+bool launch_planes(const PoolShape& sh, const float* x, const int32_t* saved, const float* dy, float* y,
+                   int32_t* indices, float* dx) {
+  if (pool_variant() != 1) return false;
+  const int64_t hw = sh.h * sh.w, pq = sh.p * sh.q;
+  const int64_t plane_bytes = (int64_t)sizeof(float) * ((kStep != PlanesStep::from_indices ? hw : 0) +
+                                                        (kStep != PlanesStep::forward ? 2 * pq : 0));
+  if (plane_bytes > kPlanesSharedBytes) return false;
+  const int64_t per_block = std::max<int64_t>(1, std::min(kPlanesElements / hw, kPlanesSharedBytes / plane_bytes));
+  const PlaneBlocks pb{(int)per_block, FastDiv(hw), FastDiv(sh.w), FastDiv(pq), FastDiv(sh.q)};
+  const unsigned blocks = blocks_for((sh.n * sh.c + per_block - 1) / per_block, 1);
+  const size_t shared = (size_t)(per_block * plane_bytes);
+  if (paper_window(sh))
+    max_pool_planes_kernel<3, 2, kStep><<<blocks, kThreads, shared, stream()>>>(sh, pb, x, saved, dy, y, indices, dx);
+  else
+    max_pool_planes_kernel<0, 0, kStep><<<blocks, kThreads, shared, stream()>>>(sh, pb, x, saved, dy, y, indices, dx);
+  CUDA_CHECK_LAUNCH("max_pool_planes_kernel");
+  return true;
+}
+
 void launch_gather(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx) {
   const bool tiles = paper_window(sh);
   const GatherLaunch l = gather_launch(sh, tiles);
@@ -256,6 +401,7 @@ void launch_gather(const PoolShape& sh, const int32_t* indices, const float* dy,
 }  // namespace
 
 void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
+  if (launch_planes<PlanesStep::forward>(sh, x, nullptr, nullptr, y, indices, nullptr)) return;
   launch_max_pool<true>(sh, x, y, indices);
   CUDA_CHECK_LAUNCH("max_pool_kernel");
 }
@@ -263,6 +409,7 @@ void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
 void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx,
                                int64_t* invalid) {
   *invalid = 0;  // not checked here: it would need a sync; a bad index gets no gradient
+  if (launch_planes<PlanesStep::from_indices>(sh, nullptr, indices, dy, nullptr, nullptr, dx)) return;
   launch_gather(sh, indices, dy, dx);
   CUDA_CHECK_LAUNCH("max_pool gather kernel");
 }
@@ -270,6 +417,7 @@ void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, cons
 // Without saved indices: the argmax into scratch, then the gather. y is not read: the argmax is
 // recomputed from x (the same as the first element equal to y, for y = max_pool(x)).
 void max_pool_backward(const PoolShape& sh, const float* x, const float* /*y*/, const float* dy, float* dx) {
+  if (launch_planes<PlanesStep::from_x>(sh, x, nullptr, dy, nullptr, nullptr, dx)) return;
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   const size_t bytes = (size_t)(sh.n * sh.c * sh.p * sh.q) * sizeof(int32_t);

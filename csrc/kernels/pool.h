@@ -25,6 +25,14 @@ CONVNET_POOL_HD bool pool_better(float v, float m) { return m == m && !(v <= m);
 // Two values are "the same" when equal or both NaN (ties between equal maxima are broken by
 // position: the first in row-major order is the window's argmax).
 CONVNET_POOL_HD bool pool_same(float v, float y) { return v == y || (v != v && y != y); }
+
+// The CUDA kernels (csrc/cuda/pool.cu): 0 (default) a thread per output (forward) and the
+// register-tile gather (backward; without indices after an argmax pass), 1 whole planes a block
+// through shared memory, one pass each (planes too large for it take variant 0's kernels).
+// CONVNET_POOL_VARIANT read once from the environment, or set_pool_variant (tests, benchmarks).
+// The CPU twins ignore it.
+int pool_variant();
+void set_pool_variant(int variant);
 }  // namespace convnet
 
 // Saved argmax ("indices", int32, shaped like y): each window's first maximal element (the one

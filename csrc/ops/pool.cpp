@@ -2,6 +2,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <optional>
 #include <tuple>
 
@@ -10,6 +11,15 @@
 
 namespace convnet {
 namespace {
+
+constexpr int kPoolVariants = 2;
+// Variant 0 is the default: measured (H200, results 2026-11-27-h200-deb597b); variant 1 is not yet.
+constexpr int kDefaultPoolVariant = 0;
+
+std::atomic<int>& variant_slot() {
+  static std::atomic<int> v{variant_from_env("CONVNET_POOL_VARIANT", kPoolVariants, kDefaultPoolVariant, "0 or 1")};
+  return v;
+}
 
 PoolShape pool_shape(const Tensor& x, int64_t size, int64_t stride) {
   check_defined(x, "x");
@@ -75,11 +85,21 @@ Tensor max_pool_backward(const Tensor& x, const std::optional<Tensor>& y, const 
   return dx;
 }
 
+int pool_variant() { return variant_slot().load(std::memory_order_relaxed); }
+
+void set_pool_variant(int variant) {
+  CHECK_VALUE(variant >= 0 && variant < kPoolVariants, "set_pool_variant: variant must be 0 or 1, got ", variant);
+  variant_slot().store(variant, std::memory_order_relaxed);
+}
+
 void register_pool(py::module_& m) {
   m.def("max_pool", &max_pool, py::arg("x"), py::arg("size"), py::arg("stride"), py::arg("return_indices") = false,
         CONVNET_NOGIL);
   m.def("max_pool_backward", &max_pool_backward, py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("size"),
         py::arg("stride"), py::arg("indices") = py::none(), CONVNET_NOGIL);
+  // Hidden: the CUDA max-pool variant (CONVNET_POOL_VARIANT), so tests and benchmarks can run each.
+  m.def("pool_variant", &pool_variant);
+  m.def("set_pool_variant", &set_pool_variant, py::arg("variant"));
 }
 
 }  // namespace convnet
