@@ -20,8 +20,9 @@
 #     BENCH_ONLY=pool,lrn,softmax,step tools/gpu_check.sh build tests variants bench ncu memcheck
 # (it writes 9 files; the device tool returns 8: delete bench.json, say, before the call ends)
 # (TEST_FILTER: pytest -k; TEST_ARGS: more pytest arguments, split on spaces.)
-# ncu: Nsight Compute's throughput, occupancy and stall sections for the kernels of
-# tools/gpu_probe.py (conv2's FFT backward-filter, max-pool, LRN at conv1's size): ncu.txt, whose
+# ncu: Nsight Compute's throughput, memory, occupancy and stall sections for the kernels of
+# tools/gpu_probe.py (conv2's FFT backward-filter, max-pool under both variants, LRN at conv1's
+# size and on 56x56 planes): ncu.txt, whose
 # lines per kernel (duration, DRAM throughput, occupancy, registers) are copied to summary.md.
 # memcheck: compute-sanitizer over tools/gpu_probe.py's small calls (memcheck.txt).
 # train: the paper's net at 224x224 for a short run (images/s), then the default small net on
@@ -109,7 +110,8 @@ fi
 if stage ncu; then
   echo "== ncu ($(elapsed))"
   timeout ${NCU_TIMEOUT:-150} ncu --clock-control none -k regex:"${NCU_KERNELS:-spectrum|filter_kernel|gemm|gather|max_pool|lrn}" \
-    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+    --section WarpStateStats --section SchedulerStats \
     $PY tools/gpu_probe.py > "$OUT/ncu.txt" 2>&1
   echo "- ncu rc $? (ncu.txt):" >> "$summary"
   grep -E '^  [a-zA-Z_].*\(|^    (Duration|DRAM Throughput|Achieved Occupancy|Registers Per Thread|Issued Warp Per Scheduler) ' \

@@ -1,8 +1,9 @@
 """The calls that tools/gpu_check.sh's ncu and memcheck stages run under the profilers.
 
     python tools/gpu_probe.py          conv2's backward-filter at batch 128 (variant 5's FFT path),
-                                       max-pool (with and without saved indices) and LRN, forward
-                                       and backward, at conv1's size: for ncu
+                                       max-pool (with and without saved indices, both CUDA variants)
+                                       and LRN, forward and backward, at conv1's size (LRN also on
+                                       56x56 planes): for ncu
     python tools/gpu_probe.py small    the same ops on small, odd shapes, a runtime-size pooling
                                        window, concat/split (aligned rows and not) and softmax
                                        over 300 rows: for compute-sanitizer (memcheck), which is slow
@@ -30,12 +31,18 @@ _, dw, _ = ops.conv2d_backward(x, w, dy, stride=1, padding=2, groups=2, input_gr
 print("conv2 dw std", dw.numpy().std())
 
 a = t(3, 40, 13, 13) if small else t(128, 96, 55, 55)
-y, idx = ops.max_pool(a, return_indices=True)
-g = t(*y.shape)
-print("max_pool_backward sums", ops.max_pool_backward(a, y, g).numpy().sum(),
-      ops.max_pool_backward(a, y, g, indices=idx).numpy().sum())
+g = None
+for variant in (0, 1):  # CONVNET_POOL_VARIANT: each kernel set (the same bits, so the same sums)
+    convnet._C.set_pool_variant(variant)
+    y, idx = ops.max_pool(a, return_indices=True)
+    g = t(*y.shape) if g is None else g
+    print(f"max_pool v{variant} backward sums", ops.max_pool_backward(a, y, g).numpy().sum(),
+          ops.max_pool_backward(a, y, g, indices=idx).numpy().sum())
 yl = ops.lrn(a)
 print("lrn_backward sum", ops.lrn_backward(a, yl, t(*a.shape)).numpy().sum())
+if not small:  # conv1's LRN on 56x56 planes, each line-aligned (bench_lrn.py's probe rows)
+    b = t(128, 96, 56, 56)
+    print("lrn_backward 56x56 sum", ops.lrn_backward(b, ops.lrn(b), t(*b.shape)).numpy().sum())
 
 if small:  # also the runtime-window gather, and concat/split on both of copy_rows's paths
     y2 = ops.max_pool(a, 2, 3)
