@@ -80,24 +80,53 @@ def lrn_variant(request):
 
 
 # The CUDA kernel variants (CONVNET_LRN_VARIANT, csrc/cuda/lrn.cu): each against the reference.
-@pytest.mark.parametrize("lrn_variant", [0, 1, 2, 3, 4, 5], indirect=True, ids=["v0", "v1", "v2", "v3", "v4", "v5"])
+VARIANTS = [0, 1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("lrn_variant", VARIANTS, indirect=True, ids=[f"v{v}" for v in VARIANTS])
 @pytest.mark.parametrize("shape,size,alpha,beta,k,scale", CASES + [((1, 300, 2, 3), 5, 0.2, 0.75, 1.0, 1.0),
                                                                    ((2, 37, 3, 5), 3, 0.2, 0.6, 1.0, 2.0),
-                                                                   ((3, 70, 37, 31), 5, 1e-4, 0.75, 2.0, 20.0)])
+                                                                   ((3, 70, 37, 31), 5, 1e-4, 0.75, 2.0, 20.0),
+                                                                   ((2, 9, 23, 29), 9, 0.1, 0.75, 1.0, 3.0)])
 def test_lrn_variants(device, rng, lrn_variant, shape, size, alpha, beta, k, scale):
     if device == "cpu":
         pytest.skip("the variants are CUDA kernels; the CPU twin has one")
     _check_forward_backward(device, rng, shape, size, alpha, beta, k, scale)
 
 
+# Inputs that start off a 128-byte line (DLPack views into a larger buffer), x and dy at different
+# offsets: variant 6 realigns its loads to the lines of each tensor.
+@pytest.mark.parametrize("lrn_variant", VARIANTS, indirect=True, ids=[f"v{v}" for v in VARIANTS])
+def test_lrn_inputs_off_a_line(device, rng, lrn_variant):
+    if device == "cpu" and lrn_variant != VARIANTS[0]:
+        pytest.skip("the variants are CUDA kernels; the CPU twin has one")
+    torch = pytest.importorskip("torch")
+    if device != "cpu" and not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA here")
+    shape, p = (2, 11, 19, 23), _params(5, 0.1, 0.75, 1.0)
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+
+    def view_at(a, floats):
+        buf = torch.full((a.size + 64,), float("nan"), device=device)
+        buf[floats:floats + a.size] = torch.from_numpy(a.ravel()).to(device)
+        return convnet.from_dlpack(buf[floats:floats + a.size].view(a.shape))
+
+    xt, dyt = view_at(x, 5), view_at(dy, 19)
+    assert xt.data_ptr() % 128 != dyt.data_ptr() % 128
+    y = ops.lrn(xt, **p)
+    assert_close(y.numpy(), lrn_ref(x, **p), 2e-6, "lrn")
+    assert_close(ops.lrn_backward(xt, y, dyt, **p).numpy(), lrn_backward_ref(x, dy, **p), 1e-5, "lrn_backward")
+
+
 def test_lrn_variant_setting():
     before = _C.lrn_variant()
-    assert before in (0, 1, 2, 3, 4, 5)
+    assert before in VARIANTS
     try:
         _C.set_lrn_variant(0)
         assert _C.lrn_variant() == 0
-        with pytest.raises(ValueError, match="set_lrn_variant: variant must be 0 to 5, got 6"):
-            _C.set_lrn_variant(6)
+        with pytest.raises(ValueError, match="set_lrn_variant: variant must be 0 to 6, got 7"):
+            _C.set_lrn_variant(7)
     finally:
         _C.set_lrn_variant(before)
 

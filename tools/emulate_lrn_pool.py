@@ -14,6 +14,7 @@ gradient also bit for bit against the CPU twin's (convnet.ops on the CPU).
     python tools/emulate_lrn_pool.py        (needs g++; about half a minute)
 """
 import ctypes
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 STANDINS = r'''
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <cfloat>
 #include <cmath>
@@ -43,6 +45,7 @@ static Dim blockDim, gridDim;
 #define __launch_bounds__(x)
 template <class T> T __ldg(const T* p) { return *p; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+using std::max;
 using std::min;
 template <class K, class... A> void launch(int64_t grid, int64_t block, K kernel, A... args) {
   gridDim.x = grid; blockDim.x = block;
@@ -62,10 +65,14 @@ void launch3(int64_t gx, int64_t gy, int64_t bx, int64_t by, int64_t bz, K kerne
   gridDim.y = blockDim.y = blockIdx.y = threadIdx.y = blockDim.z = threadIdx.z = 0;
 }
 // Kernels with barriers: `block` OS threads, each running its thread of every block in turn,
-// a barrier between blocks; `shared` bytes of dynamic shared memory, poisoned (NaN) at the start.
+// barriers between blocks; `shared` bytes of shared memory (the kernels' __shared__ arrays are
+// rewritten to point into it), poisoned (NaN) before each block.
 static std::unique_ptr<std::barrier<>> block_sync;
 static std::vector<float> emu_shared;
 inline void __syncthreads() { block_sync->arrive_and_wait(); }
+static std::atomic<int64_t> off_line{0};  // variant 6's rows loaded or stored not from a line start
+inline void emu_line_start(const float* p) { if (((uintptr_t)p / sizeof(float)) % 32) off_line++; }
+extern "C" int64_t emu_off_line() { return off_line.exchange(0); }
 template <class K, class... A> void launch_sync(int64_t grid, int64_t block, size_t shared, K kernel, A... args) {
   gridDim.x = grid; blockDim.x = block;
   block_sync = std::make_unique<std::barrier<>>(block);
@@ -76,6 +83,8 @@ template <class K, class... A> void launch_sync(int64_t grid, int64_t block, siz
       threadIdx.x = t;
       for (int64_t b = 0; b < grid; ++b) {
         blockIdx.x = b;
+        if (t == 0) std::fill(emu_shared.begin(), emu_shared.end(), NAN);
+        block_sync->arrive_and_wait();
         kernel(args...);
         block_sync->arrive_and_wait();
       }
@@ -108,9 +117,16 @@ template <int H, bool B> void bwd_block16(int64_t g, const LrnShape& sh, const S
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward_wide(H)>, sh, sp, x, dy, dx); }
 template <int H, bool B> void fwd_span(int64_t g, const LrnShape& sh, const Split&, const float* x, float* y) {
   launch(g, kThreads, lrn_span_kernel<H, B>, sh, split_spans(sh), x, y); }
+// variant 6: the line-aligned kernels on min(blocks, g) blocks (grid-stride over the rest)
+template <int H, bool B> void fwd_aligned(int64_t g, const LrnShape& sh, const Split&, const float* x, float* y) {
+  const AlignedSplit sp = split_aligned(sh);
+  launch_sync(std::min<int64_t>(sp.blocks, g), kThreads, kSharedBytes, lrn_aligned_kernel<H, B>, sh, sp, x, y); }
+template <int H, bool B> void bwd_aligned(int64_t g, const LrnShape& sh, const Split&, const float* x, const float* dy, float* dx) {
+  const AlignedSplit sp = split_aligned(sh);
+  launch_sync(std::min<int64_t>(sp.blocks, g), kThreads, kSharedBytes, lrn_backward_aligned_kernel<H, B>, sh, sp, x, dy, dx); }
 // variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward, 3 block kernels with
-// 16-channel blocks, 4 ring forward + variant 3's backward, 5 span forward + block backward (as
-// lrn_variant() picks in the launchers)
+// 16-channel blocks, 4 ring forward + variant 3's backward, 5 span forward + block backward, 6 the
+// line-aligned kernels (as lrn_variant() picks in the launchers)
 extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
                         const float* x, float* y, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
@@ -118,7 +134,8 @@ extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float al
   bool b34 = beta == 0.75f;
   if (variant == 0 || variant == 2 || variant == 4) { RING(fwd, g, sh, sp, x, y) }
   else if (variant == 1) { RING(fwd_block, g, sh, sp, x, y) }
-  else if (variant == 5) { RING(fwd_span, g, sh, sp, x, y) } else { RING(fwd_block16, g, sh, sp, x, y) }
+  else if (variant == 5) { RING(fwd_span, g, sh, sp, x, y) }
+  else if (variant == 6) { RING(fwd_aligned, g, sh, sp, x, y) } else { RING(fwd_block16, g, sh, sp, x, y) }
   launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
 }
 extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
@@ -128,6 +145,7 @@ extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size,
   bool b34 = beta == 0.75f;
   if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) }
   else if (variant == 3 || variant == 4) { RING(bwd_block16, g, sh, sp, x, dy, dx) }
+  else if (variant == 6) { RING(bwd_aligned, g, sh, sp, x, dy, dx) }
   else { RING(bwd_block, g, sh, sp, x, dy, dx) }
   std::vector<float> t(n * c * hw, NAN);
   launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
@@ -224,11 +242,31 @@ def between(text, start, end):
     return text[i:text.index(end, i)]
 
 
+def shared_to_buffer(match):
+    """`__shared__ float a[R][N], b[S][N];` as pointers into the emulator's shared buffer."""
+    decls, offset, out = [d.strip() for d in match.group(1).split(",")], "0", []
+    for d in decls:
+        name, rows, cols = re.fullmatch(r"(\w+)\[(\w+)\]\[(\w+)\]", d).groups()
+        out.append(f"float (*{name})[{cols}] = reinterpret_cast<float (*)[{cols}]>(emu_shared.data() + {offset});")
+        offset += f" + ({rows}) * ({cols})"
+    return "\n".join(out)
+
+
 def build(workdir):
     lrn = (ROOT / "csrc/cuda/lrn.cu").read_text()
     pool = (ROOT / "csrc/cuda/pool.cu").read_text()
     # from the namespace's opening to the first host launcher; both leave `namespace {` open
     lrn_kernels = between(lrn, "namespace convnet::cuda {", "template <int H, bool kThreeQuarters>\nvoid launch_forward")
+    lrn_kernels = re.sub(r"__shared__ float ([^;]*);", shared_to_buffer, lrn_kernels)
+    lrn_kernels = lrn_kernels.replace("namespace {", "namespace {\nconstexpr size_t kSharedBytes = 48 * 1024;", 1)
+    # variant 6's point: each row a block loads or writes starts on a 128-byte line of the tensor
+    load = "const int64_t start = first - ((first + a) & 31);"
+    assert load in lrn_kernels, load
+    lrn_kernels = lrn_kernels.replace(load, load + " emu_line_start(v + start);")
+    for out in ("y", "dx"):
+        store = f"{out}[at - d + t] = "
+        assert store in lrn_kernels, store
+        lrn_kernels = lrn_kernels.replace(store, f"emu_line_start({out} + (at - d)), {store}")
     pool_kernels = between(pool, "namespace {", "}  // namespace\n\n")
     pool_kernels = pool_kernels.replace("extern __shared__ float planes_shared[];",
                                         "float* planes_shared = emu_shared.data();")
@@ -247,6 +285,7 @@ def build(workdir):
     I, F, P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I, ctypes.c_int]
     lib.emu_lrn_backward.argtypes = [I, I, I, I, F, F, F, P, P, P, I, ctypes.c_int]
+    lib.emu_off_line.restype = I
     C = ctypes.c_int
     lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, P, I, C, C]
     lib.emu_pool_backward.argtypes = [I, I, I, I, I, I, P, P, P, P, I, C, C]
@@ -267,24 +306,38 @@ def main():
         rng = np.random.default_rng(5)
         failures, checked = 0, 0
         lrn_cases = tl.CASES + [((1, 300, 2, 3), 5, 0.2, 0.75, 1.0, 1.0), ((1, 300, 2, 3), 3, 0.2, 0.6, 1.0, 1.0),
-                                ((1, 33, 1, 1), 7, 0.2, 0.6, 1.0, 1.0)]
+                                ((1, 33, 1, 1), 7, 0.2, 0.6, 1.0, 1.0), ((2, 9, 23, 29), 9, 0.1, 0.75, 1.0, 3.0),
+                                ((1, 40, 17, 16), 7, 0.1, 0.6, 1.0, 3.0)]
+
+        def at_offset(a, floats):
+            """a copied into a buffer `floats` elements past its start: tensors off a 128-byte
+            line (DLPack imports may be), which variant 6's loads and stores must realign."""
+            buf = np.full(a.size + 64, np.nan, np.float32)
+            view = buf[floats:floats + a.size].reshape(a.shape)
+            view[...] = a
+            return view
+
         for grid in (1, 3, 1000, -7):  # -7: 7 blocks, the pool kernels' 64-bit index path
             small_only = abs(grid) == 1
-            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1, 3, 5)):
+            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1, 3, 5, 6)):
                 if grid < 0 or (small_only and np.prod(shape) > 200000):
                     continue
-                x = (rng.standard_normal(shape) * scale).astype(np.float32)
-                dy = rng.standard_normal(shape).astype(np.float32)
-                y, dx = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
+                # four different line offsets (from the buffers' own, the same for all four)
+                x = at_offset((rng.standard_normal(shape) * scale).astype(np.float32), 5)
+                dy = at_offset(rng.standard_normal(shape).astype(np.float32), 11)
+                y = at_offset(np.full(shape, np.nan, np.float32), 19 + 8 * (grid == 3))
+                dx = at_offset(np.full(shape, np.nan, np.float32), 30 - 30 * (grid == 3))
                 n, c, h, w = shape
                 lib.emu_lrn(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(y), grid, variant)
                 lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid, variant)
                 p = dict(size=size, alpha=alpha, beta=beta, k=k)
                 e1, e2 = rel_error(y, tl.lrn_ref(x, **p)), rel_error(dx, tl.lrn_backward_ref(x, dy, **p))
+                off_line = lib.emu_off_line()
                 checked += 1
-                if e1 > 2e-6 or e2 > 1e-5:
+                if e1 > 2e-6 or e2 > 1e-5 or off_line:
                     failures += 1
-                    print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
+                    print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}, "
+                          f"{off_line} rows loaded or stored off a line")
             wide = [((1, 2, 7, 261), 3, 2), ((2, 1, 5, 300), 2, 2), ((1, 1, 3, 131), 3, 1)]  # rows > 128: looped
             # variant 1: planes past 48 KB of shared memory (x) fall back to variant 0's kernels, but
             # the backward from indices (dy and indices only) still fits
