@@ -21,8 +21,8 @@
 # (it writes 9 files; the device tool returns 8: delete bench.json, say, before the call ends)
 # (TEST_FILTER: pytest -k; TEST_ARGS: more pytest arguments, split on spaces.)
 # ncu: Nsight Compute's throughput, memory, occupancy and stall sections for the kernels of
-# tools/gpu_probe.py (conv2's FFT backward-filter, max-pool under both variants, LRN at conv1's
-# size and on 56x56 planes): ncu.txt, whose
+# tools/gpu_probe.py (conv2's FFT backward-filter, max-pool under both variants, LRN (default
+# variant and 6) at conv1's size and on 56x56 planes): ncu.txt, whose
 # lines per kernel (duration, DRAM throughput, occupancy, registers) are copied to summary.md.
 # memcheck: compute-sanitizer over tools/gpu_probe.py's small calls (memcheck.txt).
 # train: the paper's net at 224x224 for a short run (images/s), then the default small net on
