@@ -5,7 +5,7 @@
 #   summary.md   GPU, commit, pass/fail counts, benchmark table, training images/s
 #   build.log tests.log bench.txt bench.json train.log
 # Each stage has its own time limit so a hang in one still leaves the others' results.
-# Usage: tools/gpu_check.sh [stages...]   (stages: build tests variants bench train ncu memcheck;
+# Usage: tools/gpu_check.sh [stages...]   (stages: build tests variants bench train ncu host memcheck;
 # default build tests variants bench train)
 # variants: the conv/linear tests under each GEMM variant in $VARIANTS (CONVNET_CONV_VARIANT;
 # default "4 5") and their benchmarks side by side (variants.log, bench-variants.txt).
@@ -17,13 +17,14 @@
 # written), both conv variants, the local ops and the whole step, Nsight Compute, memcheck.
 # Pass COMMIT: the device machine's copy of .git can be older than the tree it was sent.
 #   COMMIT=$(git rev-parse --short HEAD) TEST_FILTER="cuda or gpu or pinned or allocator" \
-#     BENCH_ONLY=pool,lrn,softmax,step tools/gpu_check.sh build tests variants bench ncu memcheck
+#     BENCH_ONLY=pool,lrn,softmax,step tools/gpu_check.sh build tests variants bench ncu host memcheck
 # (it writes 9 files; the device tool returns 8: delete bench.json, say, before the call ends)
 # (TEST_FILTER: pytest -k; TEST_ARGS: more pytest arguments, split on spaces.)
 # ncu: Nsight Compute's throughput, memory, occupancy and stall sections for the kernels of
 # tools/gpu_probe.py (conv2's FFT backward-filter, max-pool under both variants, LRN (default
 # variant and 6) at conv1's size and on 56x56 planes): ncu.txt, whose
 # lines per kernel (duration, DRAM throughput, occupancy, registers) are copied to summary.md.
+# host: tools/gpu_probe.py host, per-call times of the small ops and their parts, into summary.md.
 # memcheck: compute-sanitizer over tools/gpu_probe.py's small calls (memcheck.txt).
 # train: the paper's net at 224x224 for a short run (images/s), then the default small net on
 # the built-in data (train-small.log: it must learn, as on the CPU).
@@ -116,6 +117,11 @@ if stage ncu; then
   echo "- ncu rc $? (ncu.txt):" >> "$summary"
   grep -E '^  [a-zA-Z_].*\(|^    (Duration|DRAM Throughput|Achieved Occupancy|Registers Per Thread|Issued Warp Per Scheduler) ' \
     "$OUT/ncu.txt" | sed -e 's/^  \(.\{100\}\).*/  \1/' -e 's/^/  /' >> "$summary"
+fi
+
+if stage host; then
+  echo "== host ($(elapsed))"
+  { echo; echo '```'; timeout 60 $PY tools/gpu_probe.py host 2>&1; echo '```'; } >> "$summary"
 fi
 
 if stage memcheck; then

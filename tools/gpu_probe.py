@@ -7,6 +7,10 @@
     python tools/gpu_probe.py small    the same ops on small, odd shapes, a runtime-size pooling
                                        window, concat/split (aligned rows and not) and softmax
                                        over 300 rows: for compute-sanitizer (memcheck), which is slow
+    python tools/gpu_probe.py host     microseconds a call of the small (fc6-sized) ops and of their
+                                       parts (an allocation, a copy, a launch), 2,000 calls back to
+                                       back, one drain: where a host-bound call's time goes (gpu_check
+                                       stage host)
 """
 import os
 import sys
@@ -24,6 +28,34 @@ rng = np.random.default_rng(0)
 def t(*shape):
     return convnet.tensor(rng.standard_normal(shape).astype(np.float32), device=DEVICE)
 
+
+if sys.argv[1:] == ["host"]:
+    import time
+
+    x = t(128, 4096)
+    mask = ops.dropout(x, 0.5, 1)[1]
+    dst, probs = convnet.empty(x.shape, "float32", DEVICE), t(128, 1000)
+    labels = convnet.tensor(rng.integers(0, 1000, 128).astype(np.int32), device=DEVICE)
+    calls = [("empty float32 (128, 4096): allocate + free", lambda: convnet.empty(x.shape, "float32", DEVICE)),
+             ("empty uint8 (128, 4096)", lambda: convnet.empty(x.shape, "uint8", DEVICE)),
+             ("copy_ (128, 4096): no allocation", lambda: dst.copy_(x)),
+             ("relu (128, 4096)", lambda: ops.relu(x)),
+             ("dropout (128, 4096)", lambda: ops.dropout(x, 0.5, 1)),
+             ("_C.dropout (no Python wrapper)", lambda: convnet._C.dropout(x, 0.5, 1)),
+             ("dropout_backward (128, 4096)", lambda: ops.dropout_backward(x, mask, 0.5)),
+             ("softmax_cross_entropy (128, 1000): one sync", lambda: ops.softmax_cross_entropy(probs, labels)),
+             ("softmax_cross_entropy_backward", lambda: ops.softmax_cross_entropy_backward(probs, labels))]
+    print(f"# {DEVICE}: microseconds a call, 2000 calls back to back, then one drain")
+    for name, fn in calls:
+        for _ in range(50):
+            fn()
+        convnet.synchronize(DEVICE)
+        t0 = time.perf_counter()
+        for _ in range(2000):
+            fn()
+        convnet.synchronize(DEVICE)
+        print(f"{name:48s} {(time.perf_counter() - t0) / 2000 * 1e6:8.2f}")
+    sys.exit(0)
 
 n = 3 if small else 128
 x, w, dy = t(n, 96, 27, 27), t(256, 48, 5, 5), t(n, 256, 27, 27)
