@@ -51,7 +51,7 @@
 // dx_i = dy_i p_i - 2 alpha beta x_i sum_{|m-i|<=half} t_m.
 //
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
-// every kernel but two: 0 bytes stack frame, 0 bytes spill stores/loads (sm_80: all). Registers by
+// every kernel but four: 0 bytes stack frame, 0 bytes spill stores/loads. Registers by
 // half-window H (0..4), beta = 3/4 fast path / general powf:
 //   lrn_ring_kernel<H>             48/32  56/39  64/40  61/40  64/40
 //   lrn_backward_ring_kernel<H>    60/42  58/54  65/57  72/63  78/70
@@ -62,9 +62,9 @@
 //   lrn_span_kernel<H> (variant 5) 56/64  64/64  72/80  87/91  98/100; no stack except H = 1 with
 //                                  general beta on sm_90 (8 bytes spilled; sm_80 none)
 //   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
-//   lrn_aligned_kernel<H> (variant 6)           55/56  58/58  58/58  64/63  58/57; shared 9-18 KB
-//   lrn_backward_aligned_kernel<H> (variant 6)  46/51  57/61  48/61  61/64  48/64; shared 18-41 KB;
-//                                               no stack but H = 4 with general beta (12 bytes spilled)
+//   lrn_aligned_kernel<H> (variant 6)           51/51  52/52  48/54  48/48  48/48; shared 9-18 KB
+//   lrn_backward_aligned_kernel<H> (variant 6)  39/48  57/48  48/48  48/48  53/48; shared 18-41 KB;
+//                                               12-20 bytes spilled with general beta at H >= 2
 // Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
 // each), backward 69 (3 blocks, 16 loads in flight each).
 #include <cfloat>
@@ -488,18 +488,26 @@ __device__ __forceinline__ void stage_rows(float (*rows)[kFrame], const float* _
   }
 }
 
-// U consecutive rows from c (those below limit): all loads issued, then all stored.
-template <int U, int R>
-__device__ __forceinline__ void stage_step(float (*rows)[kFrame], const float* __restrict__ v, int a, int64_t total,
-                                           int64_t first0, int64_t hw, int c, int limit) {
+// A step's U consecutive rows from channel c (those in [0, limit)), fetched into registers and
+// then put into ring `rows` of R rows: every load of a step is issued before the first store.
+template <int U>
+struct StepRows {
+  const float* __restrict__ v;
+  int a, c, limit;
   float r[U][2];
+  __device__ __forceinline__ bool has(int u) const { return c + u >= 0 && c + u < limit; }
+  __device__ __forceinline__ void fetch(int64_t total, int64_t first0, int64_t hw) {
 #pragma unroll
-  for (int u = 0; u < U; ++u)
-    if (c + u >= 0 && c + u < limit) fetch_row(v, a, total, first0 + (c + u) * hw, r[u]);
+    for (int u = 0; u < U; ++u)
+      if (has(u)) fetch_row(v, a, total, first0 + (c + u) * hw, r[u]);
+  }
+  template <int R>
+  __device__ __forceinline__ void put(float (*rows)[kFrame], int64_t first0, int64_t hw) const {
 #pragma unroll
-  for (int u = 0; u < U; ++u)
-    if (c + u >= 0 && c + u < limit) put_row(rows[(c + u) % R], a, first0 + (c + u) * hw, r[u]);
-}
+    for (int u = 0; u < U; ++u)
+      if (has(u)) put_row(rows[(c + u) % R], a, first0 + (c + u) * hw, r[u]);
+  }
+};
 
 // Block b's place: image, channels [c0, c1), first pixel s0, and first0, the flat index of pixel
 // s0 - 31 in channel 0 of its image.
@@ -525,7 +533,9 @@ __global__ void __launch_bounds__(kThreads) lrn_aligned_kernel(const LrnShape sh
     const int limit = min(c, pl.c1 + H);
     stage_rows<R>(xs, x, xa, total, pl.first0, hw, pl.c0 - H, pl.c0 + H, limit);
     for (int i0 = pl.c0; i0 < pl.c1; i0 += U) {
-      stage_step<U, R>(xs, x, xa, total, pl.first0, hw, i0 + H, limit);
+      StepRows<U> xr{x, xa, i0 + H, limit};
+      xr.fetch(total, pl.first0, hw);
+      xr.template put<R>(xs, pl.first0, hw);
       __syncthreads();
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -566,8 +576,11 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_aligned_kernel(const Lr
     const int x_limit = min(c, pl.c1 + 2 * H), dy_limit = min(c, pl.c1 + H);
     stage_rows<RX>(xs, x, xa, total, pl.first0, hw, pl.c0 - 2 * H, pl.c0, x_limit);
     for (int m0 = pl.c0 - H; m0 < pl.c1 + H; m0 += U) {
-      stage_step<U, RX>(xs, x, xa, total, pl.first0, hw, m0 + H, x_limit);
-      stage_step<U, U>(ds, dy, da, total, pl.first0, hw, m0, dy_limit);
+      StepRows<U> xr{x, xa, m0 + H, x_limit}, dr{dy, da, m0, dy_limit};
+      xr.fetch(total, pl.first0, hw);
+      dr.fetch(total, pl.first0, hw);
+      xr.template put<RX>(xs, pl.first0, hw);
+      dr.template put<U>(ds, pl.first0, hw);
       __syncthreads();
 #pragma unroll
       for (int u = 0; u < U; ++u) {

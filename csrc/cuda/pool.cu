@@ -40,8 +40,8 @@
 // 0 bytes stack frame, 0 bytes spill stores/loads for all. Registers, <Index, size, stride>:
 //   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29   <u32,0,0> 26 / 24   <i64,*> <= 31
 //   max_pool_gather_tiles_kernel <3,2> 60   max_pool_gather_kernel (runtime window) 40
-//   max_pool_planes_kernel (variant 1) <3,2> forward / from x / from indices 26 / 27 / 26,
-//   runtime window 31 / 31 / 32 (sm_90)
+//   max_pool_planes_kernel (variant 1) <3,2> forward / from x / from indices 36 / 37 / 40,
+//   runtime window 35 / 38 / 48
 // Timed on an H200 (results 2026-11-26-h200-29eff7f): forward 0.74-0.82 of copy.
 //
 // Variant 1 (CONVNET_POOL_VARIANT=1, max_pool_planes_kernel below; the default stays 0 until
@@ -225,6 +225,27 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_kernel(const PoolSha
 //     index outside its window is matched by no element, so its dy is dropped.
 enum class PlanesStep { forward, from_x, from_indices };
 
+// count elements of src into shared dst, a block's threads striding, kStageBatch loads issued
+// before their stores (a plain loop keeps one load in flight a thread: PTX loads, then stores,
+// one element an iteration).
+constexpr int kStageBatch = 8;
+template <class T>
+__device__ __forceinline__ void stage_in(T* dst, const T* __restrict__ src, int count) {
+  for (int base = threadIdx.x; base < count; base += kStageBatch * blockDim.x) {
+    T v[kStageBatch];
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u) {
+      const int e = base + u * (int)blockDim.x;
+      if (e < count) v[u] = __ldg(src + e);
+    }
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u) {
+      const int e = base + u * (int)blockDim.x;
+      if (e < count) dst[e] = v[u];
+    }
+  }
+}
+
 struct PlaneBlocks {
   int per_block;                // planes a block
   FastDiv plane_in, row_in;     // by h * w and by w: an input element's plane and row
@@ -250,13 +271,9 @@ __global__ void __launch_bounds__(kThreads) max_pool_planes_kernel(
        first += (int64_t)gridDim.x * pb.per_block) {
     const int k = (int)min((int64_t)pb.per_block, planes - first);
     const int inputs = k * hw, windows = k * pq;
-    if (kScan)
-      for (int e = threadIdx.x; e < inputs; e += blockDim.x) xs[e] = __ldg(x + first * hw + e);
-    if (kGather)
-      for (int i = threadIdx.x; i < windows; i += blockDim.x) {
-        wdy[i] = __ldg(dy + first * pq + i);
-        if (kStep == PlanesStep::from_indices) warg[i] = __ldg(saved + first * pq + i);
-      }
+    if (kScan) stage_in(xs, x + first * hw, inputs);
+    if (kGather) stage_in(wdy, dy + first * pq, windows);
+    if (kStep == PlanesStep::from_indices) stage_in(warg, saved + first * pq, windows);
     __syncthreads();
     if (kScan) {
       for (int i = threadIdx.x; i < windows; i += blockDim.x) {
