@@ -64,6 +64,28 @@ namespace {
 
 constexpr int kThreads = 256;
 
+// The size x size window at offset `corner` of plane xp (row length w), scanned in row-major
+// order with pool_better: its maximum m and the offset `at` of its first maximal element. kLdg:
+// through the read-only cache (x in global memory). With the size a compile-time constant the
+// loops unroll and every load is issued before the first compare.
+template <bool kLdg>
+__device__ __forceinline__ void window_max(const float* __restrict__ xp, int corner, int w, int size, float& m,
+                                           int& at) {
+  m = kLdg ? __ldg(xp + corner) : xp[corner];
+  at = corner;
+#pragma unroll
+  for (int kh = 0; kh < size; ++kh) {
+#pragma unroll
+    for (int kw = 0; kw < size; ++kw) {
+      const int o = corner + kh * w + kw;
+      const float v = kLdg ? __ldg(xp + o) : xp[o];
+      const bool take = pool_better(v, m);
+      m = take ? v : m;
+      at = take ? o : at;
+    }
+  }
+}
+
 // Index: the type the flat element index is split in; uint32_t when it fits, as 64-bit division
 // costs several times the 32-bit one and would otherwise rival the memory time.
 // kSize, kStride: the window as compile-time constants, or 0 for the runtime sh.size / sh.stride.
@@ -77,21 +99,9 @@ __global__ void __launch_bounds__(kThreads) max_pool_kernel(const PoolShape sh, 
   for (Index e = blockIdx.x * (Index)blockDim.x + threadIdx.x; e < total; e += (Index)gridDim.x * blockDim.x) {
     const Index ow = e % q, rest = e / q;
     const Index oh = rest % p, plane = rest / p;
-    const float* xp = x + (int64_t)plane * hw;
-    const int corner = (int)oh * stride * w + (int)ow * stride;
-    float m = __ldg(xp + corner);
-    int at = corner;
-#pragma unroll
-    for (int kh = 0; kh < size; ++kh) {
-#pragma unroll
-      for (int kw = 0; kw < size; ++kw) {
-        const int o = corner + kh * w + kw;
-        const float v = __ldg(xp + o);
-        const bool take = pool_better(v, m);
-        m = take ? v : m;
-        at = take ? o : at;
-      }
-    }
+    float m;
+    int at;
+    window_max<true>(x + (int64_t)plane * hw, (int)oh * stride * w + (int)ow * stride, w, size, m, at);
     if (kWriteY) y[e] = m;
     if (indices) indices[e] = at;
   }
@@ -278,21 +288,9 @@ __global__ void __launch_bounds__(kThreads) max_pool_planes_kernel(
     if (kScan) {
       for (int i = threadIdx.x; i < windows; i += blockDim.x) {
         const int j = pb.plane_out.div(i), o = i - j * pq, oh = pb.row_out.div(o), ow = o - oh * q;
-        const float* xp = xs + j * hw;
-        const int corner = oh * stride * w + ow * stride;
-        float m = xp[corner];
-        int at = corner;
-#pragma unroll
-        for (int kh = 0; kh < size; ++kh) {
-#pragma unroll
-          for (int kw = 0; kw < size; ++kw) {
-            const int a = corner + kh * w + kw;
-            const float v = xp[a];
-            const bool take = pool_better(v, m);
-            m = take ? v : m;
-            at = take ? a : at;
-          }
-        }
+        float m;
+        int at;
+        window_max<false>(xs + j * hw, oh * stride * w + ow * stride, w, size, m, at);
         if (kStep == PlanesStep::forward) {
           y[first * pq + i] = m;
           if (indices) indices[first * pq + i] = at;
