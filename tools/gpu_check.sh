@@ -18,7 +18,9 @@
 # Pass COMMIT: the device machine's copy of .git can be older than the tree it was sent.
 #   COMMIT=$(git rev-parse --short HEAD) TEST_FILTER="cuda or gpu or pinned or allocator" \
 #     BENCH_ONLY=pool,lrn,softmax,step tools/gpu_check.sh build tests variants bench ncu host memcheck
-# (it writes 9 files; the device tool returns 8: delete bench.json, say, before the call ends)
+# (it writes 9 files; the device tool returns 8: delete bench.json, say, before the call ends;
+# without the variants stage, 7). The ncu stage now profiles both max-pool variants and LRN
+# variants 2 and 6 with the memory section too: allow it NCU_TIMEOUT=200.
 # (TEST_FILTER: pytest -k; TEST_ARGS: more pytest arguments, split on spaces.)
 # ncu: Nsight Compute's throughput, memory, occupancy and stall sections for the kernels of
 # tools/gpu_probe.py (conv2's FFT backward-filter, max-pool under both variants, LRN (default
