@@ -73,9 +73,9 @@ def cases(ctx):
             # torch's backward scatters from the indices its forward saved
             bwd["torch"] = bwd_i["torch"] = lambda t=t, tg=tg, tidx=tidx: torch.ops.aten.max_pool2d_with_indices_backward(
                 tg, t, [SIZE, SIZE], [STRIDE, STRIDE], [0, 0], [1, 1], False, tidx)
+        rows = [{"name": f"{case['name']} v{v}", "bytes": case["bytes"], "ours": _with_variant(v, case["ours"])}
+                for v in variants for case in (fwd, fwd_i, bwd, bwd_i)]
         for case in (fwd, fwd_i, bwd, bwd_i):
             case["ours"] = _with_variant(default, case["ours"])
-        out += [fwd, fwd_i, bwd, bwd_i]
-        out += [{"name": f"{case['name']} v{v}", "bytes": case["bytes"], "ours": _with_variant(v, case["ours"])}
-                for v in variants for case in (fwd, fwd_i, bwd, bwd_i)]
+        out += [fwd, fwd_i, bwd, bwd_i] + rows
     return out
