@@ -47,3 +47,37 @@ def test_goals_printed(run, capsys):
     run.print_goals({"device": "cuda:0", "rows": ROWS})
     out = capsys.readouterr().out
     assert "1 of 3 rows met" in out and "max_pool_backward 55->27: vs_copy 0.30 < 0.8, gpu_vs_copy 0.28" in out
+
+
+@pytest.mark.parametrize("family,ops_names,getter", [("pool", ("max_pool", "max_pool_backward"), "pool_variant"),
+                                                     ("lrn", ("lrn", "lrn_backward"), "lrn_variant")])
+def test_variant_rows_run_their_variant(monkeypatch, family, ops_names, getter):
+    """Each "... vN" row of bench_<family>.py calls the op under CUDA variant N, each plain row
+    under the default (once, every variant row timed the default). Variant rows forced on the CPU
+    (ctx variant_rows; the CPU twins ignore the variant), the variant in force recorded per call."""
+    path = RUN.parent / f"bench_{family}.py"
+    if not path.exists():
+        pytest.skip(f"{path} not found (tests run outside the checkout)")
+    import convnet
+    from convnet import _C, ops
+
+    spec = importlib.util.spec_from_file_location(f"bench_{family}_variants", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    seen = []
+    for name in ops_names:
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, real=real, **k: seen.append(getattr(_C, getter)()) or real(*a, **k))
+    default = getattr(_C, getter)()
+    cases = mod.cases({"device": "cpu", "batch": 1, "torch": None, "variant_rows": True})
+    tagged = [c for c in cases if c["name"].rsplit(" ", 1)[-1][:1] == "v"]
+    assert tagged and len(tagged) % len(ops_names) == 0
+    try:
+        for case in cases:
+            seen.clear()
+            case["ours"]()
+            tag = case["name"].rsplit(" ", 1)[-1]
+            want = int(tag[1:]) if case in tagged else default
+            assert seen and set(seen) == {want}, (case["name"], seen)
+    finally:
+        getattr(_C, "set_" + getter)(default)
