@@ -462,6 +462,25 @@ def test_max_pool_indices_devices_agree_bitwise(device, rng):
     assert np.array_equal(out["cpu"][1], out[device][1])
 
 
+# Planes past CUDA variant 1's 48 KB of shared memory for x (120 x 110 floats) take variant 0's
+# forward and argmax kernels, while its backward from saved indices (dy and indices only) still
+# fits; 3/2 and a runtime window, against the references and bit for bit against the CPU.
+@pytest.mark.parametrize("size,stride", [(3, 2), (2, 1)])
+def test_max_pool_large_planes(device, rng, size, stride):
+    x = rng.integers(0, 7, (1, 2, 120, 110)).astype(np.float32)  # ties
+    xt = convnet.tensor(x, device)
+    y, idx = ops.max_pool(xt, size, stride, return_indices=True)
+    np.testing.assert_array_equal(y.numpy(), max_pool_ref(x, size, stride))
+    np.testing.assert_array_equal(idx.numpy(), max_pool_indices_ref(x, size, stride))
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx = ops.max_pool_backward(xt, y, convnet.tensor(g, device), size, stride).numpy()
+    dxi = ops.max_pool_backward(xt, None, convnet.tensor(g, device), size, stride, indices=idx).numpy()
+    assert_close(dx, max_pool_backward_ref(x, g, size, stride), 1e-6, "max_pool_backward")
+    want = ops.max_pool_backward(convnet.tensor(x), None, convnet.tensor(g), size, stride,
+                                 indices=convnet.tensor(idx.numpy())).numpy()
+    assert np.array_equal(dx, want) and np.array_equal(dxi, want)
+
+
 def test_maxpool_layer_keeps_indices_not_y(device, rng):
     from convnet.layers import MaxPool
     layer = MaxPool({"name": "pool", "inputs": ["x"], "size": 3, "stride": 2})
