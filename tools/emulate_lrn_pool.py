@@ -3,13 +3,15 @@ their index maps, rings, chunking and grid-stride loops without a GPU.
 
 The kernel bodies are cut verbatim out of the .cu files and compiled as host C++ with a few
 stand-ins (__ldg -> load, rsqrtf -> 1/sqrtf, blockIdx/threadIdx per host thread); every thread
-of every block then runs in turn, except in the kernels with barriers (max-pool variant 1), where
-each CUDA thread of a block is an OS thread, __syncthreads a std::barrier over them, and the
-dynamic shared memory one buffer (blocks run one at a time). The host launchers (with <<<>>>) are mirrored by the small
-driver below. Outputs start as NaN, so an unwritten element fails; results are compared
-with the float64 references of tests/test_lrn.py and tests/test_pool.py, on their cases,
-with grids of 1, 3 and 1000 blocks (and the 64-bit index path of the pool kernels); the pool
-gradient also bit for bit against the CPU twin's (convnet.ops on the CPU).
+of every block then runs in turn, except in the kernels with barriers (max-pool variant 1, LRN
+variant 6), where each CUDA thread of a block is an OS thread, __syncthreads a std::barrier over
+them, and shared memory one buffer, poisoned before each block (blocks run one at a time). The
+host launchers (with <<<>>>) are mirrored by the small driver below. Outputs start as NaN, so an
+unwritten element fails; results are compared with the float64 references of tests/test_lrn.py
+and tests/test_pool.py, on their cases, with grids of 1, 3 and 1000 blocks (and the 64-bit index
+path of the pool kernels); the pool gradient also bit for bit against the CPU twin's (convnet.ops
+on the CPU). LRN inputs and outputs sit off a 128-byte line, at four offsets, and variant 6's
+rows are checked to be loaded and stored from line starts.
 
     python tools/emulate_lrn_pool.py        (needs g++; about half a minute)
 """
