@@ -185,15 +185,10 @@ void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy,
 template <int S, int T, pool::PlanesStep kStep>
 bool planes(int64_t g, const PoolShape& sh, const float* x, const int32_t* saved, const float* dy, float* y,
             int32_t* idx, float* dx) {
-  using pool::PlanesStep;
-  const int64_t hw = sh.h * sh.w, pq = sh.p * sh.q;
-  const int64_t plane_bytes = 4 * ((kStep != PlanesStep::from_indices ? hw : 0) + (kStep != PlanesStep::forward ? 2 * pq : 0));
-  if (plane_bytes > pool::kPlanesSharedBytes) return false;
-  const int64_t per_block = std::max<int64_t>(1, std::min(pool::kPlanesElements / hw, pool::kPlanesSharedBytes / plane_bytes));
-  const pool::PlaneBlocks pb{(int)per_block, pool::FastDiv(hw), pool::FastDiv(sh.w), pool::FastDiv(pq), pool::FastDiv(sh.q)};
-  const int64_t blocks = std::min<int64_t>((sh.n * sh.c + per_block - 1) / per_block, g < 0 ? -g : g);
-  launch_sync(blocks, pool::kThreads, per_block * plane_bytes, pool::max_pool_planes_kernel<S, T, kStep>, sh, pb, x, saved,
-              dy, y, idx, dx);
+  const pool::PlanesLaunch l = pool::planes_launch<kStep>(sh);
+  if (l.blocks == 0) return false;
+  launch_sync(std::min<int64_t>(l.blocks, g < 0 ? -g : g), pool::kThreads, l.shared,
+              pool::max_pool_planes_kernel<S, T, kStep>, sh, l.pb, x, saved, dy, y, idx, dx);
   return true;
 }
 template <class Index, int S, int T>
@@ -272,8 +267,6 @@ def build(workdir):
     pool_kernels = between(pool, "namespace {", "}  // namespace\n\n")
     pool_kernels = pool_kernels.replace("extern __shared__ float planes_shared[];",
                                         "float* planes_shared = emu_shared.data();")
-    # variant 1's launch constants, from the host part of pool.cu
-    pool_kernels += "\n".join(line for line in pool.splitlines() if line.startswith("constexpr int64_t kPlanes")) + "\n"
     fast_div = between((ROOT / "csrc/cuda/common.cuh").read_text(), "struct FastDiv {", "\n};\n") + "\n};\n"
     src = STANDINS + f'#include "{ROOT}/csrc/kernels/lrn.h"\n#include "{ROOT}/csrc/kernels/pool.h"\n'
     src += lrn_kernels + "}  // namespace\n\n"

@@ -327,6 +327,29 @@ __global__ void __launch_bounds__(kThreads) max_pool_planes_kernel(
   }
 }
 
+// Variant 1's launch for one step: about kPlanesElements input elements a block (at least one
+// plane), within kPlanesSharedBytes of shared memory (the limit without opting in to more);
+// blocks 0 where one plane's shared arrays pass that. (Host code; the emulator calls it too.)
+constexpr int64_t kPlanesElements = 2048;
+constexpr int64_t kPlanesSharedBytes = 48 * 1024;
+
+struct PlanesLaunch {
+  PlaneBlocks pb;
+  int64_t blocks;  // to cover every plane once
+  size_t shared;   // bytes of dynamic shared memory
+};
+
+template <PlanesStep kStep>
+PlanesLaunch planes_launch(const PoolShape& sh) {
+  const int64_t hw = sh.h * sh.w, pq = sh.p * sh.q;
+  const int64_t plane_bytes = (int64_t)sizeof(float) * ((kStep != PlanesStep::from_indices ? hw : 0) +
+                                                        (kStep != PlanesStep::forward ? 2 * pq : 0));
+  if (plane_bytes > kPlanesSharedBytes) return PlanesLaunch{PlaneBlocks{}, 0, 0};
+  const int64_t per_block = std::max<int64_t>(1, std::min(kPlanesElements / hw, kPlanesSharedBytes / plane_bytes));
+  return PlanesLaunch{PlaneBlocks{(int)per_block, FastDiv(hw), FastDiv(sh.w), FastDiv(pq), FastDiv(sh.q)},
+                      (sh.n * sh.c + per_block - 1) / per_block, (size_t)(per_block * plane_bytes)};
+}
+
 }  // namespace
 
 // A grid-stride index stays below total + gridDim.x * blockDim.x; keep that inside uint32_t.
@@ -377,29 +400,19 @@ GatherLaunch gather_launch(const PoolShape& sh, bool tiles) {
   return {dim3((unsigned)((thread_rows + y - 1) / y), (unsigned)std::min<int64_t>(plane_blocks, 65535)), dim3(x, y, z)};
 }
 
-// Variant 1: about kPlanesElements input elements a block (at least one plane), within
-// kPlanesSharedBytes of shared memory (the limit without opting in to more).
-constexpr int64_t kPlanesElements = 2048;
-constexpr int64_t kPlanesSharedBytes = 48 * 1024;
-
 // Variant 1's kernel for one step; false, with nothing launched, under variant 0 or where one
 // plane's shared arrays pass kPlanesSharedBytes (variant 0's kernels then run).
 template <PlanesStep kStep>
 bool launch_planes(const PoolShape& sh, const float* x, const int32_t* saved, const float* dy, float* y,
                    int32_t* indices, float* dx) {
   if (pool_variant() != 1) return false;
-  const int64_t hw = sh.h * sh.w, pq = sh.p * sh.q;
-  const int64_t plane_bytes = (int64_t)sizeof(float) * ((kStep != PlanesStep::from_indices ? hw : 0) +
-                                                        (kStep != PlanesStep::forward ? 2 * pq : 0));
-  if (plane_bytes > kPlanesSharedBytes) return false;
-  const int64_t per_block = std::max<int64_t>(1, std::min(kPlanesElements / hw, kPlanesSharedBytes / plane_bytes));
-  const PlaneBlocks pb{(int)per_block, FastDiv(hw), FastDiv(sh.w), FastDiv(pq), FastDiv(sh.q)};
-  const unsigned blocks = blocks_for((sh.n * sh.c + per_block - 1) / per_block, 1);
-  const size_t shared = (size_t)(per_block * plane_bytes);
+  const PlanesLaunch l = planes_launch<kStep>(sh);
+  if (l.blocks == 0) return false;
+  const unsigned blocks = blocks_for(l.blocks, 1);
   if (paper_window(sh))
-    max_pool_planes_kernel<3, 2, kStep><<<blocks, kThreads, shared, stream()>>>(sh, pb, x, saved, dy, y, indices, dx);
+    max_pool_planes_kernel<3, 2, kStep><<<blocks, kThreads, l.shared, stream()>>>(sh, l.pb, x, saved, dy, y, indices, dx);
   else
-    max_pool_planes_kernel<0, 0, kStep><<<blocks, kThreads, shared, stream()>>>(sh, pb, x, saved, dy, y, indices, dx);
+    max_pool_planes_kernel<0, 0, kStep><<<blocks, kThreads, l.shared, stream()>>>(sh, l.pb, x, saved, dy, y, indices, dx);
   CUDA_CHECK_LAUNCH("max_pool_planes_kernel");
   return true;
 }
