@@ -10,7 +10,8 @@
 // ptxas -v (CUDA 13.0, -O3; CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh):
 //   spectrum_kernel 86 registers on sm_90 and sm_80, 35,904 bytes static shared memory
 //   (5 warps a block: registers allow 4 blocks an SM; shared memory 6 on sm_90, 4 on sm_80, and
-//   ncu on the H200 reported 4 at the carveout the driver chose), no stack, no spills: dft32's 64 values stay in registers (every index a constant once unrolled).
+//   ncu on the H200 reported 4 at the carveout the driver chose), no stack, no spills: dft32's
+//   64 values stay in registers (every index a constant once unrolled).
 //   filter_kernel 128 registers (two rows of 34 products in flight: 2 blocks of 256 an SM, more
 //   than conv2's 240 blocks need), 256 bytes of shared memory, no stack (with the cos/sin table
 //   indexed at run time from its constexpr array it had a 128-byte stack frame: hence the
