@@ -760,7 +760,8 @@ void launch_aligned(const LrnShape& sh, const float* x, float* y, const float* d
     lrn_aligned_kernel<H, kThreeQuarters><<<blocks_for(sp.blocks, 1), kThreads, 0, stream()>>>(sh, sp, x, y);
     CUDA_CHECK_LAUNCH("lrn_aligned_kernel");
   } else {
-    lrn_backward_aligned_kernel<H, kThreeQuarters><<<blocks_for(sp.blocks, 1), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
+    lrn_backward_aligned_kernel<H, kThreeQuarters>
+        <<<blocks_for(sp.blocks, 1), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
     CUDA_CHECK_LAUNCH("lrn_backward_aligned_kernel");
   }
 }

@@ -410,9 +410,11 @@ bool launch_planes(const PoolShape& sh, const float* x, const int32_t* saved, co
   if (l.blocks == 0) return false;
   const unsigned blocks = blocks_for(l.blocks, 1);
   if (paper_window(sh))
-    max_pool_planes_kernel<3, 2, kStep><<<blocks, kThreads, l.shared, stream()>>>(sh, l.pb, x, saved, dy, y, indices, dx);
+    max_pool_planes_kernel<3, 2, kStep>
+        <<<blocks, kThreads, l.shared, stream()>>>(sh, l.pb, x, saved, dy, y, indices, dx);
   else
-    max_pool_planes_kernel<0, 0, kStep><<<blocks, kThreads, l.shared, stream()>>>(sh, l.pb, x, saved, dy, y, indices, dx);
+    max_pool_planes_kernel<0, 0, kStep>
+        <<<blocks, kThreads, l.shared, stream()>>>(sh, l.pb, x, saved, dy, y, indices, dx);
   CUDA_CHECK_LAUNCH("max_pool_planes_kernel");
   return true;
 }
