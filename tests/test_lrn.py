@@ -80,7 +80,7 @@ def lrn_variant(request):
 
 
 # The CUDA kernel variants (CONVNET_LRN_VARIANT, csrc/cuda/lrn.cu): each against the reference.
-VARIANTS = [0, 1, 2, 3, 4, 5, 6]
+VARIANTS = [0, 1, 2]
 
 
 @pytest.mark.parametrize("lrn_variant", VARIANTS, indirect=True, ids=[f"v{v}" for v in VARIANTS])
@@ -95,7 +95,7 @@ def test_lrn_variants(device, rng, lrn_variant, shape, size, alpha, beta, k, sca
 
 
 # Inputs that start off a 128-byte line (DLPack views into a larger buffer), x and dy at different
-# offsets: variant 6 realigns its loads to the lines of each tensor.
+# offsets (every variant).
 @pytest.mark.parametrize("lrn_variant", VARIANTS, indirect=True, ids=[f"v{v}" for v in VARIANTS])
 def test_lrn_inputs_off_a_line(device, rng, lrn_variant):
     if device == "cpu" and lrn_variant != VARIANTS[0]:
@@ -125,8 +125,8 @@ def test_lrn_variant_setting():
     try:
         _C.set_lrn_variant(0)
         assert _C.lrn_variant() == 0
-        with pytest.raises(ValueError, match="set_lrn_variant: variant must be 0 to 6, got 7"):
-            _C.set_lrn_variant(7)
+        with pytest.raises(ValueError, match="set_lrn_variant: variant must be 0 to 2, got 3"):
+            _C.set_lrn_variant(3)
     finally:
         _C.set_lrn_variant(before)
 

@@ -10,7 +10,7 @@ from reference import assert_close, numeric_grad
 
 
 # Every test here runs on the CPU and on CUDA under each kernel variant (CONVNET_POOL_VARIANT,
-# csrc/cuda/pool.cu): "cuda" variant 0, "cuda-v1" whole planes a block through shared memory.
+# csrc/cuda/pool.cu): "cuda" variant 0, "cuda-v1" the backward without indices in one pass.
 @pytest.fixture(params=[pytest.param(("cpu", None), id="cpu"), cuda_param(("cuda:0", 0), "cuda"),
                         cuda_param(("cuda:0", 1), "cuda-v1")])
 def device(request):
@@ -462,9 +462,8 @@ def test_max_pool_indices_devices_agree_bitwise(device, rng):
     assert np.array_equal(out["cpu"][1], out[device][1])
 
 
-# Planes past CUDA variant 1's 48 KB of shared memory for x (120 x 110 floats) take variant 0's
-# forward and argmax kernels, while its backward from saved indices (dy and indices only) still
-# fits; 3/2 and a runtime window, against the references and bit for bit against the CPU.
+# Large planes (120 x 110: a block's thread rows cover only part of a plane; 2/1's gather has 110
+# columns): 3/2 and a runtime window, against the references and bit for bit against the CPU.
 @pytest.mark.parametrize("size,stride", [(3, 2), (2, 1)])
 def test_max_pool_large_planes(device, rng, size, stride):
     x = rng.integers(0, 7, (1, 2, 120, 110)).astype(np.float32)  # ties

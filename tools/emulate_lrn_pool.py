@@ -3,20 +3,16 @@ their index maps, rings, chunking and grid-stride loops without a GPU.
 
 The kernel bodies are cut verbatim out of the .cu files and compiled as host C++ with a few
 stand-ins (__ldg -> load, rsqrtf -> 1/sqrtf, blockIdx/threadIdx per host thread); every thread
-of every block then runs in turn, except in the kernels with barriers (max-pool variant 1, LRN
-variant 6), where each CUDA thread of a block is an OS thread, __syncthreads a std::barrier over
-them, and shared memory one buffer, poisoned before each block (blocks run one at a time). The
+of every block then runs in turn (none of these kernels has a barrier or shared memory). The
 host launchers (with <<<>>>) are mirrored by the small driver below. Outputs start as NaN, so an
 unwritten element fails; results are compared with the float64 references of tests/test_lrn.py
 and tests/test_pool.py, on their cases, with grids of 1, 3 and 1000 blocks (and the 64-bit index
 path of the pool kernels); the pool gradient also bit for bit against the CPU twin's (convnet.ops
-on the CPU). LRN inputs and outputs sit off a 128-byte line, at four offsets, and variant 6's
-rows are checked to be loaded and stored from line starts.
+on the CPU). LRN inputs and outputs sit off a 128-byte line, at four offsets.
 
     python tools/emulate_lrn_pool.py        (needs g++; about half a minute)
 """
 import ctypes
-import re
 import subprocess
 import sys
 import tempfile
@@ -29,13 +25,9 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 STANDINS = r'''
 #include <algorithm>
-#include <atomic>
-#include <barrier>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
-#include <memory>
-#include <thread>
 #include <vector>
 struct Dim { int64_t x = 0, y = 0, z = 0; };
 static thread_local Dim blockIdx, threadIdx;
@@ -66,33 +58,6 @@ void launch3(int64_t gx, int64_t gy, int64_t bx, int64_t by, int64_t bz, K kerne
     }
   gridDim.y = blockDim.y = blockIdx.y = threadIdx.y = blockDim.z = threadIdx.z = 0;
 }
-// Kernels with barriers: `block` OS threads, each running its thread of every block in turn,
-// barriers between blocks; `shared` bytes of shared memory (the kernels' __shared__ arrays are
-// rewritten to point into it), poisoned (NaN) before each block.
-static std::unique_ptr<std::barrier<>> block_sync;
-static std::vector<float> emu_shared;
-inline void __syncthreads() { block_sync->arrive_and_wait(); }
-static std::atomic<int64_t> off_line{0};  // variant 6's rows loaded or stored not from a line start
-inline void emu_line_start(const float* p) { if (((uintptr_t)p / sizeof(float)) % 32) off_line++; }
-extern "C" int64_t emu_off_line() { return off_line.exchange(0); }
-template <class K, class... A> void launch_sync(int64_t grid, int64_t block, size_t shared, K kernel, A... args) {
-  gridDim.x = grid; blockDim.x = block;
-  block_sync = std::make_unique<std::barrier<>>(block);
-  emu_shared.assign(shared / sizeof(float), NAN);
-  std::vector<std::thread> threads;
-  for (int64_t t = 0; t < block; ++t)
-    threads.emplace_back([=] {
-      threadIdx.x = t;
-      for (int64_t b = 0; b < grid; ++b) {
-        blockIdx.x = b;
-        if (t == 0) std::fill(emu_shared.begin(), emu_shared.end(), NAN);
-        block_sync->arrive_and_wait();
-        kernel(args...);
-        block_sync->arrive_and_wait();
-      }
-    });
-  for (auto& th : threads) th.join();
-}
 namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1; } }
 '''
 
@@ -111,33 +76,16 @@ template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp
   case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return; }
 template <int H, bool B> void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
   launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y); }
-template <int H, bool B> void fwd_block16(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
-  launch(g, kThreads, lrn_block_kernel<H, B, kBlockForwardWide>, sh, sp, x, y); }
 template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx); }
-template <int H, bool B> void bwd_block16(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
-  launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward_wide(H)>, sh, sp, x, dy, dx); }
-template <int H, bool B> void fwd_span(int64_t g, const LrnShape& sh, const Split&, const float* x, float* y) {
-  launch(g, kThreads, lrn_span_kernel<H, B>, sh, split_spans(sh), x, y); }
-// variant 6: the line-aligned kernels on min(blocks, g) blocks (grid-stride over the rest)
-template <int H, bool B> void fwd_aligned(int64_t g, const LrnShape& sh, const Split&, const float* x, float* y) {
-  const AlignedSplit sp = split_aligned(sh);
-  launch_sync(std::min<int64_t>(sp.blocks, g), kThreads, kSharedBytes, lrn_aligned_kernel<H, B>, sh, sp, x, y); }
-template <int H, bool B> void bwd_aligned(int64_t g, const LrnShape& sh, const Split&, const float* x, const float* dy, float* dx) {
-  const AlignedSplit sp = split_aligned(sh);
-  launch_sync(std::min<int64_t>(sp.blocks, g), kThreads, kSharedBytes, lrn_backward_aligned_kernel<H, B>, sh, sp, x, dy, dx); }
-// variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward, 3 block kernels with
-// 16-channel blocks, 4 ring forward + variant 3's backward, 5 span forward + block backward, 6 the
-// line-aligned kernels (as lrn_variant() picks in the launchers)
+// variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward (as lrn_variant()
+// picks in the launchers)
 extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
                         const float* x, float* y, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  if (variant == 0 || variant == 2 || variant == 4) { RING(fwd, g, sh, sp, x, y) }
-  else if (variant == 1) { RING(fwd_block, g, sh, sp, x, y) }
-  else if (variant == 5) { RING(fwd_span, g, sh, sp, x, y) }
-  else if (variant == 6) { RING(fwd_aligned, g, sh, sp, x, y) } else { RING(fwd_block16, g, sh, sp, x, y) }
+  if (variant == 1) { RING(fwd_block, g, sh, sp, x, y) } else { RING(fwd, g, sh, sp, x, y) }
   launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
 }
 extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
@@ -145,10 +93,7 @@ extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size,
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) }
-  else if (variant == 3 || variant == 4) { RING(bwd_block16, g, sh, sp, x, dy, dx) }
-  else if (variant == 6) { RING(bwd_aligned, g, sh, sp, x, dy, dx) }
-  else { RING(bwd_block, g, sh, sp, x, dy, dx) }
+  if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) } else { RING(bwd_block, g, sh, sp, x, dy, dx) }
   std::vector<float> t(n * c * hw, NAN);
   launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
   launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx);
@@ -161,8 +106,8 @@ void pool_forward(int64_t g, const PoolShape& sh, const float* x, float* y, int3
 }
 // launch_gather's grid and block (gather_launch), except: plane blocks looped over min(plane blocks,
 // |g|) grid rows, and blockDim.x forced to 8 for |g| == 3 (wider rows then loop over columns).
-template <int S, int T>
-void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy, float* dx) {
+template <int S, int T, pool::GatherFrom kFrom = pool::GatherFrom::indices>
+void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* x, const float* dy, float* dx) {
   const bool tiles = S != 0;
   const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride, planes = sh.n * sh.c;
   const int64_t columns = tiles ? (sh.w + sh.stride - 1) / sh.stride : sh.w;
@@ -176,53 +121,37 @@ void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* dy,
   while (tiles && bz * 2 * bx * by <= pool::kThreads && bz < planes) bz *= 2;
   const int64_t gy = std::min<int64_t>((planes + bz - 1) / bz, g < 0 ? -g : g), gx = (thread_rows + by - 1) / by;
   if constexpr (S != 0)
-    launch3(gx, gy, bx, by, bz, pool::max_pool_gather_tiles_kernel<S, T>, sh, idx, dy, dx);
+    launch3(gx, gy, bx, by, bz, pool::max_pool_gather_tiles_kernel<S, T, kFrom>, sh, idx, x, dy, dx);
   else
     launch3(gx, gy, bx, by, 1, pool::max_pool_gather_kernel, sh, idx, dy, dx);
-}
-// Variant 1 (launch_planes): false where a plane's shared arrays pass the limit; else the planes
-// kernel, on min(blocks, |g|) blocks (grid-stride over the rest).
-template <int S, int T, pool::PlanesStep kStep>
-bool planes(int64_t g, const PoolShape& sh, const float* x, const int32_t* saved, const float* dy, float* y,
-            int32_t* idx, float* dx) {
-  const pool::PlanesLaunch l = pool::planes_launch<kStep>(sh);
-  if (l.blocks == 0) return false;
-  launch_sync(std::min<int64_t>(l.blocks, g < 0 ? -g : g), pool::kThreads, l.shared,
-              pool::max_pool_planes_kernel<S, T, kStep>, sh, l.pb, x, saved, dy, y, idx, dx);
-  return true;
-}
-template <class Index, int S, int T>
-void pool_forward1(int64_t g, const PoolShape& sh, const float* x, float* y, int32_t* idx) {
-  if (!planes<S, T, pool::PlanesStep::forward>(g, sh, x, nullptr, nullptr, y, idx, nullptr)) pool_forward<Index, S, T>(g, sh, x, y, idx);
-}
-template <class Index, int S, int T>
-void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx);
-template <class Index, int S, int T>
-void pool_backward1(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
-  const bool ran = idx ? planes<S, T, pool::PlanesStep::from_indices>(g, sh, nullptr, idx, dy, nullptr, nullptr, dx)
-                       : planes<S, T, pool::PlanesStep::from_x>(g, sh, x, nullptr, dy, nullptr, nullptr, dx);
-  if (!ran) pool_backward<Index, S, T>(g, sh, x, idx, dy, dx);
 }
 template <class Index, int S, int T>
 void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
   if (!idx) {  // the no-indices path: argmax into scratch, then the gather
     std::vector<int32_t> scratch(sh.n * sh.c * sh.p * sh.q, -7);
     launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, false>, sh, x, (float*)nullptr, scratch.data());
-    gather<S, T>(g, sh, (const int32_t*)scratch.data(), dy, dx);
+    gather<S, T>(g, sh, (const int32_t*)scratch.data(), nullptr, dy, dx);
   } else {
-    gather<S, T>(g, sh, idx, dy, dx);
+    gather<S, T>(g, sh, idx, nullptr, dy, dx);
   }
+}
+// Variant 1: the backward without indices in one pass (compiled window only)
+template <class Index, int S, int T>
+void pool_backward1(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
+  if constexpr (S != 0)
+    if (!idx) return gather<S, T, pool::GatherFrom::x>(g, sh, nullptr, x, dy, dx);
+  pool_backward<Index, S, T>(g, sh, x, idx, dy, dx);
 }
 #define POOL(F, ...) \
   if (g < 0) { if (paper) F<int64_t, 3, 2>(-g, __VA_ARGS__); else F<int64_t, 0, 0>(-g, __VA_ARGS__); } \
   else { if (paper) F<uint32_t, 3, 2>(g, __VA_ARGS__); else F<uint32_t, 0, 0>(g, __VA_ARGS__); }
-// variant: CONVNET_POOL_VARIANT (0 or 1)
 extern "C" void emu_pool(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
-                         const float* x, float* y, int32_t* idx, int64_t g, int generic, int variant) {
+                         const float* x, float* y, int32_t* idx, int64_t g, int generic) {
   PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
   const bool paper = !generic && size == 3 && stride == 2;
-  if (variant == 1) { POOL(pool_forward1, sh, x, y, idx) } else { POOL(pool_forward, sh, x, y, idx) }
+  POOL(pool_forward, sh, x, y, idx)
 }
+// variant: CONVNET_POOL_VARIANT (0 or 1)
 // idx null: the backward without indices (from x)
 extern "C" void emu_pool_backward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
                                   const float* x, const int32_t* idx, const float* dy, float* dx, int64_t g,
@@ -239,34 +168,12 @@ def between(text, start, end):
     return text[i:text.index(end, i)]
 
 
-def shared_to_buffer(match):
-    """`__shared__ float a[R][N], b[S][N];` as pointers into the emulator's shared buffer."""
-    decls, offset, out = [d.strip() for d in match.group(1).split(",")], "0", []
-    for d in decls:
-        name, rows, cols = re.fullmatch(r"(\w+)\[(\w+)\]\[(\w+)\]", d).groups()
-        out.append(f"float (*{name})[{cols}] = reinterpret_cast<float (*)[{cols}]>(emu_shared.data() + {offset});")
-        offset += f" + ({rows}) * ({cols})"
-    return "\n".join(out)
-
-
 def build(workdir):
     lrn = (ROOT / "csrc/cuda/lrn.cu").read_text()
     pool = (ROOT / "csrc/cuda/pool.cu").read_text()
     # from the namespace's opening to the first host launcher; both leave `namespace {` open
     lrn_kernels = between(lrn, "namespace convnet::cuda {", "template <int H, bool kThreeQuarters>\nvoid launch_forward")
-    lrn_kernels = re.sub(r"__shared__ float ([^;]*);", shared_to_buffer, lrn_kernels)
-    lrn_kernels = lrn_kernels.replace("namespace {", "namespace {\nconstexpr size_t kSharedBytes = 48 * 1024;", 1)
-    # variant 6's point: each row a block loads or writes starts on a 128-byte line of the tensor
-    load = "const int64_t start = first - ((first + a) & 31);"
-    assert load in lrn_kernels, load
-    lrn_kernels = lrn_kernels.replace(load, load + " emu_line_start(v + start);")
-    for out in ("y", "dx"):
-        store = f"{out}[at - d + t] = "
-        assert store in lrn_kernels, store
-        lrn_kernels = lrn_kernels.replace(store, f"emu_line_start({out} + (at - d)), {store}")
     pool_kernels = between(pool, "namespace {", "}  // namespace\n\n")
-    pool_kernels = pool_kernels.replace("extern __shared__ float planes_shared[];",
-                                        "float* planes_shared = emu_shared.data();")
     fast_div = between((ROOT / "csrc/cuda/common.cuh").read_text(), "struct FastDiv {", "\n};\n") + "\n};\n"
     src = STANDINS + f'#include "{ROOT}/csrc/kernels/lrn.h"\n#include "{ROOT}/csrc/kernels/pool.h"\n'
     src += lrn_kernels + "}  // namespace\n\n"
@@ -275,14 +182,13 @@ def build(workdir):
     src += "}  // namespace convnet::cuda\n" + DRIVER.replace("pool::", "convnet::cuda::pool::")
     cpp, so = Path(workdir) / "emulate.cpp", Path(workdir) / "emulate.so"
     cpp.write_text(src)
-    subprocess.check_call(["g++", "-O2", "-std=gnu++20", "-pthread", "-shared", "-fPIC", "-o", str(so), str(cpp)])
+    subprocess.check_call(["g++", "-O2", "-std=gnu++20", "-shared", "-fPIC", "-o", str(so), str(cpp)])
     lib = ctypes.CDLL(str(so))
     I, F, P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I, ctypes.c_int]
     lib.emu_lrn_backward.argtypes = [I, I, I, I, F, F, F, P, P, P, I, ctypes.c_int]
-    lib.emu_off_line.restype = I
     C = ctypes.c_int
-    lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, P, I, C, C]
+    lib.emu_pool.argtypes = [I, I, I, I, I, I, P, P, P, I, C]
     lib.emu_pool_backward.argtypes = [I, I, I, I, I, I, P, P, P, P, I, C, C]
     return lib
 
@@ -306,7 +212,7 @@ def main():
 
         def at_offset(a, floats):
             """a copied into a buffer `floats` elements past its start: tensors off a 128-byte
-            line (DLPack imports may be), which variant 6's loads and stores must realign."""
+            line (DLPack imports may be)."""
             buf = np.full(a.size + 64, np.nan, np.float32)
             view = buf[floats:floats + a.size].reshape(a.shape)
             view[...] = a
@@ -314,7 +220,7 @@ def main():
 
         for grid in (1, 3, 1000, -7):  # -7: 7 blocks, the pool kernels' 64-bit index path
             small_only = abs(grid) == 1
-            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1, 3, 5, 6)):
+            for (shape, size, alpha, beta, k, scale), variant in ((c, v) for c in lrn_cases for v in (0, 1)):
                 if grid < 0 or (small_only and np.prod(shape) > 200000):
                     continue
                 # four different line offsets (from the buffers' own, the same for all four)
@@ -327,25 +233,20 @@ def main():
                 lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid, variant)
                 p = dict(size=size, alpha=alpha, beta=beta, k=k)
                 e1, e2 = rel_error(y, tl.lrn_ref(x, **p)), rel_error(dx, tl.lrn_backward_ref(x, dy, **p))
-                off_line = lib.emu_off_line()
                 checked += 1
-                if e1 > 2e-6 or e2 > 1e-5 or off_line:
+                if e1 > 2e-6 or e2 > 1e-5:
                     failures += 1
-                    print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}, "
-                          f"{off_line} rows loaded or stored off a line")
+                    print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
             wide = [((1, 2, 7, 261), 3, 2), ((2, 1, 5, 300), 2, 2), ((1, 1, 3, 131), 3, 1)]  # rows > 128: looped
-            # variant 1: planes past 48 KB of shared memory (x) fall back to variant 0's kernels, but
-            # the backward from indices (dy and indices only) still fits
-            big = [((1, 2, 120, 110), 3, 2), ((2, 1, 115, 113), 2, 1)]
-            for (shape, size, stride), variant in ((c, v) for c in tp.CASES + tp.INDEX_CASES[9:] + wide + big
+            for (shape, size, stride), variant in ((c, v) for c in tp.CASES + tp.INDEX_CASES[9:] + wide
                                                    for v in (0, 1)):
-                if (small_only and np.prod(shape) > 200000) or (variant == 1 and grid in (1, -7)):
-                    continue  # variant 1: no 64-bit index path; one block is a grid of 3's loop, slower
+                if small_only and np.prod(shape) > 200000:
+                    continue
                 for ties, generic in ((False, 0), (True, 0), (True, 1), ("nan", 0), ("nan", 1)):
                     if generic and (size, stride) != (3, 2):
                         continue  # other windows always take the generic kernels
-                    if variant == 1 and np.prod(shape) > 200000 and (grid != 1000 or generic):
-                        continue  # its barriers cost ~1 ms each here (256 OS threads on few cores)
+                    if variant == 1 and generic:
+                        continue  # variant 1 changes only the compiled window's kernels
                     x = (rng.integers(0, 3, shape) if ties is True else rng.standard_normal(shape)).astype(np.float32)
                     if ties == "nan":  # NaNs take the windows they are in (the first one in row-major order)
                         x.flat[rng.integers(0, x.size, max(1, x.size // 50))] = np.nan
@@ -354,7 +255,7 @@ def main():
                     idx = np.full(yref.shape, -5, np.int32)
                     dy = rng.standard_normal(yref.shape).astype(np.float32)
                     dx, dx2 = np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32)
-                    lib.emu_pool(*shape, size, stride, ptr(x), ptr(y), ptr(idx), grid, generic, variant)
+                    lib.emu_pool(*shape, size, stride, ptr(x), ptr(y), ptr(idx), grid, generic)
                     lib.emu_pool_backward(*shape, size, stride, ptr(x), ptr(idx), ptr(dy), ptr(dx), grid, generic,
                                           variant)
                     lib.emu_pool_backward(*shape, size, stride, ptr(x), None, ptr(dy), ptr(dx2), grid, generic, variant)

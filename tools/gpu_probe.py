@@ -2,8 +2,8 @@
 
     python tools/gpu_probe.py          conv2's backward-filter at batch 128 (variant 5's FFT path),
                                        max-pool (with and without saved indices, both CUDA variants)
-                                       and LRN (the default variant and 6), forward and backward, at
-                                       conv1's size (LRN also on 56x56 planes): for ncu
+                                       and LRN, forward and backward, at conv1's size (LRN also on
+                                       56x56 planes): for ncu
     python tools/gpu_probe.py small    the same ops on small, odd shapes, a runtime-size pooling
                                        window, concat/split (aligned rows and not) and softmax
                                        over 300 rows: for compute-sanitizer (memcheck), which is slow
@@ -71,11 +71,7 @@ for variant in (0, 1):  # CONVNET_POOL_VARIANT: each kernel set (the same bits, 
     print(f"max_pool v{variant} backward sums", ops.max_pool_backward(a, y, g).numpy().sum(),
           ops.max_pool_backward(a, y, g, indices=idx).numpy().sum())
 da = t(*a.shape)
-default_lrn = convnet._C.lrn_variant()
-for variant in sorted({default_lrn, 6}):  # CONVNET_LRN_VARIANT: the default and the line-aligned kernels
-    convnet._C.set_lrn_variant(variant)
-    print(f"lrn v{variant} backward sum", ops.lrn_backward(a, ops.lrn(a), da).numpy().sum())
-convnet._C.set_lrn_variant(default_lrn)
+print("lrn backward sum", ops.lrn_backward(a, ops.lrn(a), da).numpy().sum())
 if not small:  # conv1's LRN on 56x56 planes, each line-aligned (bench_lrn.py's probe rows)
     b = t(128, 96, 56, 56)
     print("lrn_backward 56x56 sum", ops.lrn_backward(b, ops.lrn(b), t(*b.shape)).numpy().sum())

@@ -1,6 +1,6 @@
 // CUDA twins of the local response normalisation family.
 //
-// Mapping (both variants): one thread per (image, chunk of channels, pixel), pixel fastest, so a
+// Mapping (every variant): one thread per (image, chunk of channels, pixel), pixel fastest, so a
 // warp reads 32 consecutive floats of one channel plane (coalesced along W). Each thread walks its
 // channel chunk keeping the window in registers (indices compile-time after unrolling, so nothing
 // goes to local memory). The window sum is recomputed each step (no add/subtract drift), in
@@ -21,50 +21,27 @@
 // Variant 2 (default): the ring forward and the block backward, each direction's faster kernel
 // on the H200 (results 2026-11-26-h200-29eff7f, fraction of a same-size copy: forward v0 0.63-0.67,
 // v1 0.59-0.61; backward v0 0.50-0.55, v1 0.61-0.67). bench_lrn.py prints a row per variant.
-// Variant 3: variant 1 with blocks of 16 channels (forward; backward for half <= 2); variant 4:
-// the ring forward and variant 3's backward (so each direction's winner can be the default).
-// Variant 5: a forward over spans of pixels (lrn_span_kernel: why and the prediction there) and
-// variant 2's backward; measured no faster (0.63-0.67 of copy, 47382a3 and deb597b).
-// Variant 6: both directions with every global load and store a whole 128-byte line, through
-// shared memory (lrn_aligned_kernel; why and how there). Written without a GPU, checked by
-// tools/emulate_lrn_pool.py (which also checks that each row a block loads or stores starts on a
-// line). Every variant above lands at 0.6-0.69 of copy, whatever its loads in flight or stream
-// count; what they share is rows starting off a line (3025 and 729 floats a plane). Prediction
-// (H200): if bench_lrn.py's 56x56 probe rows (aligned planes, variant 2) reach ~0.8 of copy, v6
-// reaches 0.75-0.85 on 55x55 and 27x27 (its extra reads: 10 lines for 8 lines' outputs, L2 hits
-// mostly); if the probe stays near 0.65, alignment is not the limit and v6 will be no faster.
-// Why: at H = 2 variant 1's
-// forward has 6 blocks of 256 threads per SM with 8 loads (32 B) each in flight, ~49 KB an SM,
-// below the ~55-60 KB that Little's law asks of an H200 SM at ~4.5 TB/s and ~1.5-2 us loaded
-// latency; U = 16 takes 48 registers (5 blocks), so ~80 KB. conv1 (96 channels, chunk of 96:
-// 6 blocks of 16) has no partial block; conv2 (chunks of 52) a last block of 4 with 12 loads
-// predicated off. Prediction (H200): forward conv1 ~80-85 us (0.8 of copy; v1 took 111-115 us),
-// unless the limit is instruction issue (~20 instructions an element). Backward U = 16 (half <= 2): 112 registers, 2 blocks an SM
-// with 32 loads (128 B) in flight a thread, ~64 KB an SM (U = 8: 68 registers, 3 blocks, ~49 KB),
-// and 1.25 instead of 1.5 t/p evaluations an element (the halo); conv2's chunks of 52 channels
-// waste 12 of 64 in the last block. Prediction: backward conv1 0.7-0.75 of copy (v1 0.61-0.67).
-// Both refuted by the H200 run of 84eeb79 (every variant 0.60-0.69 of copy:
-// benchmarks/results/2026-11-26-local3-predictions.md), so variant 2 stayed the default.
+// Tried and removed, none faster than variant 2 on the H200 (the results folders named keep the
+// rows): blocks of 16 channels, up to 32 loads in flight a thread (0.60-0.69, 84eeb79); a forward
+// over spans of 4 x 256 pixels, 4x fewer and longer streams (0.63-0.67, 47382a3 and deb597b);
+// every global load and store a whole 128-byte line through a shared frame (0.20-0.27: issue- and
+// barrier-bound, 0627c99). What limits them all (ncu, 0627c99): L2 at 76-81% of its throughput
+// with DRAM at 58-63%, long-scoreboard stalls at 50% occupancy. Rows off a line cost ~10%: the
+// same kernels on 56x56 planes (3136 floats, every row on a line) reach 0.77 / 0.72 of copy,
+// against 0.69 / 0.67 on conv1's 55x55.
 //
 // Backward, in one pass per chunk: lead index j computes p_j = s_j^-beta and
 // t_j = dy_j x_j p_j / s_j; channel i = j - half is then finished as
 // dx_i = dy_i p_i - 2 alpha beta x_i sum_{|m-i|<=half} t_m.
 //
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
-// every kernel but four: 0 bytes stack frame, 0 bytes spill stores/loads. Registers by
+// every kernel: 0 bytes stack frame, 0 bytes spill stores/loads. Registers by
 // half-window H (0..4), beta = 3/4 fast path / general powf:
 //   lrn_ring_kernel<H>             48/32  56/39  64/40  61/40  64/40
 //   lrn_backward_ring_kernel<H>    60/42  58/54  65/57  72/63  78/70
 //   lrn_block_kernel<H>            32/32  38/36  34/44  40/40  40/44
-//   lrn_block_kernel<H>, U = 16    44/48  48/44  48/48  48/48  48/48   (variant 3)
-//   lrn_backward_block_kernel<H>, U = 16 (H <= 2; variants 3, 4)   103/111  106/108  112/114
 //   lrn_backward_block_kernel<H>   58/57  75/67  69/75  60/68  64/75   (U = 4 for H >= 3)
-//   lrn_span_kernel<H> (variant 5) 56/64  64/64  72/80  87/91  98/100; no stack except H = 1 with
-//                                  general beta on sm_90 (8 bytes spilled; sm_80 none)
 //   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
-//   lrn_aligned_kernel<H> (variant 6)           51/51  52/52  48/54  48/48  48/48; shared 9-18 KB
-//   lrn_backward_aligned_kernel<H> (variant 6)  39/48  57/48  48/48  48/48  53/48; shared 18-41 KB;
-//                                               12-20 bytes spilled with general beta at H >= 2
 // Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
 // each), backward 69 (3 blocks, 16 loads in flight each).
 #include <cfloat>
@@ -82,11 +59,7 @@ constexpr int kMaxHalf = 4;  // ring kernels for size <= 9 (after clipping to th
 // Channels per block of the variant-1 kernels; the backward keeps 4*half + U x values and 3 rings of
 // 2*half + U, so wide windows take smaller blocks (U = 8 spilled for half >= 3 on sm_80).
 constexpr int kBlockForward = 8;
-constexpr int kBlockForwardWide = 16;  // variant 3: twice the loads in flight per thread
 constexpr int block_backward(int half) { return half >= 3 ? 4 : 8; }
-// Variants 3 and 4: 16 channels a backward block for half <= 2 (112 registers at half = 2, no
-// spills: 2 blocks an SM with 32 loads in flight each, against 3 with 16 at U = 8).
-constexpr int block_backward_wide(int half) { return half >= 3 ? 4 : 16; }
 
 template <bool kThreeQuarters>
 __device__ __forceinline__ float neg_pow(float s, float neg_beta) {
@@ -350,283 +323,6 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnS
   }
 }
 
-// ---- variant 5: the forward over spans of pixels, a few channels at a time ----
-// Every kernel above keeps loads in flight by walking several channels at once, so a block
-// reads U channel rows of its 256 pixels (1 KB each) together: ~6,000 separate 1 KB streams
-// across an H200 at once, against ~1,000 long ones for a copy. The measured forwards rank by
-// that count, not by bytes in flight: the ring (about one channel at a time, one load in flight)
-// 0.63-0.67 of copy, blocks of 8 channels 0.59-0.61, of 16 0.61. Here a thread takes
-// kSpanPixels pixels kThreads apart and kSpanChannels channels at a time: the same 16 loads in
-// flight as 16-channel blocks, but a block reads kSpanChannels rows of 4 KB, 4x fewer and 4x
-// longer streams (72 registers at the paper's window: 3 blocks an SM). Prediction (H200):
-// forward 0.75-0.85 of copy if the stream count is the limit; unchanged (~0.6-0.67) refutes
-// that. Refuted: 0.63-0.67 in the H200 runs of 47382a3 and deb597b (the ring forward 0.68-0.69
-// in the same runs). The sums run in the same order as the other kernels (the same bits as
-// variant 1's forward).
-constexpr int kSpanPixels = 4, kSpanChannels = 4;
-
-// Blocks: (image, chunk of channels, span of kThreads * kSpanPixels pixels), with as many chunks
-// as bring the grid near 1,000 blocks (conv1 at batch 128: 2 chunks of 48 channels x 3 spans x 128
-// images, 768 blocks).
-struct SpanSplit {
-  int64_t chunk, nchunks, spans, blocks;
-};
-
-SpanSplit split_spans(const LrnShape& sh) {
-  const int64_t span = (int64_t)kThreads * kSpanPixels, spans = (sh.hw + span - 1) / span;
-  const int64_t per_chunk = sh.n * spans;
-  const Chunks ch = channel_chunks(sh.c, 1024 / (per_chunk > 0 ? per_chunk : 1));
-  return SpanSplit{ch.chunk, ch.count, spans, per_chunk * ch.count};
-}
-
-template <int H, bool kThreeQuarters>
-__global__ void __launch_bounds__(kThreads) lrn_span_kernel(const LrnShape sh, const SpanSplit sp,
-                                                             const float* __restrict__ x, float* __restrict__ y) {
-  constexpr int U = kSpanChannels, PX = kSpanPixels, R = 2 * H + U;  // win[j][m] = x_{i0-H+m} at pixel j
-  const int64_t hw = sh.hw;
-  for (int64_t b = blockIdx.x; b < sp.blocks; b += gridDim.x) {
-    const int64_t span = b % sp.spans, rest = b / sp.spans, cb = rest % sp.nchunks, n = rest / sp.nchunks;
-    const int c0 = (int)(cb * sp.chunk), c1 = (int)min(sh.c, cb * sp.chunk + sp.chunk);
-    const int limit = (int)min(sh.c, (int64_t)c1 + H);
-    const int64_t p0 = span * kThreads * PX + threadIdx.x;
-    const float* xp = x + n * sh.c * hw + p0;
-    float* yp = y + n * sh.c * hw + p0;
-    bool in[PX];
-#pragma unroll
-    for (int j = 0; j < PX; ++j) in[j] = p0 + j * kThreads < hw;
-    float win[PX][R];
-#pragma unroll
-    for (int m = 0; m < 2 * H; ++m)
-#pragma unroll
-      for (int j = 0; j < PX; ++j) win[j][m] = in[j] ? load_or_zero32(xp + j * kThreads, c0 - H + m, limit, hw) : 0.f;
-    for (int i0 = c0; i0 < c1; i0 += U) {
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int j = 0; j < PX; ++j)
-          win[j][2 * H + u] = in[j] ? load_or_zero32(xp + j * kThreads, i0 + H + u, limit, hw) : 0.f;
-#pragma unroll
-      for (int j = 0; j < PX; ++j)
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-          if (in[j] && i0 + u < c1) yp[j * kThreads + (int64_t)(i0 + u) * hw] = lrn_y<H, kThreeQuarters>(sh, win[j] + u);
-#pragma unroll
-      for (int j = 0; j < PX; ++j)
-#pragma unroll
-        for (int m = 0; m < 2 * H; ++m) win[j][m] = win[j][m + U];
-    }
-  }
-}
-
-// ---- variant 6: every global access a whole 128-byte line, through shared memory ----
-// The kernels above read and write a channel row from its first pixel on. A 55x55 plane is 3025
-// floats, so most rows start off a line: a warp's 32 floats then span two lines (5 sectors, and
-// two L2 requests instead of one), in every load and store (ncu on the ring forward: L2 80% busy
-// with DRAM at 58%). Here a block takes image n, a chunk of channels and a span of kAlignedSpan
-// pixels, and
-//   loads each channel row it needs as whole lines of the tensor (kAlignedLoads floats from a
-//     line start; the first and last lines are shared with the neighbouring spans) into a shared
-//     frame that is the same for every channel: frame index j holds pixel s0 - 32 + j;
-//   writes channel i's outputs at pixels s0 - d_i + t (thread t), d_i the distance of pixel s0
-//     of row i of the output past a line start, so that each warp stores one whole line. The
-//     spans overlap by up to 31 pixels in the frame, not in what they write.
-// The sums run in the same order as the other kernels (ascending channels, s^-3/4 from
-// neg_pow_fast). Frame rows sit in rings of channels, a row c at c % R; U channels a step
-// between barriers (8 forward; 4 backward, whose four rings would not fit in 48 KB otherwise).
-constexpr int kAlignedSpan = kThreads;             // output pixels a block, a channel
-constexpr int kFrame = kAlignedSpan + 32;          // frame rows: pixels s0 - 32 .. s0 + kAlignedSpan - 1
-constexpr int kAlignedLoads = kAlignedSpan + 64;   // floats loaded a row: the <= 10 lines over pixels s0-31 .. s0+255
-constexpr int kAlignedForward = 8, kAlignedBackward = 4;  // channels a step
-
-// Blocks: (image, chunk of channels, span of pixels), the spans covering hw + 31 pixels (the
-// output rows start up to 31 pixels before their span), with as many chunks as bring the grid
-// near 2,048 blocks (conv1 at batch 128: 12 spans x 128 images, one chunk).
-struct AlignedSplit {
-  int64_t chunk, nchunks, spans, blocks;
-};
-
-AlignedSplit split_aligned(const LrnShape& sh) {
-  const int64_t spans = (sh.hw + 31 + kAlignedSpan - 1) / kAlignedSpan, per_chunk = sh.n * spans;
-  const Chunks ch = channel_chunks(sh.c, 2048 / (per_chunk > 0 ? per_chunk : 1));
-  return AlignedSplit{ch.chunk, ch.count, spans, per_chunk * ch.count};
-}
-
-// Where a tensor starts in its line, in floats: flat index f begins a line when (f + a) % 32 == 0.
-__device__ __forceinline__ int line_offset(const float* v) { return (int)(((uintptr_t)v / sizeof(float)) & 31); }
-
-// The two elements thread t loads of the row whose pixel s0 - 31 is flat index `first`: the
-// lines from the one holding `first` on (0 outside the tensor).
-__device__ __forceinline__ void fetch_row(const float* __restrict__ v, int a, int64_t total, int64_t first,
-                                          float (&r)[2]) {
-  const int64_t start = first - ((first + a) & 31);  // & 31: the residue, also for first < 0
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int k = (int)threadIdx.x + h * kThreads;
-    const int64_t f = start + k;
-    r[h] = k < kAlignedLoads && f >= 0 && f < total ? __ldg(v + f) : 0.f;
-  }
-}
-
-// Those elements into their frame row: element k of the loads is frame index k - shift + 1.
-__device__ __forceinline__ void put_row(float* row, int a, int64_t first, const float (&r)[2]) {
-  const int shift = (int)((first + a) & 31);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int j = (int)threadIdx.x + h * kThreads - shift + 1;
-    if (j >= 0 && j < kFrame) row[j] = r[h];
-  }
-}
-
-// Rows [lo, hi) of v (channels; rows outside [0, limit) skipped) into ring `rows` of R rows.
-template <int R>
-__device__ __forceinline__ void stage_rows(float (*rows)[kFrame], const float* __restrict__ v, int a, int64_t total,
-                                           int64_t first0, int64_t hw, int lo, int hi, int limit) {
-  for (int c = max(lo, 0); c < min(hi, limit); ++c) {
-    float r[2];
-    fetch_row(v, a, total, first0 + c * hw, r);
-    put_row(rows[c % R], a, first0 + c * hw, r);
-  }
-}
-
-// A step's U consecutive rows from channel c (those in [0, limit)), fetched into registers and
-// then put into ring `rows` of R rows: every load of a step is issued before the first store.
-template <int U>
-struct StepRows {
-  const float* __restrict__ v;
-  int a, c, limit;
-  float r[U][2];
-  __device__ __forceinline__ bool has(int u) const { return c + u >= 0 && c + u < limit; }
-  __device__ __forceinline__ void fetch(int64_t total, int64_t first0, int64_t hw) {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (has(u)) fetch_row(v, a, total, first0 + (c + u) * hw, r[u]);
-  }
-  template <int R>
-  __device__ __forceinline__ void put(float (*rows)[kFrame], int64_t first0, int64_t hw) const {
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (has(u)) put_row(rows[(c + u) % R], a, first0 + (c + u) * hw, r[u]);
-  }
-};
-
-// Block b's place: image, channels [c0, c1), first pixel s0, and first0, the flat index of pixel
-// s0 - 31 in channel 0 of its image.
-struct AlignedPlace {
-  int c0, c1;
-  int64_t s0, first0;
-};
-__device__ __forceinline__ AlignedPlace aligned_place(const LrnShape& sh, const AlignedSplit& sp, int64_t b) {
-  const int64_t span = b % sp.spans, rest = b / sp.spans, cb = rest % sp.nchunks, n = rest / sp.nchunks;
-  const int64_t s0 = span * kAlignedSpan;
-  return AlignedPlace{(int)(cb * sp.chunk), (int)min(sh.c, (cb + 1) * sp.chunk), s0, n * sh.c * sh.hw + s0 - 31};
-}
-
-template <int H, bool kThreeQuarters>
-__global__ void __launch_bounds__(kThreads) lrn_aligned_kernel(const LrnShape sh, const AlignedSplit sp,
-                                                                const float* __restrict__ x, float* __restrict__ y) {
-  constexpr int U = kAlignedForward, R = 2 * H + U;  // rows [i0 - H, i0 + U + H) at a step
-  __shared__ float xs[R][kFrame];
-  const int64_t hw = sh.hw, total = sh.n * sh.c * hw;
-  const int xa = line_offset(x), ya = line_offset(y), t = (int)threadIdx.x, c = (int)sh.c;
-  for (int64_t b = blockIdx.x; b < sp.blocks; b += gridDim.x) {
-    const AlignedPlace pl = aligned_place(sh, sp, b);
-    const int limit = min(c, pl.c1 + H);
-    stage_rows<R>(xs, x, xa, total, pl.first0, hw, pl.c0 - H, pl.c0 + H, limit);
-    for (int i0 = pl.c0; i0 < pl.c1; i0 += U) {
-      StepRows<U> xr{x, xa, i0 + H, limit};
-      xr.fetch(total, pl.first0, hw);
-      xr.template put<R>(xs, pl.first0, hw);
-      __syncthreads();
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int i = i0 + u;
-        const int64_t at = pl.first0 + 31 + i * hw;  // pixel s0 of row i
-        const int d = (int)((at + ya) & 31);
-        const int64_t p = pl.s0 - d + t;
-        if (i >= pl.c1 || p < 0 || p >= hw) continue;
-        const int j = 32 - d + t;
-        float sum = 0.f;
-#pragma unroll
-        for (int m = -H; m <= H; ++m)
-          if (i + m >= 0 && i + m < c) sum += xs[(i + m) % R][j] * xs[(i + m) % R][j];
-        y[at - d + t] = xs[i % R][j] * neg_pow_fast<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta);
-      }
-      __syncthreads();  // the next step overwrites the oldest rows
-    }
-  }
-}
-
-// The backward, as a pipeline of steps over the lead channels m0 .. m0 + U - 1 (from c0 - H):
-// load x rows [m0 + H, m0 + U + H) and dy rows [m0, m0 + U); compute t_m = dy_m x_m p_m / s_m
-// and q_m = dy_m p_m for those m (0 rows outside the channels are never read); then finish
-// dx_i = q_i - 2 alpha beta x_i sum_{|m-i|<=H} t_m for i = m - H. Rings: x [m0 - H, m0 + U + H),
-// t [m0 - 2H, m0 + U), q [m0 - H, m0 + U), dy the step's U rows.
-template <int H, bool kThreeQuarters>
-__global__ void __launch_bounds__(kThreads) lrn_backward_aligned_kernel(const LrnShape sh, const AlignedSplit sp,
-                                                                         const float* __restrict__ x,
-                                                                         const float* __restrict__ dy,
-                                                                         float* __restrict__ dx) {
-  constexpr int U = kAlignedBackward, RX = 2 * H + U, RT = 2 * H + U, RQ = H + U;
-  __shared__ float xs[RX][kFrame], ts[RT][kFrame], qs[RQ][kFrame], ds[U][kFrame];
-  const int64_t hw = sh.hw, total = sh.n * sh.c * hw;
-  const int xa = line_offset(x), da = line_offset(dy), dxa = line_offset(dx), t = (int)threadIdx.x, c = (int)sh.c;
-  const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
-  for (int64_t b = blockIdx.x; b < sp.blocks; b += gridDim.x) {
-    const AlignedPlace pl = aligned_place(sh, sp, b);
-    const int x_limit = min(c, pl.c1 + 2 * H), dy_limit = min(c, pl.c1 + H);
-    stage_rows<RX>(xs, x, xa, total, pl.first0, hw, pl.c0 - 2 * H, pl.c0, x_limit);
-    for (int m0 = pl.c0 - H; m0 < pl.c1 + H; m0 += U) {
-      StepRows<U> xr{x, xa, m0 + H, x_limit}, dr{dy, da, m0, dy_limit};
-      xr.fetch(total, pl.first0, hw);
-      dr.fetch(total, pl.first0, hw);
-      xr.template put<RX>(xs, pl.first0, hw);
-      dr.template put<U>(ds, pl.first0, hw);
-      __syncthreads();
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int m = m0 + u;
-        if (m < 0 || m >= dy_limit) continue;
-        for (int j = t + 1; j < kFrame; j += kThreads) {
-          float sum = 0.f;
-#pragma unroll
-          for (int k = -H; k <= H; ++k)
-            if (m + k >= 0 && m + k < c) sum += xs[(m + k) % RX][j] * xs[(m + k) % RX][j];
-          const float s = sh.k + sh.alpha * sum, dym = ds[m % U][j];
-          float p, p_over_s;
-          if (kThreeQuarters) {  // as lrn_t_p
-            const float r = rsqrtf(fminf(s, FLT_MAX)), inv_s = r * r;
-            p = inv_s * rsqrtf(r);
-            p_over_s = p * inv_s;
-          } else {
-            p = powf(s, -sh.beta);
-            p_over_s = p / s;
-          }
-          ts[m % RT][j] = dym * xs[m % RX][j] * p_over_s;
-          qs[m % RQ][j] = dym * p;
-        }
-      }
-      __syncthreads();
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int i = m0 + u - H;
-        const int64_t at = pl.first0 + 31 + i * hw;
-        const int d = (int)((at + dxa) & 31);
-        const int64_t p = pl.s0 - d + t;
-        if (i < pl.c0 || i >= pl.c1 || p < 0 || p >= hw) continue;
-        const int j = 32 - d + t;
-        float tsum = 0.f;
-#pragma unroll
-        for (int k = -H; k <= H; ++k)
-          if (i + k >= 0 && i + k < c) tsum += ts[(i + k) % RT][j];
-        dx[at - d + t] = qs[i % RQ][j] - two_alpha_beta * xs[i % RX][j] * tsum;
-      }
-      __syncthreads();  // the next step overwrites the oldest rows
-    }
-  }
-}
-
-// ---- fallback for wide windows: one thread per element, direct sums over the window ----
-
 __device__ __forceinline__ float window_denominator(const LrnShape& sh, const float* __restrict__ xp, int64_t i,
                                                     int64_t half) {
   const int64_t lo = i - half < 0 ? 0 : i - half, hi = min(sh.c - 1, i + half);
@@ -716,15 +412,16 @@ bool with_ring(const LrnShape& sh, F&& f) {
 }
 static_assert(kMaxHalf == 4, "with_ring lists the ring kernels 0..kMaxHalf");
 
-template <int H, bool kThreeQuarters, int U>
+template <int H, bool kThreeQuarters>
 void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, float* y) {
-  lrn_block_kernel<H, kThreeQuarters, U><<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
+  lrn_block_kernel<H, kThreeQuarters, kBlockForward>
+      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
   CUDA_CHECK_LAUNCH("lrn_block_kernel");
 }
 
-template <int H, bool kThreeQuarters, bool kWide>
+template <int H, bool kThreeQuarters>
 void launch_block_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
-  lrn_backward_block_kernel<H, kThreeQuarters, kWide ? block_backward_wide(H) : block_backward(H)>
+  lrn_backward_block_kernel<H, kThreeQuarters, block_backward(H)>
       <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
   CUDA_CHECK_LAUNCH("lrn_backward_block_kernel");
 }
@@ -737,58 +434,23 @@ struct Backward {
   const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
   template <int H, bool B> void run() { launch_backward<H, B>(sh, sp, x, dy, dx); }
 };
-template <int U>
 struct BlockForward {
   const LrnShape& sh; const Split& sp; const float* x; float* y;
-  template <int H, bool B> void run() { launch_block_forward<H, B, U>(sh, sp, x, y); }
+  template <int H, bool B> void run() { launch_block_forward<H, B>(sh, sp, x, y); }
 };
-template <int H, bool kThreeQuarters>
-void launch_span_forward(const LrnShape& sh, const float* x, float* y) {
-  const SpanSplit sp = split_spans(sh);
-  lrn_span_kernel<H, kThreeQuarters><<<blocks_for(sp.blocks, 1), kThreads, 0, stream()>>>(sh, sp, x, y);
-  CUDA_CHECK_LAUNCH("lrn_span_kernel");
-}
-
-struct SpanForward {
-  const LrnShape& sh; const float* x; float* y;
-  template <int H, bool B> void run() { launch_span_forward<H, B>(sh, x, y); }
-};
-template <int H, bool kThreeQuarters>
-void launch_aligned(const LrnShape& sh, const float* x, float* y, const float* dy, float* dx) {
-  const AlignedSplit sp = split_aligned(sh);
-  if (y) {
-    lrn_aligned_kernel<H, kThreeQuarters><<<blocks_for(sp.blocks, 1), kThreads, 0, stream()>>>(sh, sp, x, y);
-    CUDA_CHECK_LAUNCH("lrn_aligned_kernel");
-  } else {
-    lrn_backward_aligned_kernel<H, kThreeQuarters>
-        <<<blocks_for(sp.blocks, 1), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
-    CUDA_CHECK_LAUNCH("lrn_backward_aligned_kernel");
-  }
-}
-
-// Variant 6, either direction: y for the forward, else dy and dx.
-struct Aligned {
-  const LrnShape& sh; const float* x; float* y; const float* dy; float* dx;
-  template <int H, bool B> void run() { launch_aligned<H, B>(sh, x, y, dy, dx); }
-};
-template <bool kWide>
 struct BlockBackward {
   const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
-  template <int H, bool B> void run() { launch_block_backward<H, B, kWide>(sh, sp, x, dy, dx); }
+  template <int H, bool B> void run() { launch_block_backward<H, B>(sh, sp, x, dy, dx); }
 };
 
 }  // namespace
 
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
-  // variants 0, 2 and 4: the ring forward (measured faster than the block forward on the H200);
-  // 1: blocks of 8 channels, 3: blocks of 16, 5: spans of pixels, 6: line-aligned
-  const int variant = lrn_variant();
-  const bool ring = variant == 1   ? with_ring(sh, BlockForward<kBlockForward>{sh, sp, x, y})
-                    : variant == 3 ? with_ring(sh, BlockForward<kBlockForwardWide>{sh, sp, x, y})
-                    : variant == 5 ? with_ring(sh, SpanForward{sh, x, y})
-                    : variant == 6 ? with_ring(sh, Aligned{sh, x, y, nullptr, nullptr})
-                                   : with_ring(sh, Forward{sh, sp, x, y});
+  // variants 0 and 2: the ring forward (measured faster than the block forward on the H200);
+  // 1: blocks of 8 channels
+  const bool ring = lrn_variant() == 1 ? with_ring(sh, BlockForward{sh, sp, x, y})
+                                       : with_ring(sh, Forward{sh, sp, x, y});
   if (ring) return;
   const int64_t total = sh.n * sh.c * sh.hw;
   lrn_direct_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(sh, clipped_half(sh), x, y);
@@ -797,13 +459,10 @@ void lrn(const LrnShape& sh, const float* x, float* y) {
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
-  // variants 1, 2 and 5: the block backward (measured faster than the ring backward on the H200);
-  // 3 and 4: its 16-channel blocks; 0: the ring backward; 6: line-aligned
-  const int variant = lrn_variant();
-  const bool ring = variant == 0                   ? with_ring(sh, Backward{sh, sp, x, dy, dx})
-                    : variant == 6                 ? with_ring(sh, Aligned{sh, x, nullptr, dy, dx})
-                    : variant == 3 || variant == 4 ? with_ring(sh, BlockBackward<true>{sh, sp, x, dy, dx})
-                                                   : with_ring(sh, BlockBackward<false>{sh, sp, x, dy, dx});
+  // variants 1 and 2: the block backward (measured faster than the ring backward on the H200);
+  // 0: the ring backward
+  const bool ring = lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx})
+                                       : with_ring(sh, BlockBackward{sh, sp, x, dy, dx});
   if (ring) return;
   const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
   int device = 0;

@@ -39,20 +39,22 @@
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
 // 0 bytes stack frame, 0 bytes spill stores/loads for all. Registers, <Index, size, stride>:
 //   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29   <u32,0,0> 26 / 24   <i64,*> <= 31
-//   max_pool_gather_tiles_kernel <3,2> 60   max_pool_gather_kernel (runtime window) 40
-//   max_pool_planes_kernel (variant 1) <3,2> forward / from x / from indices 36 / 37 / 40,
-//   runtime window 35 / 38 / 48
+//   max_pool_gather_tiles_kernel <3,2> from indices / from x 60 / 64   max_pool_gather_kernel (runtime window) 40
 // Timed on an H200 (results 2026-11-26-h200-29eff7f): forward 0.74-0.82 of copy.
 //
-// Variant 1 (CONVNET_POOL_VARIANT=1, max_pool_planes_kernel below; the default stays 0 until
-// measured): whole planes a block through shared memory, every global access a contiguous run,
-// and the backward without indices in one pass (no argmax scratch: 333 of the 404 MB that two
-// passes move at 55->27, batch 128). Written without a GPU; checked by tools/emulate_lrn_pool.py.
-// Prediction (H200): backward without indices 55->27 from 126 us to 90-100 us (0.72 -> 0.85-0.9
-// of copy), 27->13 0.67 -> ~0.85, 13->6 (two ~15 us launches now) 0.51 -> ~0.7; from indices and
-// the forward on 13x13 planes (warps now spread over several planes and two-column writes)
-// 0.57 / 0.77 -> 0.7-0.8, the larger planes about as now. Refuted where bench_pool.py's "v1" rows
-// are no faster than the "v0" rows of the same run.
+// Variants (CONVNET_POOL_VARIANT) differ only in the backward without indices for the compiled
+// 3/2 window. 0 (default): the argmax pass into scratch, then the gather: 404 MB moved at 55->27,
+// batch 128 (the argmax written and read back), 0.68-0.72 of copy (H200, 0627c99). 1: one
+// pass, the tile gather with each covering window's argmax recomputed from x (no scratch, one
+// launch, 333 MB): a thread scans its 10 windows with 9 loads each (90, L1 hits mostly; 61
+// registers). Loading the 11 x 5 patch of x under them once (55 loads) took 182 registers, or
+// spilled under a cap, so it was not kept.
+// Prediction (H200): 55->27 and 27->13 from 126 / 88 us to ~95 / ~65 us (0.85-0.9 of copy, the
+// gather-from-indices kernel's efficiency on 333 MB), 13->6 (two ~15 us launches now) ~0.7,
+// unless L1 (~0.35 wavefronts an output, ~50 us at 55->27) or issue becomes the limit. Refuted
+// where bench_pool.py's "v1" rows are no faster than "v0" of the same run.
+// (An earlier variant 1, whole planes a block through shared memory, measured 1.3-2.8x slower
+// than variant 0 in every row, H200, 0627c99, and was removed.)
 #include <algorithm>
 
 #include "../core/device.h"
@@ -64,24 +66,23 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The size x size window at offset `corner` of plane xp (row length w), scanned in row-major
-// order with pool_better: its maximum m and the offset `at` of its first maximal element. kLdg:
-// through the read-only cache (x in global memory). With the size a compile-time constant the
-// loops unroll and every load is issued before the first compare.
-template <bool kLdg>
-__device__ __forceinline__ void window_max(const float* __restrict__ xp, int corner, int w, int size, float& m,
-                                           int& at) {
-  m = kLdg ? __ldg(xp + corner) : xp[corner];
+// The size x size window at offset `corner` of its plane (row length w), scanned in row-major
+// order with pool_better: its maximum m and the offset `at` of its first maximal element.
+// value(kh, kw): the window's element at row kh, column kw (a load, or a register of a patch).
+// With the size a compile-time constant the loops unroll and every load is issued before the
+// first compare.
+template <class Value>
+__device__ __forceinline__ void window_max(Value value, int corner, int w, int size, float& m, int& at) {
+  m = value(0, 0);
   at = corner;
 #pragma unroll
   for (int kh = 0; kh < size; ++kh) {
 #pragma unroll
     for (int kw = 0; kw < size; ++kw) {
-      const int o = corner + kh * w + kw;
-      const float v = kLdg ? __ldg(xp + o) : xp[o];
+      const float v = value(kh, kw);
       const bool take = pool_better(v, m);
       m = take ? v : m;
-      at = take ? o : at;
+      at = take ? corner + kh * w + kw : at;
     }
   }
 }
@@ -99,9 +100,11 @@ __global__ void __launch_bounds__(kThreads) max_pool_kernel(const PoolShape sh, 
   for (Index e = blockIdx.x * (Index)blockDim.x + threadIdx.x; e < total; e += (Index)gridDim.x * blockDim.x) {
     const Index ow = e % q, rest = e / q;
     const Index oh = rest % p, plane = rest / p;
+    const float* xp = x + (int64_t)plane * hw;
+    const int corner = (int)oh * stride * w + (int)ow * stride;
     float m;
     int at;
-    window_max<true>(x + (int64_t)plane * hw, (int)oh * stride * w + (int)ow * stride, w, size, m, at);
+    window_max([&](int kh, int kw) { return __ldg(xp + corner + kh * w + kw); }, corner, w, size, m, at);
     if (kWriteY) y[e] = m;
     if (indices) indices[e] = at;
   }
@@ -110,16 +113,22 @@ __global__ void __launch_bounds__(kThreads) max_pool_kernel(const PoolShape sh, 
 // Tile rows a thread of the compiled-window gather takes (see the header comment).
 constexpr int kGatherRows = 4;
 
+// Where the tile gather gets each window's argmax: the saved indices, or recomputed from x (the
+// backward without indices in one pass).
+enum class GatherFrom { indices, x };
+
 // Compiled windows: one thread per (tile column m, kGatherRows tile rows) of a plane, i.e. the
 // kStride x kStride input blocks whose top-left corner is (tr*kStride, m*kStride); blockDim.z
 // planes a block (small planes). The windows covering those elements are rows
-// tr0 - kCover + 1 .. tr0 + kGatherRows - 1 and columns m - kCover + 1 .. m: their indices and dy
-// are all loaded first (-1, never an offset, outside the output). Whether window (i, j) covers
-// element (a, b) of a tile is then a compile-time fact, so each element costs only the compares
-// of the windows that do cover it (2.25 on average for 3/2), in row-major window order.
-template <int kSize, int kStride>
+// tr0 - kCover + 1 .. tr0 + kGatherRows - 1 and columns m - kCover + 1 .. m: their argmax (saved
+// or recomputed) and dy are all in registers first (-1, never an offset, outside the output).
+// Whether window (i, j) covers element (a, b) of a tile is then a compile-time fact, so each
+// element costs only the compares of the windows that do cover it (2.25 on average for 3/2), in
+// row-major window order.
+template <int kSize, int kStride, GatherFrom kFrom>
 __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const PoolShape sh,
                                                                           const int32_t* __restrict__ indices,
+                                                                          const float* __restrict__ x,
                                                                           const float* __restrict__ dy,
                                                                           float* __restrict__ dx) {
   constexpr int kCover = (kSize + kStride - 1) / kStride;  // windows covering an element, at most, each way
@@ -131,6 +140,7 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
   for (int64_t plane = (int64_t)blockIdx.y * blockDim.z + threadIdx.z; plane < planes;
        plane += (int64_t)gridDim.y * blockDim.z) {
     const int32_t* ip = indices + plane * p * q;
+    const float* xp = x + plane * h * w;
     const float* dyp = dy + plane * p * q;
     float* dxp = dx + plane * h * w;
     for (int m = threadIdx.x; m * kStride < w; m += blockDim.x) {
@@ -144,8 +154,17 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
           const int ow = m - kCover + 1 + j;
           const bool in = oh >= 0 && oh < p && ow >= 0 && ow < q;
           const int o = in ? oh * q + ow : 0;
-          wi[i][j] = in ? __ldg(ip + o) : -1;
           wd[i][j] = in ? __ldg(dyp + o) : 0.f;
+          if (kFrom == GatherFrom::indices) {
+            wi[i][j] = in ? __ldg(ip + o) : -1;
+          } else {
+            const int corner = oh * kStride * w + ow * kStride;
+            float mx;
+            int at = -1;
+            const auto value = [&](int kh, int kw) { return __ldg(xp + corner + kh * w + kw); };
+            if (in) window_max(value, corner, w, kSize, mx, at);
+            wi[i][j] = at;
+          }
         }
       }
 #pragma unroll
@@ -218,138 +237,6 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_kernel(const PoolSha
   }
 }
 
-// ---- variant 1 (CONVNET_POOL_VARIANT=1): whole planes a block, through shared memory ----
-// A block takes `per_block` consecutive planes, which lie back to back in every tensor, so it
-// reads x, dy and saved indices and writes y, indices and dx as contiguous runs, a thread an
-// element (coalesced; partial lines only at a run's two ends), where the kernels above read x in
-// stride-2 patterns and write dx two columns a thread. Shared memory holds the planes of x
-// (forward, backward without indices), and each window's dy and argmax offset (backward). The
-// steps, a barrier after each:
-//   load: x and/or the windows' dy and saved indices;
-//   scan (forward, backward without indices): each window's maximum and argmax from shared x, in
-//     row-major order with pool_better (the same bits as max_pool_kernel); the forward writes y
-//     and indices, the backward keeps the argmax in shared memory (no scratch tensor, no second
-//     launch);
-//   gather (backward): each input element adds the dy of the covering windows whose argmax it is,
-//     in row-major window order (as the gathers above and the CPU scatter: the same bits); a saved
-//     index outside its window is matched by no element, so its dy is dropped.
-enum class PlanesStep { forward, from_x, from_indices };
-
-// count elements of src into shared dst, a block's threads striding, kStageBatch loads issued
-// before their stores (a plain loop keeps one load in flight a thread: PTX loads, then stores,
-// one element an iteration).
-constexpr int kStageBatch = 8;
-template <class T>
-__device__ __forceinline__ void stage_in(T* dst, const T* __restrict__ src, int count) {
-  for (int base = threadIdx.x; base < count; base += kStageBatch * blockDim.x) {
-    T v[kStageBatch];
-#pragma unroll
-    for (int u = 0; u < kStageBatch; ++u) {
-      const int e = base + u * (int)blockDim.x;
-      if (e < count) v[u] = __ldg(src + e);
-    }
-#pragma unroll
-    for (int u = 0; u < kStageBatch; ++u) {
-      const int e = base + u * (int)blockDim.x;
-      if (e < count) dst[e] = v[u];
-    }
-  }
-}
-
-struct PlaneBlocks {
-  int per_block;                // planes a block
-  FastDiv plane_in, row_in;     // by h * w and by w: an input element's plane and row
-  FastDiv plane_out, row_out;   // by p * q and by q: a window's plane and row
-};
-
-template <int kSize, int kStride, PlanesStep kStep>
-__global__ void __launch_bounds__(kThreads) max_pool_planes_kernel(
-    const PoolShape sh, const PlaneBlocks pb, const float* __restrict__ x, const int32_t* __restrict__ saved,
-    const float* __restrict__ dy, float* __restrict__ y, int32_t* __restrict__ indices, float* __restrict__ dx) {
-  extern __shared__ float planes_shared[];
-  constexpr bool kScan = kStep != PlanesStep::from_indices, kGather = kStep != PlanesStep::forward;
-  const int size = kSize ? kSize : (int)sh.size, stride = kStride ? kStride : (int)sh.stride;
-  // windows covering an element, at most, each way (compile-time for the paper's window)
-  const int cover = kSize ? (kSize + kStride - 1) / kStride : (size + stride - 1) / stride;
-  const int h = (int)sh.h, w = (int)sh.w, p = (int)sh.p, q = (int)sh.q, hw = h * w, pq = p * q;
-  const int64_t planes = sh.n * sh.c;
-  // shared: [x of the planes (kScan)] [the windows' dy] [the windows' argmax] (kGather)
-  float* xs = planes_shared;
-  float* wdy = planes_shared + (kScan ? pb.per_block * hw : 0);
-  int32_t* warg = reinterpret_cast<int32_t*>(wdy + (kGather ? pb.per_block * pq : 0));
-  for (int64_t first = (int64_t)blockIdx.x * pb.per_block; first < planes;
-       first += (int64_t)gridDim.x * pb.per_block) {
-    const int k = (int)min((int64_t)pb.per_block, planes - first);
-    const int inputs = k * hw, windows = k * pq;
-    if (kScan) stage_in(xs, x + first * hw, inputs);
-    if (kGather) stage_in(wdy, dy + first * pq, windows);
-    if (kStep == PlanesStep::from_indices) stage_in(warg, saved + first * pq, windows);
-    __syncthreads();
-    if (kScan) {
-      for (int i = threadIdx.x; i < windows; i += blockDim.x) {
-        const int j = pb.plane_out.div(i), o = i - j * pq, oh = pb.row_out.div(o), ow = o - oh * q;
-        float m;
-        int at;
-        window_max<false>(xs + j * hw, oh * stride * w + ow * stride, w, size, m, at);
-        if (kStep == PlanesStep::forward) {
-          y[first * pq + i] = m;
-          if (indices) indices[first * pq + i] = at;
-        } else {
-          warg[i] = at;
-        }
-      }
-      if (kGather) __syncthreads();
-    }
-    if (kGather) {
-      for (int e = threadIdx.x; e < inputs; e += blockDim.x) {
-        const int j = pb.plane_in.div(e), r = e - j * hw, ih = pb.row_in.div(r), iw = r - ih * w;
-        // windows oh with oh*stride <= ih <= oh*stride + size - 1, inside the output; likewise ow
-        const int oh_lo = ih >= size ? (ih - size) / stride + 1 : 0, oh_hi = min(ih / stride, p - 1);
-        const int ow_lo = iw >= size ? (iw - size) / stride + 1 : 0, ow_hi = min(iw / stride, q - 1);
-        const int32_t* wa = warg + j * pq;
-        const float* wd = wdy + j * pq;
-        float acc = 0.f;
-#pragma unroll
-        for (int a = cover - 1; a >= 0; --a) {  // ascending oh: row-major window order
-          const int oh = oh_hi - a;
-          if (oh < oh_lo) continue;
-#pragma unroll
-          for (int b = cover - 1; b >= 0; --b) {
-            const int ow = ow_hi - b;
-            if (ow < ow_lo) continue;
-            if (wa[oh * q + ow] == r) acc += wd[oh * q + ow];
-          }
-        }
-        dx[first * hw + e] = acc;
-      }
-    }
-    __syncthreads();  // the next planes overwrite the shared arrays
-  }
-}
-
-// Variant 1's launch for one step: about kPlanesElements input elements a block (at least one
-// plane), within kPlanesSharedBytes of shared memory (the limit without opting in to more);
-// blocks 0 where one plane's shared arrays pass that. (Host code; the emulator calls it too.)
-constexpr int64_t kPlanesElements = 2048;
-constexpr int64_t kPlanesSharedBytes = 48 * 1024;
-
-struct PlanesLaunch {
-  PlaneBlocks pb;
-  int64_t blocks;  // to cover every plane once
-  size_t shared;   // bytes of dynamic shared memory
-};
-
-template <PlanesStep kStep>
-PlanesLaunch planes_launch(const PoolShape& sh) {
-  const int64_t hw = sh.h * sh.w, pq = sh.p * sh.q;
-  const int64_t plane_bytes = (int64_t)sizeof(float) * ((kStep != PlanesStep::from_indices ? hw : 0) +
-                                                        (kStep != PlanesStep::forward ? 2 * pq : 0));
-  if (plane_bytes > kPlanesSharedBytes) return PlanesLaunch{PlaneBlocks{}, 0, 0};
-  const int64_t per_block = std::max<int64_t>(1, std::min(kPlanesElements / hw, kPlanesSharedBytes / plane_bytes));
-  return PlanesLaunch{PlaneBlocks{(int)per_block, FastDiv(hw), FastDiv(sh.w), FastDiv(pq), FastDiv(sh.q)},
-                      (sh.n * sh.c + per_block - 1) / per_block, (size_t)(per_block * plane_bytes)};
-}
-
 }  // namespace
 
 // A grid-stride index stays below total + gridDim.x * blockDim.x; keep that inside uint32_t.
@@ -400,30 +287,13 @@ GatherLaunch gather_launch(const PoolShape& sh, bool tiles) {
   return {dim3((unsigned)((thread_rows + y - 1) / y), (unsigned)std::min<int64_t>(plane_blocks, 65535)), dim3(x, y, z)};
 }
 
-// Variant 1's kernel for one step; false, with nothing launched, under variant 0 or where one
-// plane's shared arrays pass kPlanesSharedBytes (variant 0's kernels then run).
-template <PlanesStep kStep>
-bool launch_planes(const PoolShape& sh, const float* x, const int32_t* saved, const float* dy, float* y,
-                   int32_t* indices, float* dx) {
-  if (pool_variant() != 1) return false;
-  const PlanesLaunch l = planes_launch<kStep>(sh);
-  if (l.blocks == 0) return false;
-  const unsigned blocks = blocks_for(l.blocks, 1);
-  if (paper_window(sh))
-    max_pool_planes_kernel<3, 2, kStep>
-        <<<blocks, kThreads, l.shared, stream()>>>(sh, l.pb, x, saved, dy, y, indices, dx);
-  else
-    max_pool_planes_kernel<0, 0, kStep>
-        <<<blocks, kThreads, l.shared, stream()>>>(sh, l.pb, x, saved, dy, y, indices, dx);
-  CUDA_CHECK_LAUNCH("max_pool_planes_kernel");
-  return true;
-}
-
-void launch_gather(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx) {
+// The saved indices' gather (kFrom indices), or the one-pass backward from x (compiled window only).
+template <GatherFrom kFrom>
+void launch_gather(const PoolShape& sh, const int32_t* indices, const float* x, const float* dy, float* dx) {
   const bool tiles = paper_window(sh);
   const GatherLaunch l = gather_launch(sh, tiles);
   if (tiles)
-    max_pool_gather_tiles_kernel<3, 2><<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
+    max_pool_gather_tiles_kernel<3, 2, kFrom><<<l.grid, l.block, 0, stream()>>>(sh, indices, x, dy, dx);
   else
     max_pool_gather_kernel<<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
 }
@@ -431,7 +301,6 @@ void launch_gather(const PoolShape& sh, const int32_t* indices, const float* dy,
 }  // namespace
 
 void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
-  if (launch_planes<PlanesStep::forward>(sh, x, nullptr, nullptr, y, indices, nullptr)) return;
   launch_max_pool<true>(sh, x, y, indices);
   CUDA_CHECK_LAUNCH("max_pool_kernel");
 }
@@ -439,15 +308,19 @@ void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
 void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx,
                                int64_t* invalid) {
   *invalid = 0;  // not checked here: it would need a sync; a bad index gets no gradient
-  if (launch_planes<PlanesStep::from_indices>(sh, nullptr, indices, dy, nullptr, nullptr, dx)) return;
-  launch_gather(sh, indices, dy, dx);
+  launch_gather<GatherFrom::indices>(sh, indices, nullptr, dy, dx);
   CUDA_CHECK_LAUNCH("max_pool gather kernel");
 }
 
-// Without saved indices: the argmax into scratch, then the gather. y is not read: the argmax is
-// recomputed from x (the same as the first element equal to y, for y = max_pool(x)).
+// Without saved indices. y is not read: the argmax is recomputed from x (the same as the first
+// element equal to y, for y = max_pool(x)). Variant 1 (compiled window): in one pass; otherwise
+// the argmax into scratch, then the gather.
 void max_pool_backward(const PoolShape& sh, const float* x, const float* /*y*/, const float* dy, float* dx) {
-  if (launch_planes<PlanesStep::from_x>(sh, x, nullptr, dy, nullptr, nullptr, dx)) return;
+  if (paper_window(sh) && pool_variant() == 1) {
+    launch_gather<GatherFrom::x>(sh, nullptr, x, dy, dx);
+    CUDA_CHECK_LAUNCH("max_pool backward kernel (one pass)");
+    return;
+  }
   int device = 0;
   CUDA_CHECK(cudaGetDevice(&device));
   const size_t bytes = (size_t)(sh.n * sh.c * sh.p * sh.q) * sizeof(int32_t);
@@ -455,7 +328,7 @@ void max_pool_backward(const PoolShape& sh, const float* x, const float* /*y*/, 
   launch_max_pool<false>(sh, x, nullptr, argmax);
   cudaError_t launched = cudaGetLastError();
   if (launched == cudaSuccess) {
-    launch_gather(sh, argmax, dy, dx);
+    launch_gather<GatherFrom::indices>(sh, argmax, nullptr, dy, dx);
     launched = cudaGetLastError();
   }
   gpu::deallocate(device, argmax, bytes);  // stream-ordered: reused only after these kernels

@@ -12,11 +12,9 @@ struct LrnShape {
   float alpha, beta, k;
 };
 // The CUDA kernels used for size <= 9 (csrc/cuda/lrn.cu): 0 the per-channel ring kernels, 1 the
-// channel-block kernels, 2 (default) the ring forward and the channel-block backward, 3 the
-// channel-block kernels with 16-channel blocks, 4 the ring forward and variant 3's backward, 5 a
-// forward over spans of pixels and variant 2's backward, 6 line-aligned global accesses through
-// shared memory (both directions). CONVNET_LRN_VARIANT read once from the environment, or
-// set_lrn_variant (tests). The CPU twins ignore it.
+// channel-block kernels, 2 (default) the ring forward and the channel-block backward.
+// CONVNET_LRN_VARIANT read once from the environment, or set_lrn_variant (tests). The CPU twins
+// ignore it.
 int lrn_variant();
 void set_lrn_variant(int variant);
 }  // namespace convnet

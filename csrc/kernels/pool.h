@@ -26,9 +26,9 @@ CONVNET_POOL_HD bool pool_better(float v, float m) { return m == m && !(v <= m);
 // position: the first in row-major order is the window's argmax).
 CONVNET_POOL_HD bool pool_same(float v, float y) { return v == y || (v != v && y != y); }
 
-// The CUDA kernels (csrc/cuda/pool.cu): 0 (default) a thread per output (forward) and the
-// register-tile gather (backward; without indices after an argmax pass), 1 whole planes a block
-// through shared memory, one pass each (planes too large for it take variant 0's kernels).
+// The CUDA kernels (csrc/cuda/pool.cu): a thread per output (forward) and the register-tile
+// gather (backward). Without saved indices, 0 (default) runs an argmax pass first; 1 (the paper's
+// 3/2 window) recomputes each window's argmax inside the gather, in one pass.
 // CONVNET_POOL_VARIANT read once from the environment, or set_pool_variant (tests, benchmarks).
 // The CPU twins ignore it.
 int pool_variant();

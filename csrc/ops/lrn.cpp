@@ -9,14 +9,14 @@
 namespace convnet {
 namespace {
 
-constexpr int kLrnVariants = 7;
+constexpr int kLrnVariants = 3;
 // Variant 2 (the ring forward, the channel-block backward) is the default: each direction's faster
 // kernel on the H200 (benchmarks/results/2026-11-26-h200-29eff7f: forward v0 0.63-0.67 of copy,
 // v1 0.59-0.61; backward v0 0.50-0.55, v1 0.61-0.67).
 constexpr int kDefaultLrnVariant = 2;
 
 std::atomic<int>& variant_slot() {
-  static std::atomic<int> v{variant_from_env("CONVNET_LRN_VARIANT", kLrnVariants, kDefaultLrnVariant, "0 to 6")};
+  static std::atomic<int> v{variant_from_env("CONVNET_LRN_VARIANT", kLrnVariants, kDefaultLrnVariant, "0 to 2")};
   return v;
 }
 
@@ -60,7 +60,7 @@ Tensor lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t 
 int lrn_variant() { return variant_slot().load(std::memory_order_relaxed); }
 
 void set_lrn_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kLrnVariants, "set_lrn_variant: variant must be 0 to 6, got ", variant);
+  CHECK_VALUE(variant >= 0 && variant < kLrnVariants, "set_lrn_variant: variant must be 0 to 2, got ", variant);
   variant_slot().store(variant, std::memory_order_relaxed);
 }
 
