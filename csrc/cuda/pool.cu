@@ -46,13 +46,16 @@
 // 3/2 window. 0 (default): the argmax pass into scratch, then the gather: 404 MB moved at 55->27,
 // batch 128 (the argmax written and read back), 0.68-0.72 of copy (H200, 0627c99). 1: one
 // pass, the tile gather with each covering window's argmax recomputed from x (no scratch, one
-// launch, 333 MB): a thread scans its 10 windows with 9 loads each (90, L1 hits mostly; 61
+// launch, 333 MB): a thread scans its 10 windows with 9 loads each (90, L1 hits mostly; 64
 // registers). Loading the 11 x 5 patch of x under them once (55 loads) took 182 registers, or
 // spilled under a cap, so it was not kept.
-// Prediction (H200): 55->27 and 27->13 from 126 / 88 us to ~95 / ~65 us (0.85-0.9 of copy, the
-// gather-from-indices kernel's efficiency on 333 MB), 13->6 (two ~15 us launches now) ~0.7,
-// unless L1 (~0.35 wavefronts an output, ~50 us at 55->27) or issue becomes the limit. Refuted
-// where bench_pool.py's "v1" rows are no faster than "v0" of the same run.
+// Predicted (H200): 55->27 and 27->13 from 126 / 88 us to ~95 / ~65 us (0.85-0.9 of copy, the
+// gather-from-indices kernel's efficiency on 333 MB), unless L1 or issue became the limit.
+// Refuted (H200, 0e82fa4): 144 / 104 us (0.63 / 0.56 of copy; 13->6 the same 29 us). ncu at
+// 55->27: 140 us against 60 + 62 for the two passes, DRAM at 47%, L1 hits 86%, one instruction
+// issued every 1.6 cycles a scheduler at 39% occupancy (64 registers): the 90 scans' loads and
+// compares a thread cost more than the argmax's round trip through memory saves. Kept as a
+// variant (one branch of the gather) for the record and for other GPUs.
 // (An earlier variant 1, whole planes a block through shared memory, measured 1.3-2.8x slower
 // than variant 0 in every row, H200, 0627c99, and was removed.)
 #include <algorithm>
