@@ -39,21 +39,21 @@
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
 // 0 bytes stack frame, 0 bytes spill stores/loads for all. Registers, <Index, size, stride>:
 //   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29   <u32,0,0> 26 / 24   <i64,*> <= 31
-//   max_pool_gather_tiles_kernel <3,2> from indices / from x 60 / 64   max_pool_gather_kernel (runtime window) 40
+//   max_pool_gather_tiles_kernel <3,2> from indices / from x 60 / 63   max_pool_gather_kernel (runtime window) 40
 // Timed on an H200 (results 2026-11-26-h200-29eff7f): forward 0.74-0.82 of copy.
 //
 // Variants (CONVNET_POOL_VARIANT) differ only in the backward without indices for the compiled
 // 3/2 window. 0 (default): the argmax pass into scratch, then the gather: 404 MB moved at 55->27,
 // batch 128 (the argmax written and read back), 0.68-0.72 of copy (H200, 0627c99). 1: one
 // pass, the tile gather with each covering window's argmax recomputed from x (no scratch, one
-// launch, 333 MB): a thread scans its 10 windows with 9 loads each (90, L1 hits mostly; 64
+// launch, 333 MB): a thread scans its 10 windows with 9 loads each (90, L1 hits mostly; 63
 // registers). Loading the 11 x 5 patch of x under them once (55 loads) took 182 registers, or
 // spilled under a cap, so it was not kept.
 // Predicted (H200): 55->27 and 27->13 from 126 / 88 us to ~95 / ~65 us (0.85-0.9 of copy, the
 // gather-from-indices kernel's efficiency on 333 MB), unless L1 or issue became the limit.
 // Refuted (H200, 0e82fa4): 144 / 104 us (0.63 / 0.56 of copy; 13->6 the same 29 us). ncu at
 // 55->27: 140 us against 60 + 62 for the two passes, DRAM at 47%, L1 hits 86%, one instruction
-// issued every 1.6 cycles a scheduler at 39% occupancy (64 registers): the 90 scans' loads and
+// issued every 1.6 cycles a scheduler at 39% occupancy (4 blocks an SM): the 90 scans' loads and
 // compares a thread cost more than the argmax's round trip through memory saves. Kept as a
 // variant (one branch of the gather) for the record and for other GPUs.
 // (An earlier variant 1, whole planes a block through shared memory, measured 1.3-2.8x slower
@@ -69,23 +69,23 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The size x size window at offset `corner` of its plane (row length w), scanned in row-major
-// order with pool_better: its maximum m and the offset `at` of its first maximal element.
-// value(kh, kw): the window's element at row kh, column kw (a load, or a register of a patch).
-// With the size a compile-time constant the loops unroll and every load is issued before the
-// first compare.
-template <class Value>
-__device__ __forceinline__ void window_max(Value value, int corner, int w, int size, float& m, int& at) {
-  m = value(0, 0);
+// The size x size window at offset `corner` of plane xp (row length w), scanned in row-major
+// order with pool_better: its maximum m and the offset `at` of its first maximal element. With
+// the size a compile-time constant the loops unroll and every load is issued before the first
+// compare.
+__device__ __forceinline__ void window_max(const float* __restrict__ xp, int corner, int w, int size, float& m,
+                                           int& at) {
+  m = __ldg(xp + corner);
   at = corner;
 #pragma unroll
   for (int kh = 0; kh < size; ++kh) {
 #pragma unroll
     for (int kw = 0; kw < size; ++kw) {
-      const float v = value(kh, kw);
+      const int o = corner + kh * w + kw;
+      const float v = __ldg(xp + o);
       const bool take = pool_better(v, m);
       m = take ? v : m;
-      at = take ? corner + kh * w + kw : at;
+      at = take ? o : at;
     }
   }
 }
@@ -103,11 +103,9 @@ __global__ void __launch_bounds__(kThreads) max_pool_kernel(const PoolShape sh, 
   for (Index e = blockIdx.x * (Index)blockDim.x + threadIdx.x; e < total; e += (Index)gridDim.x * blockDim.x) {
     const Index ow = e % q, rest = e / q;
     const Index oh = rest % p, plane = rest / p;
-    const float* xp = x + (int64_t)plane * hw;
-    const int corner = (int)oh * stride * w + (int)ow * stride;
     float m;
     int at;
-    window_max([&](int kh, int kw) { return __ldg(xp + corner + kh * w + kw); }, corner, w, size, m, at);
+    window_max(x + (int64_t)plane * hw, (int)oh * stride * w + (int)ow * stride, w, size, m, at);
     if (kWriteY) y[e] = m;
     if (indices) indices[e] = at;
   }
@@ -143,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
   for (int64_t plane = (int64_t)blockIdx.y * blockDim.z + threadIdx.z; plane < planes;
        plane += (int64_t)gridDim.y * blockDim.z) {
     const int32_t* ip = indices + plane * p * q;
-    const float* xp = x + plane * h * w;
+    const float* xp = kFrom == GatherFrom::x ? x + plane * h * w : nullptr;
     const float* dyp = dy + plane * p * q;
     float* dxp = dx + plane * h * w;
     for (int m = threadIdx.x; m * kStride < w; m += blockDim.x) {
@@ -161,11 +159,9 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
           if (kFrom == GatherFrom::indices) {
             wi[i][j] = in ? __ldg(ip + o) : -1;
           } else {
-            const int corner = oh * kStride * w + ow * kStride;
             float mx;
             int at = -1;
-            const auto value = [&](int kh, int kw) { return __ldg(xp + corner + kh * w + kw); };
-            if (in) window_max(value, corner, w, kSize, mx, at);
+            if (in) window_max(xp, oh * kStride * w + ow * kStride, w, kSize, mx, at);
             wi[i][j] = at;
           }
         }
