@@ -10,7 +10,7 @@ from reference import assert_close, numeric_grad
 
 
 # Every test here runs on the CPU and on CUDA under each kernel variant (CONVNET_POOL_VARIANT,
-# csrc/cuda/pool.cu): "cuda" variant 0, "cuda-v1" the backward without indices in one pass.
+# csrc/cuda/pool.cu): "cuda" variant 0, "cuda-v1" the backward's argmax scratch as one-byte codes.
 @pytest.fixture(params=[pytest.param(("cpu", None), id="cpu"), cuda_param(("cuda:0", 0), "cuda"),
                         cuda_param(("cuda:0", 1), "cuda-v1")])
 def device(request):

@@ -106,8 +106,8 @@ void pool_forward(int64_t g, const PoolShape& sh, const float* x, float* y, int3
 }
 // launch_gather's grid and block (gather_launch), except: plane blocks looped over min(plane blocks,
 // |g|) grid rows, and blockDim.x forced to 8 for |g| == 3 (wider rows then loop over columns).
-template <int S, int T, pool::GatherFrom kFrom = pool::GatherFrom::indices>
-void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* x, const float* dy, float* dx) {
+template <int S, int T, class Arg = int32_t>
+void gather(int64_t g, const PoolShape& sh, const Arg* idx, const float* dy, float* dx) {
   const bool tiles = S != 0;
   const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride, planes = sh.n * sh.c;
   const int64_t columns = tiles ? (sh.w + sh.stride - 1) / sh.stride : sh.w;
@@ -121,7 +121,7 @@ void gather(int64_t g, const PoolShape& sh, const int32_t* idx, const float* x, 
   while (tiles && bz * 2 * bx * by <= pool::kThreads && bz < planes) bz *= 2;
   const int64_t gy = std::min<int64_t>((planes + bz - 1) / bz, g < 0 ? -g : g), gx = (thread_rows + by - 1) / by;
   if constexpr (S != 0)
-    launch3(gx, gy, bx, by, bz, pool::max_pool_gather_tiles_kernel<S, T, kFrom>, sh, idx, x, dy, dx);
+    launch3(gx, gy, bx, by, bz, pool::max_pool_gather_tiles_kernel<S, T, Arg>, sh, idx, dy, dx);
   else
     launch3(gx, gy, bx, by, 1, pool::max_pool_gather_kernel, sh, idx, dy, dx);
 }
@@ -130,16 +130,22 @@ void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t
   if (!idx) {  // the no-indices path: argmax into scratch, then the gather
     std::vector<int32_t> scratch(sh.n * sh.c * sh.p * sh.q, -7);
     launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, false>, sh, x, (float*)nullptr, scratch.data());
-    gather<S, T>(g, sh, (const int32_t*)scratch.data(), nullptr, dy, dx);
+    gather<S, T>(g, sh, (const int32_t*)scratch.data(), dy, dx);
   } else {
-    gather<S, T>(g, sh, idx, nullptr, dy, dx);
+    gather<S, T>(g, sh, idx, dy, dx);
   }
 }
-// Variant 1: the backward without indices in one pass (compiled window only)
+// Variant 1: the backward without indices through one-byte codes (compiled window only)
 template <class Index, int S, int T>
 void pool_backward1(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
-  if constexpr (S != 0)
-    if (!idx) return gather<S, T, pool::GatherFrom::x>(g, sh, nullptr, x, dy, dx);
+  if constexpr (S != 0) {
+    if (!idx) {
+      std::vector<uint8_t> scratch(sh.n * sh.c * sh.p * sh.q, 77);
+      launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, false, uint8_t>, sh, x, (float*)nullptr,
+             scratch.data());
+      return gather<S, T, uint8_t>(g, sh, (const uint8_t*)scratch.data(), dy, dx);
+    }
+  }
   pool_backward<Index, S, T>(g, sh, x, idx, dy, dx);
 }
 #define POOL(F, ...) \

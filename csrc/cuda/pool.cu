@@ -38,26 +38,25 @@
 //
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
 // 0 bytes stack frame, 0 bytes spill stores/loads for all. Registers, <Index, size, stride>:
-//   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29   <u32,0,0> 26 / 24   <i64,*> <= 31
-//   max_pool_gather_tiles_kernel <3,2> from indices / from x 60 / 63   max_pool_gather_kernel (runtime window) 40
+//   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29 (29 writing codes)   <u32,0,0> 26 / 24
+//   <i64,*> <= 31   max_pool_gather_tiles_kernel <3,2> 60 (48 reading codes)   max_pool_gather_kernel 40
 // Timed on an H200 (results 2026-11-26-h200-29eff7f): forward 0.74-0.82 of copy.
 //
 // Variants (CONVNET_POOL_VARIANT) differ only in the backward without indices for the compiled
-// 3/2 window. 0 (default): the argmax pass into scratch, then the gather: 404 MB moved at 55->27,
-// batch 128 (the argmax written and read back), 0.68-0.72 of copy (H200, 0627c99). 1: one
-// pass, the tile gather with each covering window's argmax recomputed from x (no scratch, one
-// launch, 333 MB): a thread scans its 10 windows with 9 loads each (90, L1 hits mostly; 63
-// registers). Loading the 11 x 5 patch of x under them once (55 loads) took 182 registers, or
-// spilled under a cap, so it was not kept.
-// Predicted (H200): 55->27 and 27->13 from 126 / 88 us to ~95 / ~65 us (0.85-0.9 of copy, the
-// gather-from-indices kernel's efficiency on 333 MB), unless L1 or issue became the limit.
-// Refuted (H200, 0e82fa4): 144 / 104 us (0.63 / 0.56 of copy; 13->6 the same 29 us). ncu at
-// 55->27: 140 us against 60 + 62 for the two passes, DRAM at 47%, L1 hits 86%, one instruction
-// issued every 1.6 cycles a scheduler at 39% occupancy (4 blocks an SM): the 90 scans' loads and
-// compares a thread cost more than the argmax's round trip through memory saves. Kept as a
-// variant (one branch of the gather) for the record and for other GPUs.
-// (An earlier variant 1, whole planes a block through shared memory, measured 1.3-2.8x slower
-// than variant 0 in every row, H200, 0627c99, and was removed.)
+// 3/2 window, whose argmax pass writes scratch that the gather then reads. 0 (default): each
+// window's argmax as its int32 offset in the plane, the format of saved indices: 404 MB moved at
+// 55->27, batch 128 (x 149 MB read, dy 36, dx 149 written, the argmax 36 written and read back),
+// 0.72 / 0.67 / 0.51 of copy (55->27 / 27->13 / 13->6; H200, ed1aee4), the pass 60 us and the
+// gather 62 at 55->27 (ncu, both at 64-73% of DRAM bandwidth). 1: the argmax as a one-byte code,
+// its position in the window (kh * 3 + kw), so the scratch is 9 MB, not 36, and 350 MB move in
+// all; the gather compares each code with a compile-time constant instead of a computed offset.
+// Prediction (H200): 55->27 from 125 us to 105-110 (0.82-0.86 of copy), 27->13 likewise
+// (0.67 -> 0.76-0.8); 13->6 (two launches of small planes) about as now. Refuted where
+// bench_pool.py's "v1" rows are no faster than "v0" of the same run.
+// Tried and removed (H200): a one-pass backward, the gather recomputing each covering window's
+// argmax from x (90 loads a thread): 144 / 104 / 29 us against 125 / 87 / 29, issue- and
+// latency-bound at 39% occupancy (0e82fa4); whole planes a block through shared memory: 1.3-2.8x
+// slower than variant 0 in every row (0627c99).
 #include <algorithm>
 
 #include "../core/device.h"
@@ -70,13 +69,14 @@ namespace {
 constexpr int kThreads = 256;
 
 // The size x size window at offset `corner` of plane xp (row length w), scanned in row-major
-// order with pool_better: its maximum m and the offset `at` of its first maximal element. With
-// the size a compile-time constant the loops unroll and every load is issued before the first
-// compare.
+// order with pool_better: its maximum m, the offset `at` of its first maximal element and that
+// element's code, its position in the window (kh * size + kw). With the size a compile-time
+// constant the loops unroll and every load is issued before the first compare.
 __device__ __forceinline__ void window_max(const float* __restrict__ xp, int corner, int w, int size, float& m,
-                                           int& at) {
+                                           int& at, int& code) {
   m = __ldg(xp + corner);
   at = corner;
+  code = 0;
 #pragma unroll
   for (int kh = 0; kh < size; ++kh) {
 #pragma unroll
@@ -86,17 +86,25 @@ __device__ __forceinline__ void window_max(const float* __restrict__ xp, int cor
       const bool take = pool_better(v, m);
       m = take ? v : m;
       at = take ? o : at;
+      code = take ? kh * size + kw : code;
     }
   }
+}
+
+// What an argmax is stored as: int32_t, its offset in the plane (saved indices); uint8_t, its
+// code in the window (the scratch of variant 1's backward; compiled 3/2 window only).
+template <class Arg>
+__device__ __forceinline__ Arg argmax_as(int at, int code) {
+  return sizeof(Arg) == 1 ? (Arg)code : (Arg)at;
 }
 
 // Index: the type the flat element index is split in; uint32_t when it fits, as 64-bit division
 // costs several times the 32-bit one and would otherwise rival the memory time.
 // kSize, kStride: the window as compile-time constants, or 0 for the runtime sh.size / sh.stride.
-// kWriteY: false for the argmax-only pass of the backward without indices.
-template <class Index, int kSize, int kStride, bool kWriteY>
+// kWriteY: false for the argmax-only pass of the backward without indices. Arg: see argmax_as.
+template <class Index, int kSize, int kStride, bool kWriteY, class Arg = int32_t>
 __global__ void __launch_bounds__(kThreads) max_pool_kernel(const PoolShape sh, const float* __restrict__ x,
-                                                             float* __restrict__ y, int32_t* __restrict__ indices) {
+                                                             float* __restrict__ y, Arg* __restrict__ indices) {
   const int size = kSize ? kSize : (int)sh.size, stride = kStride ? kStride : (int)sh.stride, w = (int)sh.w;
   const int64_t hw = sh.h * sh.w;
   const Index total = (Index)(sh.n * sh.c * sh.p * sh.q), p = (Index)sh.p, q = (Index)sh.q;
@@ -104,32 +112,27 @@ __global__ void __launch_bounds__(kThreads) max_pool_kernel(const PoolShape sh, 
     const Index ow = e % q, rest = e / q;
     const Index oh = rest % p, plane = rest / p;
     float m;
-    int at;
-    window_max(x + (int64_t)plane * hw, (int)oh * stride * w + (int)ow * stride, w, size, m, at);
+    int at, code;
+    window_max(x + (int64_t)plane * hw, (int)oh * stride * w + (int)ow * stride, w, size, m, at, code);
     if (kWriteY) y[e] = m;
-    if (indices) indices[e] = at;
+    if (indices) indices[e] = argmax_as<Arg>(at, code);
   }
 }
 
 // Tile rows a thread of the compiled-window gather takes (see the header comment).
 constexpr int kGatherRows = 4;
 
-// Where the tile gather gets each window's argmax: the saved indices, or recomputed from x (the
-// backward without indices in one pass).
-enum class GatherFrom { indices, x };
-
 // Compiled windows: one thread per (tile column m, kGatherRows tile rows) of a plane, i.e. the
 // kStride x kStride input blocks whose top-left corner is (tr*kStride, m*kStride); blockDim.z
 // planes a block (small planes). The windows covering those elements are rows
-// tr0 - kCover + 1 .. tr0 + kGatherRows - 1 and columns m - kCover + 1 .. m: their argmax (saved
-// or recomputed) and dy are all in registers first (-1, never an offset, outside the output).
-// Whether window (i, j) covers element (a, b) of a tile is then a compile-time fact, so each
-// element costs only the compares of the windows that do cover it (2.25 on average for 3/2), in
-// row-major window order.
-template <int kSize, int kStride, GatherFrom kFrom>
+// tr0 - kCover + 1 .. tr0 + kGatherRows - 1 and columns m - kCover + 1 .. m: their argmax and dy
+// are all loaded first (-1, never an offset or a code, outside the output). Whether window (i, j)
+// covers element (a, b) of a tile is then a compile-time fact, so each element costs only the
+// compares of the windows that do cover it (2.25 on average for 3/2), in row-major window order;
+// so is the element's code in each of them. Arg: see argmax_as.
+template <int kSize, int kStride, class Arg>
 __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const PoolShape sh,
-                                                                          const int32_t* __restrict__ indices,
-                                                                          const float* __restrict__ x,
+                                                                          const Arg* __restrict__ indices,
                                                                           const float* __restrict__ dy,
                                                                           float* __restrict__ dx) {
   constexpr int kCover = (kSize + kStride - 1) / kStride;  // windows covering an element, at most, each way
@@ -140,8 +143,7 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
   const int64_t planes = sh.n * sh.c;
   for (int64_t plane = (int64_t)blockIdx.y * blockDim.z + threadIdx.z; plane < planes;
        plane += (int64_t)gridDim.y * blockDim.z) {
-    const int32_t* ip = indices + plane * p * q;
-    const float* xp = kFrom == GatherFrom::x ? x + plane * h * w : nullptr;
+    const Arg* ip = indices + plane * p * q;
     const float* dyp = dy + plane * p * q;
     float* dxp = dx + plane * h * w;
     for (int m = threadIdx.x; m * kStride < w; m += blockDim.x) {
@@ -155,15 +157,8 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
           const int ow = m - kCover + 1 + j;
           const bool in = oh >= 0 && oh < p && ow >= 0 && ow < q;
           const int o = in ? oh * q + ow : 0;
+          wi[i][j] = in ? (int32_t)__ldg(ip + o) : -1;
           wd[i][j] = in ? __ldg(dyp + o) : 0.f;
-          if (kFrom == GatherFrom::indices) {
-            wi[i][j] = in ? __ldg(ip + o) : -1;
-          } else {
-            float mx;
-            int at = -1;
-            if (in) window_max(xp, oh * kStride * w + ow * kStride, w, kSize, mx, at);
-            wi[i][j] = at;
-          }
         }
       }
 #pragma unroll
@@ -186,7 +181,9 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
 #pragma unroll
               for (int j = 0; j < kCover; ++j) {
                 if ((j - kCover + 1) * kStride + kSize - 1 < b) continue;
-                if (wi[t + i][j] == self) acc += wd[t + i][j];
+                // the element's row and column in window (t + i, j): a + (kCover - 1 - i) * kStride, ...
+                const int code = (a + (kCover - 1 - i) * kStride) * kSize + b + (kCover - 1 - j) * kStride;
+                if (wi[t + i][j] == (sizeof(Arg) == 1 ? code : self)) acc += wd[t + i][j];
               }
             }
             dxp[self] = acc;
@@ -245,19 +242,22 @@ namespace {
 
 bool paper_window(const PoolShape& sh) { return sh.size == 3 && sh.stride == 2; }
 
-template <bool kWriteY>
-void launch_max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
+// The forward (kWriteY), or the argmax pass of the backward without indices; Arg: see argmax_as
+// (uint8_t codes for the compiled window only: other windows launch nothing for them, and
+// max_pool_backward never asks).
+template <bool kWriteY, class Arg = int32_t>
+void launch_max_pool(const PoolShape& sh, const float* x, float* y, Arg* indices) {
   const int64_t total = sh.n * sh.c * sh.p * sh.q;
   const unsigned blocks = blocks_for(total, kThreads);
   if (fits_32(total)) {
     if (paper_window(sh))
-      max_pool_kernel<uint32_t, 3, 2, kWriteY><<<blocks, kThreads, 0, stream()>>>(sh, x, y, indices);
-    else
+      max_pool_kernel<uint32_t, 3, 2, kWriteY, Arg><<<blocks, kThreads, 0, stream()>>>(sh, x, y, indices);
+    else if constexpr (sizeof(Arg) == 4)
       max_pool_kernel<uint32_t, 0, 0, kWriteY><<<blocks, kThreads, 0, stream()>>>(sh, x, y, indices);
   } else {
     if (paper_window(sh))
-      max_pool_kernel<int64_t, 3, 2, kWriteY><<<blocks, kThreads, 0, stream()>>>(sh, x, y, indices);
-    else
+      max_pool_kernel<int64_t, 3, 2, kWriteY, Arg><<<blocks, kThreads, 0, stream()>>>(sh, x, y, indices);
+    else if constexpr (sizeof(Arg) == 4)
       max_pool_kernel<int64_t, 0, 0, kWriteY><<<blocks, kThreads, 0, stream()>>>(sh, x, y, indices);
   }
 }
@@ -286,15 +286,33 @@ GatherLaunch gather_launch(const PoolShape& sh, bool tiles) {
   return {dim3((unsigned)((thread_rows + y - 1) / y), (unsigned)std::min<int64_t>(plane_blocks, 65535)), dim3(x, y, z)};
 }
 
-// The saved indices' gather (kFrom indices), or the one-pass backward from x (compiled window only).
-template <GatherFrom kFrom>
-void launch_gather(const PoolShape& sh, const int32_t* indices, const float* x, const float* dy, float* dx) {
+// The gather from saved indices or from argmax scratch; Arg: see argmax_as.
+template <class Arg>
+void launch_gather(const PoolShape& sh, const Arg* indices, const float* dy, float* dx) {
   const bool tiles = paper_window(sh);
   const GatherLaunch l = gather_launch(sh, tiles);
   if (tiles)
-    max_pool_gather_tiles_kernel<3, 2, kFrom><<<l.grid, l.block, 0, stream()>>>(sh, indices, x, dy, dx);
-  else
+    max_pool_gather_tiles_kernel<3, 2, Arg><<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
+  else if constexpr (sizeof(Arg) == 4)
     max_pool_gather_kernel<<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
+}
+
+// The backward without indices: the argmax pass into scratch from the caching allocator, then the
+// gather from it.
+template <class Arg>
+void backward_through_scratch(const PoolShape& sh, const float* x, const float* dy, float* dx) {
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const size_t bytes = (size_t)(sh.n * sh.c * sh.p * sh.q) * sizeof(Arg);
+  Arg* argmax = static_cast<Arg*>(gpu::allocate(device, bytes));
+  launch_max_pool<false, Arg>(sh, x, nullptr, argmax);
+  cudaError_t launched = cudaGetLastError();
+  if (launched == cudaSuccess) {
+    launch_gather<Arg>(sh, argmax, dy, dx);
+    launched = cudaGetLastError();
+  }
+  gpu::deallocate(device, argmax, bytes);  // stream-ordered: reused only after these kernels
+  CUDA_CHECK(launched);
 }
 
 }  // namespace
@@ -307,31 +325,18 @@ void max_pool(const PoolShape& sh, const float* x, float* y, int32_t* indices) {
 void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, const float* dy, float* dx,
                                int64_t* invalid) {
   *invalid = 0;  // not checked here: it would need a sync; a bad index gets no gradient
-  launch_gather<GatherFrom::indices>(sh, indices, nullptr, dy, dx);
+  launch_gather<int32_t>(sh, indices, dy, dx);
   CUDA_CHECK_LAUNCH("max_pool gather kernel");
 }
 
 // Without saved indices. y is not read: the argmax is recomputed from x (the same as the first
-// element equal to y, for y = max_pool(x)). Variant 1 (compiled window): in one pass; otherwise
-// the argmax into scratch, then the gather.
+// element equal to y, for y = max_pool(x)). Variant 1 keeps it as one-byte codes (compiled
+// window only).
 void max_pool_backward(const PoolShape& sh, const float* x, const float* /*y*/, const float* dy, float* dx) {
-  if (paper_window(sh) && pool_variant() == 1) {
-    launch_gather<GatherFrom::x>(sh, nullptr, x, dy, dx);
-    CUDA_CHECK_LAUNCH("max_pool backward kernel (one pass)");
-    return;
-  }
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const size_t bytes = (size_t)(sh.n * sh.c * sh.p * sh.q) * sizeof(int32_t);
-  int32_t* argmax = static_cast<int32_t*>(gpu::allocate(device, bytes));
-  launch_max_pool<false>(sh, x, nullptr, argmax);
-  cudaError_t launched = cudaGetLastError();
-  if (launched == cudaSuccess) {
-    launch_gather<GatherFrom::indices>(sh, argmax, nullptr, dy, dx);
-    launched = cudaGetLastError();
-  }
-  gpu::deallocate(device, argmax, bytes);  // stream-ordered: reused only after these kernels
-  CUDA_CHECK(launched);
+  if (paper_window(sh) && pool_variant() == 1)
+    backward_through_scratch<uint8_t>(sh, x, dy, dx);
+  else
+    backward_through_scratch<int32_t>(sh, x, dy, dx);
 }
 
 }  // namespace convnet::cuda

@@ -27,8 +27,8 @@ CONVNET_POOL_HD bool pool_better(float v, float m) { return m == m && !(v <= m);
 CONVNET_POOL_HD bool pool_same(float v, float y) { return v == y || (v != v && y != y); }
 
 // The CUDA kernels (csrc/cuda/pool.cu): a thread per output (forward) and the register-tile
-// gather (backward). Without saved indices, 0 (default) runs an argmax pass first; 1 (the paper's
-// 3/2 window) recomputes each window's argmax inside the gather, in one pass.
+// gather (backward). Without saved indices an argmax pass writes scratch for the gather: int32
+// offsets under 0 (default), one-byte codes under 1 (the paper's 3/2 window).
 // CONVNET_POOL_VARIANT read once from the environment, or set_pool_variant (tests, benchmarks).
 // The CPU twins ignore it.
 int pool_variant();

@@ -13,7 +13,7 @@ namespace convnet {
 namespace {
 
 constexpr int kPoolVariants = 2;
-// Variant 0 is the default: variant 1 measured slower (H200, results 2026-11-27-h200-0e82fa4).
+// Variant 0 is the default: measured (H200, results 2026-11-27-h200-ed1aee4); variant 1 is not yet.
 constexpr int kDefaultPoolVariant = 0;
 
 std::atomic<int>& variant_slot() {
