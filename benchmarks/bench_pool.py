@@ -3,9 +3,9 @@
 backward reads x, y and dy and writes dx (the argmax is recomputed); backward+idx (the training
 path) reads the indices and dy and writes dx. PyTorch's counterparts: max_pool2d (with
 return_indices for +idx) and its backward from the saved indices (for both backward rows).
-On a GPU the backward without indices, the one op the CUDA kernel variants differ in
-(CONVNET_POOL_VARIANT, csrc/cuda/pool.cu), also runs under each, as rows "... v0" and "... v1";
-the plain rows use the default variant."""
+On a GPU the two backward rows, where the CUDA kernel variants differ (CONVNET_POOL_VARIANT,
+csrc/cuda/pool.cu), also run under each, as rows "... v0" to "... v2"; the plain rows use the
+default variant."""
 import numpy as np
 
 import convnet
@@ -46,7 +46,7 @@ def _with_variant(v, fn):
 def cases(ctx):
     dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
     default = _C.pool_variant()
-    variants = [v for v in (0, 1) if v != default] + [default] if ctx.get("variant_rows", dev != "cpu") else []  # the default last
+    variants = [v for v in (0, 1, 2) if v != default] + [default] if ctx.get("variant_rows", dev != "cpu") else []  # the default last
     out = []
     for name, shape in SHAPES:
         a = np.random.standard_normal((n,) + shape).astype(np.float32)
@@ -75,7 +75,7 @@ def cases(ctx):
             bwd["torch"] = bwd_i["torch"] = lambda t=t, tg=tg, tidx=tidx: torch.ops.aten.max_pool2d_with_indices_backward(
                 tg, t, [SIZE, SIZE], [STRIDE, STRIDE], [0, 0], [1, 1], False, tidx)
         rows = [{"name": f"{case['name']} v{v}", "bytes": case["bytes"], "ours": _with_variant(v, case["ours"])}
-                for v in variants for case in (bwd,)]
+                for v in variants for case in (bwd, bwd_i)]
         for case in (fwd, fwd_i, bwd, bwd_i):
             case["ours"] = _with_variant(default, case["ours"])
         out += [fwd, fwd_i, bwd, bwd_i] + rows

@@ -10,9 +10,10 @@ from reference import assert_close, numeric_grad
 
 
 # Every test here runs on the CPU and on CUDA under each kernel variant (CONVNET_POOL_VARIANT,
-# csrc/cuda/pool.cu): "cuda" variant 0, "cuda-v1" the backward's argmax scratch as one-byte codes.
+# csrc/cuda/pool.cu): "cuda" variant 0, "cuda-v1" the backward's argmax scratch as one-byte codes,
+# "cuda-v2" those codes and the gathers' dx staged through shared memory.
 @pytest.fixture(params=[pytest.param(("cpu", None), id="cpu"), cuda_param(("cuda:0", 0), "cuda"),
-                        cuda_param(("cuda:0", 1), "cuda-v1")])
+                        cuda_param(("cuda:0", 1), "cuda-v1"), cuda_param(("cuda:0", 2), "cuda-v2")])
 def device(request):
     dev, variant = request.param
     if variant is None:
@@ -31,8 +32,8 @@ def test_pool_variant_setting():
     try:
         _C.set_pool_variant(1)
         assert _C.pool_variant() == 1
-        with pytest.raises(ValueError, match="set_pool_variant: variant must be 0 or 1, got 2"):
-            _C.set_pool_variant(2)
+        with pytest.raises(ValueError, match="set_pool_variant: variant must be 0, 1 or 2, got 3"):
+            _C.set_pool_variant(3)
         assert _C.pool_variant() == 1
     finally:
         _C.set_pool_variant(before)

@@ -3,8 +3,10 @@ their index maps, rings, chunking and grid-stride loops without a GPU.
 
 The kernel bodies are cut verbatim out of the .cu files and compiled as host C++ with a few
 stand-ins (__ldg -> load, rsqrtf -> 1/sqrtf, blockIdx/threadIdx per host thread); every thread
-of every block then runs in turn (none of these kernels has a barrier or shared memory). The
-host launchers (with <<<>>>) are mirrored by the small driver below. Outputs start as NaN, so an
+of every block then runs in turn, except in the kernel with barriers (max-pool variant 2's
+staged gather), where each CUDA thread of a block is an OS thread, __syncthreads a std::barrier
+over them, and shared memory one buffer, poisoned before each block (blocks run one at a time).
+The host launchers (with <<<>>>) are mirrored by the small driver below. Outputs start as NaN, so an
 unwritten element fails; results are compared with the float64 references of tests/test_lrn.py
 and tests/test_pool.py, on their cases, with grids of 1, 3 and 1000 blocks (and the 64-bit index
 path of the pool kernels); the pool gradient also bit for bit against the CPU twin's (convnet.ops
@@ -25,9 +27,12 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 STANDINS = r'''
 #include <algorithm>
+#include <barrier>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <thread>
 #include <vector>
 struct Dim { int64_t x = 0, y = 0, z = 0; };
 static thread_local Dim blockIdx, threadIdx;
@@ -57,6 +62,32 @@ void launch3(int64_t gx, int64_t gy, int64_t bx, int64_t by, int64_t bz, K kerne
       kernel(args...);
     }
   gridDim.y = blockDim.y = blockIdx.y = threadIdx.y = blockDim.z = threadIdx.z = 0;
+}
+// Kernels with barriers: a 2-D grid (gx, gy) of 3-D blocks (bx, by, bz), each CUDA thread of a
+// block an OS thread running its thread of every block in turn, barriers between blocks; the
+// kernel's __shared__ array (rewritten to point into emu_shared) poisoned (NaN) before each block.
+static std::unique_ptr<std::barrier<>> block_sync;
+static std::vector<float> emu_shared(4096);
+inline void __syncthreads() { block_sync->arrive_and_wait(); }
+template <class K, class... A>
+void launch3_sync(int64_t gx, int64_t gy, int64_t bx, int64_t by, int64_t bz, K kernel, A... args) {
+  gridDim.x = gx; gridDim.y = gy; blockDim.x = bx; blockDim.y = by; blockDim.z = bz;
+  const int64_t block = bx * by * bz;
+  block_sync = std::make_unique<std::barrier<>>(block);
+  std::vector<std::thread> threads;
+  for (int64_t t = 0; t < block; ++t)
+    threads.emplace_back([=] {
+      threadIdx.x = t % bx; threadIdx.y = t / bx % by; threadIdx.z = t / (bx * by);
+      for (int64_t b = 0; b < gx * gy; ++b) {
+        blockIdx.x = b % gx; blockIdx.y = b / gx;
+        if (t == 0) std::fill(emu_shared.begin(), emu_shared.end(), NAN);
+        block_sync->arrive_and_wait();
+        kernel(args...);
+        block_sync->arrive_and_wait();
+      }
+    });
+  for (auto& th : threads) th.join();
+  gridDim.y = blockDim.y = blockDim.z = 0;
 }
 namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1; } }
 '''
@@ -106,8 +137,9 @@ void pool_forward(int64_t g, const PoolShape& sh, const float* x, float* y, int3
 }
 // launch_gather's grid and block (gather_launch), except: plane blocks looped over min(plane blocks,
 // |g|) grid rows, and blockDim.x forced to 8 for |g| == 3 (wider rows then loop over columns).
+// staged: variant 2 (the staged kernel where a block covers whole planes, as launch_gather).
 template <int S, int T, class Arg = int32_t>
-void gather(int64_t g, const PoolShape& sh, const Arg* idx, const float* dy, float* dx) {
+void gather(int64_t g, const PoolShape& sh, const Arg* idx, const float* dy, float* dx, bool staged = false) {
   const bool tiles = S != 0;
   const int64_t tiles_h = (sh.h + sh.stride - 1) / sh.stride, planes = sh.n * sh.c;
   const int64_t columns = tiles ? (sh.w + sh.stride - 1) / sh.stride : sh.w;
@@ -120,8 +152,12 @@ void gather(int64_t g, const PoolShape& sh, const Arg* idx, const float* dy, flo
   int64_t bz = 1;
   while (tiles && bz * 2 * bx * by <= pool::kThreads && bz < planes) bz *= 2;
   const int64_t gy = std::min<int64_t>((planes + bz - 1) / bz, g < 0 ? -g : g), gx = (thread_rows + by - 1) / by;
-  if constexpr (S != 0)
-    launch3(gx, gy, bx, by, bz, pool::max_pool_gather_tiles_kernel<S, T, Arg>, sh, idx, dy, dx);
+  if constexpr (S != 0) {
+    if (staged && gx == 1 && bx * 2 >= sh.w)
+      launch3_sync(gx, gy, bx, by, bz, pool::max_pool_gather_tiles_kernel<S, T, Arg, true>, sh, idx, dy, dx);
+    else
+      launch3(gx, gy, bx, by, bz, pool::max_pool_gather_tiles_kernel<S, T, Arg, false>, sh, idx, dy, dx);
+  }
   else
     launch3(gx, gy, bx, by, 1, pool::max_pool_gather_kernel, sh, idx, dy, dx);
 }
@@ -135,18 +171,29 @@ void pool_backward(int64_t g, const PoolShape& sh, const float* x, const int32_t
     gather<S, T>(g, sh, idx, dy, dx);
   }
 }
-// Variant 1: the backward without indices through one-byte codes (compiled window only)
+// Variants 1 and 2: the backward without indices through one-byte codes (compiled window only);
+// 2 also stages the gathers' dx through shared memory
 template <class Index, int S, int T>
-void pool_backward1(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
+void pool_backward12(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx,
+                     bool staged) {
   if constexpr (S != 0) {
     if (!idx) {
       std::vector<uint8_t> scratch(sh.n * sh.c * sh.p * sh.q, 77);
       launch(g, pool::kThreads, pool::max_pool_kernel<Index, S, T, false, uint8_t>, sh, x, (float*)nullptr,
              scratch.data());
-      return gather<S, T, uint8_t>(g, sh, (const uint8_t*)scratch.data(), dy, dx);
+      return gather<S, T, uint8_t>(g, sh, (const uint8_t*)scratch.data(), dy, dx, staged);
     }
+    return gather<S, T>(g, sh, idx, dy, dx, staged);
   }
   pool_backward<Index, S, T>(g, sh, x, idx, dy, dx);
+}
+template <class Index, int S, int T>
+void pool_backward1(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
+  pool_backward12<Index, S, T>(g, sh, x, idx, dy, dx, false);
+}
+template <class Index, int S, int T>
+void pool_backward2(int64_t g, const PoolShape& sh, const float* x, const int32_t* idx, const float* dy, float* dx) {
+  pool_backward12<Index, S, T>(g, sh, x, idx, dy, dx, true);
 }
 #define POOL(F, ...) \
   if (g < 0) { if (paper) F<int64_t, 3, 2>(-g, __VA_ARGS__); else F<int64_t, 0, 0>(-g, __VA_ARGS__); } \
@@ -157,14 +204,16 @@ extern "C" void emu_pool(int64_t n, int64_t c, int64_t h, int64_t w, int64_t siz
   const bool paper = !generic && size == 3 && stride == 2;
   POOL(pool_forward, sh, x, y, idx)
 }
-// variant: CONVNET_POOL_VARIANT (0 or 1)
+// variant: CONVNET_POOL_VARIANT (0, 1 or 2)
 // idx null: the backward without indices (from x)
 extern "C" void emu_pool_backward(int64_t n, int64_t c, int64_t h, int64_t w, int64_t size, int64_t stride,
                                   const float* x, const int32_t* idx, const float* dy, float* dx, int64_t g,
                                   int generic, int variant) {
   PoolShape sh{n, c, h, w, size, stride, (h - size) / stride + 1, (w - size) / stride + 1};
   const bool paper = !generic && size == 3 && stride == 2;
-  if (variant == 1) { POOL(pool_backward1, sh, x, idx, dy, dx) } else { POOL(pool_backward, sh, x, idx, dy, dx) }
+  if (variant == 1) { POOL(pool_backward1, sh, x, idx, dy, dx) }
+  else if (variant == 2) { POOL(pool_backward2, sh, x, idx, dy, dx) }
+  else { POOL(pool_backward, sh, x, idx, dy, dx) }
 }
 '''
 
@@ -180,6 +229,9 @@ def build(workdir):
     # from the namespace's opening to the first host launcher; both leave `namespace {` open
     lrn_kernels = between(lrn, "namespace convnet::cuda {", "template <int H, bool kThreeQuarters>\nvoid launch_forward")
     pool_kernels = between(pool, "namespace {", "}  // namespace\n\n")
+    staged = "__shared__ float staged[kStaged ? kThreads * kStride * kStride * kGatherRows : 1];"
+    assert staged in pool_kernels, staged
+    pool_kernels = pool_kernels.replace(staged, "float* staged = emu_shared.data();")
     fast_div = between((ROOT / "csrc/cuda/common.cuh").read_text(), "struct FastDiv {", "\n};\n") + "\n};\n"
     src = STANDINS + f'#include "{ROOT}/csrc/kernels/lrn.h"\n#include "{ROOT}/csrc/kernels/pool.h"\n'
     src += lrn_kernels + "}  // namespace\n\n"
@@ -188,7 +240,7 @@ def build(workdir):
     src += "}  // namespace convnet::cuda\n" + DRIVER.replace("pool::", "convnet::cuda::pool::")
     cpp, so = Path(workdir) / "emulate.cpp", Path(workdir) / "emulate.so"
     cpp.write_text(src)
-    subprocess.check_call(["g++", "-O2", "-std=gnu++20", "-shared", "-fPIC", "-o", str(so), str(cpp)])
+    subprocess.check_call(["g++", "-O2", "-std=gnu++20", "-pthread", "-shared", "-fPIC", "-o", str(so), str(cpp)])
     lib = ctypes.CDLL(str(so))
     I, F, P = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.emu_lrn.argtypes = [I, I, I, I, F, F, F, P, P, I, ctypes.c_int]
@@ -245,14 +297,14 @@ def main():
                     print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
             wide = [((1, 2, 7, 261), 3, 2), ((2, 1, 5, 300), 2, 2), ((1, 1, 3, 131), 3, 1)]  # rows > 128: looped
             for (shape, size, stride), variant in ((c, v) for c in tp.CASES + tp.INDEX_CASES[9:] + wide
-                                                   for v in (0, 1)):
+                                                   for v in (0, 1, 2)):
                 if small_only and np.prod(shape) > 200000:
                     continue
                 for ties, generic in ((False, 0), (True, 0), (True, 1), ("nan", 0), ("nan", 1)):
                     if generic and (size, stride) != (3, 2):
                         continue  # other windows always take the generic kernels
-                    if variant == 1 and generic:
-                        continue  # variant 1 changes only the compiled window's kernels
+                    if variant and generic:
+                        continue  # the variants change only the compiled window's kernels
                     x = (rng.integers(0, 3, shape) if ties is True else rng.standard_normal(shape)).astype(np.float32)
                     if ties == "nan":  # NaNs take the windows they are in (the first one in row-major order)
                         x.flat[rng.integers(0, x.size, max(1, x.size // 50))] = np.nan

@@ -1,7 +1,7 @@
 """The calls that tools/gpu_check.sh's ncu and memcheck stages run under the profilers.
 
     python tools/gpu_probe.py          conv2's backward-filter at batch 128 (variant 5's FFT path),
-                                       max-pool (with and without saved indices, both CUDA variants)
+                                       max-pool (with and without saved indices, every CUDA variant)
                                        and LRN, forward and backward, at conv1's size (LRN also on
                                        56x56 planes): for ncu
     python tools/gpu_probe.py small    the same ops on small, odd shapes, a runtime-size pooling
@@ -64,7 +64,7 @@ print("conv2 dw std", dw.numpy().std())
 
 a = t(3, 40, 13, 13) if small else t(128, 96, 55, 55)
 g = None
-for variant in (0, 1):  # CONVNET_POOL_VARIANT: each kernel set (the same bits, so the same sums)
+for variant in (0, 1, 2):  # CONVNET_POOL_VARIANT: each kernel set (the same bits, so the same sums)
     convnet._C.set_pool_variant(variant)
     y, idx = ops.max_pool(a, return_indices=True)
     g = t(*y.shape) if g is None else g

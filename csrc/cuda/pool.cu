@@ -39,11 +39,12 @@
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
 // 0 bytes stack frame, 0 bytes spill stores/loads for all. Registers, <Index, size, stride>:
 //   max_pool_kernel (y and indices / argmax only)  <u32,3,2> 31 / 29 (29 writing codes)   <u32,0,0> 26 / 24
-//   <i64,*> <= 31   max_pool_gather_tiles_kernel <3,2> 60 (48 reading codes)   max_pool_gather_kernel 40
+//   <i64,*> <= 31   max_pool_gather_tiles_kernel <3,2> 60 (48 reading codes or staged, 16 KB shared)
+//   max_pool_gather_kernel 40
 // Timed on an H200 (results 2026-11-26-h200-29eff7f): forward 0.74-0.82 of copy.
 //
-// Variants (CONVNET_POOL_VARIANT) differ only in the backward without indices for the compiled
-// 3/2 window, whose argmax pass writes scratch that the gather then reads. 0 (default): each
+// Variants (CONVNET_POOL_VARIANT) differ only in the backward, for the compiled 3/2 window.
+// Without indices, an argmax pass writes scratch that the gather then reads. 0 (default): each
 // window's argmax as its int32 offset in the plane, the format of saved indices: 404 MB moved at
 // 55->27, batch 128 (x 149 MB read, dy 36, dx 149 written, the argmax 36 written and read back),
 // 0.72 / 0.67 / 0.51 of copy (55->27 / 27->13 / 13->6; H200, ed1aee4), the pass 60 us and the
@@ -53,6 +54,12 @@
 // Prediction (H200): 55->27 from 125 us to 105-110 (0.82-0.86 of copy), 27->13 likewise
 // (0.67 -> 0.76-0.8); 13->6 (two launches of small planes) about as now. Refuted where
 // bench_pool.py's "v1" rows are no faster than "v0" of the same run.
+// 2: variant 1, and both gathers (from saved indices too) stage dx through shared memory where a
+// block covers whole planes (all three AlexNet pools), writing it out as one contiguous run
+// (max_pool_gather_tiles_kernel: why). Prediction (H200): the gather from saved indices 62 ->
+// ~50 us at 55->27 (0.84 -> ~0.95 of copy), 27->13 0.77 -> ~0.9, if L2 (87-89% busy in ncu) is
+// its limit; the backward without indices a further ~10 us below variant 1. Refuted where the
+// "v2" rows are no faster than "v1" (without indices) and "v0" (with).
 // Tried and removed (H200): a one-pass backward, the gather recomputing each covering window's
 // argmax from x (90 loads a thread): 144 / 104 / 29 us against 125 / 87 / 29, issue- and
 // latency-bound at 39% occupancy (0e82fa4); whole planes a block through shared memory: 1.3-2.8x
@@ -130,22 +137,26 @@ constexpr int kGatherRows = 4;
 // covers element (a, b) of a tile is then a compile-time fact, so each element costs only the
 // compares of the windows that do cover it (2.25 on average for 3/2), in row-major window order;
 // so is the element's code in each of them. Arg: see argmax_as.
-template <int kSize, int kStride, class Arg>
+// kStaged (variant 2; a block that covers whole planes, see launch_gather): dx goes through shared
+// memory and out as one contiguous run a block, a thread a float. Written straight, a warp's
+// store covers every other float of 64 (the thread's two columns are two stores), so L2 takes
+// twice the sector writes, each half masked (ncu: L2 87-89% busy with DRAM at 64%).
+template <int kSize, int kStride, class Arg, bool kStaged>
 __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const PoolShape sh,
                                                                           const Arg* __restrict__ indices,
                                                                           const float* __restrict__ dy,
                                                                           float* __restrict__ dx) {
   constexpr int kCover = (kSize + kStride - 1) / kStride;  // windows covering an element, at most, each way
   constexpr int kWin = kGatherRows + kCover - 1;             // window rows a thread loads
+  // the planes a block covers: at most 2 * blockDim.x columns by 2 * kGatherRows * blockDim.y rows
+  __shared__ float staged[kStaged ? kThreads * kStride * kStride * kGatherRows : 1];
   const int h = (int)sh.h, w = (int)sh.w, p = (int)sh.p, q = (int)sh.q;
   const int tr0 = ((int)blockIdx.x * (int)blockDim.y + (int)threadIdx.y) * kGatherRows;
-  if (tr0 * kStride >= h) return;  // no barrier in this kernel
   const int64_t planes = sh.n * sh.c;
-  for (int64_t plane = (int64_t)blockIdx.y * blockDim.z + threadIdx.z; plane < planes;
-       plane += (int64_t)gridDim.y * blockDim.z) {
+  // this thread's tiles of one plane, its dx (in global or shared memory) at dxp
+  const auto gather_plane = [&](int64_t plane, float* __restrict__ dxp) {
     const Arg* ip = indices + plane * p * q;
     const float* dyp = dy + plane * p * q;
-    float* dxp = dx + plane * h * w;
     for (int m = threadIdx.x; m * kStride < w; m += blockDim.x) {
       int32_t wi[kWin][kCover];
       float wd[kWin][kCover];
@@ -190,6 +201,23 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
           }
         }
       }
+    }
+  };
+  if constexpr (!kStaged) {
+    if (tr0 * kStride >= h) return;  // no barrier in this kernel
+    for (int64_t plane = (int64_t)blockIdx.y * blockDim.z + threadIdx.z; plane < planes;
+         plane += (int64_t)gridDim.y * blockDim.z)
+      gather_plane(plane, dx + plane * h * w);
+  } else {
+    const int threads = blockDim.x * blockDim.y * blockDim.z;
+    const int tid = ((int)threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+    for (int64_t first = (int64_t)blockIdx.y * blockDim.z; first < planes; first += (int64_t)gridDim.y * blockDim.z) {
+      if (first + threadIdx.z < planes && tr0 * kStride < h) gather_plane(first + threadIdx.z, staged + threadIdx.z * h * w);
+      __syncthreads();
+      const int count = (int)min((int64_t)blockDim.z, planes - first) * h * w;
+      float* out = dx + first * h * w;
+      for (int e = tid; e < count; e += threads) out[e] = staged[e];
+      __syncthreads();  // the next planes overwrite `staged`
     }
   }
 }
@@ -286,13 +314,17 @@ GatherLaunch gather_launch(const PoolShape& sh, bool tiles) {
   return {dim3((unsigned)((thread_rows + y - 1) / y), (unsigned)std::min<int64_t>(plane_blocks, 65535)), dim3(x, y, z)};
 }
 
-// The gather from saved indices or from argmax scratch; Arg: see argmax_as.
+// The gather from saved indices or from argmax scratch; Arg: see argmax_as. Variant 2 stages dx
+// through shared memory where a block covers whole planes (one block of rows, every column).
 template <class Arg>
 void launch_gather(const PoolShape& sh, const Arg* indices, const float* dy, float* dx) {
   const bool tiles = paper_window(sh);
   const GatherLaunch l = gather_launch(sh, tiles);
-  if (tiles)
-    max_pool_gather_tiles_kernel<3, 2, Arg><<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
+  const bool staged = pool_variant() == 2 && l.grid.x == 1 && (int64_t)l.block.x * 2 >= sh.w;
+  if (tiles && staged)
+    max_pool_gather_tiles_kernel<3, 2, Arg, true><<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
+  else if (tiles)
+    max_pool_gather_tiles_kernel<3, 2, Arg, false><<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
   else if constexpr (sizeof(Arg) == 4)
     max_pool_gather_kernel<<<l.grid, l.block, 0, stream()>>>(sh, indices, dy, dx);
 }
@@ -330,10 +362,10 @@ void max_pool_backward_indices(const PoolShape& sh, const int32_t* indices, cons
 }
 
 // Without saved indices. y is not read: the argmax is recomputed from x (the same as the first
-// element equal to y, for y = max_pool(x)). Variant 1 keeps it as one-byte codes (compiled
+// element equal to y, for y = max_pool(x)). Variants 1 and 2 keep it as one-byte codes (compiled
 // window only).
 void max_pool_backward(const PoolShape& sh, const float* x, const float* /*y*/, const float* dy, float* dx) {
-  if (paper_window(sh) && pool_variant() == 1)
+  if (paper_window(sh) && pool_variant() != 0)
     backward_through_scratch<uint8_t>(sh, x, dy, dx);
   else
     backward_through_scratch<int32_t>(sh, x, dy, dx);

@@ -28,7 +28,8 @@ CONVNET_POOL_HD bool pool_same(float v, float y) { return v == y || (v != v && y
 
 // The CUDA kernels (csrc/cuda/pool.cu): a thread per output (forward) and the register-tile
 // gather (backward). Without saved indices an argmax pass writes scratch for the gather: int32
-// offsets under 0 (default), one-byte codes under 1 (the paper's 3/2 window).
+// offsets under 0 (default), one-byte codes under 1 and 2 (the paper's 3/2 window); 2 also stages
+// the gathers' output through shared memory.
 // CONVNET_POOL_VARIANT read once from the environment, or set_pool_variant (tests, benchmarks).
 // The CPU twins ignore it.
 int pool_variant();

@@ -12,12 +12,12 @@
 namespace convnet {
 namespace {
 
-constexpr int kPoolVariants = 2;
-// Variant 0 is the default: measured (H200, results 2026-11-27-h200-ed1aee4); variant 1 is not yet.
+constexpr int kPoolVariants = 3;
+// Variant 0 is the default: measured (H200, results 2026-11-27-h200-ed1aee4); variants 1 and 2 are not yet.
 constexpr int kDefaultPoolVariant = 0;
 
 std::atomic<int>& variant_slot() {
-  static std::atomic<int> v{variant_from_env("CONVNET_POOL_VARIANT", kPoolVariants, kDefaultPoolVariant, "0 or 1")};
+  static std::atomic<int> v{variant_from_env("CONVNET_POOL_VARIANT", kPoolVariants, kDefaultPoolVariant, "0, 1 or 2")};
   return v;
 }
 
@@ -88,7 +88,7 @@ Tensor max_pool_backward(const Tensor& x, const std::optional<Tensor>& y, const 
 int pool_variant() { return variant_slot().load(std::memory_order_relaxed); }
 
 void set_pool_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kPoolVariants, "set_pool_variant: variant must be 0 or 1, got ", variant);
+  CHECK_VALUE(variant >= 0 && variant < kPoolVariants, "set_pool_variant: variant must be 0, 1 or 2, got ", variant);
   variant_slot().store(variant, std::memory_order_relaxed);
 }
 
