@@ -47,7 +47,8 @@ def _with_variant(v, fn):
 def cases(ctx):
     dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
     default = _C.lrn_variant()
-    variants = [v for v in (0, 1, 2) if v != default] + [default] if ctx.get("variant_rows", dev != "cpu") else []  # the default last
+    rows_wanted = ctx.get("variant_rows", dev != "cpu")
+    variants = [v for v in (0, 1, 2) if v != default] + [default] if rows_wanted else []  # the default last
     out = []
     for name, shape in SHAPES:
         a = np.abs(np.random.standard_normal((n,) + shape)).astype(np.float32) * 20  # ReLU outputs

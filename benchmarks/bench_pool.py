@@ -46,7 +46,8 @@ def _with_variant(v, fn):
 def cases(ctx):
     dev, n, torch = ctx["device"], ctx["batch"], ctx["torch"]
     default = _C.pool_variant()
-    variants = [v for v in (0, 1, 2) if v != default] + [default] if ctx.get("variant_rows", dev != "cpu") else []  # the default last
+    rows_wanted = ctx.get("variant_rows", dev != "cpu")
+    variants = [v for v in (0, 1, 2) if v != default] + [default] if rows_wanted else []  # the default last
     out = []
     for name, shape in SHAPES:
         a = np.random.standard_normal((n,) + shape).astype(np.float32)

@@ -212,7 +212,8 @@ __global__ void __launch_bounds__(kThreads) max_pool_gather_tiles_kernel(const P
     const int threads = blockDim.x * blockDim.y * blockDim.z;
     const int tid = ((int)threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
     for (int64_t first = (int64_t)blockIdx.y * blockDim.z; first < planes; first += (int64_t)gridDim.y * blockDim.z) {
-      if (first + threadIdx.z < planes && tr0 * kStride < h) gather_plane(first + threadIdx.z, staged + threadIdx.z * h * w);
+      if (first + threadIdx.z < planes && tr0 * kStride < h)
+        gather_plane(first + threadIdx.z, staged + threadIdx.z * h * w);
       __syncthreads();
       const int count = (int)min((int64_t)blockDim.z, planes - first) * h * w;
       float* out = dx + first * h * w;
