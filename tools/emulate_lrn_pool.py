@@ -231,7 +231,8 @@ def build(workdir):
     pool_kernels = between(pool, "namespace {", "}  // namespace\n\n")
     staged = "__shared__ float staged[kStaged ? kThreads * kStride * kStride * kGatherRows : 1];"
     assert staged in pool_kernels, staged
-    pool_kernels = pool_kernels.replace(staged, "float* staged = emu_shared.data();")
+    pool_kernels = pool_kernels.replace(staged, "float* staged = emu_shared.data(); static_assert("
+                                        "kThreads * kStride * kStride * kGatherRows <= 4096);  // emu_shared's size")
     fast_div = between((ROOT / "csrc/cuda/common.cuh").read_text(), "struct FastDiv {", "\n};\n") + "\n};\n"
     src = STANDINS + f'#include "{ROOT}/csrc/kernels/lrn.h"\n#include "{ROOT}/csrc/kernels/pool.h"\n'
     src += lrn_kernels + "}  // namespace\n\n"
