@@ -233,10 +233,9 @@ def build(workdir):
     assert staged in pool_kernels, staged
     pool_kernels = pool_kernels.replace(staged, "float* staged = emu_shared.data(); static_assert("
                                         "kThreads * kStride * kStride * kGatherRows <= 4096);  // emu_shared's size")
-    fast_div = between((ROOT / "csrc/cuda/common.cuh").read_text(), "struct FastDiv {", "\n};\n") + "\n};\n"
     src = STANDINS + f'#include "{ROOT}/csrc/kernels/lrn.h"\n#include "{ROOT}/csrc/kernels/pool.h"\n'
     src += lrn_kernels + "}  // namespace\n\n"
-    src += "namespace pool { using convnet::PoolShape;\n" + fast_div + pool_kernels
+    src += "namespace pool { using convnet::PoolShape;\n" + pool_kernels
     src += "}  // namespace\n}  // namespace pool\n"
     src += "}  // namespace convnet::cuda\n" + DRIVER.replace("pool::", "convnet::cuda::pool::")
     cpp, so = Path(workdir) / "emulate.cpp", Path(workdir) / "emulate.so"

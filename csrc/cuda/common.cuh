@@ -1,8 +1,6 @@
-// Shared by every CUDA kernel file: error checking, the stream to launch on, fast division.
+// Shared by every CUDA kernel file: error checking and the stream to launch on.
 #pragma once
 #include <cuda_runtime.h>
-
-#include <cstdint>
 
 #include "../core/error.h"
 
@@ -25,26 +23,6 @@ inline unsigned blocks_for(long long n, int threads, int max_blocks = 65535 * 8)
   if (b < 1) b = 1;
   return (unsigned)(b < max_blocks ? b : max_blocks);
 }
-
-// x / d and x % d for a divisor fixed at launch, by multiply-high and shift (Granlund and
-// Montgomery): valid for every 0 <= x < 2^31 and 1 <= d < 2^31.
-struct FastDiv {
-  uint32_t d = 1, mul = 1, shift = 0;
-  FastDiv() = default;
-  explicit FastDiv(int64_t divisor) : d(divisor > 1 ? (uint32_t)divisor : 1u) {
-    while ((uint64_t(1) << shift) < d) ++shift;
-    mul = (uint32_t)(((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1);
-  }
-  __host__ __device__ __forceinline__ int div(int x) const {
-#ifdef __CUDA_ARCH__
-    uint32_t hi = __umulhi((uint32_t)x, mul);
-#else
-    uint32_t hi = (uint32_t)(((uint64_t)(uint32_t)x * mul) >> 32);
-#endif
-    return (int)((hi + (uint32_t)x) >> shift);
-  }
-  __host__ __device__ __forceinline__ int mod(int x, int q) const { return x - q * (int)d; }
-};
 
 }  // namespace convnet::cuda
 

@@ -45,6 +45,26 @@
 
 namespace convnet::cuda {
 
+// x / d and x % d for a divisor fixed at launch, by multiply-high and shift (Granlund and
+// Montgomery): valid for every 0 <= x < 2^31 and 1 <= d < 2^31.
+struct FastDiv {
+  uint32_t d = 1, mul = 1, shift = 0;
+  FastDiv() = default;
+  explicit FastDiv(int64_t divisor) : d(divisor > 1 ? (uint32_t)divisor : 1u) {
+    while ((uint64_t(1) << shift) < d) ++shift;
+    mul = (uint32_t)(((uint64_t(1) << 32) * ((uint64_t(1) << shift) - d)) / d + 1);
+  }
+  __host__ __device__ __forceinline__ int div(int x) const {
+#ifdef __CUDA_ARCH__
+    uint32_t hi = __umulhi((uint32_t)x, mul);
+#else
+    uint32_t hi = (uint32_t)(((uint64_t)(uint32_t)x * mul) >> 32);
+#endif
+    return (int)((hi + (uint32_t)x) >> shift);
+  }
+  __host__ __device__ __forceinline__ int mod(int x, int q) const { return x - q * (int)d; }
+};
+
 // Tile configurations. Big: the workhorse. Medium: problems where 128-wide tiles would be mostly
 // padding or too few. Thin: tiny M (e.g. backward-data of a 3-channel input).
 // MIN_BLOCKS: blocks per SM asked of ptxas (__launch_bounds__), i.e. a register cap.

@@ -99,7 +99,7 @@ __device__ __forceinline__ void window_max(const float* __restrict__ xp, int cor
 }
 
 // What an argmax is stored as: int32_t, its offset in the plane (saved indices); uint8_t, its
-// code in the window (the scratch of variant 1's backward; compiled 3/2 window only).
+// code in the window (the scratch of variants 1 and 2's backward; compiled 3/2 window only).
 template <class Arg>
 __device__ __forceinline__ Arg argmax_as(int at, int code) {
   return sizeof(Arg) == 1 ? (Arg)code : (Arg)at;
