@@ -2,7 +2,6 @@
 // dispatch to the twins in csrc/kernels/conv.h (which trust the shape).
 #include <pybind11/stl.h>
 
-#include <atomic>
 #include <optional>
 #include <tuple>
 
@@ -21,10 +20,9 @@ constexpr int kConvVariants = 6;
 // (Winograd for conv3-5) and 2 over 0/1: benchmarks/results/NOTES-conv-cuda.md.
 constexpr int kDefaultConvVariant = 5;
 
-std::atomic<int>& variant_slot() {
-  static std::atomic<int> v{
-      variant_from_env("CONVNET_CONV_VARIANT", kConvVariants, kDefaultConvVariant, "0 to 5")};
-  return v;
+VariantSwitch& variant_switch() {
+  static VariantSwitch s{"CONVNET_CONV_VARIANT", "set_conv_variant", kConvVariants, kDefaultConvVariant, "0 to 5"};
+  return s;
 }
 
 // Checks x (n, c, h, w) and w (k, c/groups, r, s) and the conv parameters; returns the shape.
@@ -112,12 +110,9 @@ std::tuple<std::optional<Tensor>, std::optional<Tensor>, std::optional<Tensor>> 
 
 }  // namespace
 
-int conv_variant() { return variant_slot().load(std::memory_order_relaxed); }
+int conv_variant() { return variant_switch().get(); }
 
-void set_conv_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kConvVariants, "set_conv_variant: variant must be 0 to 5, got ", variant);
-  variant_slot().store(variant, std::memory_order_relaxed);
-}
+void set_conv_variant(int variant) { variant_switch().set(variant); }
 
 void register_conv(py::module_& m) {
   m.def("conv2d", &conv2d, py::arg("x"), py::arg("w"), py::arg("b"), py::arg("stride_h"), py::arg("stride_w"),

@@ -4,6 +4,7 @@
 #pragma once
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <cstdlib>
 
 #include "../core/device.h"
@@ -34,16 +35,34 @@
 namespace py = pybind11;
 
 namespace convnet {
-// A family's CUDA kernel variant from environment variable `env` (read by the caller once, at
-// first use): an integer in [0, count), `fallback` when unset; `range` words the allowed values.
-inline int variant_from_env(const char* env, int count, int fallback, const char* range) {
-  const char* s = std::getenv(env);
-  if (!s || !*s) return fallback;
-  char* end = nullptr;
-  long x = std::strtol(s, &end, 10);
-  CHECK_VALUE(*end == 0 && x >= 0 && x < count, env, " must be ", range, ", got '", s, "'");
-  return (int)x;
-}
+// A family's CUDA kernel variant: an integer in [0, count) from environment variable `env`, read
+// once (the family keeps one switch, a function-local static, so at first use), `fallback` when
+// unset; then settable through `setter` (the hidden _C.set_<family>_variant of the tests and
+// benchmarks). `range` words the allowed values in both errors.
+class VariantSwitch {
+ public:
+  VariantSwitch(const char* env, const char* setter, int count, int fallback, const char* range)
+      : setter_(setter), count_(count), range_(range), value_(from_env(env, fallback)) {}
+  int get() const { return value_.load(std::memory_order_relaxed); }
+  void set(int variant) {
+    CHECK_VALUE(variant >= 0 && variant < count_, setter_, ": variant must be ", range_, ", got ", variant);
+    value_.store(variant, std::memory_order_relaxed);
+  }
+
+ private:
+  int from_env(const char* env, int fallback) const {
+    const char* s = std::getenv(env);
+    if (!s || !*s) return fallback;
+    char* end = nullptr;
+    long x = std::strtol(s, &end, 10);
+    CHECK_VALUE(*end == 0 && x >= 0 && x < count_, env, " must be ", range_, ", got '", s, "'");
+    return (int)x;
+  }
+  const char* setter_;
+  int count_;
+  const char* range_;
+  std::atomic<int> value_;  // after the fields from_env reads
+};
 
 // One per op family (csrc/ops/<family>.cpp); called from bindings.cpp.
 void register_elementwise(py::module_& m);

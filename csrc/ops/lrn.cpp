@@ -1,6 +1,5 @@
 // Entry points of the local response normalisation family: check arguments once,
 // allocate outputs, dispatch.
-#include <atomic>
 #include <cmath>
 
 #include "../kernels/lrn.h"
@@ -15,9 +14,9 @@ constexpr int kLrnVariants = 3;
 // v1 0.59-0.61; backward v0 0.50-0.55, v1 0.61-0.67).
 constexpr int kDefaultLrnVariant = 2;
 
-std::atomic<int>& variant_slot() {
-  static std::atomic<int> v{variant_from_env("CONVNET_LRN_VARIANT", kLrnVariants, kDefaultLrnVariant, "0 to 2")};
-  return v;
+VariantSwitch& variant_switch() {
+  static VariantSwitch s{"CONVNET_LRN_VARIANT", "set_lrn_variant", kLrnVariants, kDefaultLrnVariant, "0 to 2"};
+  return s;
 }
 
 LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, double k) {
@@ -57,12 +56,9 @@ Tensor lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t 
   return dx;
 }
 
-int lrn_variant() { return variant_slot().load(std::memory_order_relaxed); }
+int lrn_variant() { return variant_switch().get(); }
 
-void set_lrn_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kLrnVariants, "set_lrn_variant: variant must be 0 to 2, got ", variant);
-  variant_slot().store(variant, std::memory_order_relaxed);
-}
+void set_lrn_variant(int variant) { variant_switch().set(variant); }
 
 void register_lrn(py::module_& m) {
   m.def("lrn", &lrn, py::arg("x"), py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"),

@@ -2,7 +2,6 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <atomic>
 #include <optional>
 #include <tuple>
 
@@ -16,9 +15,9 @@ constexpr int kPoolVariants = 3;
 // Variant 0 is the default: measured (H200, results 2026-11-27-h200-ed1aee4); variants 1 and 2 are not yet.
 constexpr int kDefaultPoolVariant = 0;
 
-std::atomic<int>& variant_slot() {
-  static std::atomic<int> v{variant_from_env("CONVNET_POOL_VARIANT", kPoolVariants, kDefaultPoolVariant, "0, 1 or 2")};
-  return v;
+VariantSwitch& variant_switch() {
+  static VariantSwitch s{"CONVNET_POOL_VARIANT", "set_pool_variant", kPoolVariants, kDefaultPoolVariant, "0, 1 or 2"};
+  return s;
 }
 
 PoolShape pool_shape(const Tensor& x, int64_t size, int64_t stride) {
@@ -85,12 +84,9 @@ Tensor max_pool_backward(const Tensor& x, const std::optional<Tensor>& y, const 
   return dx;
 }
 
-int pool_variant() { return variant_slot().load(std::memory_order_relaxed); }
+int pool_variant() { return variant_switch().get(); }
 
-void set_pool_variant(int variant) {
-  CHECK_VALUE(variant >= 0 && variant < kPoolVariants, "set_pool_variant: variant must be 0, 1 or 2, got ", variant);
-  variant_slot().store(variant, std::memory_order_relaxed);
-}
+void set_pool_variant(int variant) { variant_switch().set(variant); }
 
 void register_pool(py::module_& m) {
   m.def("max_pool", &max_pool, py::arg("x"), py::arg("size"), py::arg("stride"), py::arg("return_indices") = false,
