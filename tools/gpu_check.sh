@@ -19,11 +19,11 @@
 #   COMMIT=$(git rev-parse --short HEAD) TEST_FILTER="cuda or gpu or pinned or allocator" \
 #     BENCH_ONLY=pool,lrn,softmax,step tools/gpu_check.sh build tests variants bench ncu host memcheck
 # (it writes 9 files; the device tool returns 8: delete bench.json, say, before the call ends;
-# without the variants stage, 7). The ncu stage profiles both max-pool variants and LRN with
+# without the variants stage, 7). The ncu stage profiles every max-pool variant and LRN with
 # the memory section too: allow it NCU_TIMEOUT=200 (this whole command took 149 s on an H200, 0627c99).
 # (TEST_FILTER: pytest -k; TEST_ARGS: more pytest arguments, split on spaces.)
 # ncu: Nsight Compute's throughput, memory, occupancy and stall sections for the kernels of
-# tools/gpu_probe.py (conv2's FFT backward-filter, max-pool under both variants, LRN at conv1's
+# tools/gpu_probe.py (conv2's FFT backward-filter, max-pool under every variant, LRN at conv1's
 # size and on 56x56 planes): ncu.txt, whose
 # lines per kernel (duration, DRAM throughput, occupancy, registers) are copied to summary.md.
 # host: tools/gpu_probe.py host, per-call times of the small ops and their parts, into summary.md.

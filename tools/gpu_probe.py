@@ -64,14 +64,15 @@ print("conv2 dw std", dw.numpy().std())
 
 a = t(3, 40, 13, 13) if small else t(128, 96, 55, 55)
 g = None
+default_pool = convnet._C.pool_variant()
 for variant in (0, 1, 2):  # CONVNET_POOL_VARIANT: each kernel set (the same bits, so the same sums)
     convnet._C.set_pool_variant(variant)
     y, idx = ops.max_pool(a, return_indices=True)
     g = t(*y.shape) if g is None else g
     print(f"max_pool v{variant} backward sums", ops.max_pool_backward(a, y, g).numpy().sum(),
           ops.max_pool_backward(a, y, g, indices=idx).numpy().sum())
-da = t(*a.shape)
-print("lrn backward sum", ops.lrn_backward(a, ops.lrn(a), da).numpy().sum())
+convnet._C.set_pool_variant(default_pool)
+print("lrn backward sum", ops.lrn_backward(a, ops.lrn(a), t(*a.shape)).numpy().sum())
 if not small:  # conv1's LRN on 56x56 planes, each line-aligned (bench_lrn.py's probe rows)
     b = t(128, 96, 56, 56)
     print("lrn_backward 56x56 sum", ops.lrn_backward(b, ops.lrn(b), t(*b.shape)).numpy().sum())
