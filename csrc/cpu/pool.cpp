@@ -491,7 +491,7 @@ inline __m512 interleave_hi(__m512 even, __m512 odd) {
 struct Wide {
   const float *x, *x_end, *dy, *dy_end;
   float* dx;
-  int64_t W, P, Q, plane;
+  int64_t W, P, Q;
   float* last_pick;
   int64_t c = 0;
   const __m512i even_of = lanes(0, 2), odd_of = lanes(1, 2);
@@ -673,7 +673,7 @@ void for_each_wide(const PoolShape& sh, const float* x, const float* dy, float* 
     for (int64_t i = 0; i < planes; ++i) {
       std::fill(last_pick.begin(), last_pick.end(), 0.f);
       Wide l{x ? x + i * in_plane : nullptr, x ? x + planes * in_plane : nullptr, dy + i * out_plane, dy + planes * out_plane,
-             dx + i * in_plane, sh.w, sh.p, sh.q, i, last_pick.data()};
+             dx + i * in_plane, sh.w, sh.p, sh.q, last_pick.data()};
       fn(l, i);
       std::fill(dx + i * in_plane + (2 * sh.p + 1) * sh.w, dx + (i + 1) * in_plane, 0.f);
     }
