@@ -38,46 +38,57 @@ def try_torch():
         return None
 
 
-def timer(fn, device, min_time=0.2, max_reps=200, sync=None):
-    """Median seconds per call of fn(). Calls shorter than ~1 ms run back to back in groups with one
-    drain of the device per group, as they do inside a training step: otherwise a small op's time
-    would be its launch plus a host round trip, not its work. Every side (ours, NumPy, PyTorch,
-    the copy) is timed the same way."""
-    sync = sync or (lambda: convnet.synchronize(device) if device != "cpu" else None)
-    fn()
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    group = max(1, min(32, int(1e-3 / max(time.perf_counter() - t0, 1e-7))))
-    times = []
-    start = time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
-        for _ in range(group):
-            fn()
+def timer(fns, device, min_time=0.2, max_reps=200):
+    """Median seconds per call of each of fns, a list of (fn, sync) (sync None: our device's
+    drain). Calls shorter than ~1 ms run back to back in groups with one drain per group, as they
+    do inside a training step: otherwise a small op's time would be its launch plus a host round
+    trip, not its work. The callables' groups are taken in turn, so a ratio between them compares
+    times taken side by side: a host-bound call's time moves with the state of the process (on
+    the H200 at 0627c99 a 2 MB copy took 9 us a call here and 5 us in tools/gpu_probe.py host)."""
+    own_sync = (lambda: convnet.synchronize(device)) if device != "cpu" else (lambda: None)
+    fns = [(fn, sync or own_sync) for fn, sync in fns]
+    groups = []
+    for fn, sync in fns:
+        fn()
         sync()
-        times.append((time.perf_counter() - t0) / group)
-    return statistics.median(times)
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        groups.append(max(1, min(32, int(1e-3 / max(time.perf_counter() - t0, 1e-7)))))
+    times = [[] for _ in fns]
+    start = time.perf_counter()
+    while len(times[0]) < 3 or (time.perf_counter() - start < min_time * len(fns) and len(times[0]) < max_reps):
+        for (fn, sync), group, ts in zip(fns, groups, times):
+            t0 = time.perf_counter()
+            for _ in range(group):
+                fn()
+            sync()
+            ts.append((time.perf_counter() - t0) / group)
+    return [statistics.median(ts) for ts in times]
 
 
-def copy_bandwidth(device, traffic, torch=None):
-    """GB/s of a same-device copy moving `traffic` bytes (traffic / 2 read, as many written), our
-    ceiling for a memory-bound op that moves as many: (by wall time per call, by the copy's GPU time
-    from the profiler when torch is given, else None). The same traffic, not just the same order:
-    a larger copy hides more of its launch, and the small (fc-sized) ops would be held to a ceiling
-    no op of their size can reach."""
-    import numpy as np
+class CopyReference:
+    """A same-device copy moving `traffic` bytes (traffic / 2 read, as many written): the ceiling
+    of a memory-bound op that moves as many. The same traffic, not just the same order: a larger
+    copy hides more of its launch, and the small (fc-sized) ops would be held to a ceiling no op
+    of their size can reach. Keeps the tensors of the last size asked for (consecutive rows, such
+    as a shape's kernel variants, share them)."""
 
-    n = max(traffic // 8, 1)
-    src = convnet.tensor(np.random.rand(n).astype("float32"), device)
-    dst = convnet.empty((n,), "float32", device)
-    t = timer(lambda: dst.copy_(src), device)
-    gpu = None
-    if torch is not None:
-        us = sum(us for _, us in kernel_times(torch, lambda: dst.copy_(src)))
-        gpu = 2 * n * 4 / (us * 1e-6) / 1e9 if us > 0 else None
-    return 2 * n * 4 / t / 1e9, gpu
+    def __init__(self, device):
+        self.device, self.traffic, self.call, self.moved = device, None, None, 0
+
+    def __call__(self, traffic):
+        """The copy as a callable; self.moved: the bytes it reads and writes."""
+        import numpy as np
+
+        traffic = min(int(traffic), 1 << 31)
+        if traffic != self.traffic:
+            self.call = None  # the old pair is freed before the new one is made
+            n = max(traffic // 8, 1)
+            src = convnet.tensor(np.random.rand(n).astype("float32"), self.device)
+            dst = convnet.empty((n,), "float32", self.device)
+            self.traffic, self.call, self.moved = traffic, (lambda: dst.copy_(src)), 2 * n * 4
+        return self.call
 
 
 def git_commit():
@@ -113,7 +124,8 @@ def main(argv=None):
            "torch_device": device if device != "cpu" else "cpu"}
     families = args.only.split(",") if args.only else FAMILIES
     rows = []
-    copy_cache = {}
+    copy = CopyReference(device)
+    torch_sync = (lambda: torch.cuda.synchronize()) if torch is not None and device != "cpu" else None
     for fam in families:
         try:
             mod = importlib.import_module(f"bench_{fam}")
@@ -124,46 +136,47 @@ def main(argv=None):
             row = {"family": fam, "name": case["name"]}
             if case.get("probe"):
                 row["probe"] = True  # an experiment's row: not counted against the goals
-            t = timer(case["ours"], device)
-            row["ms"] = t * 1e3
-            profile = args.profile and torch is not None and device != "cpu"
+            # ours, the same-size copy and PyTorch's op; on a GPU timed in turn (timer)
+            fns = {"ours": (case["ours"], None)}
             if case.get("bytes"):
+                fns["copy"] = (copy(case["bytes"]), None)
+            if torch is not None and case.get("torch"):
+                fns["torch"] = (case["torch"], torch_sync)
+            if device != "cpu":
+                times = dict(zip(fns, timer(list(fns.values()), device)))
+            else:  # one after another: in turn, our threads and PyTorch's shared 2 cores (x_torch of
+                # relu conv1 read 0.62 to 1.57 from round to round on the development machine)
+                times = {k: timer([f], device)[0] for k, f in fns.items()}
+            t = times["ours"]
+            row["ms"] = t * 1e3
+            if "copy" in times:
                 row["GB/s"] = case["bytes"] / t / 1e9
-                key = min(int(case["bytes"]), 1 << 31)
-                if key not in copy_cache:
-                    copy_cache[key] = copy_bandwidth(device, key, torch if profile else None)
-                row["copy_GB/s"], copy_gpu = copy_cache[key]
+                row["copy_GB/s"] = copy.moved / times["copy"] / 1e9
                 row["vs_copy"] = row["GB/s"] / row["copy_GB/s"]
             if case.get("flops"):
                 row["GFLOP/s"] = case["flops"] / t / 1e9
             if case.get("items"):
                 row["items/s"] = case["items"] / t
             if case.get("numpy"):
-                tn = timer(case["numpy"], "cpu", min_time=0.1, max_reps=20)
+                tn = timer([(case["numpy"], None)], "cpu", min_time=0.1, max_reps=20)[0]
                 row["numpy_ms"] = tn * 1e3
                 row["x_numpy"] = tn / t  # > 1: we are faster
-            if torch is not None and case.get("torch"):
-                sync = (lambda: torch.cuda.synchronize()) if device != "cpu" else (lambda: None)
-                tt = timer(case["torch"], device, sync=sync)
-                row["torch_ms"] = tt * 1e3
-                row["x_torch"] = tt / t
-            if profile:
-                row["kernels"] = kernel_times(torch, case["ours"])
-                if case.get("torch"):
-                    row["torch_kernels"] = kernel_times(torch, case["torch"])
-                gpu_us = sum(us for _, us in row["kernels"])
-                if case.get("bytes") and copy_gpu and gpu_us > 0:
-                    # the kernels alone, without the host's launch and dispatch time per call
-                    row["gpu_vs_copy"] = case["bytes"] / (gpu_us * 1e-6) / 1e9 / copy_gpu
+            if "torch" in times:
+                row["torch_ms"] = times["torch"] * 1e3
+                row["x_torch"] = times["torch"] / t
             rows.append(row)
             print(format_row(row), flush=True)
+    if args.profile and torch is not None and device != "cpu":
+        # After every timing: PyTorch's profiler may leave CUPTI hooked into the process, and
+        # each later CUDA call would pay for it.
+        profile_kernels(rows, families, ctx, copy)
     info = {"device": device, "device_name": device_name(device), "batch": batch, "commit": git_commit(),
             "torch": getattr(torch, "__version__", None), "torch_fp32": torch_fp32_precision(torch, device),
             "host": platform.node(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     print_table(info)
     print_goals(info)
-    if args.profile:
+    if any("kernels" in row for row in rows):
         print_kernels(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=1))
@@ -205,6 +218,31 @@ def kernel_times(torch, fn):
         if us > 0:
             out.append((e.key, round(float(us), 1)))
     return sorted(out, key=lambda kv: -kv[1])
+
+
+def profile_kernels(rows, families, ctx, copy):
+    """Each row's kernels (GPU time of one call, ours and PyTorch's) and gpu_vs_copy: the same
+    ratio as vs_copy from the kernels' GPU time alone, without the host's launch and dispatch.
+    The cases are made again, family by family, and matched to the rows by name."""
+    torch = ctx["torch"]
+    by_name = {(row["family"], row["name"]): row for row in rows}
+    for fam in families:
+        try:
+            mod = importlib.import_module(f"bench_{fam}")
+        except ImportError:
+            continue
+        for case in mod.cases(ctx):
+            row = by_name.get((fam, case["name"]))
+            if row is None:
+                continue
+            row["kernels"] = kernel_times(torch, case["ours"])
+            if case.get("torch"):
+                row["torch_kernels"] = kernel_times(torch, case["torch"])
+            gpu_us = sum(us for _, us in row["kernels"])
+            if case.get("bytes") and gpu_us > 0:
+                copy_us = sum(us for _, us in kernel_times(torch, copy(case["bytes"])))
+                if copy_us > 0:  # GB/s of ours over GB/s of the copy, both from GPU time
+                    row["gpu_vs_copy"] = (case["bytes"] / gpu_us) / (copy.moved / copy_us)
 
 
 def print_kernels(rows):

@@ -81,3 +81,51 @@ def test_variant_rows_run_their_variant(monkeypatch, family, ops_names, getter):
             assert seen and set(seen) == {want}, (case["name"], seen)
     finally:
         getattr(_C, "set_" + getter)(default)
+
+
+def test_timer_takes_turns(run):
+    """On a GPU ours, the copy and PyTorch's op are timed in turn, a group of calls each, so their
+    ratios compare times taken side by side. Fake calls record the order."""
+    calls = []
+    fns = [(lambda: calls.append("a"), None), (lambda: calls.append("b"), None)]
+    ta, tb = run.timer(fns, "cpu", min_time=0.005, max_reps=5)
+    assert ta > 0 and tb > 0
+    assert calls[:4] == ["a", "a", "b", "b"]  # each calibrated alone: one call to warm up, one timed
+    groups = []  # the rest: runs of one name, 32 calls each (a call under 1/32 ms)
+    for name in calls[4:]:
+        if groups and groups[-1][0] == name:
+            groups[-1][1] += 1
+        else:
+            groups.append([name, 1])
+    assert [n for n, _ in groups] == ["a", "b"] * (len(groups) // 2) and len(groups) % 2 == 0
+    assert 3 <= len(groups) // 2 <= 5 and all(count == 32 for _, count in groups)
+
+
+def test_profile_pass(run, monkeypatch):
+    """--profile: each row's kernels and gpu_vs_copy, from cases made again after all the timing.
+    PyTorch's profiler faked: every call 'runs' one kernel of 2 us, so ours and the same-size copy
+    take the same GPU time and gpu_vs_copy is the row's bytes over the copy's."""
+    def kernel_times(torch, fn):
+        fn()
+        return [("kernel", 2.0)]
+
+    monkeypatch.setattr(run, "kernel_times", kernel_times)
+    rows = [{"family": "elementwise", "name": "relu fc6"}, {"family": "elementwise", "name": "no such case"}]
+    copy = run.CopyReference("cpu")
+    run.profile_kernels(rows, ["elementwise"], {"device": "cpu", "batch": 2, "torch": None}, copy)
+    assert rows[0]["kernels"] == [("kernel", 2.0)] and "torch_kernels" not in rows[0]
+    relu_bytes = 2 * 2 * 4096 * 4  # reads and writes (2, 4096) float32
+    assert copy.moved == relu_bytes and rows[0]["gpu_vs_copy"] == pytest.approx(1.0)
+    assert "kernels" not in rows[1]
+
+
+def test_copy_reference(run):
+    """The copy moves the traffic asked for (rounded down to whole float pairs) and keeps only the
+    last size's tensors."""
+    copy = run.CopyReference("cpu")
+    f = copy(1000)
+    f()
+    assert copy.moved == 1000 and copy(1000) is f
+    g = copy(4100)
+    assert g is not f and copy.moved == 4096
+    assert copy(3) and copy.moved == 8  # at least one float each way
