@@ -10,7 +10,8 @@
     python tools/gpu_probe.py host     microseconds a call of the small (fc6-sized) ops and of their
                                        parts (an allocation, a copy, a launch), 2,000 calls back to
                                        back, one drain: where a host-bound call's time goes (gpu_check
-                                       stage host)
+                                       stage host); with PyTorch, the table again after one
+                                       torch.profiler session
 """
 import os
 import sys
@@ -45,16 +46,29 @@ if sys.argv[1:] == ["host"]:
              ("dropout_backward (128, 4096)", lambda: ops.dropout_backward(x, mask, 0.5)),
              ("softmax_cross_entropy (128, 1000): one sync", lambda: ops.softmax_cross_entropy(probs, labels)),
              ("softmax_cross_entropy_backward", lambda: ops.softmax_cross_entropy_backward(probs, labels))]
+    def table(calls):
+        for name, fn in calls:
+            for _ in range(50):
+                fn()
+            convnet.synchronize(DEVICE)
+            t0 = time.perf_counter()
+            for _ in range(2000):
+                fn()
+            convnet.synchronize(DEVICE)
+            print(f"{name:48s} {(time.perf_counter() - t0) / 2000 * 1e6:8.2f}")
+
     print(f"# {DEVICE}: microseconds a call, 2000 calls back to back, then one drain")
-    for name, fn in calls:
-        for _ in range(50):
-            fn()
-        convnet.synchronize(DEVICE)
-        t0 = time.perf_counter()
-        for _ in range(2000):
-            fn()
-        convnet.synchronize(DEVICE)
-        print(f"{name:48s} {(time.perf_counter() - t0) / 2000 * 1e6:8.2f}")
+    table(calls)
+    try:  # does PyTorch's profiler leave every later CUDA call slower (CUPTI still hooked in)?
+        from torch.profiler import ProfilerActivity, profile
+    except ImportError:
+        sys.exit(0)
+    if DEVICE != "cpu":
+        with profile(activities=[ProfilerActivity.CUDA]):
+            dst.copy_(x)
+            convnet.synchronize(DEVICE)
+        print("# the same after one torch.profiler session (as benchmarks/run.py --profile runs them)")
+        table([c for c in calls if not c[0].startswith("softmax")])
     sys.exit(0)
 
 n = 3 if small else 128
