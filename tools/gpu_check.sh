@@ -28,8 +28,9 @@
 # lines per kernel (duration, DRAM throughput, occupancy, registers) are copied to summary.md.
 # host: tools/gpu_probe.py host, per-call times of the small ops and their parts, into summary.md.
 # memcheck: compute-sanitizer over tools/gpu_probe.py's small calls (memcheck.txt).
-# train: the paper's net at 224x224 for a short run (images/s), then the default small net on
-# the built-in data (train-small.log: it must learn, as on the CPU).
+# train: the paper's net at 224x224 on the built-in data, 12 epochs at lr 0.001 (images/s, and it
+# must learn: 34.6% validation top-1 on the CPU; the paper's 0.01 diverges on this data, see
+# docs/TRAINING.md), then the default small net (train-small.log: it must learn, as on the CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/latest}
@@ -104,7 +105,7 @@ fi
 if stage train; then
   echo "== train ($(elapsed))"
   rm -rf /tmp/convnet-gpu-run /tmp/convnet-gpu-small  # a new run refuses a folder holding an old one
-  CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN_TIMEOUT:-150} $PY -m convnet.train ${TRAIN_ARGS:---model alexnet --image-size 256 --num-train 5120 --num-val 512 --epochs 2 --devices cuda:0 --run-dir /tmp/convnet-gpu-run --progress 0 --plots 0} > "$OUT/train.log" 2>&1
+  CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN_TIMEOUT:-150} $PY -m convnet.train ${TRAIN_ARGS:---model alexnet --image-size 256 --num-train 5120 --num-val 512 --epochs 12 --lr 0.001 --devices cuda:0 --run-dir /tmp/convnet-gpu-run --progress 0 --plots 0} > "$OUT/train.log" 2>&1
   echo "- train rc $?:" >> "$summary"; grep -E '^epoch|^data|^recipe|^done' "$OUT/train.log" | sed 's/^/  /' >> "$summary"
   CONVNET_DATA=/tmp/convnet-data timeout ${TRAIN2_TIMEOUT:-150} $PY -m convnet.train ${TRAIN2_ARGS:---run-dir /tmp/convnet-gpu-small --progress 0 --plots 0} > "$OUT/train-small.log" 2>&1
   echo "- train (default small net, default devices: two logical GPUs on one) rc $?:" >> "$summary"; grep -E '^epoch|^done' "$OUT/train-small.log" | sed 's/^/  /' >> "$summary"
