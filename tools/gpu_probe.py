@@ -10,8 +10,8 @@
     python tools/gpu_probe.py host     microseconds a call of the small (fc6-sized) ops and of their
                                        parts (an allocation, a copy, a launch), 2,000 calls back to
                                        back, one drain: where a host-bound call's time goes (gpu_check
-                                       stage host); with PyTorch, the table again after one
-                                       torch.profiler session
+                                       stage host); relu and dropout as benchmarks/run.py times
+                                       them; with PyTorch, both again after one torch.profiler session
 """
 import os
 import sys
@@ -57,8 +57,17 @@ if sys.argv[1:] == ["host"]:
             convnet.synchronize(DEVICE)
             print(f"{name:48s} {(time.perf_counter() - t0) / 2000 * 1e6:8.2f}")
 
+    def in_turn():  # benchmarks/run.py's timer: groups of <= 32 calls and a drain, in turn with the copy
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+        from run import timer
+
+        for name, fn in [("relu", lambda: ops.relu(x)), ("dropout", lambda: ops.dropout(x, 0.5, 1))]:
+            ours, copy = timer([(fn, None), (lambda: dst.copy_(x), None)], DEVICE)
+            print(f"{name} (128, 4096) in turn with copy_: {ours * 1e6:.2f} and {copy * 1e6:.2f} us a call")
+
     print(f"# {DEVICE}: microseconds a call, 2000 calls back to back, then one drain")
     table(calls)
+    in_turn()
     try:  # does PyTorch's profiler leave every later CUDA call slower (CUPTI still hooked in)?
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
@@ -67,8 +76,9 @@ if sys.argv[1:] == ["host"]:
         with profile(activities=[ProfilerActivity.CUDA]):
             dst.copy_(x)
             convnet.synchronize(DEVICE)
-        print("# the same after one torch.profiler session (as benchmarks/run.py --profile runs them)")
+        print("# the same after one torch.profiler session (as benchmarks/run.py --profile ran them until 09b52f3)")
         table([c for c in calls if not c[0].startswith("softmax")])
+        in_turn()
     sys.exit(0)
 
 n = 3 if small else 128
