@@ -124,6 +124,8 @@ def main(argv=None):
            "torch_device": device if device != "cpu" else "cpu"}
     families = args.only.split(",") if args.only else FAMILIES
     rows = []
+    profile = args.profile and torch is not None and device != "cpu"
+    to_profile = []  # (row, case): kept for the profile pass after all the timing
     copy = CopyReference(device)
     torch_sync = (lambda: torch.cuda.synchronize()) if torch is not None and device != "cpu" else None
     for fam in families:
@@ -165,11 +167,13 @@ def main(argv=None):
                 row["torch_ms"] = times["torch"] * 1e3
                 row["x_torch"] = times["torch"] / t
             rows.append(row)
+            if profile:
+                to_profile.append((row, case))
             print(format_row(row), flush=True)
-    if args.profile and torch is not None and device != "cpu":
+    if profile:
         # After every timing: PyTorch's profiler may leave CUPTI hooked into the process, and
         # each later CUDA call would pay for it.
-        profile_kernels(rows, families, ctx, copy)
+        profile_kernels(to_profile, torch, copy)
     info = {"device": device, "device_name": device_name(device), "batch": batch, "commit": git_commit(),
             "torch": getattr(torch, "__version__", None), "torch_fp32": torch_fp32_precision(torch, device),
             "host": platform.node(),
@@ -220,29 +224,19 @@ def kernel_times(torch, fn):
     return sorted(out, key=lambda kv: -kv[1])
 
 
-def profile_kernels(rows, families, ctx, copy):
-    """Each row's kernels (GPU time of one call, ours and PyTorch's) and gpu_vs_copy: the same
-    ratio as vs_copy from the kernels' GPU time alone, without the host's launch and dispatch.
-    The cases are made again, family by family, and matched to the rows by name."""
-    torch = ctx["torch"]
-    by_name = {(row["family"], row["name"]): row for row in rows}
-    for fam in families:
-        try:
-            mod = importlib.import_module(f"bench_{fam}")
-        except ImportError:
-            continue
-        for case in mod.cases(ctx):
-            row = by_name.get((fam, case["name"]))
-            if row is None:
-                continue
-            row["kernels"] = kernel_times(torch, case["ours"])
-            if case.get("torch"):
-                row["torch_kernels"] = kernel_times(torch, case["torch"])
-            gpu_us = sum(us for _, us in row["kernels"])
-            if case.get("bytes") and gpu_us > 0:
-                copy_us = sum(us for _, us in kernel_times(torch, copy(case["bytes"])))
-                if copy_us > 0:  # GB/s of ours over GB/s of the copy, both from GPU time
-                    row["gpu_vs_copy"] = (case["bytes"] / gpu_us) / (copy.moved / copy_us)
+def profile_kernels(to_profile, torch, copy):
+    """For each (row, case): the row's kernels (GPU time of one call, ours and PyTorch's) and
+    gpu_vs_copy, the same ratio as vs_copy from the kernels' GPU time alone, without the host's
+    launch and dispatch."""
+    for row, case in to_profile:
+        row["kernels"] = kernel_times(torch, case["ours"])
+        if case.get("torch"):
+            row["torch_kernels"] = kernel_times(torch, case["torch"])
+        gpu_us = sum(us for _, us in row["kernels"])
+        if case.get("bytes") and gpu_us > 0:
+            copy_us = sum(us for _, us in kernel_times(torch, copy(case["bytes"])))
+            if copy_us > 0:  # GB/s of ours over GB/s of the copy, both from GPU time
+                row["gpu_vs_copy"] = (case["bytes"] / gpu_us) / (copy.moved / copy_us)
 
 
 def print_kernels(rows):

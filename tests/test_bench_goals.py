@@ -104,21 +104,25 @@ def test_timer_takes_turns(run):
 
 
 def test_profile_pass(run, monkeypatch):
-    """--profile: each row's kernels and gpu_vs_copy, from cases made again after all the timing.
-    PyTorch's profiler faked: every call 'runs' one kernel of 2 us, so ours and the same-size copy
-    take the same GPU time and gpu_vs_copy is the row's bytes over the copy's."""
+    """--profile: each row's kernels and gpu_vs_copy, after all the timing. PyTorch's profiler
+    faked: every call 'runs' one kernel of 2 us, so ours and the same-size copy take the same GPU
+    time and gpu_vs_copy is the row's bytes over the copy's."""
     def kernel_times(torch, fn):
         fn()
         return [("kernel", 2.0)]
 
     monkeypatch.setattr(run, "kernel_times", kernel_times)
-    rows = [{"family": "elementwise", "name": "relu fc6"}, {"family": "elementwise", "name": "no such case"}]
+    spec = importlib.util.spec_from_file_location("bench_elementwise_profiled", RUN.parent / "bench_elementwise.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    case = next(c for c in mod.cases({"device": "cpu", "batch": 2, "torch": None}) if c["name"] == "relu fc6")
+    row, plain = {"family": "elementwise", "name": "relu fc6"}, {"family": "softmax", "name": "no bytes"}
     copy = run.CopyReference("cpu")
-    run.profile_kernels(rows, ["elementwise"], {"device": "cpu", "batch": 2, "torch": None}, copy)
-    assert rows[0]["kernels"] == [("kernel", 2.0)] and "torch_kernels" not in rows[0]
+    run.profile_kernels([(row, case), (plain, {"ours": lambda: None})], None, copy)
+    assert row["kernels"] == [("kernel", 2.0)] and "torch_kernels" not in row
     relu_bytes = 2 * 2 * 4096 * 4  # reads and writes (2, 4096) float32
-    assert copy.moved == relu_bytes and rows[0]["gpu_vs_copy"] == pytest.approx(1.0)
-    assert "kernels" not in rows[1]
+    assert copy.moved == relu_bytes and row["gpu_vs_copy"] == pytest.approx(1.0)
+    assert plain["kernels"] == [("kernel", 2.0)] and "gpu_vs_copy" not in plain
 
 
 def test_copy_reference(run):
