@@ -96,7 +96,7 @@ fi
 
 if stage bench; then
   echo "== bench ($(elapsed))"
-  timeout ${BENCH_TIMEOUT:-200} $PY benchmarks/run.py --device cuda:0 --profile ${BENCH_ONLY:+--only $BENCH_ONLY} \
+  timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/run.py --device cuda:0 --profile ${BENCH_ONLY:+--only $BENCH_ONLY} \
     --json "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
   echo "- bench rc $?" >> "$summary"
   { echo; echo '```'; sed -n '/^# cuda/,/^# kernels/p' "$OUT/bench.txt" | grep -v '^# kernels'; echo '```'; } >> "$summary"
