@@ -180,7 +180,7 @@ def main(argv=None):
             "date": time.strftime("%Y-%m-%d %H:%M:%S"), "rows": rows}
     print_table(info)
     print_goals(info)
-    if any("kernels" in row for row in rows):
+    if profile:
         print_kernels(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=1))

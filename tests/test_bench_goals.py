@@ -18,6 +18,17 @@ def run():
     return mod
 
 
+def bench_module(family):
+    """benchmarks/bench_<family>.py, loaded on its own (a fresh module each call)."""
+    path = RUN.parent / f"bench_{family}.py"
+    if not path.exists():
+        pytest.skip(f"{path} not found (tests run outside the checkout)")
+    spec = importlib.util.spec_from_file_location(f"bench_{family}_under_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 ROWS = [
     {"family": "elementwise", "name": "relu conv1", "vs_copy": 0.9, "x_torch": 0.95},
     {"family": "pool", "name": "max_pool_backward 55->27", "vs_copy": 0.3, "x_torch": 3.0, "gpu_vs_copy": 0.28},
@@ -55,15 +66,9 @@ def test_variant_rows_run_their_variant(monkeypatch, family, ops_names, getter):
     """Each "... vN" row of bench_<family>.py calls the op under CUDA variant N, each plain row
     under the default (once, every variant row timed the default). Variant rows forced on the CPU
     (ctx variant_rows; the CPU twins ignore the variant), the variant in force recorded per call."""
-    path = RUN.parent / f"bench_{family}.py"
-    if not path.exists():
-        pytest.skip(f"{path} not found (tests run outside the checkout)")
-    import convnet
     from convnet import _C, ops
 
-    spec = importlib.util.spec_from_file_location(f"bench_{family}_variants", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = bench_module(family)
     seen = []
     for name in ops_names:
         real = getattr(ops, name)
@@ -112,10 +117,7 @@ def test_profile_pass(run, monkeypatch):
         return [("kernel", 2.0)]
 
     monkeypatch.setattr(run, "kernel_times", kernel_times)
-    spec = importlib.util.spec_from_file_location("bench_elementwise_profiled", RUN.parent / "bench_elementwise.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    case = next(c for c in mod.cases({"device": "cpu", "batch": 2, "torch": None}) if c["name"] == "relu fc6")
+    case = next(c for c in bench_module("elementwise").cases({"device": "cpu", "batch": 2, "torch": None}) if c["name"] == "relu fc6")
     row, plain = {"family": "elementwise", "name": "relu fc6"}, {"family": "softmax", "name": "no bytes"}
     copy = run.CopyReference("cpu")
     run.profile_kernels([(row, case), (plain, {"ours": lambda: None})], None, copy)

@@ -57,10 +57,10 @@ if sys.argv[1:] == ["host"]:
             convnet.synchronize(DEVICE)
             print(f"{name:48s} {(time.perf_counter() - t0) / 2000 * 1e6:8.2f}")
 
-    def in_turn():  # benchmarks/run.py's timer: groups of <= 32 calls and a drain, in turn with the copy
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-        from run import timer
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    from run import timer
 
+    def in_turn():  # benchmarks/run.py's timer: groups of <= 32 calls and a drain, in turn with the copy
         for name, fn in [("relu", lambda: ops.relu(x)), ("dropout", lambda: ops.dropout(x, 0.5, 1))]:
             ours, copy = timer([(fn, None), (lambda: dst.copy_(x), None)], DEVICE)
             print(f"{name} (128, 4096) in turn with copy_: {ours * 1e6:.2f} and {copy * 1e6:.2f} us a call")
