@@ -37,6 +37,58 @@ def _params(size, alpha, beta, k):
     return dict(size=size, alpha=alpha, beta=beta, k=k)
 
 
+def out_of_range_cases(rng):
+    """(x, params) whose float32 evaluation leaves float's range somewhere (csrc/kernels/lrn.h: those
+    elements are redone in double): overflowing sums of squares, s^-beta overflowing for a tiny k,
+    s^(-beta-1) flushing to 0 (the backward only), a NaN input; each next to ordinary elements."""
+    def normal(shape, scale=1.0):
+        return rng.standard_normal(shape) * scale
+    cases = []
+    x = normal((1, 6, 3, 4))
+    x[:, 2] = 3e19  # its square overflows
+    cases.append((x, PAPER))
+    x = np.full((1, 4, 2, 3), 1.8e19) * np.sign(normal((1, 4, 2, 3)))  # squares fit, their sum does not
+    cases.append((x, PAPER))
+    x = normal((1, 5, 2, 2))
+    x[0, 1, 0, 0], x[0, 3, 1, 1], x[0, 2, 1, 0] = 3e38, -3e38, 0.0  # float's largest, beside a 0
+    cases.append((x, PAPER))
+    x = normal((1, 3, 2, 2))
+    x[0, :, 0, 1] = [1e20, -1e20, 2e20]
+    cases.append((x, _params(3, 1.0, 0.5, 2.0)))  # general beta: powf(inf) was 0
+    x = normal((1, 13, 2, 3))
+    x[0, 6, 1, 2] = 1e25
+    cases.append((x, _params(11, 0.05, 1.3, 1.0)))  # a window past the ring kernels (CUDA direct path)
+    x = np.zeros((1, 4, 2, 2))
+    x[0, 1, 0, 0], x[0, 2, 1, 1], x[0, 3, 0, 1] = 1e-40, -3e-41, 0.5
+    cases.append((x, _params(3, 1.0, 2.5, 1e-30)))  # k^-beta = 1e75: zero and subnormal inputs
+    cases.append((normal((1, 6, 2, 3), 1e15), PAPER))  # s^(-beta-1) under float's normals
+    x = normal((1, 7, 2, 2))
+    x[0, 3, 1, 0] = np.nan
+    cases.append((x, PAPER))
+    return [(x.astype(np.float32), p) for x, p in cases]
+
+
+def out_of_range_errors(x, dy, y, dx, p):
+    """What in y and dx differs from the float64 references beyond float rounding, element by element
+    ('' if nothing): y within 1e-5 of its value; dx within 1e-5 of the larger of its two terms (they
+    may cancel); values past float's range as inf, NaN where the reference is NaN."""
+    x64, dy64 = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    s = p["k"] + p["alpha"] * _window_sums(x64 * x64, p["size"])
+    t = dy64 * x64 * s ** (-p["beta"] - 1)
+    terms = np.abs(dy64 * s ** -p["beta"]) + np.abs(2 * p["alpha"] * p["beta"] * x64 * _window_sums(t, p["size"]))
+    out = []
+    for name, got, ref, scale in [("y", y, lrn_ref(x, **p), np.abs(lrn_ref(x, **p))),
+                                  ("dx", dx, lrn_backward_ref(x, dy, **p), terms)]:
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = ref.astype(np.float32)  # inf past float's range
+            ok = np.where(np.isfinite(want), np.abs(got - ref) <= 1e-5 * np.nan_to_num(scale) + 1e-44,
+                          (got == want) | (np.isnan(got) & np.isnan(want)))
+        if not ok.all():
+            i = np.flatnonzero(~ok)[:3]
+            out.append(f"{name} at {i.tolist()}: {got.flat[i].tolist()} against {ref.flat[i].tolist()}")
+    return "; ".join(out)
+
+
 # (x shape, size, alpha, beta, k, input scale): the paper's constants on ReLU-sized inputs, and
 # strong normalisation (alpha*sum comparable to k) so the cross-channel term matters.
 CASES = [
@@ -201,7 +253,9 @@ def test_lrn_bad_input(device):
                        (dict(beta=1e39), "beta must be finite as a float32"),
                        (dict(beta=-1e39), "beta must be finite as a float32"),
                        (dict(k=1e-50), "k must be finite and > 0 as a float32, got 1e-50"),
-                       (dict(k=1e39), "k must be finite and > 0 as a float32")]:
+                       (dict(k=1e39), "k must be finite and > 0 as a float32"),
+                       # a zero input's s^-beta = k^-beta past a double (the kernels' exact path)
+                       (dict(k=1e-38, beta=8.0), "k\\^-beta and k\\^-\\(beta\\+1\\) must fit in a double, got k = 1e-38")]:
         with pytest.raises(ValueError, match="lrn: " + match):
             ops.lrn(x, **bad)
         with pytest.raises(ValueError, match="lrn_backward: " + match):
@@ -228,14 +282,32 @@ def test_lrn_bad_input(device):
             ops.lrn_backward(x, y.to(other), y)
 
 
-def test_lrn_overflowing_window_stays_finite(device, rng):
-    # x^2 overflows float32 in channel 2: s = inf is clamped (both twins), so outputs stay finite
-    x = rng.standard_normal((1, 6, 3, 4)).astype(np.float32)
-    x[:, 2] = 3e19
+@pytest.mark.parametrize("lrn_variant", VARIANTS, indirect=True, ids=[f"v{v}" for v in VARIANTS])
+def test_lrn_out_of_float_range(device, rng, lrn_variant):
+    # Each case is redone in double where float32 leaves its range; a clamped sum gave outputs
+    # that grew with x (3.8e9 at x = 3e38, against 5.8e-17) and gradients of the wrong sign.
+    if device == "cpu" and lrn_variant != VARIANTS[0]:
+        pytest.skip("the variants are CUDA kernels; the CPU twin has one")
+    for x, p in out_of_range_cases(rng):
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        xt = convnet.tensor(x, device)
+        y = ops.lrn(xt, **p)
+        dx = ops.lrn_backward(xt, y, convnet.tensor(dy, device), **p)
+        bad = out_of_range_errors(x, dy, y.numpy(), dx.numpy(), p)
+        assert not bad, f"{x.shape} {p}: {bad}"
+    # and an ordinary call after them (the CUDA redo flag cleared: nothing left to redo)
+    _check_forward_backward(device, rng, (2, 16, 5, 7), 5, 1e-4, 0.75, 2.0, 30.0)
+
+
+def test_lrn_out_of_range_errors_catches_clamping(rng):
+    # the check above against what the kernels did before (s clamped at FLT_MAX), and a wrong sign
+    x, p = out_of_range_cases(rng)[0]
     dy = rng.standard_normal(x.shape).astype(np.float32)
-    xt = convnet.tensor(x, device)
-    y = ops.lrn(xt, **PAPER)
-    dx = ops.lrn_backward(xt, y, convnet.tensor(dy, device), **PAPER)
-    assert np.isfinite(y.numpy()).all() and np.isfinite(dx.numpy()).all()
-    far = [5]  # channels whose window misses channel 2 match the reference
-    assert_close(y.numpy()[:, far], lrn_ref(x, **PAPER)[:, far], 2e-6, "lrn away from the overflow")
+    with np.errstate(over="ignore"):
+        sums = _window_sums(x * x, p["size"])  # in float32, as the kernels: inf where a square overflows
+    s = np.minimum(p["k"] + p["alpha"] * sums.astype(np.float64), 3.4028235e38)
+    clamped = (x * s ** -p["beta"]).astype(np.float32)
+    good_dx = lrn_backward_ref(x, dy, **p).astype(np.float32)
+    assert "y at" in out_of_range_errors(x, dy, clamped, good_dx, p)
+    assert "dx at" in out_of_range_errors(x, dy, lrn_ref(x, **p).astype(np.float32), -good_dx, p)
+    assert out_of_range_errors(x, dy, lrn_ref(x, **p).astype(np.float32), good_dx, p) == ""

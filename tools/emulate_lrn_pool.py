@@ -10,7 +10,8 @@ The host launchers (with <<<>>>) are mirrored by the small driver below. Outputs
 unwritten element fails; results are compared with the float64 references of tests/test_lrn.py
 and tests/test_pool.py, on their cases, with grids of 1, 3 and 1000 blocks (and the 64-bit index
 path of the pool kernels); the pool gradient also bit for bit against the CPU twin's (convnet.ops
-on the CPU). LRN inputs and outputs sit off a 128-byte line, at four offsets.
+on the CPU). LRN inputs and outputs sit off a 128-byte line, at four offsets; the LRN also runs
+tests/test_lrn.py's out-of-float-range cases, through the redo pass (lrn_redo_kernel).
 
     python tools/emulate_lrn_pool.py        (needs g++; about half a minute)
 """
@@ -41,7 +42,7 @@ static Dim blockDim, gridDim;
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 template <class T> T __ldg(const T* p) { return *p; }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 using std::max;
@@ -95,39 +96,60 @@ namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1;
 DRIVER = r'''
 using namespace convnet;
 using namespace convnet::cuda;
-template <int H, bool B> void fwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
-  launch(g, kThreads, lrn_ring_kernel<H, B>, sh, sp, x, y); }
-template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
-  launch(g, kThreads, lrn_backward_ring_kernel<H, B>, sh, sp, x, dy, dx); }
+template <int H, bool B> void fwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
+  launch(g, kThreads, lrn_ring_kernel<H, B>, sh, sp, x, y, redo); }
+template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx,
+                                  int* redo) {
+  launch(g, kThreads, lrn_backward_ring_kernel<H, B>, sh, sp, x, dy, dx, redo); }
 #define RING(F, ...) switch (clipped_half(sh)) { \
-  case 0: b34 ? F<0, true>(__VA_ARGS__) : F<0, false>(__VA_ARGS__); return; \
-  case 1: b34 ? F<1, true>(__VA_ARGS__) : F<1, false>(__VA_ARGS__); return; \
-  case 2: b34 ? F<2, true>(__VA_ARGS__) : F<2, false>(__VA_ARGS__); return; \
-  case 3: b34 ? F<3, true>(__VA_ARGS__) : F<3, false>(__VA_ARGS__); return; \
-  case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return; }
-template <int H, bool B> void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y) {
-  launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y); }
-template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
-  launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx); }
-// variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward (as lrn_variant()
-// picks in the launchers)
-extern "C" void emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
-                        const float* x, float* y, int64_t g, int variant) {
-  LrnShape sh{n, c, hw, size, alpha, beta, k};
-  Split sp = split_channels(sh);
-  bool b34 = beta == 0.75f;
-  if (variant == 1) { RING(fwd_block, g, sh, sp, x, y) } else { RING(fwd, g, sh, sp, x, y) }
-  launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y);
+  case 0: b34 ? F<0, true>(__VA_ARGS__) : F<0, false>(__VA_ARGS__); return true; \
+  case 1: b34 ? F<1, true>(__VA_ARGS__) : F<1, false>(__VA_ARGS__); return true; \
+  case 2: b34 ? F<2, true>(__VA_ARGS__) : F<2, false>(__VA_ARGS__); return true; \
+  case 3: b34 ? F<3, true>(__VA_ARGS__) : F<3, false>(__VA_ARGS__); return true; \
+  case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return true; }
+template <int H, bool B> void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
+  launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y, redo); }
+template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx,
+                                        int* redo) {
+  launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx, redo); }
+// The redo pass after the kernels (one block with a barrier; run only when flagged, as the kernel
+// itself returns at once otherwise): 2 if it ran, plus 1 if the flag was left set (a bug).
+int redo(const LrnShape& sh, const float* x, const float* dy, float* out, int* flag) {
+  if (!*flag) return 0;
+  launch3_sync(1, 1, kRedoThreads, 1, 1, lrn_redo_kernel, sh, x, dy, out, flag);
+  return 2 + (*flag != 0);
 }
-extern "C" void emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
-                                 float k, const float* x, const float* dy, float* dx, int64_t g, int variant) {
+// variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward (as lrn_variant()
+// picks in the launchers); then the redo pass (see redo)
+extern "C" int emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta, float k,
+                       const float* x, float* y, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx) } else { RING(bwd_block, g, sh, sp, x, dy, dx) }
-  std::vector<float> t(n * c * hw, NAN);
-  launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
-  launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx);
+  int flag = 0;
+  auto ring = [&]() -> bool {
+    if (variant == 1) { RING(fwd_block, g, sh, sp, x, y, &flag) } else { RING(fwd, g, sh, sp, x, y, &flag) }
+    return false;
+  };
+  if (!ring()) launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y, &flag);
+  return redo(sh, x, nullptr, y, &flag);
+}
+extern "C" int emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
+                                float k, const float* x, const float* dy, float* dx, int64_t g, int variant) {
+  LrnShape sh{n, c, hw, size, alpha, beta, k};
+  Split sp = split_channels(sh);
+  bool b34 = beta == 0.75f;
+  int flag = 0;
+  auto ring = [&]() -> bool {
+    if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx, &flag) } else { RING(bwd_block, g, sh, sp, x, dy, dx, &flag) }
+    return false;
+  };
+  if (!ring()) {
+    std::vector<float> t(n * c * hw, NAN);
+    launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
+    launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx, &flag);
+  }
+  return redo(sh, x, dy, dx, &flag);
 }
 // The pool launchers' choices: Index (g < 0: int64), and the paper's window compiled in or
 // the runtime-size kernels (generic, also forced for 3/2 to check both).
@@ -287,14 +309,31 @@ def main():
                 y = at_offset(np.full(shape, np.nan, np.float32), 19 + 8 * (grid == 3))
                 dx = at_offset(np.full(shape, np.nan, np.float32), 30 - 30 * (grid == 3))
                 n, c, h, w = shape
-                lib.emu_lrn(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(y), grid, variant)
-                lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid, variant)
+                r1 = lib.emu_lrn(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(y), grid, variant)
+                r2 = lib.emu_lrn_backward(n, c, h * w, size, alpha, beta, k, ptr(x), ptr(dy), ptr(dx), grid, variant)
                 p = dict(size=size, alpha=alpha, beta=beta, k=k)
                 e1, e2 = rel_error(y, tl.lrn_ref(x, **p)), rel_error(dx, tl.lrn_backward_ref(x, dy, **p))
                 checked += 1
-                if e1 > 2e-6 or e2 > 1e-5:
+                if e1 > 2e-6 or e2 > 1e-5 or r1 or r2:  # ordinary inputs: no element redone
                     failures += 1
-                    print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}")
+                    print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}"
+                          f" (redo {r1} {r2})")
+            # out of float's range: elements redone in double after the kernels flag them (every case
+            # flags in the backward, one only there: s^(-beta-1) alone out of range), flags cleared
+            for (x, p), variant in ((c, v) for c in tl.out_of_range_cases(rng) for v in (0, 1)):
+                if grid < 0:
+                    continue
+                dy = rng.standard_normal(x.shape).astype(np.float32)
+                y, dx = np.full(x.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+                n, c, h, w = x.shape
+                r1 = lib.emu_lrn(n, c, h * w, p["size"], p["alpha"], p["beta"], p["k"], ptr(x), ptr(y), grid, variant)
+                r2 = lib.emu_lrn_backward(n, c, h * w, p["size"], p["alpha"], p["beta"], p["k"], ptr(x), ptr(dy),
+                                          ptr(dx), grid, variant)
+                checked += 1
+                bad = tl.out_of_range_errors(x, dy, y, dx, p)
+                if bad or r1 not in (0, 2) or r2 != 2:
+                    failures += 1
+                    print(f"FAIL lrn out of range {x.shape} {p} variant {variant} grid {grid}: {bad} (redo {r1} {r2})")
             wide = [((1, 2, 7, 261), 3, 2), ((2, 1, 5, 300), 2, 2), ((1, 1, 3, 131), 3, 1)]  # rows > 128: looped
             for (shape, size, stride), variant in ((c, v) for c in tp.CASES + tp.INDEX_CASES[9:] + wide
                                                    for v in (0, 1, 2)):

@@ -30,19 +30,28 @@ inline float rsqrt_newton(float v) {
   return r;
 }
 
-// s^-beta, s >= k. The paper's beta = 3/4 as r sqrt(r) with r = 1/sqrt(s) (used when k is a
-// normal float, so s is too; s is capped at FLT_MAX so an overflowed x^2 stays finite);
-// other betas through powf (not vectorised).
+// s^-beta, s >= k, or NaN where s or the result is out of range (lrn_checked, kernels/lrn.h).
+// The paper's beta = 3/4 as r sqrt(r) with r = 1/sqrt(s) (used when k is a normal float, so s
+// is too; min keeps an overflowed s from giving a finite r); other betas through powf (not
+// vectorised).
 struct PowThreeQuarters {
   float operator()(float s) const {
     float r = rsqrt_newton(std::min(s, FLT_MAX));
-    return r * r * rsqrt_newton(r);
+    return lrn_checked(s, r * r * rsqrt_newton(r));
   }
 };
 struct PowGeneral {
   float neg_beta;
-  float operator()(float s) const { return std::pow(s, neg_beta); }
+  float operator()(float s) const { return lrn_checked(s, std::pow(s, neg_beta)); }
 };
+
+// True when some v[p] (p < len) is not finite: the elements to redo in double.
+inline bool any_not_finite(const float* v, int64_t len) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t p = 0; p < len; ++p) bad |= !lrn_finite(v[p]);
+  return bad != 0;
+}
 
 // s[p] = k + alpha * sum_{j=lo..hi} x[j*hw + p]^2 for p < len, channels in ascending order.
 inline void window_denominator(const LrnShape& sh, const float* x, int64_t lo, int64_t hi, int64_t len, float* s) {
@@ -75,6 +84,9 @@ void lrn_forward(const LrnShape& sh, const float* x, float* y, NegPow neg_pow) {
       float* yi = yb + i * HW;
 #pragma omp simd
       for (int64_t p = 0; p < len; ++p) yi[p] = xi[p] * neg_pow(s[p]);
+      if (any_not_finite(yi, len))
+        for (int64_t p = 0; p < len; ++p)
+          if (!lrn_finite(yi[p])) yi[p] = lrn_y_exact(sh, xb + p, i);
     }
   }
 }
@@ -107,9 +119,9 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
           float* tj = t_ring.data() + (j % ring) * kBlock;
 #pragma omp simd
           for (int64_t p = 0; p < len; ++p) {
-            float q = neg_pow(s[p]);
+            const float q = neg_pow(s[p]);
             pj[p] = q;
-            tj[p] = dyj[p] * xj[p] * q / s[p];
+            tj[p] = dyj[p] * xj[p] * lrn_checked(s[p], q / s[p]);  // q NaN: NaN
           }
         }
         const int64_t i = j - half;
@@ -128,6 +140,9 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
         float* dxi = dxb + i * HW;
 #pragma omp simd
         for (int64_t p = 0; p < len; ++p) dxi[p] = dyi[p] * pi[p] - two_alpha_beta * xi[p] * s[p];
+        if (any_not_finite(dxi, len))
+          for (int64_t p = 0; p < len; ++p)
+            if (!lrn_finite(dxi[p])) dxi[p] = lrn_dx_exact(sh, xb + p, dyb + p, i);
       }
     }
   }

@@ -36,15 +36,18 @@
 //
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
 // every kernel: 0 bytes stack frame, 0 bytes spill stores/loads. Registers by
-// half-window H (0..4), beta = 3/4 fast path / general powf:
-//   lrn_ring_kernel<H>             48/32  56/39  64/40  61/40  64/40
-//   lrn_backward_ring_kernel<H>    60/42  58/54  65/57  72/63  78/70
-//   lrn_block_kernel<H>            32/32  38/36  34/44  40/40  40/44
-//   lrn_backward_block_kernel<H>   58/57  75/67  69/75  60/68  64/75   (U = 4 for H >= 3)
-//   lrn_direct_kernel 40, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40
-// Variant 1 at the paper's H = 2: forward 34 registers (6 blocks of 256 per SM, 8 loads in flight
-// each), backward 69 (3 blocks, 16 loads in flight each).
+// half-window H (0..4), beta = 3/4 fast path / general powf, with the out-of-range checks
+// (store_checked; before them: ring 64/40 and block backward 69/75 at H = 2, the same occupancy):
+//   lrn_ring_kernel<H>             48/32  54/39  60/40  59/40  56/40
+//   lrn_backward_ring_kernel<H>    54/40  58/54  66/56  64/64  72/71
+//   lrn_block_kernel<H>            32/48  36/36  36/42  40/40  42/40
+//   lrn_backward_block_kernel<H>   64/57  64/64  74/72  58/64  64/70   (U = 4 for H >= 3)
+//   lrn_direct_kernel 38, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40,
+//   lrn_redo_kernel 75
+// Variant 1 at the paper's H = 2: forward 36 registers (6 blocks of 256 per SM, 8 loads in flight
+// each), backward 74 (3 blocks, 16 loads in flight each).
 #include <cfloat>
+#include <map>
 
 #include "../kernels/lrn.h"
 #include "../core/device.h"
@@ -61,13 +64,22 @@ constexpr int kMaxHalf = 4;  // ring kernels for size <= 9 (after clipping to th
 constexpr int kBlockForward = 8;
 constexpr int block_backward(int half) { return half >= 3 ? 4 : 8; }
 
+// s^-beta, or NaN out of range (lrn_checked, csrc/kernels/lrn.h).
 template <bool kThreeQuarters>
 __device__ __forceinline__ float neg_pow(float s, float neg_beta) {
   if (kThreeQuarters) {
-    float r = rsqrtf(s);  // s^-1/2
-    return r * sqrtf(r);  // s^-3/4
+    float r = rsqrtf(s);                  // s^-1/2
+    return lrn_checked(s, r * sqrtf(r));  // s^-3/4
   }
-  return powf(s, neg_beta);
+  return lrn_checked(s, powf(s, neg_beta));
+}
+
+// v to *out; a result out of float's range (see csrc/kernels/lrn.h) also raises the redo flag, for
+// lrn_redo_kernel. The branch holds one store, so the kernels keep their registers (a call to the
+// double-precision path here took the backward block kernel from 69 to 122).
+__device__ __forceinline__ void store_checked(float* out, float v, int* redo) {
+  if (!lrn_finite(v)) *redo = 1;
+  *out = v;
 }
 
 struct Split {
@@ -112,7 +124,8 @@ __device__ __forceinline__ float load_or_zero(const float* __restrict__ v, int64
 
 template <int H, bool kThreeQuarters>
 __global__ void __launch_bounds__(kThreads) lrn_ring_kernel(const LrnShape sh, const Split sp,
-                                                             const float* __restrict__ x, float* __restrict__ y) {
+                                                             const float* __restrict__ x, float* __restrict__ y,
+                                                             int* redo) {
   constexpr int R = 2 * H + 1 + kAhead;  // win[m] = x_{i-H+m}
   const int64_t hw = sh.hw;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < sp.total;
@@ -129,7 +142,7 @@ __global__ void __launch_bounds__(kThreads) lrn_ring_kernel(const LrnShape sh, c
       float sum = 0.f;
 #pragma unroll
       for (int m = 0; m <= 2 * H; ++m) sum += win[m] * win[m];
-      yp[i * hw] = win[H] * neg_pow<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta);
+      store_checked(yp + i * hw, win[H] * neg_pow<kThreeQuarters>(sh.k + sh.alpha * sum, -sh.beta), redo);
 #pragma unroll
       for (int m = 0; m < R - 1; ++m) win[m] = win[m + 1];
     }
@@ -140,7 +153,7 @@ template <int H, bool kThreeQuarters>
 __global__ void __launch_bounds__(kThreads) lrn_backward_ring_kernel(const LrnShape sh, const Split sp,
                                                                       const float* __restrict__ x,
                                                                       const float* __restrict__ dy,
-                                                                      float* __restrict__ dx) {
+                                                                      float* __restrict__ dx, int* redo) {
   constexpr int RX = 2 * H + 1 + kAhead;  // X[m] = x_{j-H+m}
   constexpr int RD = H + 1 + kAhead;      // D[m] = dy_{j-H+m}
   const int64_t hw = sh.hw;
@@ -170,13 +183,13 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_ring_kernel(const LrnSh
       const float s = sh.k + sh.alpha * sum;
       const float p = neg_pow<kThreeQuarters>(s, -sh.beta);
       P[H] = p;
-      T[2 * H] = (j >= 0 && j < sh.c) ? D[H] * X[H] * p / s : 0.f;
+      T[2 * H] = (j >= 0 && j < sh.c) ? D[H] * X[H] * lrn_checked(s, p / s) : 0.f;
       const int64_t i = j - H;
       if (i >= pl.c0) {
         float tsum = 0.f;
 #pragma unroll
         for (int m = 0; m <= 2 * H; ++m) tsum += T[m];
-        dxp[i * hw] = D[0] * P[0] - two_alpha_beta * X[0] * tsum;
+        store_checked(dxp + i * hw, D[0] * P[0] - two_alpha_beta * X[0] * tsum, redo);
       }
 #pragma unroll
       for (int m = 0; m < RX - 1; ++m) X[m] = X[m + 1];
@@ -202,14 +215,15 @@ __device__ __forceinline__ float load_or_zero32(const float* __restrict__ v, int
   return (j >= 0 && j < limit) ? __ldg(v + (int64_t)j * hw) : 0.f;
 }
 
-// s^-beta; for beta = 3/4 from two hardware reciprocal square roots (a few ulp, no IEEE sqrt).
+// s^-beta; for beta = 3/4 from two hardware reciprocal square roots (a few ulp, no IEEE sqrt); NaN
+// out of range (lrn_checked).
 template <bool kThreeQuarters>
 __device__ __forceinline__ float neg_pow_fast(float s, float neg_beta) {
   if (kThreeQuarters) {
-    const float r = rsqrtf(fminf(s, FLT_MAX));  // s^-1/2; s = inf clamped as in the CPU twin (r > 0)
-    return r * r * rsqrtf(r);                    // s^-1 * s^1/4
+    const float r = rsqrtf(s);                 // s^-1/2
+    return lrn_checked(s, r * r * rsqrtf(r));  // s^-1 * s^1/4
   }
-  return powf(s, neg_beta);
+  return lrn_checked(s, powf(s, neg_beta));
 }
 
 // y_i = x_i s_i^-beta from the 2H+1 x values of i's window (xw[0] = x_{i-H}), the squares summed
@@ -224,7 +238,8 @@ __device__ __forceinline__ float lrn_y(const LrnShape& sh, const float* xw) {
 
 template <int H, bool kThreeQuarters, int U>
 __global__ void __launch_bounds__(kThreads) lrn_block_kernel(const LrnShape sh, const Split sp,
-                                                              const float* __restrict__ x, float* __restrict__ y) {
+                                                              const float* __restrict__ x, float* __restrict__ y,
+                                                              int* redo) {
   constexpr int R = 2 * H + U;  // win[m] = x_{i0-H+m}
   const int64_t hw = sh.hw;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < sp.total;
@@ -241,7 +256,7 @@ __global__ void __launch_bounds__(kThreads) lrn_block_kernel(const LrnShape sh, 
       for (int u = 0; u < U; ++u) win[2 * H + u] = load_or_zero32(xp, i0 + H + u, limit, hw);
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (i0 + u < c1) yp[(int64_t)(i0 + u) * hw] = lrn_y<H, kThreeQuarters>(sh, win + u);
+        if (i0 + u < c1) store_checked(yp + (int64_t)(i0 + u) * hw, lrn_y<H, kThreeQuarters>(sh, win + u), redo);
 #pragma unroll
       for (int m = 0; m < 2 * H; ++m) win[m] = win[m + U];
     }
@@ -249,7 +264,7 @@ __global__ void __launch_bounds__(kThreads) lrn_block_kernel(const LrnShape sh, 
 }
 
 // p_j = s_j^-beta and t_j = dy_j x_j p_j / s_j (0 outside the channels), from the 2H+1 x values
-// of j's window (xw[0] = x_{j-H}).
+// of j's window (xw[0] = x_{j-H}); NaN out of range (lrn_checked).
 template <int H, bool kThreeQuarters>
 __device__ __forceinline__ void lrn_t_p(const LrnShape& sh, int j, const float* xw, float dyj, float& t, float& p) {
   float sum = 0.f;
@@ -258,14 +273,14 @@ __device__ __forceinline__ void lrn_t_p(const LrnShape& sh, int j, const float* 
   const float s = sh.k + sh.alpha * sum;
   float p_over_s;
   if (kThreeQuarters) {  // s^-1 = r^2 from the same reciprocal square root: no IEEE division
-    const float r = rsqrtf(fminf(s, FLT_MAX)), inv_s = r * r;  // as neg_pow_fast
-    p = inv_s * rsqrtf(r);
+    const float r = rsqrtf(s), inv_s = r * r;  // as neg_pow_fast
+    p = lrn_checked(s, inv_s * rsqrtf(r));
     p_over_s = p * inv_s;
   } else {
-    p = powf(s, -sh.beta);
+    p = lrn_checked(s, powf(s, -sh.beta));
     p_over_s = p / s;
   }
-  t = (j >= 0 && j < sh.c) ? dyj * xw[H] * p_over_s : 0.f;
+  t = (j >= 0 && j < sh.c) ? dyj * xw[H] * lrn_checked(s, p_over_s) : 0.f;
 }
 
 // Block i0..i0+U-1 needs t_j, p_j for j in [i0-H, i0+U+H), hence x in [i0-2H, i0+U+2H).
@@ -273,7 +288,7 @@ template <int H, bool kThreeQuarters, int U>
 __global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnShape sh, const Split sp,
                                                                        const float* __restrict__ x,
                                                                        const float* __restrict__ dy,
-                                                                       float* __restrict__ dx) {
+                                                                       float* __restrict__ dx, int* redo) {
   constexpr int RX = 4 * H + U;  // X[m] = x_{i0-2H+m}
   constexpr int RT = 2 * H + U;  // D[m] = dy_{i0-H+m}, T[m] = t_{i0-H+m}, P[m] = p_{i0-H+m}
   const int64_t hw = sh.hw;
@@ -308,7 +323,8 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnS
           float tsum = 0.f;
 #pragma unroll
           for (int m = 0; m <= 2 * H; ++m) tsum += T[u + m];
-          dxp[(int64_t)(i0 + u) * hw] = D[H + u] * P[H + u] - two_alpha_beta * X[2 * H + u] * tsum;
+          store_checked(dxp + (int64_t)(i0 + u) * hw, D[H + u] * P[H + u] - two_alpha_beta * X[2 * H + u] * tsum,
+                        redo);
         }
       }
 #pragma unroll
@@ -342,16 +358,17 @@ __device__ __forceinline__ void element(const LrnShape& sh, int64_t e, int64_t& 
 }
 
 __global__ void lrn_direct_kernel(const LrnShape sh, int64_t half, const float* __restrict__ x,
-                                  float* __restrict__ y) {
+                                  float* __restrict__ y, int* redo) {
   const int64_t total = sh.n * sh.c * sh.hw;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
     int64_t base, c;
     element(sh, e, base, c);
-    y[e] = x[e] * powf(window_denominator(sh, x + base, c, half), -sh.beta);
+    const float s = window_denominator(sh, x + base, c, half);
+    store_checked(y + e, x[e] * lrn_checked(s, powf(s, -sh.beta)), redo);
   }
 }
 
-// t = dy x s^(-beta-1), into scratch
+// t = dy x s^(-beta-1), into scratch (NaN out of range: lrn_checked)
 __global__ void lrn_backward_direct_t_kernel(const LrnShape sh, int64_t half, const float* __restrict__ x,
                                              const float* __restrict__ dy, float* __restrict__ t) {
   const int64_t total = sh.n * sh.c * sh.hw;
@@ -359,13 +376,13 @@ __global__ void lrn_backward_direct_t_kernel(const LrnShape sh, int64_t half, co
     int64_t base, c;
     element(sh, e, base, c);
     const float s = window_denominator(sh, x + base, c, half);
-    t[e] = dy[e] * x[e] * powf(s, -sh.beta) / s;
+    t[e] = dy[e] * x[e] * lrn_checked(s, lrn_checked(s, powf(s, -sh.beta)) / s);
   }
 }
 
 __global__ void lrn_backward_direct_dx_kernel(const LrnShape sh, int64_t half, const float* __restrict__ x,
                                               const float* __restrict__ dy, const float* __restrict__ t,
-                                              float* __restrict__ dx) {
+                                              float* __restrict__ dx, int* redo) {
   const int64_t total = sh.n * sh.c * sh.hw;
   const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
@@ -375,8 +392,28 @@ __global__ void lrn_backward_direct_dx_kernel(const LrnShape sh, int64_t half, c
     const int64_t lo = c - half < 0 ? 0 : c - half, hi = min(sh.c - 1, c + half);
     float tsum = 0.f;
     for (int64_t j = lo; j <= hi; ++j) tsum += t[base + j * sh.hw];
-    dx[e] = dy[e] * powf(s, -sh.beta) - two_alpha_beta * x[e] * tsum;
+    store_checked(dx + e, dy[e] * lrn_checked(s, powf(s, -sh.beta)) - two_alpha_beta * x[e] * tsum, redo);
   }
+}
+
+// The elements the kernels above flagged (store_checked), redone in double (csrc/kernels/lrn.h):
+// one block over the whole output (dx when dy is given, else y), after them on the stream. Without
+// the flag it returns at once, a launch's cost; with it, it scans the output (slowly: only a
+// diverging network gets here) and clears the flag.
+constexpr int kRedoThreads = 512;
+__global__ void __launch_bounds__(kRedoThreads, 1) lrn_redo_kernel(const LrnShape sh, const float* __restrict__ x,
+                                                                 const float* __restrict__ dy,
+                                                                 float* __restrict__ out, int* redo) {
+  if (*redo == 0) return;  // every thread reads it before the barrier below, so all or none return
+  const int64_t total = sh.n * sh.c * sh.hw;
+  for (int64_t e = threadIdx.x; e < total; e += blockDim.x) {
+    if (lrn_finite(out[e])) continue;
+    int64_t base, c;
+    element(sh, e, base, c);
+    out[e] = dy ? lrn_dx_exact(sh, x + base, dy + base, c) : lrn_y_exact(sh, x + base, c);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) *redo = 0;
 }
 
 int64_t clipped_half(const LrnShape& sh) {
@@ -385,15 +422,15 @@ int64_t clipped_half(const LrnShape& sh) {
 }
 
 template <int H, bool kThreeQuarters>
-void launch_forward(const LrnShape& sh, const Split& sp, const float* x, float* y) {
-  lrn_ring_kernel<H, kThreeQuarters><<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
+void launch_forward(const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
+  lrn_ring_kernel<H, kThreeQuarters><<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y, redo);
   CUDA_CHECK_LAUNCH("lrn_ring_kernel");
 }
 
 template <int H, bool kThreeQuarters>
-void launch_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
+void launch_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, int* redo) {
   lrn_backward_ring_kernel<H, kThreeQuarters>
-      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
+      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx, redo);
   CUDA_CHECK_LAUNCH("lrn_backward_ring_kernel");
 }
 
@@ -413,71 +450,102 @@ bool with_ring(const LrnShape& sh, F&& f) {
 static_assert(kMaxHalf == 4, "with_ring lists the ring kernels 0..kMaxHalf");
 
 template <int H, bool kThreeQuarters>
-void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, float* y) {
+void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
   lrn_block_kernel<H, kThreeQuarters, kBlockForward>
-      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y);
+      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y, redo);
   CUDA_CHECK_LAUNCH("lrn_block_kernel");
 }
 
 template <int H, bool kThreeQuarters>
-void launch_block_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx) {
+void launch_block_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx,
+                           int* redo) {
   lrn_backward_block_kernel<H, kThreeQuarters, block_backward(H)>
-      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx);
+      <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx, redo);
   CUDA_CHECK_LAUNCH("lrn_backward_block_kernel");
 }
 
 struct Forward {
-  const LrnShape& sh; const Split& sp; const float* x; float* y;
-  template <int H, bool B> void run() { launch_forward<H, B>(sh, sp, x, y); }
+  const LrnShape& sh; const Split& sp; const float* x; float* y; int* redo;
+  template <int H, bool B> void run() { launch_forward<H, B>(sh, sp, x, y, redo); }
 };
 struct Backward {
-  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
-  template <int H, bool B> void run() { launch_backward<H, B>(sh, sp, x, dy, dx); }
+  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx; int* redo;
+  template <int H, bool B> void run() { launch_backward<H, B>(sh, sp, x, dy, dx, redo); }
 };
 struct BlockForward {
-  const LrnShape& sh; const Split& sp; const float* x; float* y;
-  template <int H, bool B> void run() { launch_block_forward<H, B>(sh, sp, x, y); }
+  const LrnShape& sh; const Split& sp; const float* x; float* y; int* redo;
+  template <int H, bool B> void run() { launch_block_forward<H, B>(sh, sp, x, y, redo); }
 };
 struct BlockBackward {
-  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx;
-  template <int H, bool B> void run() { launch_block_backward<H, B>(sh, sp, x, dy, dx); }
+  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx; int* redo;
+  template <int H, bool B> void run() { launch_block_backward<H, B>(sh, sp, x, dy, dx, redo); }
 };
+
+// This thread's redo flag on the current device. Its kernels run in order on its per-thread
+// stream, so one flag a thread and device serves every call (0 between calls: lrn_redo_kernel
+// clears it). Made at the thread's first call on the device; never freed (4 bytes each).
+int* redo_flag() {
+  thread_local std::map<int, int*> flags;
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  int*& flag = flags[device];
+  if (!flag) {
+    int* made = nullptr;
+    CUDA_CHECK(cudaMalloc(&made, sizeof(int)));
+    const cudaError_t zeroed = cudaMemsetAsync(made, 0, sizeof(int), stream());
+    if (zeroed != cudaSuccess) cudaFree(made);
+    CUDA_CHECK(zeroed);
+    flag = made;
+  }
+  return flag;
+}
+
+void launch_redo(const LrnShape& sh, const float* x, const float* dy, float* out, int* redo) {
+  lrn_redo_kernel<<<1, kRedoThreads, 0, stream()>>>(sh, x, dy, out, redo);
+  CUDA_CHECK_LAUNCH("lrn_redo_kernel");
+}
 
 }  // namespace
 
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
+  int* redo = redo_flag();
   // variants 0 and 2: the ring forward (measured faster than the block forward on the H200);
   // 1: blocks of 8 channels
-  const bool ring = lrn_variant() == 1 ? with_ring(sh, BlockForward{sh, sp, x, y})
-                                       : with_ring(sh, Forward{sh, sp, x, y});
-  if (ring) return;
-  const int64_t total = sh.n * sh.c * sh.hw;
-  lrn_direct_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(sh, clipped_half(sh), x, y);
-  CUDA_CHECK_LAUNCH("lrn_direct_kernel");
+  const bool ring = lrn_variant() == 1 ? with_ring(sh, BlockForward{sh, sp, x, y, redo})
+                                       : with_ring(sh, Forward{sh, sp, x, y, redo});
+  if (!ring) {
+    const int64_t total = sh.n * sh.c * sh.hw;
+    lrn_direct_kernel<<<blocks_for(total, kThreads), kThreads, 0, stream()>>>(sh, clipped_half(sh), x, y, redo);
+    CUDA_CHECK_LAUNCH("lrn_direct_kernel");
+  }
+  launch_redo(sh, x, nullptr, y, redo);
 }
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
+  int* redo = redo_flag();
   // variants 1 and 2: the block backward (measured faster than the ring backward on the H200);
   // 0: the ring backward
-  const bool ring = lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx})
-                                       : with_ring(sh, BlockBackward{sh, sp, x, dy, dx});
-  if (ring) return;
-  const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  const size_t bytes = (size_t)total * sizeof(float);
-  float* t = static_cast<float*>(gpu::allocate(device, bytes));
-  const unsigned blocks = blocks_for(total, kThreads);
-  lrn_backward_direct_t_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t);
-  cudaError_t launched = cudaGetLastError();
-  if (launched == cudaSuccess) {
-    lrn_backward_direct_dx_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t, dx);
-    launched = cudaGetLastError();
+  const bool ring = lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx, redo})
+                                       : with_ring(sh, BlockBackward{sh, sp, x, dy, dx, redo});
+  if (!ring) {
+    const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
+    int device = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    const size_t bytes = (size_t)total * sizeof(float);
+    float* t = static_cast<float*>(gpu::allocate(device, bytes));
+    const unsigned blocks = blocks_for(total, kThreads);
+    lrn_backward_direct_t_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t);
+    cudaError_t launched = cudaGetLastError();
+    if (launched == cudaSuccess) {
+      lrn_backward_direct_dx_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t, dx, redo);
+      launched = cudaGetLastError();
+    }
+    gpu::deallocate(device, t, bytes);  // stream-ordered: reused only after these kernels
+    CUDA_CHECK(launched);
   }
-  gpu::deallocate(device, t, bytes);  // stream-ordered: reused only after these kernels
-  CUDA_CHECK(launched);
+  launch_redo(sh, x, dy, dx, redo);
 }
 
 }  // namespace convnet::cuda

@@ -1,9 +1,18 @@
 // Twin kernels of the local response normalisation family (csrc/cpu/lrn.cpp, csrc/cuda/lrn.cu).
 // Dense NCHW float32 viewed as (n, c, hw). The paper's cross-channel form, alpha not divided by size:
 //   s_i = k + alpha * sum_{j=max(0,i-size/2)}^{min(c-1,i+size/2)} x_j^2,   y_i = x_i * s_i^-beta.
-// Kernels trust their arguments: csrc/ops/lrn.cpp has checked them (size odd >= 1, k > 0).
+// Kernels trust their arguments: csrc/ops/lrn.cpp has checked them (size odd >= 1, k > 0, k^-beta and
+// k^(-beta-1) within a double's range).
 #pragma once
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
+
+#ifdef __CUDACC__
+#define CONVNET_LRN_HD __host__ __device__ __forceinline__
+#else
+#define CONVNET_LRN_HD inline
+#endif
 
 namespace convnet {
 struct LrnShape {
@@ -17,6 +26,52 @@ struct LrnShape {
 // ignore it.
 int lrn_variant();
 void set_lrn_variant(int variant);
+
+// Out of float32's range. Both twins compute in float32, then redo in double (below) each element
+// whose float evaluation left float's range: a sum of squares past 3.4e38 (activations of ~1e19),
+// or p = s^-beta, or the backward's s^(-beta-1), outside the normal floats (overflowing for a tiny
+// k, flushing to 0 for a huge s). Clamping s instead kept outputs finite but wrong: they grew
+// with x instead of shrinking, and the gradient changed sign. The float path marks such an
+// element by making p NaN (lrn_checked), so its result is not finite; every non-finite result is
+// redone (the CPU twin at once; the CUDA twin in a one-block pass after the kernels, which returns
+// at once unless they flagged one). A result that is out of range in truth, or from a NaN input,
+// comes out inf or NaN again. Never taken with ReLU-sized inputs and the paper's constants (it
+// needs activations of ~1e12 and up).
+CONVNET_LRN_HD float lrn_checked(float s, float p) {
+  return s <= FLT_MAX && p >= FLT_MIN && p <= FLT_MAX ? p : NAN;
+}
+CONVNET_LRN_HD bool lrn_finite(float v) { return v >= -FLT_MAX && v <= FLT_MAX; }
+
+// s_i in double; xp: channel 0 of one pixel (channels hw apart).
+CONVNET_LRN_HD double lrn_s_exact(const LrnShape& sh, const float* xp, int64_t i) {
+  const int64_t half = sh.size / 2;
+  const int64_t lo = i > half ? i - half : 0, hi = sh.c - 1 - i > half ? i + half : sh.c - 1;
+  double sum = 0;
+  for (int64_t j = lo; j <= hi; ++j) {
+    const double v = xp[j * sh.hw];
+    sum += v * v;
+  }
+  return (double)sh.k + (double)sh.alpha * sum;
+}
+
+// y_i in double, rounded once to float.
+CONVNET_LRN_HD float lrn_y_exact(const LrnShape& sh, const float* xp, int64_t i) {
+  return (float)(xp[i * sh.hw] * pow(lrn_s_exact(sh, xp, i), -(double)sh.beta));
+}
+
+// dx_i in double (see CONVNET_LRN_TWINS below for the formula); dyp as xp.
+CONVNET_LRN_HD float lrn_dx_exact(const LrnShape& sh, const float* xp, const float* dyp, int64_t i) {
+  const int64_t half = sh.size / 2, hw = sh.hw;
+  const int64_t lo = i > half ? i - half : 0, hi = sh.c - 1 - i > half ? i + half : sh.c - 1;
+  const double neg_beta = -(double)sh.beta;
+  double tsum = 0;
+  for (int64_t m = lo; m <= hi; ++m) {
+    const double s = lrn_s_exact(sh, xp, m);
+    tsum += (double)dyp[m * hw] * xp[m * hw] * (pow(s, neg_beta) / s);
+  }
+  return (float)(dyp[i * hw] * pow(lrn_s_exact(sh, xp, i), neg_beta) -
+                 2.0 * sh.alpha * sh.beta * xp[i * hw] * tsum);
+}
 }  // namespace convnet
 
 #define CONVNET_LRN_TWINS                                                                   \

@@ -32,6 +32,10 @@ LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, dou
   CHECK_VALUE(std::isfinite(a) && a >= 0, "alpha must be finite and >= 0 as a float32, got ", alpha);
   CHECK_VALUE(std::isfinite(b), "beta must be finite as a float32, got ", beta);
   CHECK_VALUE(std::isfinite(kf) && kf > 0, "k must be finite and > 0 as a float32, got ", k);
+  // s >= k: a zero input's s^-beta and the backward's s^(-beta-1) are largest there (for beta > -1),
+  // and the kernels' exact path computes them in double (csrc/kernels/lrn.h)
+  CHECK_VALUE(std::isfinite(std::pow((double)kf, -(double)b)) && std::isfinite(std::pow((double)kf, -(double)b - 1)),
+              "k^-beta and k^-(beta+1) must fit in a double, got k = ", k, " and beta = ", beta);
   return LrnShape{x.size(0), x.size(1), x.size(2) * x.size(3), size, a, b, kf};
 }
 
