@@ -495,3 +495,48 @@ def test_maxpool_layer_keeps_indices_not_y(device, rng):
     assert_close(dx.numpy(), max_pool_backward_ref(x, dy, 3, 2), 1e-6, "MaxPool layer backward")
     layer.forward([xt], train=False)  # evaluation keeps nothing for a backward
     assert layer._saved_indices is None and layer._saved_x is None
+
+
+# Planes past the CPU's lane budget (sixteen planes' x and dx a thread, 64 MB: past ~724x724 they go
+# one at a time through their saved-index form): the reference, and the same bits as from indices.
+@pytest.mark.parametrize("size,stride", [(2, 2), (3, 3), (3, 2)])
+def test_max_pool_backward_planes_past_the_lane_budget(device, rng, size, stride):
+    x = rng.integers(0, 9, (1, 2, 731, 737)).astype(np.float32)  # ties
+    xt = convnet.tensor(x, device)
+    y, idx = ops.max_pool(xt, size, stride, return_indices=True)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx = ops.max_pool_backward(xt, y, convnet.tensor(g, device), size, stride).numpy()
+    dxi = ops.max_pool_backward(xt, None, convnet.tensor(g, device), size, stride, indices=idx).numpy()
+    np.testing.assert_array_equal(idx.numpy(), max_pool_indices_ref(x, size, stride))
+    np.testing.assert_array_equal(dx, dxi)
+    assert_close(dx, scatter_indices_ref(idx.numpy(), g, x.shape, size, stride), 1e-6, "max_pool_backward")
+
+
+def test_max_pool_scratch_memory_is_bounded():
+    # The CPU twin's scratch, measured as peak resident memory in a fresh process with two threads:
+    # the backward without indices of one 2048x2048 plane (the lanes took 512 MB a thread), and
+    # indices at a stride of 2^21 (a phase buffer a stride long took 268 MB a thread).
+    code = """
+import resource
+import numpy as np
+import convnet
+from convnet import ops
+def grown(f):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    f()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # MB
+x = convnet.tensor(np.random.default_rng(0).standard_normal((1, 1, 2048, 2048)).astype(np.float32))
+y = ops.max_pool(x, 2, 2)
+a = grown(lambda: ops.max_pool_backward(x, y, y, 2, 2))  # its 16 MB dx included
+w = convnet.tensor(np.random.default_rng(1).standard_normal((1, 1, 1, 1 << 22)).astype(np.float32))
+b = grown(lambda: ops.max_pool(w, 1, 1 << 21, return_indices=True))
+print(a, b)
+"""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    backward_mb, indices_mb = map(float, out.stdout.split())
+    assert backward_mb < 80 and indices_mb < 40, out.stdout

@@ -142,14 +142,17 @@ void window_maxima(const PoolShape& sh, int64_t oh, const float* __restrict__ pm
   }
 }
 
-// One thread's buffers for plane_indices.
+// One thread's buffers for plane_indices. Only phases below the window's size are ever read
+// (kw % stride), so a stride past the size keeps size of them: stride of them took memory that grew
+// with the stride (gigabytes for a stride of 2^23).
 struct IndexBuffers {
-  int64_t width, len;  // columns any window reads; phase length (a slot for every lane of every block)
+  int64_t width, len, phases;  // columns any window reads; phase length (a slot for every lane of every block)
   std::vector<float> row, row_kh, phase, phase_kh;
   explicit IndexBuffers(const PoolShape& sh)
       : width((sh.q - 1) * sh.stride + sh.size),
         len((sh.q + kLanes - 1) / kLanes * kLanes + (sh.size - 1) / sh.stride),
-        row(width), row_kh(width), phase(sh.stride * len, 0.f), phase_kh(sh.stride * len, 0.f) {}
+        phases(std::min(sh.stride, sh.size)),
+        row(width), row_kh(width), phase(phases * len, 0.f), phase_kh(phases * len, 0.f) {}
 };
 
 // One plane's y and indices.
@@ -164,7 +167,7 @@ void plane_indices(const PoolShape& sh, const float* xp, float* yp, int32_t* ip,
       column_maxima<4>(sh, r0, width, rm, rk);
     else
       column_maxima<1>(sh, r0, width, rm, rk);
-    for (int64_t p = 0; p < stride; ++p) {  // slots past the row stay 0 (read, never stored)
+    for (int64_t p = 0; p < b.phases; ++p) {  // slots past the row stay 0 (read, never stored)
       const int64_t used = std::min(len, (width - p + stride - 1) / stride);
 #pragma omp simd
       for (int64_t j = 0; j < used; ++j) {
@@ -343,7 +346,9 @@ void lanes_to_planes(const float* in, int64_t len, int64_t first, int64_t count,
   }
 }
 
-// One thread's element-major buffers: x, dy and dx of a group of planes.
+// One thread's element-major buffers: x, dy and dx of a group of planes, at most kLaneBudget bytes
+// for x and dx (larger planes take another path: max_pool_backward).
+constexpr int64_t kLaneBudget = (int64_t)64 << 20;
 struct LaneBuffers {
   std::vector<float> x, dy, dx;
   explicit LaneBuffers(const PoolShape& sh)
@@ -767,6 +772,25 @@ void max_pool_backward(const PoolShape& sh, const float* x, const float* /*y*/, 
   if (sh.size == 3 && sh.stride == 2) return s2::backward(sh, x, dy, dx);
 #endif
   const int64_t in_plane = sh.h * sh.w, planes = sh.n * sh.c, groups = (planes + kPlanes - 1) / kPlanes;
+  if (in_plane * kPlanes * 2 * (int64_t)sizeof(float) > kLaneBudget) {
+    // Planes past ~724x724: one at a time through their saved-index form (the same bits), in
+    // scratch the size of one plane's output. The lanes' buffers (x and dx of sixteen planes a
+    // thread) took 2 GB a thread for one 4096x4096 plane.
+    const int64_t out_plane = sh.p * sh.q;
+    const std::vector<unsigned char> inside = window_offsets(sh);
+#pragma omp parallel
+    {
+      IndexBuffers buffers(sh);
+      std::vector<float> y(out_plane);
+      std::vector<int32_t> indices(out_plane);
+#pragma omp for schedule(static)
+      for (int64_t plane = 0; plane < planes; ++plane) {
+        plane_indices(sh, x + plane * in_plane, y.data(), indices.data(), buffers);
+        plane_scatter(sh, indices.data(), dy + plane * out_plane, dx + plane * in_plane, inside);
+      }
+    }
+    return;
+  }
 #pragma omp parallel if (planes * in_plane > 65536)
   {
     LaneBuffers buffers(sh);
