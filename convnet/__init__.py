@@ -68,16 +68,21 @@ def tensor(data, device="cpu", dtype=None):
 
 
 def from_dlpack(obj):
-    """A tensor sharing memory with `obj` (anything with __dlpack__: NumPy, PyTorch, CuPy arrays)."""
-    if not hasattr(obj, "__dlpack__"):
-        raise TypeError(f"from_dlpack: {type(obj).__name__} does not support the DLPack protocol")
+    """A tensor sharing memory with `obj` (anything with __dlpack__: NumPy, PyTorch, CuPy arrays).
+    Asks for a DLPack 1.0 capsule (one that says whether the array is read-only: a read-only array
+    is refused, as tensors are writable), and falls back to the unversioned one for producers older
+    than DLPack 1.0."""
+    if not (hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__")):
+        raise TypeError(f"from_dlpack: {type(obj).__name__} does not support the DLPack protocol "
+                        "(__dlpack__ and __dlpack_device__)")
     dev_type, _ = obj.__dlpack_device__()
-    if dev_type == 2:
-        # CUDA: the producer orders its pending work before the legacy default stream (1);
-        # our per-thread streams are blocking streams, so they wait for that stream too.
-        capsule = obj.__dlpack__(stream=1)
-    else:
-        capsule = obj.__dlpack__()
+    # CUDA: the producer orders its pending work before the legacy default stream (1); our
+    # per-thread streams are blocking streams, so they wait for that stream too.
+    stream = {"stream": 1} if dev_type == 2 else {}
+    try:
+        capsule = obj.__dlpack__(max_version=(1, 0), **stream)
+    except TypeError:  # a producer from before DLPack 1.0: no max_version argument
+        capsule = obj.__dlpack__(**stream)
     return _C.from_dlpack_capsule(capsule)
 
 

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <utility>
 
 #include "core/device.h"
 #include "core/dlpack.h"
@@ -71,19 +73,30 @@ py::array to_numpy(const Tensor& t) {
 struct ExportCtx {
   std::shared_ptr<Storage> storage;
   std::vector<int64_t> shape;
-  DLManagedTensor managed;
+  DLManagedTensor managed;              // the unversioned export
+  DLManagedTensorVersioned versioned;   // or the versioned one
 };
 
-void export_deleter(DLManagedTensor* m) { delete static_cast<ExportCtx*>(m->manager_ctx); }
+// A capsule's destructor: frees the export when no consumer took it (a consumer renames it).
+template <class Managed>
+void drop_unconsumed(PyObject* cap, const char* name) {
+  if (PyCapsule_IsValid(cap, name)) {
+    auto* m = static_cast<Managed*>(PyCapsule_GetPointer(cap, name));
+    if (m && m->deleter) m->deleter(m);
+  } else {
+    PyErr_Clear();
+  }
+}
 
-py::capsule to_dlpack(const Tensor& t) {
+// t as a DLPack capsule; versioned: the v1.0 capsule, `copied` in its flags.
+py::capsule to_dlpack(const Tensor& t, bool versioned, bool copied) {
   // The consumer reads on its own stream: finish ours first.
   {
     OpScope s("__dlpack__");
     synchronize(t.device());
   }
-  auto* ctx = new ExportCtx{t.storage, t.shape, {}};
-  DLTensor& dl = ctx->managed.dl_tensor;
+  auto* ctx = new ExportCtx{t.storage, t.shape, {}, {}};
+  DLTensor& dl = versioned ? ctx->versioned.dl_tensor : ctx->managed.dl_tensor;
   dl.data = t.raw();
   dl.device = {t.device().is_cpu() ? kDLCPU : kDLCUDA, t.device().is_cpu() ? 0 : t.device().index};
   dl.ndim = t.dim();
@@ -92,25 +105,62 @@ py::capsule to_dlpack(const Tensor& t) {
   dl.shape = ctx->shape.data();
   dl.strides = nullptr;
   dl.byte_offset = 0;
+  if (versioned) {
+    ctx->versioned.version = {1, 0};
+    ctx->versioned.manager_ctx = ctx;
+    ctx->versioned.deleter = [](DLManagedTensorVersioned* m) { delete static_cast<ExportCtx*>(m->manager_ctx); };
+    ctx->versioned.flags = copied ? kDLFlagIsCopied : 0;
+    return py::capsule(&ctx->versioned, "dltensor_versioned",
+                       [](PyObject* cap) { drop_unconsumed<DLManagedTensorVersioned>(cap, "dltensor_versioned"); });
+  }
   ctx->managed.manager_ctx = ctx;
-  ctx->managed.deleter = export_deleter;
-  return py::capsule(&ctx->managed, "dltensor", [](PyObject* cap) {
-    // Called when the capsule dies: free it only if no consumer took it.
-    if (PyCapsule_IsValid(cap, "dltensor")) {
-      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
-      if (m && m->deleter) m->deleter(m);
-    } else {
-      PyErr_Clear();
-    }
-  });
+  ctx->managed.deleter = [](DLManagedTensor* m) { delete static_cast<ExportCtx*>(m->manager_ctx); };
+  return py::capsule(&ctx->managed, "dltensor",
+                     [](PyObject* cap) { drop_unconsumed<DLManagedTensor>(cap, "dltensor"); });
+}
+
+// Tensor.__dlpack__ as the array API has it: max_version (major >= 1: the versioned capsule, else
+// the unversioned one), dl_device (only this tensor's own: BufferError otherwise), copy (True:
+// export a copy; False and None: never copy, and none is ever needed). stream: see to_dlpack.
+py::capsule export_dlpack(const Tensor& t, py::object max_version, py::object dl_device, py::object copy) {
+  OpScope s("__dlpack__");
+  if (!dl_device.is_none()) {
+    const auto want = dl_device.cast<std::pair<int, int>>();
+    const std::pair<int, int> have{t.device().is_cpu() ? (int)kDLCPU : (int)kDLCUDA,
+                                   t.device().is_cpu() ? 0 : t.device().index};
+    if (want != have)
+      throw py::buffer_error(detail::message("this tensor is on ", t.device().str(),
+                                             " (DLPack device ", have.first, ", ", have.second,
+                                             ") and cannot be exported to DLPack device (", want.first, ", ",
+                                             want.second, "); use .to() first"));
+  }
+  const bool versioned = !max_version.is_none() && max_version.cast<std::pair<int, int>>().first >= 1;
+  const bool copied = !copy.is_none() && copy.cast<bool>();
+  return to_dlpack(copied ? t.clone() : t, versioned, copied);
 }
 
 Tensor from_dlpack_capsule(py::capsule cap) {
   OpScope s("from_dlpack");
-  CHECK_TYPE(PyCapsule_IsValid(cap.ptr(), "dltensor"),
-             "expected an unconsumed 'dltensor' capsule (a DLPack capsule can be used once)");
-  auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
-  const DLTensor& dl = m->dl_tensor;
+  const bool versioned = PyCapsule_IsValid(cap.ptr(), "dltensor_versioned");
+  CHECK_TYPE(versioned || PyCapsule_IsValid(cap.ptr(), "dltensor"),
+             "expected an unconsumed 'dltensor' or 'dltensor_versioned' capsule (a DLPack capsule can be used once)");
+  // Until the capsule is renamed below, an error leaves it to its producer's destructor.
+  const DLTensor* dlp;
+  std::function<void()> release;
+  if (versioned) {
+    auto* m = static_cast<DLManagedTensorVersioned*>(PyCapsule_GetPointer(cap.ptr(), "dltensor_versioned"));
+    CHECK_VALUE(m->version.major == 1, "DLPack ", m->version.major, ".", m->version.minor,
+                " is not supported (1.x is)");
+    CHECK_VALUE(!(m->flags & kDLFlagReadOnly), "the array is read-only and convnet tensors are writable: pass a "
+                "writable array, or convnet.tensor(array) for a copy");
+    dlp = &m->dl_tensor;
+    release = [m] { if (m->deleter) m->deleter(m); };
+  } else {
+    auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+    dlp = &m->dl_tensor;
+    release = [m] { if (m->deleter) m->deleter(m); };
+  }
+  const DLTensor& dl = *dlp;
   DType dt;
   if (dl.dtype.lanes == 1 && dl.dtype.code == kDLFloat && dl.dtype.bits == 32) dt = DType::f32;
   else if (dl.dtype.lanes == 1 && dl.dtype.code == kDLInt && dl.dtype.bits == 32) dt = DType::i32;
@@ -142,9 +192,9 @@ Tensor from_dlpack_capsule(py::capsule cap) {
   t.shape = shape;
   t.dtype = dt;
   st->nbytes = t.nbytes();
-  st->release = [m] { if (m->deleter) m->deleter(m); };
+  st->release = release;
   t.storage = st;
-  PyCapsule_SetName(cap.ptr(), "used_dltensor");
+  PyCapsule_SetName(cap.ptr(), versioned ? "used_dltensor_versioned" : "used_dltensor");
   return t;
 }
 
@@ -201,8 +251,8 @@ PYBIND11_MODULE(_C, m) {
              return t.reshape(shape);
            })
       .def("data_ptr", [](const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()); })
-      .def("__dlpack__", [](const Tensor& t, py::object stream, py::object max_version, py::object dl_device,
-                            py::object copy) { return to_dlpack(t); },
+      .def("__dlpack__", [](const Tensor& t, py::object /*stream*/, py::object max_version, py::object dl_device,
+                            py::object copy) { return export_dlpack(t, max_version, dl_device, copy); },
            py::arg("stream") = py::none(), py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
            py::arg("copy") = py::none())
       .def("__dlpack_device__", [](const Tensor& t) {

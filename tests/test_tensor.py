@@ -146,6 +146,51 @@ def test_dlpack_numpy_both_ways(device, rng):
     assert convnet.tensor(a, device).__dlpack_device__()[0] == (1 if device == "cpu" else 2)
 
 
+def test_dlpack_versions_copy_and_device():
+    a = np.arange(6, dtype=np.float32)
+    t = convnet.tensor(a)
+    assert '"dltensor"' in repr(t.__dlpack__())  # consumers that ask for nothing: DLPack 0.8
+    assert '"dltensor_versioned"' in repr(t.__dlpack__(max_version=(1, 0)))
+    # NumPy asks for 1.0: a writable view (the unversioned capsule gave a read-only one), which
+    # comes back in again without a copy
+    back = np.from_dlpack(t)
+    assert back.flags.writeable and back.ctypes.data == t.data_ptr()
+    back[0] = 42
+    assert t.numpy()[0] == 42
+    assert convnet.from_dlpack(back).data_ptr() == t.data_ptr()
+    # copy=True: a copy (flagged as such); copy=False: never one
+    copied = np.from_dlpack(t, copy=True)
+    copied[1] = -1
+    assert t.numpy()[1] == 1 and copied.ctypes.data != t.data_ptr()
+    assert np.from_dlpack(t, copy=False).ctypes.data == t.data_ptr()
+    # dl_device: this tensor's own device only
+    assert '"dltensor"' in repr(t.__dlpack__(dl_device=(1, 0)))
+    with pytest.raises(BufferError, match="__dlpack__: this tensor is on cpu .* cannot be exported to DLPack device \\(2, 0\\)"):
+        t.__dlpack__(dl_device=(2, 0))
+    # a read-only array cannot become a writable tensor without a copy: refused, saying so
+    ro = np.ones(3, np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="from_dlpack: the array is read-only"):
+        convnet.from_dlpack(ro)
+    np.testing.assert_array_equal(convnet.tensor(ro).numpy(), ro)
+
+    class Legacy:  # a producer from before DLPack 1.0: no max_version
+        def __dlpack__(self, stream=None):
+            return t.__dlpack__()
+
+        def __dlpack_device__(self):
+            return t.__dlpack_device__()
+
+    assert convnet.from_dlpack(Legacy()).data_ptr() == t.data_ptr()
+
+    class NoDevice:
+        def __dlpack__(self, stream=None):
+            return t.__dlpack__()
+
+    with pytest.raises(TypeError, match="from_dlpack: NoDevice does not support the DLPack protocol"):
+        convnet.from_dlpack(NoDevice())
+
+
 def test_dlpack_empty_arrays_with_any_strides():
     # no elements, no layout: NumPy gives an empty (3, 0) array strides (0, 0), PyTorch (1, 1);
     # both used to be refused as "not contiguous", which no contiguous copy could fix

@@ -1,5 +1,6 @@
-// The DLPack ABI (v0.8, the unversioned "dltensor" capsule every array library
-// accepts), written out from the published specification.
+// The DLPack ABI, written out from the published specification: the unversioned "dltensor"
+// capsule (v0.8) every array library accepts, and the versioned "dltensor_versioned" one (v1.0),
+// which carries flags (read-only, copied) and is made for consumers that ask for it.
 #pragma once
 #include <cstdint>
 
@@ -22,4 +23,14 @@ struct DLManagedTensor {
   void* manager_ctx;
   void (*deleter)(DLManagedTensor* self);
 };
+struct DLPackVersion { uint32_t major; uint32_t minor; };
+struct DLManagedTensorVersioned {
+  DLPackVersion version;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensorVersioned* self);
+  uint64_t flags;
+  DLTensor dl_tensor;
+};
 }
+constexpr uint64_t kDLFlagReadOnly = 1ull << 0;  // the consumer must not write
+constexpr uint64_t kDLFlagIsCopied = 1ull << 1;  // the producer copied for this export
