@@ -207,8 +207,18 @@ def test_sgd_update_bad_input(device):
         ops.sgd_update(w, t((4, 3)), t((12,)), 0.01)
     with pytest.raises(TypeError, match="sgd_update: 'dw' must be float32"):
         ops.sgd_update(w, t((4, 3), np.int32), t((4, 3)), 0.01)
-    with pytest.raises(ValueError, match="sgd_update: w, dw and v must be three different tensors"):
+    with pytest.raises(ValueError, match="sgd_update: 'w' and 'v' share memory"):
         ops.sgd_update(w, t((4, 3)), w, 0.01)
+    with pytest.raises(ValueError, match="sgd_update: 'w' and 'dw' share memory"):
+        ops.sgd_update(w, w.reshape([12]).reshape([4, 3]), t((4, 3)), 0.01)
+    # the same memory under another tensor object (a DLPack import) or overlapping views of one buffer
+    with pytest.raises(ValueError, match="sgd_update: 'w' and 'v' share memory"):
+        ops.sgd_update(w, t((4, 3)), convnet.from_dlpack(w), 0.01)
+    torch = pytest.importorskip("torch")
+    if device == "cpu":
+        buf = torch.ones(20)
+        with pytest.raises(ValueError, match="sgd_update: 'dw' and 'v' share memory"):
+            ops.sgd_update(w, convnet.from_dlpack(buf[:12].view(4, 3)), convnet.from_dlpack(buf[8:].view(4, 3)), 0.01)
     for lr, momentum, wd in [(float("nan"), 0.9, 5e-4), (0.01, float("inf"), 5e-4), (0.01, 0.9, 1e39)]:
         with pytest.raises(ValueError, match="sgd_update: lr, momentum and weight_decay must be finite"):
             ops.sgd_update(w, t((4, 3)), t((4, 3)), lr, momentum=momentum, weight_decay=wd)

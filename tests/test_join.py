@@ -29,6 +29,17 @@ def test_add_inplace(device, rng):
     out = ops.add_(ta, convnet.tensor(b, device))
     np.testing.assert_array_equal(ta.numpy(), a + b)
     np.testing.assert_array_equal(out.numpy(), a + b)
+    ops.add_(ta, ta)  # the same tensor twice: elementwise, allowed
+    np.testing.assert_array_equal(ta.numpy(), 2 * (a + b))
+
+
+def test_add_inplace_refuses_overlapping_views():
+    torch = pytest.importorskip("torch")
+    buf = torch.arange(10, dtype=torch.float32)
+    a, b = convnet.from_dlpack(buf[:6]), convnet.from_dlpack(buf[3:9])
+    with pytest.raises(ValueError, match="add_: 'a' and 'b' share memory \\(only the same tensor twice"):
+        ops.add_(a, b)
+    np.testing.assert_array_equal(buf.numpy(), np.arange(10))
 
 
 def test_bad_input(device):

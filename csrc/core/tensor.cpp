@@ -199,6 +199,14 @@ void check_same_device(const Tensor& a, const char* an, const Tensor& b, const c
               b.device().str(), " (move one with .to(device))");
 }
 
+void check_disjoint(const Tensor& a, const char* an, const Tensor& b, const char* bn, bool identical_ok) {
+  if (a.device() != b.device() || a.nbytes() == 0 || b.nbytes() == 0) return;
+  const char *a0 = static_cast<const char*>(a.raw()), *b0 = static_cast<const char*>(b.raw());
+  if (identical_ok && a0 == b0 && a.nbytes() == b.nbytes()) return;
+  CHECK_VALUE(!(a0 < b0 + b.nbytes() && b0 < a0 + a.nbytes()), "'", an, "' and '", bn, "' share memory",
+              identical_ok ? " (only the same tensor twice is allowed)" : "");
+}
+
 void check_matches(const Tensor& t, const char* name, DType dtype, const std::vector<int64_t>& shape,
                    const Tensor& ref, const char* ref_name) {
   check_defined(t, name);

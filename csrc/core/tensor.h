@@ -85,6 +85,9 @@ void check_dtype(const Tensor& t, DType want, const char* name);
 void check_dim(const Tensor& t, int d, const char* name);
 void check_shape(const Tensor& t, const std::vector<int64_t>& want, const char* name);
 void check_same_device(const Tensor& a, const char* an, const Tensor& b, const char* bn);
+// For in-place ops: a and b share no byte (views of one buffer through DLPack count, not only the
+// same tensor); identical_ok: b may be a itself, same start and size (a += a is elementwise).
+void check_disjoint(const Tensor& a, const char* an, const Tensor& b, const char* bn, bool identical_ok = false);
 void check_finite(const Tensor& t, const char* name);  // float32 only; one pass over the data
 void check_no_nonfinite(int64_t count, const char* name);  // for an op that counted them itself
 // The usual check of a tensor that travels with an op's main input `ref` (its gradient, its

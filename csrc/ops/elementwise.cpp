@@ -58,8 +58,9 @@ void sgd_update(const Tensor& w, const Tensor& dw, const Tensor& v, double lr, d
   check_dtype(w, DType::f32, "w");
   check_matches(dw, "dw", DType::f32, w.shape, w, "w");
   check_matches(v, "v", DType::f32, w.shape, w, "w");
-  CHECK_VALUE(w.storage != dw.storage && w.storage != v.storage && dw.storage != v.storage,
-              "w, dw and v must be three different tensors");
+  check_disjoint(w, "w", dw, "dw");  // w and v are updated in place, from all three
+  check_disjoint(w, "w", v, "v");
+  check_disjoint(dw, "dw", v, "v");
   // as float32, the kernels' type: a NaN or overflowing rate would silently ruin every weight
   CHECK_VALUE(std::isfinite((float)lr) && std::isfinite((float)momentum) && std::isfinite((float)weight_decay),
               "lr, momentum and weight_decay must be finite float32 values, got ", lr, ", ", momentum, ", ",

@@ -29,6 +29,7 @@ Tensor add_(Tensor& a, const Tensor& b) {
   check_dtype(b, DType::f32, "b");
   check_same_device(a, "a", b, "b");
   check_shape(b, a.shape, "b");
+  check_disjoint(a, "a", b, "b", true);
   CONVNET_DISPATCH(a.device(), add_inplace, a.data<float>(), b.data<float>(), a.numel());
   return a;
 }
