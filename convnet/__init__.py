@@ -30,7 +30,7 @@ def _load_compiled():
 
 _C = _load_compiled()
 from ._C import Tensor
-from ._checks import cast
+from ._checks import cast, flag
 
 __all__ = ["Tensor", "tensor", "from_dlpack", "empty", "zeros", "cuda_available", "device_count",
            "synchronize", "ops"]
@@ -91,7 +91,7 @@ def empty(shape, dtype="float32", device="cpu", pinned=False):
     whose .to("cuda:N", non_blocking=True) only queues the copy on this thread's stream; kernels
     queued after it see the data, and the host side must not be written again before
     convnet.synchronize(device)."""
-    return _C.empty(list(shape), dtype, device, bool(pinned))
+    return _C.empty(list(shape), dtype, device, flag(pinned, "empty: pinned"))
 
 
 def zeros(shape, dtype="float32", device="cpu"):

@@ -21,6 +21,34 @@ def integer(v, what, minimum=None, error=TypeError):
     raise error(f"{what} must be an integer, got {v!r}")
 
 
+def number(v, what, error=TypeError):
+    """v as a Python float: any real number (Python, NumPy, a 0-d array), not a bool or a string
+    (float() takes True and "0.5" without a word; `error` is raised for those)."""
+    if not isinstance(v, (str, bytes, bool, np.bool_)):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            pass
+    raise error(f"{what} must be a number, got {v!r}")
+
+
+def float32_number(v, what, minimum=None):
+    """number(v), finite as a float32 (the kernels' type: 1e39 becomes inf there), and at least
+    `minimum` if given (ValueError for both)."""
+    v = number(v, what)
+    if not abs(v) <= 3.4028234663852886e38 or (minimum is not None and v < minimum):  # NaN fails too
+        bound = "" if minimum is None else f" and >= {minimum}"
+        raise ValueError(f"{what} must be finite as a float32{bound}, got {v}")
+    return v
+
+
+def flag(v, what):
+    """v as a bool: True or False (Python or NumPy), not a string or a number ("False" is true)."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{what} must be True or False, got {v!r}")
+    return bool(v)
+
+
 def cast(a, dtype, what="tensor"):
     """NumPy array `a` as `dtype`. Into an integer dtype every value must fit: astype alone wraps
     (int64 2**32 + 3 -> int32 3, -1 -> uint8 255) and turns NaN into -2**31, silently."""

@@ -24,7 +24,7 @@ from collections import defaultdict
 import numpy as np
 
 from . import _C, ops
-from ._checks import cast, integer
+from ._checks import cast, flag, integer
 from .layers import Dropout, Input, SoftmaxLoss, make_layer
 
 _DEVICE_NAME = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
@@ -90,7 +90,7 @@ class Net:
             layer.input_grad = any(not isinstance(by_name[n], Input) for n in layer.inputs)
         if parallel is None:
             parallel = towers > 1 and any(l.device != "cpu" for l in self.layers)
-        self.parallel = bool(parallel)
+        self.parallel = flag(parallel, "Net: parallel")
         self._infer_shapes()
         for layer in self.layers:
             if layer.has_params:

@@ -14,7 +14,7 @@ import math
 
 from . import ops
 from . import _C
-from ._checks import integer
+from ._checks import integer, number
 
 
 def _int_setting(spec, key, minimum, default=None):
@@ -25,9 +25,14 @@ def _int_setting(spec, key, minimum, default=None):
     return integer(v, f"layer {spec['name']!r}: {key}", minimum, error=ValueError)
 
 
+def _number_setting(spec, key, default):
+    """A real-number setting of a layer spec (float() took "0.5" and True)."""
+    return number(spec.get(key, default), f"layer {spec['name']!r}: {key}", error=ValueError)
+
+
 def _init_settings(layer, spec):
-    layer.weight_std = float(spec.get("weight_std", 0.01))
-    layer.bias_init = float(spec.get("bias_init", 0.0))
+    layer.weight_std = _number_setting(spec, "weight_std", 0.01)
+    layer.bias_init = _number_setting(spec, "bias_init", 0.0)
     if not (math.isfinite(layer.weight_std) and layer.weight_std >= 0 and math.isfinite(layer.bias_init)):
         raise ValueError(f"layer {layer.name!r}: weight_std must be finite and >= 0 and bias_init finite, got "
                          f"{layer.weight_std} and {layer.bias_init}")
@@ -262,9 +267,9 @@ class LRN(Layer):
     def __init__(self, spec):
         super().__init__(spec)
         self.size = _int_setting(spec, "size", 1, default=5)
-        self.alpha = float(spec.get("alpha", 1e-4))
-        self.beta = float(spec.get("beta", 0.75))
-        self.k = float(spec.get("k", 2.0))
+        self.alpha = _number_setting(spec, "alpha", 1e-4)
+        self.beta = _number_setting(spec, "beta", 0.75)
+        self.k = _number_setting(spec, "k", 2.0)
         self.groups = _int_setting(spec, "groups", 1, default=1)
 
     def _shape(self, s):
@@ -338,7 +343,7 @@ class Dropout(Layer):
 
     def __init__(self, spec):
         super().__init__(spec)
-        self.p = float(spec.get("p", 0.5))
+        self.p = _number_setting(spec, "p", 0.5)
         if not 0.0 <= self.p < 1.0:
             raise ValueError(f"layer {self.name!r}: dropout p must be in [0, 1), got {self.p}")
         self.seed = 0

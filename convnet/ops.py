@@ -8,7 +8,7 @@ this module only supplies defaults, normalises int-or-pair arguments, and docume
 import numpy as np
 
 from . import _C
-from ._checks import integer
+from ._checks import flag, integer, number
 
 
 def _pair(v, name):
@@ -47,18 +47,19 @@ def dropout(x, p=0.5, seed=None):
     y = x * mask / (1 - p), so no rescaling is needed at test time (the paper's halving of
     the outputs at test time, done at training time instead). Each element's draw depends
     only on (seed, its index): the same on CPU and GPU and for any thread count."""
-    return _C.dropout(x, float(p), _seed(seed))
+    return _C.dropout(x, number(p, "dropout: p"), _seed(seed))
 
 
 def dropout_backward(dy, mask, p=0.5):
     """dx = dy * mask / (1 - p)."""
-    return _C.dropout_backward(dy, mask, float(p))
+    return _C.dropout_backward(dy, mask, number(p, "dropout_backward: p"))
 
 
 def sgd_update(w, dw, v, lr, momentum=0.9, weight_decay=5e-4):
     """The paper's update, in place on w and v:
     v = momentum*v - weight_decay*lr*w - lr*dw;  w = w + v."""
-    _C.sgd_update(w, dw, v, float(lr), float(momentum), float(weight_decay))
+    _C.sgd_update(w, dw, v, number(lr, "sgd_update: lr"), number(momentum, "sgd_update: momentum"),
+                  number(weight_decay, "sgd_update: weight_decay"))
 
 
 # ---- layer-graph plumbing: csrc/ops/join.cpp ----
@@ -86,12 +87,14 @@ def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     """The paper's cross-channel LRN on NCHW x:
     b_i = a_i / (k + alpha * sum_{j=max(0,i-size//2)}^{min(C-1,i+size//2)} a_j^2)^beta.
     alpha is NOT divided by size (Caffe and PyTorch divide; pass alpha*size to compare)."""
-    return _C.lrn(x, integer(size, "lrn: size"), float(alpha), float(beta), float(k))
+    return _C.lrn(x, integer(size, "lrn: size"), number(alpha, "lrn: alpha"), number(beta, "lrn: beta"),
+                  number(k, "lrn: k"))
 
 
 def lrn_backward(x, y, dy, size=5, alpha=1e-4, beta=0.75, k=2.0):
     """Gradient of lrn with respect to x, from its input x, output y and output gradient dy."""
-    return _C.lrn_backward(x, y, dy, integer(size, "lrn_backward: size"), float(alpha), float(beta), float(k))
+    return _C.lrn_backward(x, y, dy, integer(size, "lrn_backward: size"), number(alpha, "lrn_backward: alpha"),
+                           number(beta, "lrn_backward: beta"), number(k, "lrn_backward: k"))
 
 
 # ---- max-pool: csrc/ops/pool.cpp ----
@@ -102,7 +105,8 @@ def max_pool(x, size=3, stride=2, return_indices=False):
     With return_indices=True returns (y, indices): indices (int32, shaped like y) hold each
     window's first maximal input (row-major) as its flat offset h * W + w in the input plane,
     for max_pool_backward(..., indices=indices)."""
-    y, indices = _C.max_pool(x, integer(size, "max_pool: size"), integer(stride, "max_pool: stride"), bool(return_indices))
+    y, indices = _C.max_pool(x, integer(size, "max_pool: size"), integer(stride, "max_pool: stride"),
+                             flag(return_indices, "max_pool: return_indices"))
     return (y, indices) if return_indices else y
 
 
@@ -145,8 +149,9 @@ def conv2d_backward(x, w, dy, stride=1, padding=0, groups=1, input_grad=True, we
     input_grad=False skips dx (None), weight_grad=False skips dw and db (None)."""
     sh, sw = _pair(stride, "conv2d_backward: stride")
     ph, pw = _pair(padding, "conv2d_backward: padding")
-    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, integer(groups, "conv2d_backward: groups"), bool(input_grad),
-                              bool(weight_grad))
+    return _C.conv2d_backward(x, w, dy, sh, sw, ph, pw, integer(groups, "conv2d_backward: groups"),
+                              flag(input_grad, "conv2d_backward: input_grad"),
+                              flag(weight_grad, "conv2d_backward: weight_grad"))
 
 
 # ---- fully connected: csrc/ops/linear.cpp ----

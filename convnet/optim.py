@@ -7,17 +7,16 @@ live in the net's Params (Param.momentum); state_dict() gives them in the one-de
 """
 import math
 
+from ._checks import float32_number
+
 
 class SGD:
     def __init__(self, net, lr=0.01, momentum=0.9, weight_decay=5e-4):
-        # not (x >= 0): a NaN passed "x < 0" and failed only at the first step, after a forward and backward
-        if not all(math.isfinite(x) and x >= 0 for x in (lr, momentum, weight_decay)):
-            raise ValueError(f"SGD: lr, momentum and weight_decay must be finite and >= 0, got {lr}, {momentum}, "
-                             f"{weight_decay}")
+        # here, not at the first step after a forward and backward: finite as float32 (sgd_update's type)
+        self.lr = float32_number(lr, "SGD: lr", minimum=0)
+        self.momentum = float32_number(momentum, "SGD: momentum", minimum=0)
+        self.weight_decay = float32_number(weight_decay, "SGD: weight_decay", minimum=0)
         self.net = net
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
         self.steps = 0
 
     def step(self):

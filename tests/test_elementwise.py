@@ -234,3 +234,22 @@ def test_relu_passes_nan_through(device):
     y = ops.relu(convnet.tensor(x, device)).numpy()
     assert np.isnan(y[[0, 5, 8]]).all()
     np.testing.assert_array_equal(y[[1, 2, 3, 4, 6, 7]], [0, 2, 0, np.inf, 0.5, 0])
+
+
+def test_number_and_flag_arguments_refuse_strings_and_bools():
+    # float() and bool() took these without a word: "False" as True, "0.5" as 0.5, True as 1.0
+    x = convnet.tensor(np.ones((2, 3, 5, 5), np.float32))
+    for call, match in [(lambda: ops.dropout(x, p="0.5", seed=0), "dropout: p must be a number, got '0.5'"),
+                        (lambda: ops.dropout(x, p=False, seed=0), "dropout: p must be a number, got False"),
+                        (lambda: ops.lrn(x, alpha="1e-4"), "lrn: alpha must be a number"),
+                        (lambda: ops.sgd_update(x, x.reshape([150]).reshape([2, 3, 5, 5]), x, "0.1"),
+                         "sgd_update: lr must be a number"),
+                        (lambda: ops.max_pool(x, return_indices="False"),
+                         "max_pool: return_indices must be True or False, got 'False'"),
+                        (lambda: convnet.empty([2], pinned="False"), "empty: pinned must be True or False")]:
+        with pytest.raises(TypeError, match=match):
+            call()
+    # NumPy numbers and 0-d arrays are numbers; NumPy bools are flags
+    y, mask = ops.dropout(x, p=np.float32(0.5), seed=np.int64(3))
+    assert ops.dropout(x, p=np.array(0.5), seed=3)[1].numpy().tolist() == mask.numpy().tolist()
+    assert isinstance(ops.max_pool(x, return_indices=np.bool_(True)), tuple)

@@ -259,6 +259,11 @@ BASE = [{"name": "x", "type": "input", "shape": [3, 8, 8]},
     ([{"name": "g", "type": "lrn", "inputs": ["x"], "groups": 0}], "layer 'g': groups must be >= 1"),
     ([{"name": "g", "type": "linear", "inputs": ["x"], "out_features": 0}], "out_features must be >= 1"),
     ([{"name": "g", "type": "relu", "inputs": "x"}], "inputs must be a list of layer names"),
+    # real-number settings: float() took strings and bools
+    ([{"name": "g", "type": "dropout", "inputs": ["x"], "p": "0.5"}], "layer 'g': p must be a number, got '0.5'"),
+    ([{"name": "g", "type": "lrn", "inputs": ["x"], "alpha": True}], "layer 'g': alpha must be a number, got True"),
+    ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 3, "bias_init": "1"}],
+     "layer 'g': bias_init must be a number"),
 ])
 def test_graph_validation(extra, match):
     with pytest.raises(ValueError, match=match):

@@ -255,7 +255,8 @@ def test_lrn_bad_input(device):
                        (dict(k=1e-50), "k must be finite and > 0 as a float32, got 1e-50"),
                        (dict(k=1e39), "k must be finite and > 0 as a float32"),
                        # a zero input's s^-beta = k^-beta past a double (the kernels' exact path)
-                       (dict(k=1e-38, beta=8.0), "k\\^-beta and k\\^-\\(beta\\+1\\) must fit in a double, got k = 1e-38")]:
+                       (dict(k=1e-38, beta=8.0),
+                        "k\\^-beta and k\\^-\\(beta\\+1\\) must fit in a double, got k = 1e-38")]:
         with pytest.raises(ValueError, match="lrn: " + match):
             ops.lrn(x, **bad)
         with pytest.raises(ValueError, match="lrn_backward: " + match):

@@ -253,8 +253,12 @@ def test_step_schedule():
 def test_sgd_settings_must_be_finite():
     net = models.small_alexnet(devices=["cpu"], towers=1, num_classes=3, input_size=40, widths=(4, 4, 4, 4, 4),
                                fc=(4, 4))
-    for bad in (dict(lr=float("nan")), dict(lr=float("inf")), dict(momentum=float("nan")),
-                dict(weight_decay=float("nan")), dict(lr=-1.0)):
-        # a NaN was taken, then refused by sgd_update at the first step, after a forward and backward
-        with pytest.raises(ValueError, match="SGD: lr, momentum and weight_decay must be finite and >= 0"):
+    for bad, name in ((dict(lr=float("nan")), "lr"), (dict(lr=float("inf")), "lr"),
+                      (dict(momentum=float("nan")), "momentum"), (dict(weight_decay=float("nan")), "weight_decay"),
+                      (dict(lr=-1.0), "lr"), (dict(lr=1e39), "lr")):  # 1e39: finite as a double, not as a float32
+        # these were taken, then refused by sgd_update at the first step, after a forward and backward
+        with pytest.raises(ValueError, match=f"SGD: {name} must be finite as a float32 and >= 0"):
             SGD(net, **bad)
+    for bad in ("0.1", True, None):
+        with pytest.raises(TypeError, match="SGD: lr must be a number"):
+            SGD(net, lr=bad)

@@ -98,8 +98,8 @@ using namespace convnet;
 using namespace convnet::cuda;
 template <int H, bool B> void fwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
   launch(g, kThreads, lrn_ring_kernel<H, B>, sh, sp, x, y, redo); }
-template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx,
-                                  int* redo) {
+template <int H, bool B>
+void bwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, int* redo) {
   launch(g, kThreads, lrn_backward_ring_kernel<H, B>, sh, sp, x, dy, dx, redo); }
 #define RING(F, ...) switch (clipped_half(sh)) { \
   case 0: b34 ? F<0, true>(__VA_ARGS__) : F<0, false>(__VA_ARGS__); return true; \
@@ -107,10 +107,11 @@ template <int H, bool B> void bwd(int64_t g, const LrnShape& sh, const Split& sp
   case 2: b34 ? F<2, true>(__VA_ARGS__) : F<2, false>(__VA_ARGS__); return true; \
   case 3: b34 ? F<3, true>(__VA_ARGS__) : F<3, false>(__VA_ARGS__); return true; \
   case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return true; }
-template <int H, bool B> void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
+template <int H, bool B>
+void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
   launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y, redo); }
-template <int H, bool B> void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx,
-                                        int* redo) {
+template <int H, bool B>
+void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, int* redo) {
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx, redo); }
 // The redo pass after the kernels (one block with a barrier; run only when flagged, as the kernel
 // itself returns at once otherwise): 2 if it ran, plus 1 if the flag was left set (a bug).
