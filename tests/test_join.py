@@ -57,6 +57,11 @@ def test_bad_input(device):
         ops.add_(a, b)
     with pytest.raises(TypeError, match="add_"):
         ops.add_(a, convnet.zeros((2, 3, 4), dtype="int32", device=device))
+    # sizes whose sum passes int64 (they wrapped: shapes of 2^63 - 1 on empty tensors)
+    with pytest.raises(ValueError, match="split: sizes sum to more than the 3 of axis 1 of \\(0, 3\\)"):
+        ops.split(convnet.empty((0, 3), device=device), [2**63 - 1, 2**63 - 1, 5], 1)
+    with pytest.raises(ValueError, match="concat: the sizes along axis 1 overflow int64"):
+        ops.concat([convnet.empty((0, 2**62), device=device)] * 4, 1)
 
 
 @pytest.mark.parametrize("sizes", [(4, 8, 12), (4, 3, 8)])

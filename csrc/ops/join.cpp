@@ -1,5 +1,7 @@
 // Entry points of the join family: channel concatenation / splitting between towers and
 // in-place gradient accumulation, for the layer graph (convnet/graph.py).
+#include <cstdint>
+
 #include "../kernels/join.h"
 #include <pybind11/stl.h>
 
@@ -50,6 +52,7 @@ Tensor concat(const std::vector<Tensor>& xs, int axis) {
     for (int d = 0; d < x.dim(); ++d)
       CHECK_VALUE(d == axis || x.shape[d] == first.shape[d], "tensor ", k, " has shape ", x.shape_str(),
                   ", tensor 0 ", first.shape_str(), ": they differ outside axis ", axis);
+    CHECK_VALUE(x.shape[axis] <= INT64_MAX - shape[axis], "the sizes along axis ", axis, " overflow int64");
     shape[axis] += x.shape[axis];
   }
   Tensor y = Tensor::empty(shape, DType::f32, first.device());
@@ -72,6 +75,9 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   int64_t total = 0;
   for (int64_t s : sizes) {
     CHECK_VALUE(s >= 0, "negative size ", s);
+    // checked before adding: a sum past int64 wrapped (sizes of 2^63 - 1 on an empty tensor passed)
+    CHECK_VALUE(s <= x.shape[axis] - total, "sizes sum to more than the ", x.shape[axis], " of axis ", axis, " of ",
+                x.shape_str());
     total += s;
   }
   CHECK_VALUE(total == x.shape[axis], "sizes sum to ", total, " but axis ", axis, " of ", x.shape_str(), " has ",
