@@ -27,12 +27,12 @@ from . import _C, ops
 from ._checks import cast, flag, integer
 from .layers import Dropout, Input, SoftmaxLoss, make_layer
 
-_DEVICE_NAME = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+_DEVICE_NAME = re.compile(r"(cpu|cuda)(?::(\d+))?")  # fullmatch: "$" also matches before a final newline
 
 
 def physical_device(logical):
     """The physical device ("cpu" or "cuda:N") a logical device name runs on."""
-    m = _DEVICE_NAME.match(str(logical)) if isinstance(logical, str) else None
+    m = _DEVICE_NAME.fullmatch(logical) if isinstance(logical, str) else None
     if m is None:
         raise ValueError(f"unknown device {logical!r}: use 'cpu', 'cpu:N', 'cuda' or 'cuda:N'")
     if m.group(1) == "cpu":
