@@ -46,7 +46,9 @@ def dropout(x, p=0.5, seed=None):
     """Training-time dropout: returns (y, mask) with mask a uint8 tensor (1 = kept) and
     y = x * mask / (1 - p), so no rescaling is needed at test time (the paper's halving of
     the outputs at test time, done at training time instead). Each element's draw depends
-    only on (seed, its index): the same on CPU and GPU and for any thread count."""
+    only on (seed, its index): the same on CPU and GPU and for any thread count. The draws have
+    24 bits, so an element is kept with probability 1 - p to within 2^-24, and p may be at most
+    1 - 2^-24 (past it nothing would be kept)."""
     return _C.dropout(x, number(p, "dropout: p"), _seed(seed))
 
 

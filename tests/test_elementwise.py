@@ -144,8 +144,9 @@ def test_dropout_thread_count_independent():
 def test_dropout_bad_input(device):
     x = convnet.tensor(np.ones((2, 3), np.float32), device)
     m = convnet.tensor(np.ones((2, 3), np.uint8), device)
-    for p in (1.0, -0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"dropout: drop probability p must be in \[0, 1\)"):
+    # 1 - 2^-25: below 1, but no 24-bit draw reaches it (all dropped, scaled by 2^25)
+    for p in (1.0, 1 - 2**-25, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"dropout: drop probability p must be in \[0, 1 - 2\^-24\]"):
             ops.dropout(x, p, 0)
         with pytest.raises(ValueError, match=r"dropout_backward: drop probability p"):
             ops.dropout_backward(x, m, p)

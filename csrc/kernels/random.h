@@ -37,5 +37,9 @@ CONVNET_HOST_DEVICE uint32_t uniform24(uint64_t key, uint64_t i) {
 // Dropout keeps element i when uniform24 >= drop_threshold(p), i.e. when u >= p rounded up to
 // the 2^-24 grid. Comparing integers (not floats) keeps CPU and GPU bit-identical.
 inline uint32_t drop_threshold(double p) { return (uint32_t)std::ceil(p * 16777216.0); }
+// The largest p anything survives: past it the threshold is 2^24 and every element is dropped,
+// while the scale 1/(1 - p) stays finite (csrc/ops/elementwise.cpp refuses such p). Below it the
+// kept fraction is 1 - p to within 2^-24.
+constexpr double kMaxDropProbability = 1.0 - 1.0 / 16777216.0;
 
 }  // namespace convnet::random

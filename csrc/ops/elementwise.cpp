@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "../kernels/elementwise.h"
+#include "../kernels/random.h"
 #include "dispatch.h"
 
 namespace convnet {
@@ -27,11 +28,16 @@ Tensor relu_backward(const Tensor& y, const Tensor& dy) {
   return dx;
 }
 
+static void check_drop_probability(double p) {
+  CHECK_VALUE(p >= 0.0 && p <= random::kMaxDropProbability,
+              "drop probability p must be in [0, 1 - 2^-24] (the draws have 24 bits: past that none is kept), got ", p);
+}
+
 std::pair<Tensor, Tensor> dropout(const Tensor& x, double p, int64_t seed) {
   OpScope op("dropout");
   check_defined(x, "x");
   check_dtype(x, DType::f32, "x");
-  CHECK_VALUE(p >= 0.0 && p < 1.0, "drop probability p must be in [0, 1), got ", p);
+  check_drop_probability(p);
   Tensor y = Tensor::empty_like(x);
   Tensor mask = Tensor::empty(x.shape, DType::u8, x.device());
   CONVNET_DISPATCH(x.device(), dropout, x.data<float>(), y.data<float>(), mask.data<uint8_t>(),
@@ -44,7 +50,7 @@ Tensor dropout_backward(const Tensor& dy, const Tensor& mask, double p) {
   check_defined(dy, "dy");
   check_dtype(dy, DType::f32, "dy");
   check_matches(mask, "mask", DType::u8, dy.shape, dy, "dy");
-  CHECK_VALUE(p >= 0.0 && p < 1.0, "drop probability p must be in [0, 1), got ", p);
+  check_drop_probability(p);
   Tensor dx = Tensor::empty_like(dy);
   CONVNET_DISPATCH(dy.device(), dropout_backward, dy.data<float>(), mask.data<uint8_t>(),
                    dx.data<float>(), dy.numel(), p);
