@@ -27,20 +27,21 @@ struct LrnShape {
 int lrn_variant();
 void set_lrn_variant(int variant);
 
-// Out of float32's range. Both twins compute in float32, then redo in double (below) each element
-// whose float evaluation left float's range: a sum of squares past 3.4e38 (activations of ~1e19),
-// or p = s^-beta, or the backward's s^(-beta-1), outside the normal floats (overflowing for a tiny
-// k, flushing to 0 for a huge s). Clamping s instead kept outputs finite but wrong: they grew
-// with x instead of shrinking, and the gradient changed sign. The float path marks such an
-// element by making p NaN (lrn_checked), so its result is not finite; every non-finite result is
-// redone (the CPU twin at once; the CUDA twin in a one-block pass after the kernels, which returns
-// at once unless they flagged one). A result that is out of range in truth, or from a NaN input,
+// Out of float32's range. Both twins compute in float32, then redo in double (below) what left
+// float's range: a sum of squares past 3.4e38 (activations of ~1e19), or p = s^-beta, or the
+// backward's s^(-beta-1), outside the normal floats (overflowing for a tiny k, flushing to 0 for a
+// huge s). Clamping s instead kept outputs finite but wrong: they grew with x instead of
+// shrinking, and the gradient changed sign. The CUDA twin marks such an element by making p NaN
+// (lrn_checked), so its result is not finite, and a one-block pass after the kernels redoes every
+// result that is not finite (it returns at once unless a kernel raised its flag). The CPU twin
+// watches each task's s against the range where the float path holds, and its results, and redoes
+// a task that left it, all of it. A result out of float's range in truth, or from a NaN input,
 // comes out inf or NaN again. Never taken with ReLU-sized inputs and the paper's constants (it
 // needs activations of ~1e12 and up).
 CONVNET_LRN_HD float lrn_checked(float s, float p) {
   return s <= FLT_MAX && p >= FLT_MIN && p <= FLT_MAX ? p : NAN;
 }
-CONVNET_LRN_HD bool lrn_finite(float v) { return v >= -FLT_MAX && v <= FLT_MAX; }
+CONVNET_LRN_HD bool lrn_finite(float v) { return fabsf(v) <= FLT_MAX; }  // false for NaN
 
 // s_i in double; xp: channel 0 of one pixel (channels hw apart).
 CONVNET_LRN_HD double lrn_s_exact(const LrnShape& sh, const float* xp, int64_t i) {
