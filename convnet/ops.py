@@ -88,7 +88,10 @@ def split(x, sizes, axis=1):
 def lrn(x, size=5, alpha=1e-4, beta=0.75, k=2.0):
     """The paper's cross-channel LRN on NCHW x:
     b_i = a_i / (k + alpha * sum_{j=max(0,i-size//2)}^{min(C-1,i+size//2)} a_j^2)^beta.
-    alpha is NOT divided by size (Caffe and PyTorch divide; pass alpha*size to compare)."""
+    alpha is NOT divided by size (Caffe and PyTorch divide; pass alpha*size to compare).
+    Computed in float32; elements where that leaves float's range (sums of squares past 3.4e38,
+    s^-beta overflowing for a tiny k) are computed again in double, so b is right wherever it
+    fits in a float32."""
     return _C.lrn(x, integer(size, "lrn: size"), number(alpha, "lrn: alpha"), number(beta, "lrn: beta"),
                   number(k, "lrn: k"))
 
