@@ -22,9 +22,11 @@ def integer(v, what, minimum=None, error=TypeError):
 
 
 def number(v, what, error=TypeError):
-    """v as a Python float: any real number (Python, NumPy, a 0-d array), not a bool or a string
-    (float() takes True and "0.5" without a word; `error` is raised for those)."""
-    if not isinstance(v, (str, bytes, bool, np.bool_)):
+    """v as a Python float: a real number (Python or NumPy, a 0-d integer or float array, anything
+    else with __float__), not a bool, a string or bytes, or a complex number (float() takes True
+    and "0.5" without a word, and NumPy's complex with a warning; `error` is raised for those)."""
+    refused = (str, bytes, bytearray, memoryview, bool, np.bool_, complex, np.complexfloating)
+    if not isinstance(v, refused) and not (isinstance(v, np.ndarray) and (v.ndim or v.dtype.kind not in "iuf")):
         try:
             return float(v)
         except (TypeError, ValueError):

@@ -7,7 +7,7 @@ live in the net's Params (Param.momentum); state_dict() gives them in the one-de
 """
 import math
 
-from ._checks import float32_number
+from ._checks import float32_number, integer
 
 
 class SGD:
@@ -39,10 +39,12 @@ class SGD:
 
     def load_state_dict(self, state):
         self.net.load_momentum_dict(state["momentum"])
-        for key, attr in (("lr", "lr"), ("momentum_factor", "momentum"), ("weight_decay", "weight_decay"),
-                          ("steps", "steps")):
+        # checked as in __init__: float() took "0.1" or inf from a checkpoint, refused only at the first step
+        for key, attr in (("lr", "lr"), ("momentum_factor", "momentum"), ("weight_decay", "weight_decay")):
             if key in state:
-                setattr(self, attr, type(getattr(self, attr))(state[key]))
+                setattr(self, attr, float32_number(state[key], f"SGD state: {key}", minimum=0))
+        if "steps" in state:
+            self.steps = integer(state["steps"], "SGD state: steps", minimum=0, error=ValueError)
 
 
 class ReduceOnPlateau:

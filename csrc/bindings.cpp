@@ -78,13 +78,14 @@ struct ExportCtx {
 };
 
 // A capsule's destructor: frees the export when no consumer took it (a consumer renames it).
+// It must leave any pending exception alone: capsules die while one unwinds, and clearing it
+// there (as an else branch once did, for a renamed capsule) crashed the interpreter.
+// PyCapsule_IsValid sets none.
 template <class Managed>
 void drop_unconsumed(PyObject* cap, const char* name) {
   if (PyCapsule_IsValid(cap, name)) {
     auto* m = static_cast<Managed*>(PyCapsule_GetPointer(cap, name));
     if (m && m->deleter) m->deleter(m);
-  } else {
-    PyErr_Clear();
   }
 }
 

@@ -247,7 +247,11 @@ def test_number_and_flag_arguments_refuse_strings_and_bools():
                          "sgd_update: lr must be a number"),
                         (lambda: ops.max_pool(x, return_indices="False"),
                          "max_pool: return_indices must be True or False, got 'False'"),
-                        (lambda: convnet.empty([2], pinned="False"), "empty: pinned must be True or False")]:
+                        (lambda: convnet.empty([2], pinned="False"), "empty: pinned must be True or False"),
+                        (lambda: ops.dropout(x, p=bytearray(b"0.5"), seed=0), "dropout: p must be a number"),
+                        (lambda: ops.dropout(x, p=np.array(True), seed=0), "dropout: p must be a number"),
+                        (lambda: ops.dropout(x, p=np.complex128(0.5 + 1j), seed=0), "dropout: p must be a number"),
+                        (lambda: ops.dropout(x, p=np.array([0.5]), seed=0), "dropout: p must be a number")]:
         with pytest.raises(TypeError, match=match):
             call()
     # NumPy numbers and 0-d arrays are numbers; NumPy bools are flags

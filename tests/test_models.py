@@ -262,3 +262,14 @@ def test_sgd_settings_must_be_finite():
     for bad in ("0.1", True, None):
         with pytest.raises(TypeError, match="SGD: lr must be a number"):
             SGD(net, lr=bad)
+    # the same checks for settings read back from a checkpoint
+    opt = SGD(net)
+    state = opt.state_dict()
+    with pytest.raises(TypeError, match="SGD state: lr must be a number, got '0.1'"):
+        opt.load_state_dict({**state, "lr": "0.1"})
+    with pytest.raises(ValueError, match="SGD state: momentum_factor must be finite as a float32 and >= 0"):
+        opt.load_state_dict({**state, "momentum_factor": float("inf")})
+    with pytest.raises(ValueError, match="SGD state: steps must be an integer"):
+        opt.load_state_dict({**state, "steps": 1.5})
+    opt.load_state_dict({**state, "lr": 0.5})
+    assert opt.lr == 0.5

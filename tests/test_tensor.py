@@ -191,6 +191,35 @@ def test_dlpack_versions_copy_and_device():
         convnet.from_dlpack(NoDevice())
 
 
+def test_dlpack_capsule_dying_during_an_exception():
+    # A consumed capsule's destructor cleared the pending exception; freed while the exception
+    # unwound (CPython pops its stack with the error set), that crashed the interpreter.
+    code = """
+import numpy as np
+import convnet
+from convnet import _C
+def consume(cap):
+    _C.from_dlpack_capsule(cap)
+    return cap
+def two(a, b):
+    pass
+for versioned in (False, True):
+    t = convnet.tensor(np.ones(3, np.float32))
+    caps = [t.__dlpack__(max_version=(1, 0)) if versioned else t.__dlpack__()]
+    try:
+        two(consume(caps.pop()), 1 / 0)
+    except ZeroDivisionError:
+        print("caught", versioned)
+"""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["caught", "False", "caught", "True"], out
+
+
 def test_dlpack_empty_arrays_with_any_strides():
     # no elements, no layout: NumPy gives an empty (3, 0) array strides (0, 0), PyTorch (1, 1);
     # both used to be refused as "not contiguous", which no contiguous copy could fix

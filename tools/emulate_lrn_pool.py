@@ -113,12 +113,11 @@ void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, f
 template <int H, bool B>
 void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, int* redo) {
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx, redo); }
-// The redo pass after the kernels (one block with a barrier; run only when flagged, as the kernel
-// itself returns at once otherwise): 2 if it ran, plus 1 if the flag was left set (a bug).
+// The redo pass after the kernels: 2 when the kernels raised the flag (else it returns at once), 0
+// when not.
 int redo(const LrnShape& sh, const float* x, const float* dy, float* out, int* flag) {
-  if (!*flag) return 0;
-  launch3_sync(1, 1, kRedoThreads, 1, 1, lrn_redo_kernel, sh, x, dy, out, flag);
-  return 2 + (*flag != 0);
+  launch(1, kRedoThreads, lrn_redo_kernel, sh, x, dy, out, (const int*)flag);
+  return *flag ? 2 : 0;
 }
 // variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward (as lrn_variant()
 // picks in the launchers); then the redo pass (see redo)
@@ -320,7 +319,7 @@ def main():
                     print(f"FAIL lrn {shape} size {size} beta {beta} variant {variant} grid {grid}: {e1:.3g} {e2:.3g}"
                           f" (redo {r1} {r2})")
             # out of float's range: elements redone in double after the kernels flag them (every case
-            # flags in the backward, one only there: s^(-beta-1) alone out of range), flags cleared
+            # flags in the backward, one only there: s^(-beta-1) alone out of range)
             for (x, p), variant in ((c, v) for c in tl.out_of_range_cases(rng) for v in (0, 1)):
                 if grid < 0:
                     continue

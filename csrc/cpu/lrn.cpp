@@ -31,9 +31,9 @@ inline float rsqrt_newton(float v) {
   return r;
 }
 
-// s^-beta, s >= k. The paper's beta = 3/4 as r sqrt(r) with r = 1/sqrt(s) (used when k is a
-// normal float, so s is too; s is capped at FLT_MAX so an overflowed x^2 gives no NaN here:
-// that element is redone, see NormalRange); other betas through powf (not vectorised).
+// s^-beta, s >= k (a normal float: checked). The paper's beta = 3/4 as r sqrt(r) with
+// r = 1/sqrt(s) (s capped at FLT_MAX so an overflowed x^2 gives no NaN here: that element is
+// redone, see NormalRange); other betas through powf (not vectorised).
 struct PowThreeQuarters {
   float operator()(float s) const {
     float r = rsqrt_newton(std::min(s, FLT_MAX));
@@ -56,13 +56,10 @@ struct NormalRange {
   NormalRange(double beta, bool backward) : lo(0.f), hi(FLT_MAX) {
     const double min_log = std::log((double)FLT_MIN), max_log = std::log((double)FLT_MAX);
     double lo_log = -INFINITY, hi_log = INFINITY;  // of s
-    for (double e : {beta, beta + 1.0}) {  // s^-e must lie in [FLT_MIN, FLT_MAX]
+    for (double e : {beta, beta + 1.0}) {  // s^-e must lie in [FLT_MIN, FLT_MAX] (beta >= 0, checked)
       if (e > 0) {
         lo_log = std::max(lo_log, -max_log / e);
         hi_log = std::min(hi_log, -min_log / e);
-      } else if (e < 0) {
-        lo_log = std::max(lo_log, min_log / -e);
-        hi_log = std::min(hi_log, max_log / -e);
       }
       if (!backward) break;
     }
@@ -204,14 +201,14 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
 }  // namespace
 
 void lrn(const LrnShape& sh, const float* x, float* y) {
-  if (sh.beta == 0.75f && sh.k >= FLT_MIN)
+  if (sh.beta == 0.75f)
     lrn_forward(sh, x, y, PowThreeQuarters{});
   else
     lrn_forward(sh, x, y, PowGeneral{-sh.beta});
 }
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
-  if (sh.beta == 0.75f && sh.k >= FLT_MIN)
+  if (sh.beta == 0.75f)
     lrn_backward_impl(sh, x, dy, dx, PowThreeQuarters{});
   else
     lrn_backward_impl(sh, x, dy, dx, PowGeneral{-sh.beta});

@@ -47,7 +47,6 @@
 // Variant 1 at the paper's H = 2: forward 36 registers (6 blocks of 256 per SM, 8 loads in flight
 // each), backward 74 (3 blocks, 16 loads in flight each).
 #include <cfloat>
-#include <map>
 
 #include "../kernels/lrn.h"
 #include "../core/device.h"
@@ -399,12 +398,12 @@ __global__ void lrn_backward_direct_dx_kernel(const LrnShape sh, int64_t half, c
 // The elements the kernels above flagged (store_checked), redone in double (csrc/kernels/lrn.h):
 // one block over the whole output (dx when dy is given, else y), after them on the stream. Without
 // the flag it returns at once, a launch's cost; with it, it scans the output (slowly: only a
-// diverging network gets here) and clears the flag.
+// diverging network gets here, and a NaN input flags every call, for an output that stays NaN).
 constexpr int kRedoThreads = 512;
 __global__ void __launch_bounds__(kRedoThreads, 1) lrn_redo_kernel(const LrnShape sh, const float* __restrict__ x,
                                                                  const float* __restrict__ dy,
-                                                                 float* __restrict__ out, int* redo) {
-  if (*redo == 0) return;  // every thread reads it before the barrier below, so all or none return
+                                                                 float* __restrict__ out, const int* redo) {
+  if (*redo == 0) return;
   const int64_t total = sh.n * sh.c * sh.hw;
   for (int64_t e = threadIdx.x; e < total; e += blockDim.x) {
     if (lrn_finite(out[e])) continue;
@@ -412,8 +411,6 @@ __global__ void __launch_bounds__(kRedoThreads, 1) lrn_redo_kernel(const LrnShap
     element(sh, e, base, c);
     out[e] = dy ? lrn_dx_exact(sh, x + base, dy + base, c) : lrn_y_exact(sh, x + base, c);
   }
-  __syncthreads();
-  if (threadIdx.x == 0) *redo = 0;
 }
 
 int64_t clipped_half(const LrnShape& sh) {
@@ -481,26 +478,26 @@ struct BlockBackward {
   template <int H, bool B> void run() { launch_block_backward<H, B>(sh, sp, x, dy, dx, redo); }
 };
 
-// This thread's redo flag on the current device. Its kernels run in order on its per-thread
-// stream, so one flag a thread and device serves every call (0 between calls: lrn_redo_kernel
-// clears it). Made at the thread's first call on the device; never freed (4 bytes each).
-int* redo_flag() {
-  thread_local std::map<int, int*> flags;
+// A redo flag for one call, zeroed on this thread's stream, from the caching allocator (which
+// orders its reuse by another thread's stream); freed, stream-ordered, after lrn_redo_kernel. One
+// flag a thread (made once, never freed) leaked device memory and stalled the GPU in cudaMalloc at
+// every parallel step: Net runs each tower's step in a new thread.
+struct RedoFlag {
   int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  int*& flag = flags[device];
-  if (!flag) {
-    int* made = nullptr;
-    CUDA_CHECK(cudaMalloc(&made, sizeof(int)));
-    const cudaError_t zeroed = cudaMemsetAsync(made, 0, sizeof(int), stream());
-    if (zeroed != cudaSuccess) cudaFree(made);
+  int* flag = nullptr;
+  RedoFlag() {
+    CUDA_CHECK(cudaGetDevice(&device));
+    flag = static_cast<int*>(gpu::allocate(device, sizeof(int)));
+    const cudaError_t zeroed = cudaMemsetAsync(flag, 0, sizeof(int), stream());
+    if (zeroed != cudaSuccess) gpu::deallocate(device, flag, sizeof(int));
     CUDA_CHECK(zeroed);
-    flag = made;
   }
-  return flag;
-}
+  ~RedoFlag() { gpu::deallocate(device, flag, sizeof(int)); }
+  RedoFlag(const RedoFlag&) = delete;
+  RedoFlag& operator=(const RedoFlag&) = delete;
+};
 
-void launch_redo(const LrnShape& sh, const float* x, const float* dy, float* out, int* redo) {
+void launch_redo(const LrnShape& sh, const float* x, const float* dy, float* out, const int* redo) {
   lrn_redo_kernel<<<1, kRedoThreads, 0, stream()>>>(sh, x, dy, out, redo);
   CUDA_CHECK_LAUNCH("lrn_redo_kernel");
 }
@@ -509,7 +506,8 @@ void launch_redo(const LrnShape& sh, const float* x, const float* dy, float* out
 
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
-  int* redo = redo_flag();
+  const RedoFlag flag;
+  int* redo = flag.flag;
   // variants 0 and 2: the ring forward (measured faster than the block forward on the H200);
   // 1: blocks of 8 channels
   const bool ring = lrn_variant() == 1 ? with_ring(sh, BlockForward{sh, sp, x, y, redo})
@@ -524,17 +522,17 @@ void lrn(const LrnShape& sh, const float* x, float* y) {
 
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
-  int* redo = redo_flag();
+  const RedoFlag flag;
+  int* redo = flag.flag;
   // variants 1 and 2: the block backward (measured faster than the ring backward on the H200);
   // 0: the ring backward
   const bool ring = lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx, redo})
                                        : with_ring(sh, BlockBackward{sh, sp, x, dy, dx, redo});
   if (!ring) {
     const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
-    int device = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
+    const int device = flag.device;
     const size_t bytes = (size_t)total * sizeof(float);
-    float* t = static_cast<float*>(gpu::allocate(device, bytes));
+    float* t = static_cast<float*>(gpu::allocate(device, bytes));  // the direct backward's scratch
     const unsigned blocks = blocks_for(total, kThreads);
     lrn_backward_direct_t_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t);
     cudaError_t launched = cudaGetLastError();

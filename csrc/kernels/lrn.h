@@ -1,8 +1,9 @@
 // Twin kernels of the local response normalisation family (csrc/cpu/lrn.cpp, csrc/cuda/lrn.cu).
 // Dense NCHW float32 viewed as (n, c, hw). The paper's cross-channel form, alpha not divided by size:
 //   s_i = k + alpha * sum_{j=max(0,i-size/2)}^{min(c-1,i+size/2)} x_j^2,   y_i = x_i * s_i^-beta.
-// Kernels trust their arguments: csrc/ops/lrn.cpp has checked them (size odd >= 1, k > 0, k^-beta and
-// k^(-beta-1) within a double's range).
+// Kernels trust their arguments: csrc/ops/lrn.cpp has checked them (size odd >= 1; k a normal
+// float; beta >= 0; alpha / k at most 2^-24 / FLT_MIN; k^-beta and k^(-beta-1) within a double's
+// range).
 #pragma once
 #include <cfloat>
 #include <cmath>

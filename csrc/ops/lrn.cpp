@@ -1,5 +1,6 @@
 // Entry points of the local response normalisation family: check arguments once,
 // allocate outputs, dispatch.
+#include <cfloat>
 #include <cmath>
 
 #include "../kernels/lrn.h"
@@ -30,10 +31,18 @@ LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, dou
   // and each of those turned every output into NaN.
   const float a = (float)alpha, b = (float)beta, kf = (float)k;
   CHECK_VALUE(std::isfinite(a) && a >= 0, "alpha must be finite and >= 0 as a float32, got ", alpha);
-  CHECK_VALUE(std::isfinite(b), "beta must be finite as a float32, got ", beta);
-  CHECK_VALUE(std::isfinite(kf) && kf > 0, "k must be finite and > 0 as a float32, got ", k);
-  // s >= k: a zero input's s^-beta and the backward's s^(-beta-1) are largest there (for beta > -1),
-  // and the kernels' exact path computes them in double (csrc/kernels/lrn.h)
+  // A negative beta amplifies instead of normalising; it also made the exact path's 0 * inf of a
+  // zero input NaN (csrc/kernels/lrn.h).
+  CHECK_VALUE(std::isfinite(b) && b >= 0, "beta must be finite and >= 0 as a float32, got ", beta);
+  // A normal float32 k: with a subnormal one, s = k + alpha sum lost its digits
+  CHECK_VALUE(std::isfinite(kf) && kf >= FLT_MIN, "k must be finite and >= 1.18e-38 (a normal float32), got ", k);
+  // Squares under float's normal range (x below ~1e-19) lose their digits; they must not count
+  // against k: alpha x^2 < k 2^-24 for every such x.
+  CHECK_VALUE((double)a * FLT_MIN <= (double)kf / 16777216.0,
+              "alpha / k must be at most 2^-24 / 1.18e-38 (5e30), or squares under float's normal range would ",
+              "count: got alpha = ", alpha, " and k = ", k);
+  // s >= k: a zero input's s^-beta and the backward's s^(-beta-1) are largest there, and the
+  // kernels' exact path computes them in double (csrc/kernels/lrn.h)
   CHECK_VALUE(std::isfinite(std::pow((double)kf, -(double)b)) && std::isfinite(std::pow((double)kf, -(double)b - 1)),
               "k^-beta and k^-(beta+1) must fit in a double, got k = ", k, " and beta = ", beta);
   return LrnShape{x.size(0), x.size(1), x.size(2) * x.size(3), size, a, b, kf};
