@@ -96,10 +96,10 @@ namespace convnet::cuda { inline unsigned blocks_for(long long, int) { return 1;
 DRIVER = r'''
 using namespace convnet;
 using namespace convnet::cuda;
-template <int H, bool B> void fwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
+template <int H, bool B> void fwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, Redo redo) {
   launch(g, kThreads, lrn_ring_kernel<H, B>, sh, sp, x, y, redo); }
 template <int H, bool B>
-void bwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, int* redo) {
+void bwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, Redo redo) {
   launch(g, kThreads, lrn_backward_ring_kernel<H, B>, sh, sp, x, dy, dx, redo); }
 #define RING(F, ...) switch (clipped_half(sh)) { \
   case 0: b34 ? F<0, true>(__VA_ARGS__) : F<0, false>(__VA_ARGS__); return true; \
@@ -108,16 +108,16 @@ void bwd(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const f
   case 3: b34 ? F<3, true>(__VA_ARGS__) : F<3, false>(__VA_ARGS__); return true; \
   case 4: b34 ? F<4, true>(__VA_ARGS__) : F<4, false>(__VA_ARGS__); return true; }
 template <int H, bool B>
-void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
+void fwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, float* y, Redo redo) {
   launch(g, kThreads, lrn_block_kernel<H, B, kBlockForward>, sh, sp, x, y, redo); }
 template <int H, bool B>
-void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, int* redo) {
+void bwd_block(int64_t g, const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, Redo redo) {
   launch(g, kThreads, lrn_backward_block_kernel<H, B, block_backward(H)>, sh, sp, x, dy, dx, redo); }
 // The redo pass after the kernels: 2 when the kernels raised the flag (else it returns at once), 0
-// when not.
-int redo(const LrnShape& sh, const float* x, const float* dy, float* out, int* flag) {
-  launch(1, kRedoThreads, lrn_redo_kernel, sh, x, dy, out, (const int*)flag);
-  return *flag ? 2 : 0;
+// when not. The flag starts as garbage (it is never zeroed: see Redo).
+int redo(const LrnShape& sh, const float* x, const float* dy, float* out, const Redo& rd) {
+  launch(1, kRedoThreads, lrn_redo_kernel, sh, x, dy, out, rd);
+  return *rd.flag == rd.token ? 2 : 0;
 }
 // variant: 0 ring kernels, 1 block kernels, 2 ring forward + block backward (as lrn_variant()
 // picks in the launchers); then the redo pass (see redo)
@@ -126,30 +126,32 @@ extern "C" int emu_lrn(int64_t n, int64_t c, int64_t hw, int64_t size, float alp
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  int flag = 0;
+  int flag = -12345;  // garbage, not the token
+  const Redo rd{&flag, (int)2654435761u};
   auto ring = [&]() -> bool {
-    if (variant == 1) { RING(fwd_block, g, sh, sp, x, y, &flag) } else { RING(fwd, g, sh, sp, x, y, &flag) }
+    if (variant == 1) { RING(fwd_block, g, sh, sp, x, y, rd) } else { RING(fwd, g, sh, sp, x, y, rd) }
     return false;
   };
-  if (!ring()) launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y, &flag);
-  return redo(sh, x, nullptr, y, &flag);
+  if (!ring()) launch(g, kThreads, lrn_direct_kernel, sh, clipped_half(sh), x, y, rd);
+  return redo(sh, x, nullptr, y, rd);
 }
 extern "C" int emu_lrn_backward(int64_t n, int64_t c, int64_t hw, int64_t size, float alpha, float beta,
                                 float k, const float* x, const float* dy, float* dx, int64_t g, int variant) {
   LrnShape sh{n, c, hw, size, alpha, beta, k};
   Split sp = split_channels(sh);
   bool b34 = beta == 0.75f;
-  int flag = 0;
+  int flag = -12345;  // garbage, not the token
+  const Redo rd{&flag, (int)2654435761u};
   auto ring = [&]() -> bool {
-    if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx, &flag) } else { RING(bwd_block, g, sh, sp, x, dy, dx, &flag) }
+    if (variant == 0) { RING(bwd, g, sh, sp, x, dy, dx, rd) } else { RING(bwd_block, g, sh, sp, x, dy, dx, rd) }
     return false;
   };
   if (!ring()) {
     std::vector<float> t(n * c * hw, NAN);
     launch(g, kThreads, lrn_backward_direct_t_kernel, sh, clipped_half(sh), x, dy, t.data());
-    launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx, &flag);
+    launch(g, kThreads, lrn_backward_direct_dx_kernel, sh, clipped_half(sh), x, dy, (const float*)t.data(), dx, rd);
   }
-  return redo(sh, x, dy, dx, &flag);
+  return redo(sh, x, dy, dx, rd);
 }
 // The pool launchers' choices: Index (g < 0: int64), and the paper's window compiled in or
 // the runtime-size kernels (generic, also forced for 3/2 to check both).

@@ -39,13 +39,14 @@
 // half-window H (0..4), beta = 3/4 fast path / general powf, with the out-of-range checks
 // (store_checked; before them: ring 64/40 and block backward 69/75 at H = 2, the same occupancy):
 //   lrn_ring_kernel<H>             48/32  54/39  60/40  59/40  56/40
-//   lrn_backward_ring_kernel<H>    54/40  58/54  66/56  64/64  72/71
-//   lrn_block_kernel<H>            32/48  36/36  36/42  40/40  42/40
-//   lrn_backward_block_kernel<H>   64/57  64/64  74/72  58/64  64/70   (U = 4 for H >= 3)
+//   lrn_backward_ring_kernel<H>    62/40  58/54  66/56  72/64  72/71
+//   lrn_block_kernel<H>            32/48  38/36  36/44  40/40  40/40
+//   lrn_backward_block_kernel<H>   64/57  64/64  74/72  62/64  64/70   (U = 4 for H >= 3)
 //   lrn_direct_kernel 38, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40,
 //   lrn_redo_kernel 75
 // Variant 1 at the paper's H = 2: forward 36 registers (6 blocks of 256 per SM, 8 loads in flight
 // each), backward 74 (3 blocks, 16 loads in flight each).
+#include <atomic>
 #include <cfloat>
 
 #include "../kernels/lrn.h"
@@ -73,11 +74,19 @@ __device__ __forceinline__ float neg_pow(float s, float neg_beta) {
   return lrn_checked(s, powf(s, neg_beta));
 }
 
+// A call's redo flag: raised by writing this call's token into it, so it needs no zeroing (whatever
+// the allocator's block held matches the token with odds of 2^-32, and then lrn_redo_kernel only
+// scans for nothing: it rewrites outputs that are not finite, and there are none).
+struct Redo {
+  int* flag;
+  int token;
+};
+
 // v to *out; a result out of float's range (see csrc/kernels/lrn.h) also raises the redo flag, for
 // lrn_redo_kernel. The branch holds one store, so the kernels keep their registers (a call to the
 // double-precision path here took the backward block kernel from 69 to 122).
-__device__ __forceinline__ void store_checked(float* out, float v, int* redo) {
-  if (!lrn_finite(v)) *redo = 1;
+__device__ __forceinline__ void store_checked(float* out, float v, const Redo& redo) {
+  if (!lrn_finite(v)) *redo.flag = redo.token;
   *out = v;
 }
 
@@ -124,7 +133,7 @@ __device__ __forceinline__ float load_or_zero(const float* __restrict__ v, int64
 template <int H, bool kThreeQuarters>
 __global__ void __launch_bounds__(kThreads) lrn_ring_kernel(const LrnShape sh, const Split sp,
                                                              const float* __restrict__ x, float* __restrict__ y,
-                                                             int* redo) {
+                                                             const Redo redo) {
   constexpr int R = 2 * H + 1 + kAhead;  // win[m] = x_{i-H+m}
   const int64_t hw = sh.hw;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < sp.total;
@@ -152,7 +161,7 @@ template <int H, bool kThreeQuarters>
 __global__ void __launch_bounds__(kThreads) lrn_backward_ring_kernel(const LrnShape sh, const Split sp,
                                                                       const float* __restrict__ x,
                                                                       const float* __restrict__ dy,
-                                                                      float* __restrict__ dx, int* redo) {
+                                                                      float* __restrict__ dx, const Redo redo) {
   constexpr int RX = 2 * H + 1 + kAhead;  // X[m] = x_{j-H+m}
   constexpr int RD = H + 1 + kAhead;      // D[m] = dy_{j-H+m}
   const int64_t hw = sh.hw;
@@ -238,7 +247,7 @@ __device__ __forceinline__ float lrn_y(const LrnShape& sh, const float* xw) {
 template <int H, bool kThreeQuarters, int U>
 __global__ void __launch_bounds__(kThreads) lrn_block_kernel(const LrnShape sh, const Split sp,
                                                               const float* __restrict__ x, float* __restrict__ y,
-                                                              int* redo) {
+                                                              const Redo redo) {
   constexpr int R = 2 * H + U;  // win[m] = x_{i0-H+m}
   const int64_t hw = sh.hw;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < sp.total;
@@ -287,7 +296,7 @@ template <int H, bool kThreeQuarters, int U>
 __global__ void __launch_bounds__(kThreads) lrn_backward_block_kernel(const LrnShape sh, const Split sp,
                                                                        const float* __restrict__ x,
                                                                        const float* __restrict__ dy,
-                                                                       float* __restrict__ dx, int* redo) {
+                                                                       float* __restrict__ dx, const Redo redo) {
   constexpr int RX = 4 * H + U;  // X[m] = x_{i0-2H+m}
   constexpr int RT = 2 * H + U;  // D[m] = dy_{i0-H+m}, T[m] = t_{i0-H+m}, P[m] = p_{i0-H+m}
   const int64_t hw = sh.hw;
@@ -357,7 +366,7 @@ __device__ __forceinline__ void element(const LrnShape& sh, int64_t e, int64_t& 
 }
 
 __global__ void lrn_direct_kernel(const LrnShape sh, int64_t half, const float* __restrict__ x,
-                                  float* __restrict__ y, int* redo) {
+                                  float* __restrict__ y, const Redo redo) {
   const int64_t total = sh.n * sh.c * sh.hw;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
     int64_t base, c;
@@ -381,7 +390,7 @@ __global__ void lrn_backward_direct_t_kernel(const LrnShape sh, int64_t half, co
 
 __global__ void lrn_backward_direct_dx_kernel(const LrnShape sh, int64_t half, const float* __restrict__ x,
                                               const float* __restrict__ dy, const float* __restrict__ t,
-                                              float* __restrict__ dx, int* redo) {
+                                              float* __restrict__ dx, const Redo redo) {
   const int64_t total = sh.n * sh.c * sh.hw;
   const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
@@ -402,8 +411,8 @@ __global__ void lrn_backward_direct_dx_kernel(const LrnShape sh, int64_t half, c
 constexpr int kRedoThreads = 512;
 __global__ void __launch_bounds__(kRedoThreads, 1) lrn_redo_kernel(const LrnShape sh, const float* __restrict__ x,
                                                                  const float* __restrict__ dy,
-                                                                 float* __restrict__ out, const int* redo) {
-  if (*redo == 0) return;
+                                                                 float* __restrict__ out, const Redo redo) {
+  if (*redo.flag != redo.token) return;
   const int64_t total = sh.n * sh.c * sh.hw;
   for (int64_t e = threadIdx.x; e < total; e += blockDim.x) {
     if (lrn_finite(out[e])) continue;
@@ -419,13 +428,14 @@ int64_t clipped_half(const LrnShape& sh) {
 }
 
 template <int H, bool kThreeQuarters>
-void launch_forward(const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
+void launch_forward(const LrnShape& sh, const Split& sp, const float* x, float* y, const Redo& redo) {
   lrn_ring_kernel<H, kThreeQuarters><<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y, redo);
   CUDA_CHECK_LAUNCH("lrn_ring_kernel");
 }
 
 template <int H, bool kThreeQuarters>
-void launch_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx, int* redo) {
+void launch_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx,
+                     const Redo& redo) {
   lrn_backward_ring_kernel<H, kThreeQuarters>
       <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx, redo);
   CUDA_CHECK_LAUNCH("lrn_backward_ring_kernel");
@@ -447,7 +457,7 @@ bool with_ring(const LrnShape& sh, F&& f) {
 static_assert(kMaxHalf == 4, "with_ring lists the ring kernels 0..kMaxHalf");
 
 template <int H, bool kThreeQuarters>
-void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, float* y, int* redo) {
+void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, float* y, const Redo& redo) {
   lrn_block_kernel<H, kThreeQuarters, kBlockForward>
       <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, y, redo);
   CUDA_CHECK_LAUNCH("lrn_block_kernel");
@@ -455,49 +465,48 @@ void launch_block_forward(const LrnShape& sh, const Split& sp, const float* x, f
 
 template <int H, bool kThreeQuarters>
 void launch_block_backward(const LrnShape& sh, const Split& sp, const float* x, const float* dy, float* dx,
-                           int* redo) {
+                           const Redo& redo) {
   lrn_backward_block_kernel<H, kThreeQuarters, block_backward(H)>
       <<<blocks_for(sp.total, kThreads), kThreads, 0, stream()>>>(sh, sp, x, dy, dx, redo);
   CUDA_CHECK_LAUNCH("lrn_backward_block_kernel");
 }
 
 struct Forward {
-  const LrnShape& sh; const Split& sp; const float* x; float* y; int* redo;
+  const LrnShape& sh; const Split& sp; const float* x; float* y; Redo redo;
   template <int H, bool B> void run() { launch_forward<H, B>(sh, sp, x, y, redo); }
 };
 struct Backward {
-  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx; int* redo;
+  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx; Redo redo;
   template <int H, bool B> void run() { launch_backward<H, B>(sh, sp, x, dy, dx, redo); }
 };
 struct BlockForward {
-  const LrnShape& sh; const Split& sp; const float* x; float* y; int* redo;
+  const LrnShape& sh; const Split& sp; const float* x; float* y; Redo redo;
   template <int H, bool B> void run() { launch_block_forward<H, B>(sh, sp, x, y, redo); }
 };
 struct BlockBackward {
-  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx; int* redo;
+  const LrnShape& sh; const Split& sp; const float* x; const float* dy; float* dx; Redo redo;
   template <int H, bool B> void run() { launch_block_backward<H, B>(sh, sp, x, dy, dx, redo); }
 };
 
-// A redo flag for one call, zeroed on this thread's stream, from the caching allocator (which
-// orders its reuse by another thread's stream); freed, stream-ordered, after lrn_redo_kernel. One
-// flag a thread (made once, never freed) leaked device memory and stalled the GPU in cudaMalloc at
-// every parallel step: Net runs each tower's step in a new thread.
+// A redo flag for one call, from the caching allocator (which orders its reuse by another
+// thread's stream), freed stream-ordered after lrn_redo_kernel, with a token of its own (see Redo).
+// One flag a thread, made by cudaMalloc and never freed, leaked device memory and stalled the GPU
+// in cudaMalloc at every parallel step (Net runs each tower's step in a new thread).
 struct RedoFlag {
   int device = 0;
-  int* flag = nullptr;
+  Redo redo{};
   RedoFlag() {
+    static std::atomic<unsigned> calls{0};
     CUDA_CHECK(cudaGetDevice(&device));
-    flag = static_cast<int*>(gpu::allocate(device, sizeof(int)));
-    const cudaError_t zeroed = cudaMemsetAsync(flag, 0, sizeof(int), stream());
-    if (zeroed != cudaSuccess) gpu::deallocate(device, flag, sizeof(int));
-    CUDA_CHECK(zeroed);
+    redo.flag = static_cast<int*>(gpu::allocate(device, sizeof(int)));
+    redo.token = (int)(++calls * 2654435761u);  // spread out: a stale flag holds an earlier call's token
   }
-  ~RedoFlag() { gpu::deallocate(device, flag, sizeof(int)); }
+  ~RedoFlag() { gpu::deallocate(device, redo.flag, sizeof(int)); }
   RedoFlag(const RedoFlag&) = delete;
   RedoFlag& operator=(const RedoFlag&) = delete;
 };
 
-void launch_redo(const LrnShape& sh, const float* x, const float* dy, float* out, const int* redo) {
+void launch_redo(const LrnShape& sh, const float* x, const float* dy, float* out, const Redo& redo) {
   lrn_redo_kernel<<<1, kRedoThreads, 0, stream()>>>(sh, x, dy, out, redo);
   CUDA_CHECK_LAUNCH("lrn_redo_kernel");
 }
@@ -507,7 +516,7 @@ void launch_redo(const LrnShape& sh, const float* x, const float* dy, float* out
 void lrn(const LrnShape& sh, const float* x, float* y) {
   const Split sp = split_channels(sh);
   const RedoFlag flag;
-  int* redo = flag.flag;
+  const Redo& redo = flag.redo;
   // variants 0 and 2: the ring forward (measured faster than the block forward on the H200);
   // 1: blocks of 8 channels
   const bool ring = lrn_variant() == 1 ? with_ring(sh, BlockForward{sh, sp, x, y, redo})
@@ -523,7 +532,7 @@ void lrn(const LrnShape& sh, const float* x, float* y) {
 void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx) {
   const Split sp = split_channels(sh);
   const RedoFlag flag;
-  int* redo = flag.flag;
+  const Redo& redo = flag.redo;
   // variants 1 and 2: the block backward (measured faster than the ring backward on the H200);
   // 0: the ring backward
   const bool ring = lrn_variant() == 0 ? with_ring(sh, Backward{sh, sp, x, dy, dx, redo})
