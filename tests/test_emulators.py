@@ -75,6 +75,7 @@ def test_gpu_probe_runs_on_the_cpu():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "softmax" in out.stdout and "concat/split" in out.stdout, out.stdout
     assert "max_pool v1" in out.stdout and "lrn backward" in out.stdout, out.stdout
+    assert "lrn out of range" in out.stdout and "lrn size 11" in out.stdout, out.stdout
     out = subprocess.run([sys.executable, str(src), "host"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.count("\n") == 12 and "dropout_backward" in out.stdout, out.stdout

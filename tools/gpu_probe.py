@@ -102,6 +102,13 @@ if not small:  # conv1's LRN on 56x56 planes, each line-aligned (bench_lrn.py's 
     print("lrn_backward 56x56 sum", ops.lrn_backward(b, ops.lrn(b), t(*b.shape)).numpy().sum())
 
 if small:  # also the runtime-window gather, and concat/split on both of copy_rows's paths
+    # the LRN's redo pass with its flag raised (squares past float's range), and the direct kernels
+    big = a.numpy().copy()
+    big[0, 3] = 3e19
+    bt = convnet.tensor(big, DEVICE)
+    print("lrn out of range", ops.lrn(bt).numpy()[0, 3].max(),
+          ops.lrn_backward(bt, ops.lrn(bt), t(*a.shape)).numpy()[0, 3].sum())
+    print("lrn size 11 backward sum", ops.lrn_backward(a, ops.lrn(a, 11), t(*a.shape), 11).numpy().sum())
     y2 = ops.max_pool(a, 2, 3)
     print("max_pool_backward 2/3 sum", ops.max_pool_backward(a, y2, t(*y2.shape), 2, 3).numpy().sum())
     for k in (4, 3):
