@@ -4,6 +4,10 @@ augmentation against the NumPy reference, every device)."""
 import json
 import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -225,6 +229,162 @@ def test_prepare_cli(tree, tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
 
 
+def _run_python(code, *args, timeout=120):
+    """Run code in a fresh Python importing this convnet; on timeout kill its whole process group
+    (a hung prepare leaves pool workers behind) and fail."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, cwd=root, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"timed out after {timeout} s (hung)")
+    return proc.returncode, out, err
+
+
+# The decoding of die.png kills its worker process, as the out-of-memory killer would, once
+# shard 0 is finished (so there is a finished shard to keep).
+_DYING_WORKER = r"""
+import os, sys, time
+from pathlib import Path
+import convnet.data.prepare as p
+real = p.load_image
+def load_image(path, size):
+    if Path(path).name == "die.png":
+        while not (Path(sys.argv[2]) / "train-00000.json").exists():
+            time.sleep(0.01)
+        os._exit(1)
+    return real(path, size)
+p.load_image = load_image
+sys.exit(p.main(sys.argv[1:]))
+"""
+
+
+def test_prepare_worker_dies(tmp_path):
+    # multiprocessing.Pool waited forever for the lost shard
+    rng = np.random.default_rng(6)
+    for name in ("a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/die.png"):
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_smooth(rng, 20, 30)).save(tmp_path / "src" / name)
+    dst = tmp_path / "out"
+    args = ["--size", "16", "--shard-size", "2", "--workers", "2", "--quiet"]
+    rc, out, err = _run_python(_DYING_WORKER, tmp_path / "src", dst, *args)
+    assert rc == 2 and "Traceback" not in err, err
+    assert "a worker process died" in err and "rerun the same command to resume" in err, err
+    assert not (dst / "index.json").exists() and (dst / "train-00000.json").exists()
+    stamp = (dst / "train-00000.npy").stat().st_mtime_ns
+    # The rerun finishes the job and keeps the finished shard; the result is an uninterrupted run's.
+    prepare(tmp_path / "src", dst, size=16, shard_size=2, workers=2, progress=False)
+    assert (dst / "train-00000.npy").stat().st_mtime_ns == stamp
+    whole = prepare(tmp_path / "src", tmp_path / "whole", size=16, shard_size=2, workers=1, progress=False)
+    for f in sorted(os.listdir(whole)):
+        if f.endswith(".npy") or f == "index.json":
+            assert (dst / f).read_bytes() == (whole / f).read_bytes(), f
+    assert len(open_dataset(dst).train) == 6
+
+
+def test_prepare_refuses_a_dataset_it_did_not_plan(tree, prepared, tmp_path):
+    # were replaced without a word: index.json, shards, labels, mean.npy
+    bi = builtin.generate(tmp_path / "bi", num_train=12, num_val=4, size=16, seed=0, num_classes=3, workers=1)
+    before = {f.name: f.read_bytes() for f in bi.iterdir() if f.is_file()}
+    with pytest.raises(PrepareError, match=r"already holds a dataset \(source: builtin\) that this command did not "
+                                           r"prepare \(index.json, mean.npy, train-00000.npy, .*no prepare-plan.json"):
+        prepare(tree, bi, size=16, workers=1, progress=False)
+    assert {f.name: f.read_bytes() for f in bi.iterdir() if f.is_file()} == before
+    # A preparation without its plan (made by hand, or by another version), even an unfinished one.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "train-00000.npy").write_bytes((prepared / "train-00000.npy").read_bytes())
+    with pytest.raises(PrepareError, match=r"already holds dataset files that .* \(train-00000.npy; no prepare"):
+        prepare(tree, old, size=SIZE, shard_size=3, workers=1, progress=False)
+    # The same plan again is a resume: nothing is redone, the dataset is the same.
+    stamps = {f.name: f.stat().st_mtime_ns for f in prepared.glob("train-0*.npy")}
+    prepare(tree, prepared, size=SIZE, shard_size=3, workers=1, progress=False)
+    assert {f.name: f.stat().st_mtime_ns for f in prepared.glob("train-0*.npy")} == stamps
+    assert len(open_dataset(prepared).train) == 8
+    # A folder of other files is fine.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("x")
+    assert len(open_dataset(prepare(tree, tmp_path / "notes", size=16, workers=1, progress=False)).train) == 8
+
+
+def test_prepare_high_bit_depths(tmp_path):
+    # convert("RGB") clipped 16-bit values to 0..255 (a 0..65535 ramp came out 97% white) and
+    # float ones too (0..1 all black), and the report said nothing was skipped
+    ramp = np.linspace(0, 65535, 64).round().astype(np.uint16)
+    want = np.rint(ramp / 257.0)
+    gray16 = Image.fromarray(np.tile(ramp, (64, 1)))
+    assert gray16.mode == "I;16"
+    gray16.save(tmp_path / "gray16.png")
+    gray16.save(tmp_path / "gray16.tif")
+    # a 16-bit PGM: Pillow reads it as mode "I" (as 16-bit PNGs before Pillow 10.4)
+    (tmp_path / "gray16.ppm").write_bytes(b"P5 64 64 65535\n" + np.tile(ramp, (64, 1)).astype(">u2").tobytes())
+    for name in ("gray16.png", "gray16.tif", "gray16.ppm"):
+        a = load_image(tmp_path / name, 64).astype(int)
+        assert (a == a[..., :1]).all(), name  # gray
+        np.testing.assert_allclose(a[32, :, 0], want, atol=1, err_msg=name)
+    # 48-bit RGB PNGs were already fine: keep them so
+    rgb48 = np.zeros((16, 16, 3), np.uint16)
+    rgb48[..., 0], rgb48[..., 2] = 65535, 32896
+    with open(tmp_path / "rgb48.png", "wb") as f:  # Pillow does not write 48-bit PNGs: a minimal one
+        import struct
+        import zlib
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in rgb48)
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 16, 2, 0, 0, 0)) +
+                chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert (load_image(tmp_path / "rgb48.png", 8) == [255, 0, 128]).all()
+    # 32-bit float and integer images have no standard range: skipped, with the reason
+    src = tmp_path / "src" / "c"
+    src.mkdir(parents=True)
+    gray16.save(src / "a16.png")
+    Image.fromarray(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)).save(src / "float.tif")
+    Image.fromarray(np.arange(64 * 64, dtype=np.int32).reshape(64, 64)).save(src / "int32.tif")
+    ds = open_dataset(prepare(tmp_path / "src", tmp_path / "out", size=64, workers=1, progress=False))
+    assert len(ds.train) == 1 and ds.info["skipped"] == 2
+    np.testing.assert_allclose(ds.train.images[0][32, :, 1], want, atol=1)
+    report = (tmp_path / "out" / "prepare-report.txt").read_text()
+    assert "c/float.tif\tValueError: float 32-bit samples (mode F) have no standard range" in report
+    assert "c/int32.tif\tValueError: integer 32-bit samples (mode I) have no standard range" in report
+
+
+def test_prepare_applies_exif_orientation(tmp_path):
+    # was stored as the sensor saw it: a phone photo taken upright lay on its side
+    img = np.zeros((48, 96, 3), np.uint8)  # as stored: left half red, right half blue
+    img[:, :48] = [255, 0, 0]
+    img[:, 48:] = [0, 0, 255]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: to display, rotate 90 degrees clockwise
+    Image.fromarray(img).save(tmp_path / "o6.jpg", quality=95, exif=exif)
+    Image.fromarray(img).save(tmp_path / "o6.png", exif=exif)
+    Image.fromarray(img).save(tmp_path / "o1.jpg", quality=95)
+    for name in ("o6.jpg", "o6.png"):
+        a = load_image(tmp_path / name, 16).astype(int)  # upright: 48 wide, 96 tall; red on top
+        assert (np.abs(a[:6] - [255, 0, 0]) < 10).all() and (np.abs(a[-6:] - [0, 0, 255]) < 10).all(), name
+    a = load_image(tmp_path / "o1.jpg", 16).astype(int)  # no tag: as stored
+    assert (np.abs(a[:, :6] - [255, 0, 0]) < 10).all() and (np.abs(a[:, -6:] - [0, 0, 255]) < 10).all()
+
+
+def test_prepare_no_readable_image_writes_the_report(tmp_path, capsys):
+    # the error pointed at a report that was never written
+    (tmp_path / "src" / "c").mkdir(parents=True)
+    (tmp_path / "src" / "c" / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "src" / "c" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    from convnet.prepare import main
+    assert main([str(tmp_path / "src"), str(tmp_path / "out"), "--size", "16", "--quiet", "--workers", "1"]) == 2
+    report = tmp_path / "out" / "prepare-report.txt"
+    assert f"no image could be read (see {report})" in capsys.readouterr().err
+    lines = report.read_text().splitlines()
+    assert lines[0] == "# files skipped by convnet.prepare: 2"
+    assert lines[2].startswith("train\tc/a.jpg\tUnidentifiedImageError: cannot identify image file")
+    assert lines[3].startswith("train\tc/b.png\t")
+
+
 # ---- opening datasets ----
 
 def test_open_dataset_errors(tmp_path):
@@ -260,7 +420,41 @@ def test_open_dataset_damaged_files(tmp_path):
     index["pca"]["eigval"][0] = float("nan")
     damaged("index.json", lambda p: p.write_text(json.dumps(index)), "PCA lighting values are not finite")
     damaged("mean.npy", lambda p: np.save(p, np.full((16, 16, 3), np.inf, np.float32)), "mean image")
+    # were taken: the image size came from mean.npy ("--crop 56 is larger than the dataset's images (3)")
+    damaged("mean.npy", lambda p: np.save(p, np.zeros(3, np.float32)),
+            r"mean.npy holds float32 \(3,\), not the mean of the 16x16 RGB images the index describes")
+    damaged("mean.npy", lambda p: np.save(p, np.zeros((8, 8, 3), np.float32)), r"mean.npy holds float32 \(8, 8, 3\)")
+    damaged("mean.npy", lambda p: p.write_bytes(files["mean.npy"][:1000]), r"mean.npy is truncated: 1000 bytes")
+    # a truncated labels file: "EOF: reading array header", naming no file
+    damaged("train-labels.npy", lambda p: p.write_bytes(files["train-labels.npy"][:100]),
+            r"train-labels.npy is not a readable .npy file \(EOF")
+    damaged("train-labels.npy", lambda p: p.write_bytes(files["train-labels.npy"][:-4]),
+            r"train-labels.npy is truncated: 172 bytes, its header \(int32 \(12,\)\) needs 176")
     assert len(open_dataset(path).train) == 12
+
+
+def test_open_dataset_checks_every_shard(prepared, tmp_path):
+    # the shards after the first were mapped on first use: a truncated one stopped training
+    # in the loader thread with "mmap length is greater than file size", naming no file
+    import shutil
+    path = tmp_path / "p"
+    shutil.copytree(prepared, path)
+    shard = path / "train-00002.npy"
+    good = shard.read_bytes()
+    shard.write_bytes(good[:2000])
+    with pytest.raises(ValueError, match=f"{shard} is truncated: 2000 bytes, its header "
+                                         r"\(uint8 \(2, 32, 32, 3\)\) needs 6272"):
+        open_dataset(path)
+    np.save(shard, np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"train-00002.npy holds uint8 \(2, 16, 16, 3\), the index says 2 uint8 "
+                                         r"images of \(32, 32, 3\)"):
+        open_dataset(path)
+    shard.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="train-00002.npy is not a readable .npy file"):
+        open_dataset(path)
+    shard.write_bytes(good)
+    np.testing.assert_array_equal(np.asarray(open_dataset(path).train.images),
+                                  np.asarray(open_dataset(prepared).train.images))
 
 
 def test_sharded_images_read_as_one_array(prepared):
@@ -371,6 +565,50 @@ def test_builtin_cache_damaged_is_made_again(tmp_path):
     (path / "val-labels.npy").unlink()
     builtin.ensure(path, verbose=False, **kw)
     assert len(open_dataset(path).val) == 8
+
+
+# Generates the built-in dataset with its first chunk slowed down, after touching a file that
+# says generation has begun (its temporary shard files exist).
+_SLOW_BUILTIN = r"""
+import sys, time
+from pathlib import Path
+from convnet.data import builtin
+real = builtin._render_chunk
+def slow(args):
+    Path(sys.argv[2]).touch()
+    time.sleep(1.5)
+    return real(args)
+builtin._render_chunk = slow
+builtin.ensure(sys.argv[1], num_train=30, num_val=10, size=16, seed=2, verbose=False)
+"""
+
+
+def test_builtin_two_processes_at_once(tmp_path, capsys):
+    # the second deleted the first's temporary files as leftovers: FileNotFoundError in os.replace
+    path, started = tmp_path / "cache" / "builtin", tmp_path / "started"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    first = subprocess.Popen([sys.executable, "-c", _SLOW_BUILTIN, str(path), str(started)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    kw = dict(num_train=30, num_val=10, size=16, seed=2)
+    try:
+        t0 = time.time()
+        while not started.exists() and first.poll() is None and time.time() - t0 < 60:
+            time.sleep(0.01)
+        assert started.exists(), first.communicate()[1]
+        assert builtin.ensure(path, verbose=True, **kw) == path  # the second run, while the first generates
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 0, err
+    # The second waited for the first, then used its dataset rather than making it again.
+    err = capsys.readouterr().err
+    assert f"builtin: waiting for another process generating {path}" in err and "images of" not in err, err
+    fresh = builtin.generate(tmp_path / "fresh", workers=1, **kw)
+    for f in ("train-00000.npy", "train-labels.npy", "val-00000.npy", "val-labels.npy", "mean.npy", "index.json"):
+        assert (path / f).read_bytes() == (fresh / f).read_bytes(), f
+    assert not list(path.glob(".*.tmp*"))
 
 
 def test_builtin_default_path(monkeypatch, tmp_path):

@@ -112,6 +112,7 @@ def _open_prepared(path, index_file):
         if missing or not (path / info["labels"]).is_file():
             raise FileNotFoundError(f"open_dataset: {path} is incomplete: missing {missing or info['labels']}")
         images = shards.open_images(path, info["shards"], index["image_size"])
+        shards.npy_header(path / info["labels"])  # a truncated file: an error naming it
         labels = np.load(path / info["labels"], mmap_mode="r")
         # a label out of range would stop training at the step that first draws it, maybe hours in
         if labels.dtype.kind not in "iu" or labels.ndim != 1:
@@ -121,6 +122,13 @@ def _open_prepared(path, index_file):
             raise ValueError(f"open_dataset: {path / info['labels']} holds labels from {labels.min()} to "
                              f"{labels.max()}, outside 0..{len(index['classes']) - 1} ({len(index['classes'])} classes)")
         splits[name] = Split(name, images, labels)
+    size = index["image_size"]
+    dtype, shape = shards.npy_header(path / index["mean"])
+    # Dataset.image_size comes from the mean image: a wrong one made "--crop 56 is larger than the
+    # dataset's images (3)" of 64x64 images
+    if dtype.kind not in "fiu" or shape != (size, size, 3):
+        raise ValueError(f"open_dataset: {path / index['mean']} holds {dtype} {shape}, not the mean of the "
+                         f"{size}x{size} RGB images the index describes ({size}, {size}, 3)")
     mean = np.load(path / index["mean"])
     pca = index["pca"]
     return Dataset(path, index["classes"], splits["train"], splits["val"], mean, pca["eigval"], pca["eigvec"],

@@ -10,9 +10,12 @@ Colours are drawn independently of the class, so only shape and texture tell cla
     python -m convnet.data.builtin --linear-baseline              # softmax regression on raw pixels
 
 Generation is split into chunks of about CHUNK_PIXELS pixels, each drawn from its own generator seeded by
-(seed, split, chunk), so the bytes do not depend on the number of worker processes.
+(seed, split, chunk), so the bytes do not depend on the number of worker processes. One process at
+a time generates into a folder (holding DST/.lock); runs started at once on a fresh cache wait
+for it and use what it made.
 """
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -23,6 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from . import shards
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (two runs at once on a fresh cache may then collide)
+    fcntl = None
 
 CLASSES = ["circle", "square", "triangle", "star", "ring", "ellipse", "plus", "crescent", "stripes",
            "checker", "dots", "ell"]
@@ -211,19 +219,45 @@ def _params(num_train, num_val, size, seed, num_classes):
             "num_classes": int(num_classes)}
 
 
-def generate(dst, num_train=10000, num_val=2000, size=64, seed=0, num_classes=10, workers=None, verbose=False):
-    """Write the built-in dataset to folder dst (replacing what a previous generation left
-    there) and return its path. Deterministic from the arguments (not from `workers`)."""
+def _check_args(num_train, num_val, size, num_classes):
     if not 2 <= num_classes <= len(CLASSES):
         raise ValueError(f"builtin: num_classes must be in 2..{len(CLASSES)}, got {num_classes}")
     if size < 16:
         raise ValueError(f"builtin: size must be at least 16, got {size}")
     if num_train < 0 or num_val < 0 or num_train + num_val == 0:
         raise ValueError("builtin: need a positive number of images")
-    dst = Path(dst)
+
+
+@contextlib.contextmanager
+def _locked(dst, verbose):
+    """Hold an exclusive lock on dst/.lock: two runs started at once on a fresh cache each deleted
+    the other's temporary files (as leftovers), and one then crashed in os.replace."""
     dst.mkdir(parents=True, exist_ok=True)
+    with open(dst / ".lock", "a") as f:  # the lock goes with the file's closing, also when killed
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if verbose:
+                    print(f"builtin: waiting for another process generating {dst}", file=sys.stderr, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def generate(dst, num_train=10000, num_val=2000, size=64, seed=0, num_classes=10, workers=None, verbose=False):
+    """Write the built-in dataset to folder dst (replacing what a previous generation left
+    there) and return its path. Deterministic from the arguments (not from `workers`). One
+    process at a time generates into a folder; others wait."""
+    _check_args(num_train, num_val, size, num_classes)
+    dst = Path(dst)
+    with _locked(dst, verbose):
+        return _generate(dst, num_train, num_val, size, seed, num_classes, workers, verbose)
+
+
+def _generate(dst, num_train, num_val, size, seed, num_classes, workers, verbose):
+    """generate(), with the lock held."""
     (dst / shards.INDEX).unlink(missing_ok=True)
-    for stale in dst.glob(".*.tmp*"):  # leftovers of an interrupted generation
+    for stale in dst.glob(".*.tmp*"):  # leftovers of an interrupted generation (the lock: no live writer)
         stale.unlink()
     workers = workers or os.cpu_count() or 1
     t0 = time.time()
@@ -289,15 +323,25 @@ def ensure(path=None, num_train=10000, num_val=2000, size=64, seed=0, num_classe
     """The path of the built-in dataset with these parameters, generating it if missing."""
     path = Path(path) if path else default_path(size, seed, num_train, num_val, num_classes)
     want = _params(num_train, num_val, size, seed, num_classes)
+    if _up_to_date(path, want):
+        return path
+    _check_args(num_train, num_val, size, num_classes)
+    with _locked(path, verbose):
+        if _up_to_date(path, want):  # made by another process while this one waited for the lock
+            return path
+        return _generate(path, num_train, num_val, size, seed, num_classes, None, verbose)
+
+
+def _up_to_date(path, want):
     try:
         if json.loads((path / shards.INDEX).read_text()).get("builtin") == want:
             from . import open_dataset
 
             open_dataset(path)  # a damaged cache (a truncated or missing file) fails here and is made again
-            return path
+            return True
     except (OSError, ValueError):
         pass
-    return generate(path, num_train, num_val, size, seed, num_classes, verbose=verbose)
+    return False
 
 
 def linear_baseline(path, epochs=15, lr=0.5, batch=200, seed=0):

@@ -17,15 +17,22 @@ SRC layouts:
     images), or SRC/train and SRC/val laid out that way.
 Class names are the sorted training folder names; labels index them.
 
-Messy files: grayscale, CMYK, palette and alpha images are converted to RGB; the content
-decides the decoder (a PNG named .JPEG is read as PNG); truncated or unreadable files are
-skipped and listed with the reason in DST/prepare-report.txt; the run never stops for one file.
+Messy files: grayscale, CMYK, palette and alpha images are converted to RGB; 16-bit images
+have their 0..65535 range scaled to 0..255; the EXIF orientation is applied (a photo taken
+with the camera held sideways is stored upright); the content decides the decoder (a PNG named
+.JPEG is read as PNG). Truncated or unreadable files, and images of 32-bit integer or float
+samples (which have no standard range to scale: convert them to 8 or 16 bits), are skipped and
+listed with the reason in DST/prepare-report.txt; the run never stops for one file.
 
 Work is split into shards of --shard-size images, spread over all cores. Each shard is
 written to a temporary name then renamed, and its metadata (<split>-NNNNN.json) is written
 last, so an interrupted run resumes where it stopped: rerun the same command and finished
-shards are skipped. JPEGs are decoded at reduced size when they are at least twice the target
-(Pillow's draft mode), which is where most of the speed over a plain loop comes from.
+shards are skipped. A worker process that dies (e.g. killed for memory) ends the run with an
+error; rerunning resumes it the same way. DST must be new, or hold a preparation of the same
+files with the same settings (its prepare-plan.json): a folder holding another dataset (the
+built-in one, say) is refused, never overwritten. JPEGs are decoded at reduced size when they
+are at least twice the target (Pillow's draft mode), which is where most of the speed over a
+plain loop comes from.
 """
 import argparse
 import csv
@@ -36,6 +43,8 @@ import os
 import re
 import sys
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +204,7 @@ def scan_source(src, val_labels=None, synsets=None):
 
 def load_image(path, size):
     """uint8 (size, size, 3): shorter side scaled to `size`, central square crop. Raises on bad files."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         if img.format == "JPEG":
@@ -203,6 +212,15 @@ def load_image(path, size):
         w, h = img.size
         if w < 1 or h < 1:
             raise ValueError("empty image")
+        if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: a camera held sideways
+            img = ImageOps.exif_transpose(img)
+        # convert("RGB") clips 16- and 32-bit values to 0..255: a 0..65535 image came out white
+        if img.mode.startswith("I;16") or (img.mode == "I" and img.format in ("PNG", "PPM")):
+            # 16-bit samples (Pillow reads 16-bit PGM, and 16-bit PNG before Pillow 10.4, as "I")
+            img = Image.fromarray(np.rint(np.asarray(img, np.float32) * (255 / 65535)).astype(np.uint8))
+        elif img.mode in ("I", "F"):  # 32-bit integer or float samples: no standard range to scale
+            raise ValueError(f"{'float' if img.mode == 'F' else 'integer'} 32-bit samples (mode {img.mode}) have "
+                             f"no standard range: convert the image to 8 or 16 bits")
         img = img.convert("RGB")  # grayscale, CMYK, palette, alpha -> RGB (also forces decoding)
         w, h = img.size
         side = min(w, h)
@@ -296,6 +314,21 @@ def _plan_digest(plan, size, classes, src):
     return h.hexdigest()
 
 
+def _refuse_unplanned_dataset(dst):
+    """A DST without our plan file may still hold a dataset (the built-in one, or one prepared
+    by hand or by an older convnet): writing there would replace its files."""
+    ours = [f.name for f in sorted(dst.iterdir()) if f.name in (shards.INDEX, "mean.npy", REPORT) or
+            re.fullmatch(r"(train|val)-(\d+\.npy|\d+\.json|\d+\.stats\.npz|labels\.npy)", f.name)]
+    if ours:
+        try:
+            what = f"a dataset (source: {json.loads((dst / shards.INDEX).read_text())['source']})"
+        except (OSError, ValueError, TypeError, KeyError):
+            what = "dataset files"
+        raise PrepareError(f"prepare: {dst} already holds {what} that this command did not prepare "
+                           f"({', '.join(ours[:4])}{', ...' if len(ours) > 4 else ''}; no {PLAN}): use "
+                           f"another folder, or delete those files first")
+
+
 def prepare(src, dst, size=256, shard_size=1000, workers=None, val_labels=None, synsets=None, progress=True,
             stop_after_shards=None):
     """Prepare SRC into DST (see the module docstring). Returns DST. stop_after_shards (for
@@ -320,6 +353,7 @@ def prepare(src, dst, size=256, shard_size=1000, workers=None, val_labels=None, 
                                f"(source {old.get('source')}, size {old.get('size')}): use another folder "
                                f"or empty it")
     else:
+        _refuse_unplanned_dataset(dst)
         shards.atomic_write_json(plan_file, {"digest": digest, "source": str(src), "size": size,
                                              "shard_size": shard_size})
     (dst / shards.INDEX).unlink(missing_ok=True)
@@ -344,10 +378,23 @@ def prepare(src, dst, size=256, shard_size=1000, workers=None, val_labels=None, 
                 bar.update(len(job[3]))
                 _prepare_shard(job)
         else:
+            # Not multiprocessing.Pool: it waits forever for the task of a worker that died (the
+            # out-of-memory killer); this pool fails the remaining tasks with BrokenProcessPool.
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            with ctx.Pool(workers) as pool:
-                for split, i, n, skipped in pool.imap_unordered(_prepare_shard, jobs):
-                    bar.update(len(plan[split][i]))
+            pool = ProcessPoolExecutor(workers, mp_context=ctx)
+            try:
+                pending = {pool.submit(_prepare_shard, job) for job in jobs}
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for f in done:
+                        split, i, n, skipped = f.result()
+                        bar.update(len(plan[split][i]))
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+    except BrokenProcessPool:
+        raise PrepareError(f"prepare: a worker process died (killed, maybe by the out-of-memory killer); the "
+                           f"finished shards in {dst} are kept: rerun the same command to resume (with fewer "
+                           f"--workers if memory is short)") from None
     finally:
         bar.close()
     if stop_after_shards is not None:
@@ -372,14 +419,14 @@ def finish(dst, plan, classes, size):
             for i in range(len(jobs)):
                 with np.load(dst / f"train-{i:05d}.stats.npz") as z:
                     stats.merge(shards.PixelStats.from_arrays(z))
+    lines = [f"# files skipped by convnet.prepare: {len(report)}", "# split\tfile\treason"]
+    lines += [f"{s}\t{f}\t{why}" for s, f, why in report]
+    shards.atomic_write_bytes(dst / REPORT, ("\n".join(lines) + "\n").encode())  # before the error below names it
     if stats.count == 0:
         if "val" not in splits or splits["val"]["count"] == 0:
             raise PrepareError(f"prepare: no image could be read (see {dst / REPORT})")
         for s in splits["val"]["shards"]:  # no training images: statistics of the validation images
             stats.add(np.load(dst / s["file"], mmap_mode="r"))
-    lines = [f"# files skipped by convnet.prepare: {len(report)}", "# split\tfile\treason"]
-    lines += [f"{s}\t{f}\t{why}" for s, f, why in report]
-    shards.atomic_write_bytes(dst / REPORT, ("\n".join(lines) + "\n").encode())
     shards.atomic_save_npy(dst / "mean.npy", stats.mean_image())
     eigval, eigvec = stats.pca()
     shards.write_index(dst, size, classes, splits, "mean.npy", eigval, eigvec, shards.PCA_NOTE,

@@ -130,6 +130,34 @@ def _allow_open_files(n):
         pass
 
 
+def npy_header(path):
+    """(dtype, shape) of a .npy file from its header alone, after checking that the file holds as
+    many bytes as the header promises: a truncated file otherwise fails when first memory-mapped
+    ("mmap length is greater than file size"), maybe hours into training, naming no file."""
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in readers:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = readers[version](f)
+            need = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    except ValueError as e:  # not a .npy file, or cut short within the header
+        raise ValueError(f"{path} is not a readable .npy file ({e})") from None
+    size = os.path.getsize(path)
+    if size < need:
+        raise ValueError(f"{path} is truncated: {size} bytes, its header ({dtype} {shape}) needs {need}")
+    return dtype, shape
+
+
+def _check_shard(path, count, item_shape):
+    """A shard's header against the index, without reading or mapping its data."""
+    dtype, shape = npy_header(path)
+    if dtype != np.uint8 or shape != (count,) + tuple(item_shape):
+        raise ValueError(f"shard {path} holds {dtype} {shape}, the index says {count} uint8 images of "
+                         f"{tuple(item_shape)}")
+
+
 def _load_shard(path, count, item_shape):
     """Memory-map one shard file, which must hold `count` uint8 images of `item_shape`."""
     a = np.load(path, mmap_mode="r")
@@ -140,11 +168,14 @@ def _load_shard(path, count, item_shape):
 
 
 def open_images(folder, shards, image_size):
-    """Memory-map a split's shard files: the plain np.memmap when there is one shard (checked
-    here; several shards are checked as each is first mapped)."""
+    """Memory-map a split's shard files: the plain np.memmap when there is one shard, else
+    ShardedImages (mapping each shard on first use). Every shard's header and size are checked
+    here, so a truncated or wrong shard is named now rather than failing training later."""
     used = [s for s in shards if s["count"] > 0]
     if not used:
         return None
+    for s in used:
+        _check_shard(Path(folder) / s["file"], s["count"], (image_size, image_size, 3))
     if len(used) == 1:
         return _load_shard(Path(folder) / used[0]["file"], used[0]["count"], (image_size, image_size, 3))
     return ShardedImages([Path(folder) / s["file"] for s in used], [s["count"] for s in used],
