@@ -259,6 +259,15 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
         assert message in err and "Traceback" not in err, err
     err = _exit(train.main, ["--resume", str(tmp_path / "nowhere")], capsys)
     assert "--resume" in err
+    # tracebacks: a net's crop larger than the data's images; --json into a missing folder, after the table
+    small = tmp_path / "small"
+    builtin.generate(small, num_train=20, num_val=20, size=24, seed=0, workers=1)
+    err = _exit(evaluate.main, [str(run_a), "--data", str(small)], capsys)
+    assert "takes 32x32 crops, larger than the 24x24 images" in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(run_a), "--data", str(data_dir), "--json", str(tmp_path / "missing" / "e.json")])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and "--json" in err and "does not exist" in err and out == "", (out, err)
 
 
 @pytest.mark.parametrize("flags, message", [
