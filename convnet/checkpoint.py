@@ -16,11 +16,14 @@ stopped anywhere leaves a checkpoint that loads, the old one or the new: the new
 a side file (.NAME.pending), the metadata naming their SHA-256 replaces the old metadata (the
 commit), then the weights take their place; load() reads the side file when a save stopped
 between the last two. (Written in place, the new weights and the old metadata disagreed until
-the second file was written, and a checkpoint stopped there no longer loaded.)
+the second file was written, and a checkpoint stopped there no longer loaded.) A process killed
+inside a write leaves its temporary (.NAME.tmpPID); remove_stale_temporaries() deletes those of
+dead processes (convnet-train does when it opens a run folder).
 """
 import hashlib
 import json
 import os
+import re
 import struct
 import sys
 from pathlib import Path
@@ -74,6 +77,34 @@ def _atomic_write(path, chunks):
         if tmp.exists():
             tmp.unlink()
     _fsync_folder(path.parent)
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    except (OverflowError, ValueError):  # not a pid at all
+        return False
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Delete the temporaries (.NAME.tmpPID) that _atomic_write left in folder when its process
+    was killed; returns their paths. One can be a full copy of the weights and momentum, and no
+    later save replaces it (the name holds the dead writer's pid). A live process's are kept:
+    it may be writing them now."""
+    removed = []
+    for f in sorted(Path(folder).glob(".*.tmp*")):
+        m = re.fullmatch(r"\..+\.tmp(\d+)", f.name)
+        if m and f.is_file() and not _alive(int(m.group(1))):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
 
 
 def safetensors_bytes(tensors, metadata=None):

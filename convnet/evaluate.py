@@ -83,19 +83,26 @@ def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=No
         ds = open_data({"data": data_path})
     except TrainingError as e:
         raise EvaluateError(str(e)) from None
+    if ds.val is None:
+        raise EvaluateError(f"the data at {data_path} has no validation split to score the nets on "
+                            f"(pass --data with one)")
     num_classes = len(ds.classes)
-    for net, _, ckpt in nets:
+    crops = []
+    for net, meta, ckpt in nets:
         if net.config.get("num_classes") != num_classes:
             raise EvaluateError(f"{ckpt}: the net has {net.config.get('num_classes')} classes, "
                                 f"the data at {data_path} {num_classes}: a checkpoint of another model?")
+        crops.append(int(net.config.get("input_size") or meta.get("train", {}).get("args", {}).get("crop")))
+        if crops[-1] > ds.image_size:
+            raise EvaluateError(f"{ckpt}: the net takes {crops[-1]}x{crops[-1]} crops, larger than the "
+                                f"{ds.image_size}x{ds.image_size} images of {data_path}")
     images, labels = ds.val.images, np.asarray(ds.val.labels)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     settings = []
     for v in views:
         rows = []
-        for net, meta, ckpt in nets:
-            crop = int(net.config.get("input_size") or meta.get("train", {}).get("args", {}).get("crop"))
+        for (net, meta, ckpt), crop in zip(nets, crops):
             probs = predict(net, images, ds.mean, crop, v, batch_size)
             rows.append(dict(name=_short(ckpt), probs=probs, **dict(zip(("top1", "top5"), errors(probs, labels)))))
         if len(nets) > 1:
@@ -142,6 +149,9 @@ def main(argv=None):
         p.error(f"--batch-size must be >= 1, got {a.batch_size}")
     if a.limit is not None and a.limit < 1:
         p.error(f"--limit must be >= 1, got {a.limit}")
+    # before the nets run: the error used to come as a traceback after the table
+    if a.json and (Path(a.json).is_dir() or not Path(a.json).parent.is_dir()):
+        p.error(f"--json {a.json}: {'is a folder' if Path(a.json).is_dir() else 'its folder does not exist'}")
     try:
         settings = evaluate(a.checkpoints, a.data, views, a.batch_size, a.devices, a.limit)
     except EvaluateError as e:
@@ -151,9 +161,13 @@ def main(argv=None):
         print(format_table(s))
         print()
     if a.json:
-        Path(a.json).write_text(json.dumps(
-            [dict(views=s["views"], rows=[{k: r[k] for k in ("name", "top1", "top5")} for r in s["rows"]])
-             for s in settings], indent=2) + "\n")
+        try:
+            Path(a.json).write_text(json.dumps(
+                [dict(views=s["views"], rows=[{k: r[k] for k in ("name", "top1", "top5")} for r in s["rows"]])
+                 for s in settings], indent=2) + "\n")
+        except OSError as e:  # no permission, disk full
+            print(f"convnet-evaluate: --json: {e}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

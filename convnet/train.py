@@ -6,12 +6,13 @@ trains the paper's network with the paper's recipe; every number is a flag whose
 paper's value (see PRESETS).
 
 A run folder holds: args.json, metrics.jsonl (one JSON object per epoch), checkpoint-last.*
-(every epoch and on Ctrl-C), checkpoint-best.* (lowest validation top-1 error) and the
-pictures of convnet.plots. `--resume RUN` continues exactly where RUN stopped: the data order
-depends only on (seed, epoch, batch index) and dropout only on (seed, step), so a resumed run
-computes the same weights as one that never stopped.
+(every epoch and on Ctrl-C), checkpoint-best.* (lowest validation top-1 error; none for data
+without a validation split) and the pictures of convnet.plots. `--resume RUN` continues exactly
+where RUN stopped: the data order depends only on (seed, epoch, batch index) and dropout only on
+(seed, step), so a resumed run computes the same weights as one that never stopped.
 """
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -215,6 +216,7 @@ def open_data(args):
     path = Path(args["data"]).expanduser()
     if not path.exists():
         raise TrainingError(f"--data: {path} does not exist")
+    args["data"] = str(path.resolve())  # kept absolute: --resume works from any working folder
     try:
         ds = data.open_dataset(str(path))
     except (ValueError, FileNotFoundError, OSError, KeyError) as e:
@@ -224,9 +226,28 @@ def open_data(args):
     return ds
 
 
+def dataset_fingerprint(ds):
+    """What identifies a dataset wherever it lies (a SHA-256): its classes and image size, and
+    per split the labels and the first and last images, all as stored (nothing recomputed, so
+    no rounding can differ)."""
+    h = hashlib.sha256(json.dumps([ds.classes, ds.image_size]).encode())
+    for split in (ds.train, ds.val):
+        if split is None:
+            h.update(b"no split")
+            continue
+        h.update(np.asarray(split.labels, np.int64).tobytes())
+        for image in (split.images[:1], split.images[-1:]):
+            h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def _same_folder(a, b):
+    return None not in (a, b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def _limit(split, n):
     """A view of the first n images of a split (smoke runs); the split itself when n is None."""
-    if n is None or n >= len(split.labels):
+    if split is None or n is None or n >= len(split.labels):
         return split
     return _Subset(split, n)
 
@@ -372,7 +393,11 @@ def find_checkpoint(path):
     or .json file -> that checkpoint."""
     p = Path(path)
     if p.is_dir():
-        return checkpoint_path(p, "last"), p
+        last, best = checkpoint_path(p, "last"), checkpoint_path(p, "best")
+        # only "best" when a run was killed between the two saves of its first epoch ("best" goes first)
+        if not last.with_suffix(".json").exists() and best.with_suffix(".json").exists():
+            return best, p
+        return last, p
     if p.suffix == ".json":
         p = p.with_suffix(".safetensors")
     return p, p.parent
@@ -391,6 +416,8 @@ def train(argv=None, step_hook=None):
     state = None
     if args["resume"]:
         ckpt, run_dir = find_checkpoint(args["resume"])
+        if Path(args["resume"]).is_dir() and not checkpoint.meta_path(ckpt).exists():
+            raise TrainingError(f"--resume: {_no_checkpoint(run_dir)}")
         spec = args["devices"]
         if "devices" not in explicit:  # continue on the run's own devices, not this machine's default
             try:
@@ -405,11 +432,13 @@ def train(argv=None, step_hook=None):
             raise TrainingError(f"--resume: {ckpt} was not written by convnet-train (no 'train' record "
                                 "with its 'args' in the metadata)")
         saved = meta["train"]["args"]
-        for k in explicit - RESUMABLE_OVERRIDES - {"resume", "run_dir"}:
+        # --data may name the run's dataset by another path (moved, or relative): checked by content below
+        for k in explicit - RESUMABLE_OVERRIDES - {"resume", "run_dir", "data"}:
             if saved.get(k) != args[k]:
                 raise TrainingError(f"--resume: --{k.replace('_', '-')} {args[k]} differs from the "
                                     f"run's {saved.get(k)}; only {sorted(RESUMABLE_OVERRIDES)} may change")
-        for k in RESUMABLE_OVERRIDES & explicit:
+        run_data = saved.get("data")
+        for k in (RESUMABLE_OVERRIDES | {"data"}) & explicit:
             saved[k] = args[k]
         saved["resume"] = args["resume"]
         args = saved
@@ -420,6 +449,8 @@ def train(argv=None, step_hook=None):
         # a new run would empty the old one's metrics and replace its checkpoints
         held = [f.name for f in (checkpoint_path(run_dir), checkpoint_path(run_dir, "best"), run_dir / "metrics.jsonl")
                 if f.is_file() and f.stat().st_size > 0]
+        if held == ["metrics.jsonl"]:
+            raise TrainingError(f"--run-dir {_no_checkpoint(run_dir)}")
         if held:
             raise TrainingError(f"--run-dir {run_dir} already holds a run ({', '.join(held)}): continue it with "
                                 f"--resume {run_dir}, or choose another --run-dir")
@@ -427,6 +458,15 @@ def train(argv=None, step_hook=None):
     check_args(args)
     devices = resolve_devices(args["devices"], args["towers"])
     ds = open_data(args)
+    fingerprint = dataset_fingerprint(ds)
+    if state is not None:
+        want = state.get("data_fingerprint")
+        if want is None and not _same_folder(args["data"], run_data):  # a run from before fingerprints
+            raise TrainingError(f"--resume: --data {args['data']} is not the run's data folder {run_data} "
+                                f"(relative to where the run started)")
+        if want is not None and want != fingerprint:
+            raise TrainingError(f"--resume: {args['data']} is not the dataset this run trained on "
+                                f"({run_data}): its classes, labels or images differ")
     num_classes = len(ds.classes)
     train_split = _limit(ds.train, args["limit_train"])
     val_split = _limit(ds.val, args["limit_val"])
@@ -435,6 +475,10 @@ def train(argv=None, step_hook=None):
                             f"full batch of {args['batch_size']} (--batch-size, --limit-train)")
     if args["crop"] > ds.image_size:
         raise TrainingError(f"--crop {args['crop']} is larger than the dataset's images ({ds.image_size})")
+    if val_split is None and args["schedule"] == "plateau":
+        raise TrainingError(f"--data {args['data']} has no validation split, and the plateau schedule cuts the "
+                            f"learning rate when the validation error stops improving: use --schedule step "
+                            f"--milestones EPOCHS, or prepare the data with a validation split")
 
     if state is None:
         try:
@@ -443,7 +487,7 @@ def train(argv=None, step_hook=None):
             raise TrainingError(f"cannot build the {args['model']} net: {e}") from None
         opt = optim.SGD(net, lr=args["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
         state = dict(args=args, epoch=0, batch=0, step=0, lr=args["lr"], cuts=[], best_val_error=None,
-                     scheduler=None, epoch_stats=None)
+                     scheduler=None, epoch_stats=None, data_fingerprint=fingerprint, record=None)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "args.json").write_text(json.dumps(args, indent=2) + "\n")
         (run_dir / "metrics.jsonl").write_text("")
@@ -455,18 +499,22 @@ def train(argv=None, step_hook=None):
         if opt_state is not None:
             opt.load_state_dict(opt_state)
         opt.lr = state["lr"]
+        state["data_fingerprint"] = fingerprint  # a run from before fingerprints gets one
+        _metrics_as_of(run_dir, state)
         print(f"resume: {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}, "
               f"step {state['step']}, lr {state['lr']:g}", flush=True)
 
     scheduler = make_scheduler(args, opt)
     if state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
+    for f in checkpoint.remove_stale_temporaries(run_dir):
+        print(f"removed {f}: the temporary of a save that was killed", flush=True)
 
     towers = "1 tower (grouped)" if args["towers"] == 1 else f"{args['towers']} towers"
     print(f"model: {args['model']}, {towers} on {','.join(devices)}, "
           f"{sum(int(np.prod(v.shape)) for v in net.state_dict().values()):,} parameters", flush=True)
     print(net, flush=True)
-    print(f"data: {len(train_split.labels)} training / {len(val_split.labels)} validation images, "
+    print(f"data: {len(train_split.labels)} training / {len(val_split) if val_split else 'no'} validation images, "
           f"{num_classes} classes, {ds.image_size}px stored, {args['crop']}px crops", flush=True)
     print(f"recipe: batch {args['batch_size']}, lr {args['lr']:g}, momentum {args['momentum']}, "
           f"weight decay {args['weight_decay']}, {args['schedule']} schedule, {args['epochs']} epochs, "
@@ -482,15 +530,34 @@ def train(argv=None, step_hook=None):
             print(f"\ninterrupted during the update of step {state['step']}: nothing saved, "
                   f"{_kept(run_dir)}; continue with --resume {run_dir}", flush=True)
             raise TrainingError("interrupted", code=130) from None
-        save(run_dir, net, opt, state, "last")
+        # A second Ctrl-C in the epoch's own saves: saving "last" now could leave "best" an older epoch
+        stopped_saving = interrupt.saving
+        if not stopped_saving:
+            try:
+                save(run_dir, net, opt, state, "last")
+            except KeyboardInterrupt:  # a second Ctrl-C during this save
+                stopped_saving = True
+        if stopped_saving:  # each save is all or nothing
+            print(f"\ninterrupted again while saving: {run_dir} keeps this checkpoint or the one before; "
+                  f"continue with --resume {run_dir}", flush=True)
+            raise TrainingError("interrupted", code=130) from None
         print(f"\ninterrupted: saved {checkpoint_path(run_dir)} at epoch {state['epoch'] + 1}, batch "
               f"{state['batch']}; continue with --resume {run_dir}", flush=True)
         raise TrainingError("interrupted", code=130) from None
 
     if args["plots"]:
         from convnet import plots
-        print("pictures: drawing learning curves, conv1 kernels and predictions ...", flush=True)
-        for path in plots.draw_all(run_dir, net=net, dataset=ds, crop=args["crop"]):
+        print("pictures: drawing learning curves, conv1 kernels" +
+              (" (no validation split: no predictions)" if val_split is None else " and predictions") + " ...",
+              flush=True)
+        if val_split is None:  # draw_all needs validation images and errors: the curves without them
+            nan = dict(val_loss=math.nan, val_top1=math.nan, val_top5=math.nan)
+            records = [{**r, **nan} for r in plots.read_metrics(run_dir / "metrics.jsonl")]
+            paths = [plots.learning_curves(records, run_dir / "learning_curves.png"),
+                     plots.conv1_kernels(net, run_dir / "conv1_kernels.png")]
+        else:
+            paths = plots.draw_all(run_dir, net=net, dataset=ds, crop=args["crop"])
+        for path in paths:
             print(f"  wrote {path}", flush=True)
     return run_dir
 
@@ -499,11 +566,13 @@ class _DeferredInterrupt:
     """Holds a Ctrl-C until the current training step is complete, so that the checkpoint
     written on interrupt has weights, momentum and position that belong together; a second
     Ctrl-C interrupts at once. `updating` is true while the weights change and the position
-    (step, batch) has not yet followed: a checkpoint written then would be neither step."""
+    (step, batch) has not yet followed: a checkpoint written then would be neither step.
+    `saving` is true during the checkpoints and metrics line of an epoch's end."""
 
     def __init__(self):
         self.pending = False
         self.updating = False
+        self.saving = False
         self._old = None
 
     def __enter__(self):
@@ -608,7 +677,9 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
                        ips=f"{stats['n'] / max(stats['seconds'], 1e-9):.0f}img/s")
         bar.close()
 
-        val = evaluate_split(net, val_split, args["batch_size"], common)
+        # without a validation split: nulls in the record, and no "best" checkpoint
+        val = (dict(loss=None, top1=None, top5=None) if val_split is None
+               else evaluate_split(net, val_split, args["batch_size"], common))
         record = dict(epoch=epoch + 1, step=state["step"], lr=opt.lr,
                       train_loss=stats["loss"] / max(1, stats["n"]),
                       train_top1=stats["top1"] / max(1, stats["n"]),
@@ -616,36 +687,44 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
                       val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"],
                       images_per_s=stats["n"] / max(stats["seconds"], 1e-9),
                       seconds=stats["seconds"], devices=devices)
+        validation = "no validation split" if val_split is None else (
+            f"validation loss {val['loss']:.4f} top-1 {100 * val['top1']:.2f}% top-5 {100 * val['top5']:.2f}% "
+            f"(error {100 * (1 - val['top1']):.2f}% / {100 * (1 - val['top5']):.2f}%)")
         print(f"epoch {epoch + 1}/{args['epochs']}: train loss {record['train_loss']:.4f} "
-              f"top-1 {100 * record['train_top1']:.2f}% | validation loss {val['loss']:.4f} "
-              f"top-1 {100 * val['top1']:.2f}% top-5 {100 * val['top5']:.2f}% "
-              f"(error {100 * (1 - val['top1']):.2f}% / {100 * (1 - val['top5']):.2f}%) | "
+              f"top-1 {100 * record['train_top1']:.2f}% | {validation} | "
               f"lr {opt.lr:g} | {record['images_per_s']:.0f} img/s, {record['seconds']:.0f}s",
               flush=True)
 
         old_lr = opt.lr
         if isinstance(scheduler, optim.StepSchedule):
             scheduler.step(epoch + 1)
-        else:
+        else:  # plateau: there is a validation split (checked before the run started)
             scheduler.step(1 - val["top1"])
         if opt.lr != old_lr:
             record["lr_cut_to"] = opt.lr
             state["cuts"].append(epoch + 1)
             print(f"learning rate {old_lr:g} -> {opt.lr:g}", flush=True)
-        with open(Path(run_dir) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
 
         bad = nonfinite_params(net)
         if bad:  # never write a checkpoint with NaN weights
             stop_nonfinite(net, None, None, state, run_dir, bad_weights=bad)
-        improved = state["best_val_error"] is None or 1 - val["top1"] < state["best_val_error"]
+        interrupt.saving = True
+        improved = val_split is not None and (state["best_val_error"] is None
+                                              or 1 - val["top1"] < state["best_val_error"])
         state.update(epoch=epoch + 1, batch=0, lr=opt.lr, epoch_stats=None,
-                     scheduler=scheduler.state_dict())
+                     scheduler=scheduler.state_dict(), record=record)
         if improved:
             state["best_val_error"] = 1 - val["top1"]
-        save(run_dir, net, opt, state, "last")
-        if improved:
+            # before "last": a crash between the two redoes this epoch on --resume, which writes
+            # "best" again; the other way round "best" kept an older epoch for good
             save(run_dir, net, opt, state, "best")
+        save(run_dir, net, opt, state, "last")
+        # The epoch's line after its checkpoint: a crash between the two leaves the line out, and
+        # --resume restores it from the checkpoint's record (first the line, then the checkpoint,
+        # recorded the epoch twice after a resume, and trapped a run killed in its first save).
+        with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        interrupt.saving = False
 
 
 def nonfinite_params(net):
@@ -680,6 +759,42 @@ def stop_nonfinite(net, images, loss, state, run_dir, bad_weights=None):
         code=EXIT_NONFINITE)
 
 
+def _no_checkpoint(run_dir):
+    """What to do with a run folder that holds no checkpoint."""
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return (f"{run_dir} holds {metrics.name} but no checkpoint to continue from (a run killed in its "
+                f"first save, or its checkpoints were removed): remove {metrics} to start a new run there, "
+                f"or choose another --run-dir")
+    return (f"{run_dir} holds no checkpoint (the run stopped before its first save): start it again "
+            f"with --run-dir {run_dir}")
+
+
+def _metrics_as_of(run_dir, state):
+    """Rewrite metrics.jsonl to the checkpoint's epochs: lines past it (a resume from
+    checkpoint-best, or a run of older code killed between its line and its save) would record
+    epochs twice, and the checkpoint's own epoch's line is restored from the checkpoint when a
+    crash came between its save and the line (or cut the line short)."""
+    from convnet import checkpoint
+
+    path = Path(run_dir) / "metrics.jsonl"
+    old = path.read_text() if path.is_file() else ""
+    records = {}
+    for line in old.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] <= state["epoch"]:
+            records[r["epoch"]] = r
+    if state.get("record"):
+        records[state["epoch"]] = state["record"]
+    text = "".join(json.dumps(records[e]) + "\n" for e in sorted(records))
+    if text != old:
+        checkpoint._atomic_write(path, [text.encode()])
+        print(f"resume: {path} rewritten to the checkpoint's epochs ({len(records)})", flush=True)
+
+
 def _kept(run_dir):
     last = checkpoint_path(run_dir)
     return f"the last good checkpoint {last} is untouched" if last.exists() else "no checkpoint was written yet"
@@ -711,6 +826,9 @@ def main(argv=None):
         if str(e) != "interrupted":
             print(f"convnet-train: {e}", file=sys.stderr, flush=True)
         sys.exit(e.code)
+    except KeyboardInterrupt:  # outside the training steps (opening the data, the pictures): no traceback
+        print("\nconvnet-train: interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
     print(f"done in {_clock(time.time() - start)}: {run_dir}", flush=True)
 
 

@@ -179,3 +179,34 @@ def test_damaged_checkpoints(tmp_path):
         checkpoint.read_safetensors(tmp_path / "nope.safetensors")
     with pytest.raises(ValueError, match=".json"):
         checkpoint.save(tmp_path / "x.json", net)
+
+
+def test_the_temporaries_of_killed_saves_are_removed(tmp_path):
+    """A process killed inside a save leaves its temporary (.NAME.tmpPID: here the new weights
+    and momentum) that no later save replaces; remove_stale_temporaries() deletes those of dead
+    processes, keeps a live process's, and leaves the checkpoint loading as before."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "ckpt.safetensors"
+    script = (f"import os\nfrom convnet import checkpoint, models\nfrom convnet.optim import SGD\n"
+              f"net = models.small_alexnet(devices={CPU2!r}, **{SMALL!r})\n"
+              f"checkpoint.save({str(path)!r}, net, SGD(net), {{'epoch': 1}})\n"
+              f"os.replace = lambda src, dst: os._exit(9)  # killed before the temporary is renamed\n"
+              f"checkpoint.save({str(path)!r}, net, SGD(net), {{'epoch': 2}})\n")
+    killed = subprocess.Popen([sys.executable, "-c", script])
+    assert killed.wait() == 9
+    stale = tmp_path / f"..ckpt.safetensors.pending.tmp{killed.pid}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([stale.name, "ckpt.json", "ckpt.safetensors"])
+    assert stale.stat().st_size == path.stat().st_size  # a full copy of weights and momentum
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / f".ckpt.json.tmp{live.pid}"
+        busy.write_text("{")
+        assert checkpoint.remove_stale_temporaries(tmp_path) == [stale]
+        assert not stale.exists() and busy.exists()
+    finally:
+        live.kill()
+        live.wait()
+    _, _, meta = checkpoint.load(path, devices=CPU2)
+    assert meta["epoch"] == 1

@@ -1,10 +1,16 @@
 """The training and evaluation commands: a short run on a tiny built-in dataset learns; resuming
 equals never stopping; a NaN stops the run naming step and layer; an ensemble is the average of
 softmax outputs; the pictures are PNGs of the documented size; bad input gives clear errors."""
+import functools
 import json
 import math
+import os
 import re
+import shutil
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,10 @@ def data_dir(tmp_path_factory):
 
 def run(data_dir, run_dir, *extra, hook=None):
     return train.train(["--data", str(data_dir), "--run-dir", str(run_dir)] + TINY + list(extra), step_hook=hook)
+
+
+def metrics(run_dir):
+    return [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def weights(run_dir, which="last"):
@@ -259,6 +269,15 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
         assert message in err and "Traceback" not in err, err
     err = _exit(train.main, ["--resume", str(tmp_path / "nowhere")], capsys)
     assert "--resume" in err
+    # tracebacks: a net's crop larger than the data's images; --json into a missing folder, after the table
+    small = tmp_path / "small"
+    builtin.generate(small, num_train=20, num_val=20, size=24, seed=0, workers=1)
+    err = _exit(evaluate.main, [str(run_a), "--data", str(small)], capsys)
+    assert "takes 32x32 crops, larger than the 24x24 images" in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(run_a), "--data", str(data_dir), "--json", str(tmp_path / "missing" / "e.json")])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and "--json" in err and "does not exist" in err and out == "", (out, err)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -309,6 +328,16 @@ def test_a_new_run_never_overwrites_an_old_one(data_dir, tmp_path, capsys):
     (tmp_path / "fresh").mkdir()
     run(data_dir, tmp_path / "fresh", "--epochs", "1")
     assert train.checkpoint_path(tmp_path / "fresh").exists()
+    # metrics without a checkpoint (older code killed in a first save): --resume and a new run both
+    # refused it, each sending the user to the other; now both say how to take the folder again
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "metrics.jsonl").write_text(before["metrics.jsonl"].decode())
+    for argv in (["--resume", str(tmp_path / "kept")], ["--data", str(data_dir), "--run-dir", str(tmp_path / "kept")]):
+        err = _exit(train.main, argv, capsys)
+        assert "no checkpoint to continue from" in err and f"remove {tmp_path / 'kept' / 'metrics.jsonl'}" in err, err
+    (tmp_path / "kept" / "metrics.jsonl").unlink()
+    run(data_dir, tmp_path / "kept", "--epochs", "1")
+    assert [r["epoch"] for r in metrics(tmp_path / "kept")] == [1]
 
 
 @pytest.mark.parametrize("train_record", ["x", {"epoch": 1}, None])
@@ -327,3 +356,196 @@ def test_resume_from_a_checkpoint_with_a_damaged_train_record(data_dir, tmp_path
     meta_file.write_text(json.dumps(record))
     err = _exit(train.main, ["--resume", str(tmp_path), "--epochs", "2"], capsys)
     assert "was not written by convnet-train" in err and "Traceback" not in err, err
+
+
+def test_training_without_a_validation_split(tmp_path, capsys):
+    """What convnet.prepare makes of a folder-per-class tree without val/, and --num-val 0: training
+    crashed on len(val_split.labels) after writing args.json, evaluating on ds.val.images. Now it
+    trains (null validation fields, no "best" checkpoint), the plateau schedule, which needs
+    validation errors, is refused before anything is written, and evaluate says what is missing."""
+    data = tmp_path / "noval"
+    builtin.generate(data, num_train=100, num_val=0, size=36, seed=0, workers=1)
+    err = _exit(train.main, ["--data", str(data), "--run-dir", str(tmp_path / "p")] + TINY + ["--schedule", "plateau"],
+                capsys)
+    assert "has no validation split" in err and "--schedule step" in err and "Traceback" not in err, err
+    assert not (tmp_path / "p").exists()
+    run(data, tmp_path / "r", "--epochs", "2", "--limit-val", "10", "--plots", "yes")
+    records = metrics(tmp_path / "r")
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 2), (2, 4)]
+    for r in records:
+        assert math.isfinite(r["train_loss"]) and 0 <= r["train_top1"] <= r["train_top5"] <= 1
+        assert r["val_loss"] is r["val_top1"] is r["val_top5"] is None
+    _, _, meta = weights(tmp_path / "r")
+    assert meta["train"]["step"] == 4 and meta["train"]["best_val_error"] is None
+    assert not train.checkpoint_path(tmp_path / "r", "best").exists()
+    assert _png_size(tmp_path / "r" / "learning_curves.png") == plots.CURVES_SIZE
+    err = _exit(evaluate.main, [str(tmp_path / "r")], capsys)
+    assert "has no validation split" in err and "Traceback" not in err, err
+
+
+class Crash(BaseException):
+    """A kill (SIGKILL, os._exit, power cut): nothing in train.py catches it."""
+
+
+@pytest.mark.parametrize("epoch, which, when", [(2, "first", "before"), (2, "last", "after"),
+                                                (1, "first", "before"), (1, "first", "after")])
+def test_a_crash_around_the_epochs_saves(data_dir, run_a, tmp_path, monkeypatch, capsys, epoch, which, when):
+    """The epoch's metrics line was appended before its checkpoint was saved: a run killed between
+    the two recorded that epoch twice after --resume (the curve stepped back), and one killed in
+    epoch 1's first save could neither be resumed (no checkpoint) nor started again (metrics.jsonl
+    held). Now the checkpoint goes first, "best" before "last", and --resume rewrites the lines to
+    the checkpoint's epochs. Whatever the crash point, the finished run is the uninterrupted one."""
+    save, saved = train.save, set()
+
+    def crashing(run_dir, net, opt, state, kind):  # state["epoch"]: the epoch just finished
+        hit = state["epoch"] == epoch and (kind == which or (which == "first" and epoch not in saved))
+        saved.add(state["epoch"])
+        if hit and when == "before":
+            raise Crash
+        save(run_dir, net, opt, state, kind)
+        if hit and when == "after":
+            raise Crash
+
+    monkeypatch.setattr(train, "save", crashing)
+    with pytest.raises(Crash):
+        run(data_dir, tmp_path, "--epochs", "3")
+    monkeypatch.setattr(train, "save", save)
+    if (epoch, when) == (1, "before"):  # no checkpoint: the folder takes the run again
+        err = _exit(train.main, ["--resume", str(tmp_path)], capsys)
+        assert "holds no checkpoint" in err and f"start it again with --run-dir {tmp_path}" in err, err
+        run(data_dir, tmp_path, "--epochs", "3")
+    else:
+        train.train(["--resume", str(tmp_path), "--epochs", "3"])
+    keys = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
+    assert [[r[k] for k in keys] for r in metrics(tmp_path)] == [[r[k] for k in keys] for r in metrics(run_a)]
+    for which_ckpt in ("last", "best"):
+        got, _, got_meta = weights(tmp_path, which_ckpt)
+        want, _, want_meta = weights(run_a, which_ckpt)
+        assert got_meta["train"]["epoch"] == want_meta["train"]["epoch"], which_ckpt
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{which_ckpt} {k}")
+
+
+def test_resume_drops_metrics_lines_past_its_checkpoint(data_dir, tmp_path):
+    """A line cut short by a kill, and a line of an epoch the checkpoint has not reached (a run of
+    older code killed between its line and its save): both gone, the epoch recorded once."""
+    run(data_dir, tmp_path, "--epochs", "1")
+    line = (tmp_path / "metrics.jsonl").read_text()
+    first = json.loads(line)
+    (tmp_path / "metrics.jsonl").write_text(line + json.dumps({**first, "epoch": 2, "val_top1": 0.99}) + "\n"
+                                            + line[:40])
+    train.train(["--resume", str(tmp_path), "--epochs", "2"])
+    records = metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2] and records[0] == first and records[1]["val_top1"] != 0.99
+
+
+def test_resume_finds_the_data_by_any_path(data_dir, tmp_path, monkeypatch, capsys):
+    """A relative --data was stored as given: --resume from another folder failed ('tiny does not
+    exist'), and the same folder by its absolute path was refused as another dataset. Now the
+    path is stored absolute, and --data on resume may name the run's dataset anywhere (checked by
+    its fingerprint: classes, labels, first and last images), never another dataset."""
+    monkeypatch.chdir(data_dir.parent)
+    run(Path(data_dir.name), tmp_path / "r", "--epochs", "1")
+    assert json.loads((tmp_path / "r" / "args.json").read_text())["data"] == str(data_dir.resolve())
+    monkeypatch.chdir(tmp_path)
+    train.train(["--resume", str(tmp_path / "r"), "--epochs", "2"])
+    train.train(["--resume", str(tmp_path / "r"), "--epochs", "3", "--data", str(data_dir)])
+    shutil.copytree(data_dir, tmp_path / "moved")
+    train.train(["--resume", str(tmp_path / "r"), "--epochs", "4", "--data", "moved"])
+    _, _, meta = weights(tmp_path / "r")
+    assert meta["train"]["epoch"] == 4 and meta["train"]["args"]["data"] == str(tmp_path / "moved")
+    other = tmp_path / "other"  # same sizes and classes, another seed
+    builtin.generate(other, num_train=300, num_val=100, size=36, seed=1, workers=1)
+    err = _exit(train.main, ["--resume", str(tmp_path / "r"), "--epochs", "5", "--data", str(other)], capsys)
+    assert f"{other} is not the dataset this run trained on" in err, err
+    # a checkpoint of older code, without a fingerprint: only the run's own folder is taken
+    meta_file = train.checkpoint_path(tmp_path / "r").with_suffix(".json")
+    record = json.loads(meta_file.read_text())
+    del record["train"]["data_fingerprint"]
+    meta_file.write_text(json.dumps(record))
+    err = _exit(train.main, ["--resume", str(tmp_path / "r"), "--epochs", "5", "--data", str(data_dir)], capsys)
+    assert f"--data {data_dir} is not the run's data folder {tmp_path / 'moved'}" in err, err
+    train.train(["--resume", str(tmp_path / "r"), "--epochs", "5", "--data", "moved"])
+    labels = np.load(tmp_path / "moved" / "val-labels.npy")  # the run's own folder, one label changed
+    labels[7] = (labels[7] + 1) % 10
+    np.save(tmp_path / "moved" / "val-labels.npy", labels)
+    err = _exit(train.main, ["--resume", str(tmp_path / "r"), "--epochs", "6"], capsys)
+    assert "is not the dataset this run trained on" in err, err
+
+
+def _dead_pid():
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                       check=True)
+    return int(p.stdout)
+
+
+def test_resume_removes_the_temporaries_of_killed_saves(data_dir, tmp_path):
+    """A kill inside a save left .checkpoint-last.safetensors.pending.tmpPID, a full copy of the
+    weights and momentum, for good: no later save has that pid. Opening the run removes those of
+    dead processes, not a live one's."""
+    run(data_dir, tmp_path, "--epochs", "1")
+    dead = tmp_path / f"..checkpoint-last.safetensors.pending.tmp{_dead_pid()}"
+    dead.write_bytes(train.checkpoint_path(tmp_path).read_bytes())
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / f".checkpoint-last.json.tmp{live.pid}"
+        busy.write_text("{")
+        train.train(["--resume", str(tmp_path), "--epochs", "2"])
+        assert not dead.exists() and busy.exists()
+    finally:
+        live.kill()
+        live.wait()
+    _, _, meta = weights(tmp_path)
+    assert meta["train"]["epoch"] == 2
+
+
+@pytest.mark.parametrize("first_at", [8, 5])
+def test_a_second_ctrl_c_while_saving_exits_cleanly(data_dir, run_a, tmp_path, monkeypatch, capsys, first_at):
+    """Ctrl-C saves a checkpoint; a second one during that save came out as a KeyboardInterrupt
+    traceback. Now: exit code 130, a line saying what the folder holds, and checkpoints that load
+    (a save is all or nothing) and continue to the run that never stopped. At step 8 (mid-epoch 2)
+    the second Ctrl-C lands in the save the first asked for; at step 5, epoch 1's last, the first
+    waits for the epoch's end and the second lands in its "best" save: saving "last" then would
+    leave "best" without epoch 1 for good."""
+    if first_at == 8:
+        run(data_dir, tmp_path, "--epochs", "1")
+        argv = ["--resume", str(tmp_path), "--epochs", "3"]
+    else:
+        argv = ["--data", str(data_dir), "--run-dir", str(tmp_path), "--epochs", "3"] + TINY
+    replace, pressed = os.replace, []
+
+    def ctrl_c(net, step):
+        if step == first_at:
+            pressed.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def replace_twice_pressed(src, dst):  # the second Ctrl-C lands inside a save
+        if pressed == [1]:
+            pressed.append(2)
+            os.kill(os.getpid(), signal.SIGINT)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_twice_pressed)
+    monkeypatch.setattr(train, "train", functools.partial(train.train, step_hook=ctrl_c))  # main() calls it
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    monkeypatch.undo()
+    out, err = capsys.readouterr()
+    assert e.value.code == 130 and pressed == [1, 2]
+    assert "interrupted again while saving" in out and "Traceback" not in out + err, (out, err)
+    if first_at == 8:
+        _, _, meta = weights(tmp_path)
+        assert (meta["train"]["epoch"], meta["train"]["batch"], meta["train"]["step"]) == (1, 0, 6)
+        train.train(["--resume", str(tmp_path), "--epochs", "3"])
+    else:  # epoch 1's saves were stopped: no checkpoint yet, and the folder takes the run again
+        assert "holds no checkpoint" in _exit(train.main, ["--resume", str(tmp_path)], capsys)
+        run(data_dir, tmp_path, "--epochs", "3")
+    for which in ("last", "best"):
+        got, _, _ = weights(tmp_path, which)
+        want, _, _ = weights(run_a, which)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=f"{which} {k}")
+    # and a Ctrl-C outside the training steps (here: while the data opens)
+    monkeypatch.setattr(train, "open_data", lambda args: os.kill(os.getpid(), signal.SIGINT))
+    err = _exit(train.main, ["--resume", str(tmp_path), "--epochs", "4"], capsys)
+    assert "interrupted" in err and "Traceback" not in err, err
