@@ -14,6 +14,7 @@ Written into the run folder at the end of training, or on request:
 """
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -59,13 +60,17 @@ def learning_curves(records, path):
     plt, fig = _figure(CURVES_SIZE)
     ax_loss, ax_err = fig.subplots(1, 2)
     epochs = [r["epoch"] for r in records]
+
+    def value(r, key):  # NaN (no point) for a run without a validation split, whose fields are null
+        return math.nan if r.get(key) is None else r[key]
+
     ax_loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="training loss")
-    ax_loss.plot(epochs, [r["val_loss"] for r in records], "s--", label="validation loss")
+    ax_loss.plot(epochs, [value(r, "val_loss") for r in records], "s--", label="validation loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy")
     ax_err.plot(epochs, [100 * (1 - r["train_top1"]) for r in records], "o-", label="training top-1")
-    ax_err.plot(epochs, [100 * (1 - r["val_top1"]) for r in records], "s-", label="validation top-1")
-    ax_err.plot(epochs, [100 * (1 - r["val_top5"]) for r in records], "^-", label="validation top-5")
+    ax_err.plot(epochs, [100 * (1 - value(r, "val_top1")) for r in records], "s-", label="validation top-1")
+    ax_err.plot(epochs, [100 * (1 - value(r, "val_top5")) for r in records], "^-", label="validation top-5")
     ax_err.set_xlabel("epoch")
     ax_err.set_ylabel("error (%)")
     for ax in (ax_loss, ax_err):
@@ -242,7 +247,7 @@ def draw_all(out_dir, net, dataset=None, crop=None, metrics=None, train_subset=1
     if records:
         written.append(learning_curves(records, out / "learning_curves.png"))
     written.append(conv1_kernels(net, out / "conv1_kernels.png"))
-    if dataset is not None:
+    if dataset is not None and dataset.val is not None:  # both pictures show validation images
         crop = crop or int(net.config["input_size"])
         written.append(predictions(net, dataset, crop, out / "predictions.png"))
         written.append(neighbours(net, dataset, crop, out / "neighbours.png", train_subset=train_subset))

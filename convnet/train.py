@@ -550,14 +550,7 @@ def train(argv=None, step_hook=None):
         print("pictures: drawing learning curves, conv1 kernels" +
               (" (no validation split: no predictions)" if val_split is None else " and predictions") + " ...",
               flush=True)
-        if val_split is None:  # draw_all needs validation images and errors: the curves without them
-            nan = dict(val_loss=math.nan, val_top1=math.nan, val_top5=math.nan)
-            records = [{**r, **nan} for r in plots.read_metrics(run_dir / "metrics.jsonl")]
-            paths = [plots.learning_curves(records, run_dir / "learning_curves.png"),
-                     plots.conv1_kernels(net, run_dir / "conv1_kernels.png")]
-        else:
-            paths = plots.draw_all(run_dir, net=net, dataset=ds, crop=args["crop"])
-        for path in paths:
+        for path in plots.draw_all(run_dir, net=net, dataset=ds, crop=args["crop"]):
             print(f"  wrote {path}", flush=True)
     return run_dir
 

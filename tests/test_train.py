@@ -379,8 +379,14 @@ def test_training_without_a_validation_split(tmp_path, capsys):
     assert meta["train"]["step"] == 4 and meta["train"]["best_val_error"] is None
     assert not train.checkpoint_path(tmp_path / "r", "best").exists()
     assert _png_size(tmp_path / "r" / "learning_curves.png") == plots.CURVES_SIZE
+    assert not (tmp_path / "r" / "predictions.png").exists()
     err = _exit(evaluate.main, [str(tmp_path / "r")], capsys)
     assert "has no validation split" in err and "Traceback" not in err, err
+    # the pictures' own command draws such a run too (it computed 1 - None)
+    (tmp_path / "r" / "learning_curves.png").unlink()
+    plots.main([str(tmp_path / "r")])
+    assert _png_size(tmp_path / "r" / "learning_curves.png") == plots.CURVES_SIZE
+    assert not (tmp_path / "r" / "predictions.png").exists()
 
 
 class Crash(BaseException):
