@@ -49,8 +49,9 @@ struct PowGeneral {
 // s^(-beta-1) are normal floats, narrowed by 1e-4 for powf's rounding. A task (an image's block
 // of pixels) with an s outside it, or with a result that is not finite, is redone in double, all of
 // it. The watch (below) rides in the vectorised loops: NaN markers inside them (the CUDA twin's
-// way) left GCC's loops scalar, 2.2x slower. Its cost, conv1 at batch 16 on one thread: forward
-// 4.3-4.5 -> 4.6-5.5 ms, backward 6.0-6.4 -> 6.9-7.5 ms (alternating builds, load ~10).
+// way) left GCC's loops scalar, 2.2x slower. Its cost (benchmarks/run.py --device cpu --only lrn,
+// batch 16 on the 2 cores, builds alternated three times): forward conv1 2.1-2.4 -> 2.5-2.7 ms,
+// conv2 0.9-1.0 -> 1.2-1.6; backward conv1 3.2-3.6 -> 3.9-4.4, conv2 1.8 -> 2.3-2.6.
 struct NormalRange {
   float lo, hi;
   NormalRange(double beta, bool backward) : lo(0.f), hi(FLT_MAX) {
@@ -68,23 +69,13 @@ struct NormalRange {
   }
 };
 
-// Per pixel of a task: the least and greatest s seen, and the sum of 0 * every result (NaN once a
-// result was not finite). Updated inside the vectorised loops, checked once a task: a check a
-// row, each reduced to one flag, cost the forward 20%.
+// Over a task: the least and greatest s seen, and the sum of 0 * every result (NaN once a result
+// was not finite). Each loop adds its row through OpenMP reductions (registers, one horizontal
+// step a row): per-pixel arrays cost the backward 40% in loads and stores, separate checking
+// loops 20%.
 struct Watch {
-  alignas(64) float lo[kBlock], hi[kBlock], nan[kBlock];
-  Watch() {
-    std::fill(lo, lo + kBlock, INFINITY);
-    std::fill(hi, hi + kBlock, 0.f);
-    std::fill(nan, nan + kBlock, 0.f);
-  }
-  // single compares joined with |: GCC vectorises this form only
-  bool out_of(const NormalRange& r) const {
-    int bad = 0;
-#pragma omp simd reduction(| : bad)
-    for (int64_t p = 0; p < kBlock; ++p) bad |= !(lo[p] >= r.lo) | !(hi[p] <= r.hi) | !(nan[p] == 0.f);
-    return bad != 0;
-  }
+  float lo = INFINITY, hi = 0.f, nan = 0.f;
+  bool out_of(const NormalRange& r) const { return !(lo >= r.lo) || !(hi <= r.hi) || !(nan == 0.f); }
 };
 
 // s[p] = k + alpha * sum_{j=lo..hi} x[j*hw + p]^2 for p < len, channels in ascending order.
@@ -118,14 +109,16 @@ void lrn_forward(const LrnShape& sh, const float* x, float* y, NegPow neg_pow) {
       window_denominator(sh, xb, std::max<int64_t>(0, i - half), std::min(C - 1, i + half), len, s);
       const float* xi = xb + i * HW;
       float* yi = yb + i * HW;
-#pragma omp simd
+      float lo = w.lo, hi = w.hi, nan = w.nan;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : nan)
       for (int64_t p = 0; p < len; ++p) {
         const float v = xi[p] * neg_pow(s[p]);
         yi[p] = v;
-        w.lo[p] = std::min(w.lo[p], s[p]);
-        w.hi[p] = std::max(w.hi[p], s[p]);
-        w.nan[p] += 0.f * v;
+        lo = std::min(lo, s[p]);
+        hi = std::max(hi, s[p]);
+        nan += 0.f * v;
       }
+      w = Watch{lo, hi, nan};
     }
     if (w.out_of(range))
       for (int64_t i = 0; i < C; ++i)
@@ -161,14 +154,17 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
           const float* dyj = dyb + j * HW;
           float* pj = p_ring.data() + (j % ring) * kBlock;
           float* tj = t_ring.data() + (j % ring) * kBlock;
-#pragma omp simd
+          float lo = w.lo, hi = w.hi;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
           for (int64_t p = 0; p < len; ++p) {
             float q = neg_pow(s[p]);
             pj[p] = q;
             tj[p] = dyj[p] * xj[p] * q / s[p];
-            w.lo[p] = std::min(w.lo[p], s[p]);
-            w.hi[p] = std::max(w.hi[p], s[p]);
+            lo = std::min(lo, s[p]);
+            hi = std::max(hi, s[p]);
           }
+          w.lo = lo;
+          w.hi = hi;
         }
         const int64_t i = j - half;
         if (i < 0) continue;
@@ -184,12 +180,14 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
         const float* dyi = dyb + i * HW;
         const float* pi = p_ring.data() + (i % ring) * kBlock;
         float* dxi = dxb + i * HW;
-#pragma omp simd
+        float nan = w.nan;
+#pragma omp simd reduction(+ : nan)
         for (int64_t p = 0; p < len; ++p) {
           const float v = dyi[p] * pi[p] - two_alpha_beta * xi[p] * s[p];
           dxi[p] = v;
-          w.nan[p] += 0.f * v;
+          nan += 0.f * v;
         }
+        w.nan = nan;
       }
       if (w.out_of(range))
         for (int64_t i = 0; i < C; ++i)
