@@ -610,7 +610,12 @@ def make_scheduler(args, opt):
 def save(run_dir, net, opt, state, which):
     from convnet import checkpoint
 
-    checkpoint.save(str(checkpoint_path(run_dir, which)), net, opt, {"train": state})
+    path = checkpoint_path(run_dir, which)
+    try:
+        checkpoint.save(str(path), net, opt, {"train": state})
+    except OSError as e:  # disk full, no permission: a save is all or nothing, so the one before stands
+        raise TrainingError(f"could not write {path}: {e.strerror or e}; {run_dir} keeps its checkpoint "
+                            f"from before: continue with --resume {run_dir} once it can be written", code=1) from None
 
 
 def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir, step_hook,
@@ -715,8 +720,12 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
         # The epoch's line after its checkpoint: a crash between the two leaves the line out, and
         # --resume restores it from the checkpoint's record (first the line, then the checkpoint,
         # recorded the epoch twice after a resume, and trapped a run killed in its first save).
-        with open(Path(run_dir) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise TrainingError(f"could not append to {Path(run_dir) / 'metrics.jsonl'}: {e.strerror or e}; "
+                                f"--resume {run_dir} restores the line from the checkpoint", code=1) from None
         interrupt.saving = False
 
 

@@ -389,6 +389,19 @@ def test_training_without_a_validation_split(tmp_path, capsys):
     assert not (tmp_path / "r" / "predictions.png").exists()
 
 
+def test_a_full_disk_is_a_message_not_a_traceback(data_dir, tmp_path, monkeypatch, capsys):
+    # an OSError from a save (disk full, no permission) came out as a traceback
+    from convnet import checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", full)
+    err = _exit(train.main, ["--data", str(data_dir), "--run-dir", str(tmp_path / "r")] + TINY, capsys)
+    assert "could not write" in err and "No space left on device" in err and "Traceback" not in err, err
+    assert f"--resume {tmp_path / 'r'}" in err
+
+
 class Crash(BaseException):
     """A kill (SIGKILL, os._exit, power cut): nothing in train.py catches it."""
 
