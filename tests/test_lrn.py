@@ -68,6 +68,22 @@ def out_of_range_cases(rng):
     return [(x.astype(np.float32), p) for x, p in cases]
 
 
+def random_range_cases(rng, count):
+    """(x, dy, params) drawn across float's range: inputs of 1e-30 to 3.4e38 (and a NaN now and
+    then) under random window sizes, alpha, beta and k (those the entry point refuses included)."""
+    cases = []
+    for _ in range(count):
+        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 9)), int(rng.integers(1, 4)), int(rng.integers(1, 5)))
+        p = _params(int(rng.choice([1, 3, 5, 7, 11])), float(10 ** rng.uniform(-8, 3)) * (rng.random() > 0.1),
+                    float(rng.choice([0.0, 0.25, 0.5, 0.75, 1.0, 1.7, 3.0])), float(10 ** rng.uniform(-37, 5)))
+        x = np.clip(rng.standard_normal(shape) * 10 ** rng.uniform(-30, 38, shape), -3.4e38, 3.4e38)
+        if rng.random() < 0.05:
+            x.flat[0] = np.nan
+        dy = rng.standard_normal(shape) * 10 ** rng.uniform(-10, 30)
+        cases.append((x.astype(np.float32), dy.astype(np.float32), p))
+    return cases
+
+
 def out_of_range_errors(x, dy, y, dx, p):
     """What in y and dx differs from the float64 references beyond float rounding, element by element
     ('' if nothing): y within 1e-5 of its value; dx within 1e-5 of the larger of its two terms (they
@@ -302,6 +318,26 @@ def test_lrn_out_of_float_range(device, rng, lrn_variant):
         dx = ops.lrn_backward(xt, y, convnet.tensor(dy, device), **p)
         bad = out_of_range_errors(x, dy, y.numpy(), dx.numpy(), p)
         assert not bad, f"{x.shape} {p}: {bad}"
+
+
+@pytest.mark.parametrize("lrn_variant", VARIANTS, indirect=True, ids=[f"v{v}" for v in VARIANTS])
+def test_lrn_random_ranges(device, rng, lrn_variant):
+    # every accepted setting, on inputs across float's range, right element by element
+    if device == "cpu" and lrn_variant != VARIANTS[0]:
+        pytest.skip("the variants are CUDA kernels; the CPU twin has one")
+    ran = 0
+    for x, dy, p in random_range_cases(rng, 300):
+        xt = convnet.tensor(x, device)
+        try:
+            y = ops.lrn(xt, **p)
+        except ValueError:
+            continue  # refused settings (tested in test_lrn_bad_input)
+        dx = ops.lrn_backward(xt, y, convnet.tensor(dy, device), **p)
+        with np.errstate(all="ignore"):
+            bad = out_of_range_errors(x, dy, y.numpy(), dx.numpy(), p)
+        assert not bad, f"{x.shape} {p}: {bad}"
+        ran += 1
+    assert ran > 200
 
 
 def test_lrn_out_of_range_errors_catches_clamping(rng):

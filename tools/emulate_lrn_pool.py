@@ -242,6 +242,17 @@ extern "C" void emu_pool_backward(int64_t n, int64_t c, int64_t h, int64_t w, in
 '''
 
 
+def _accepted(p):
+    """Whether ops.lrn takes these settings (the kernels trust them: csrc/ops/lrn.cpp checks)."""
+    import convnet
+    from convnet import ops
+    try:
+        ops.lrn(convnet.tensor(np.ones((1, 1, 1, 1), np.float32)), **p)
+        return True
+    except ValueError:
+        return False
+
+
 def between(text, start, end):
     i = text.index(start)
     return text[i:text.index(end, i)]
@@ -322,6 +333,23 @@ def main():
                           f" (redo {r1} {r2})")
             # out of float's range: elements redone in double after the kernels flag them (every case
             # flags in the backward, one only there: s^(-beta-1) alone out of range)
+            # and random settings and inputs across float's range (the settings the entry point accepts)
+            accepted = [(x, dy, p) for x, dy, p in tl.random_range_cases(rng, 150 if small_only else 40)
+                        if _accepted(p)]
+            for (x, dy, p), variant in ((c, v) for c in accepted for v in (0, 1)):
+                if grid < 0:
+                    continue
+                y, dx = np.full(x.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
+                n, c, h, w = x.shape
+                lib.emu_lrn(n, c, h * w, p["size"], p["alpha"], p["beta"], p["k"], ptr(x), ptr(y), grid, variant)
+                lib.emu_lrn_backward(n, c, h * w, p["size"], p["alpha"], p["beta"], p["k"], ptr(x), ptr(dy),
+                                     ptr(dx), grid, variant)
+                checked += 1
+                with np.errstate(all="ignore"):
+                    bad = tl.out_of_range_errors(x, dy, y, dx, p)
+                if bad:
+                    failures += 1
+                    print(f"FAIL lrn random range {x.shape} {p} variant {variant} grid {grid}: {bad}")
             for (x, p), variant in ((c, v) for c in tl.out_of_range_cases(rng) for v in (0, 1)):
                 if grid < 0:
                     continue

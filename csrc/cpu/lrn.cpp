@@ -17,7 +17,6 @@ namespace {
 
 constexpr int64_t kBlock = 128;  // pixels per task: rows of 512 B, a window of them stays in L1
 
-
 // 1/sqrt(v) for normal v > 0 in plain arithmetic: the bit-level first guess (3.4% off), then
 // three Newton steps (to float rounding). Unlike sqrtf, which GCC must guard with an errno
 // branch unless built with -fno-math-errno, this vectorises.
@@ -31,12 +30,11 @@ inline float rsqrt_newton(float v) {
   return r;
 }
 
-// s^-beta, s >= k (a normal float: checked). The paper's beta = 3/4 as r sqrt(r) with
-// r = 1/sqrt(s) (s capped at FLT_MAX so an overflowed x^2 gives no NaN here: that element is
-// redone, see NormalRange); other betas through powf (not vectorised).
+// s^-beta, s >= k (a normal float: checked; out-of-range s never gets here, see SafeInputs). The
+// paper's beta = 3/4 as r sqrt(r) with r = 1/sqrt(s); other betas through powf (not vectorised).
 struct PowThreeQuarters {
   float operator()(float s) const {
-    float r = rsqrt_newton(std::min(s, FLT_MAX));
+    float r = rsqrt_newton(s);
     return r * r * rsqrt_newton(r);
   }
 };
@@ -45,38 +43,58 @@ struct PowGeneral {
   float operator()(float s) const { return std::pow(s, neg_beta); }
 };
 
-// Out of float's range (csrc/kernels/lrn.h): the s for which s, s^-beta and, for the backward,
-// s^(-beta-1) are normal floats, narrowed by 1e-4 for powf's rounding. A task (an image's block
-// of pixels) with an s outside it, or with a result that is not finite, is redone in double, all of
-// it. The watch (below) rides in the vectorised loops: NaN markers inside them (the CUDA twin's
-// way) left GCC's loops scalar, 2.2x slower. Its cost (benchmarks/run.py --device cpu --only lrn,
-// batch 16 on the 2 cores, builds alternated three times): forward conv1 2.1-2.4 -> 2.5-2.7 ms,
-// conv2 0.9-1.0 -> 1.2-1.6; backward conv1 3.2-3.6 -> 3.9-4.4, conv2 1.8 -> 2.3-2.6.
-struct NormalRange {
-  float lo, hi;
-  NormalRange(double beta, bool backward) : lo(0.f), hi(FLT_MAX) {
+// Out of float's range (csrc/kernels/lrn.h). A task (an image's block of pixels) whose inputs are
+// all within SafeInputs' bounds runs the float loops below as they are: every s lies where s^-beta
+// (and, for the backward, s^(-beta-1)) is a normal float, and no intermediate overflows. Any
+// other task (an input past a bound, or NaN) is computed in double, all of it. The bounds are
+// checked in a pass over the task's inputs before its loops, which also brings them into cache:
+// benchmarks/run.py --device cpu --only lrn (batch 16, 2 cores, builds alternated) read forward
+// conv1 1.8 ms against 2.3-2.7 without any check, conv2 0.9-1.1 against 0.9-1.1, backward conv1
+// 3.0-3.3 against 3.5-3.9, conv2 2.0 against 1.7-1.9. Checks inside the loops cost 15-40%
+// (per-pixel arrays, reductions), and NaN markers there, the CUDA twin's way, left GCC's loops
+// scalar (2.2x slower).
+struct SafeInputs {
+  float x, dy;  // bounds on |x| and |dy|; 0 when no input is safe (k itself out of range)
+  SafeInputs(const LrnShape& sh, bool backward) : x(0.f), dy(0.f) {
+    // the s whose s^-e is a normal float, e = beta (and beta + 1 for the backward), narrowed by 1e-4
     const double min_log = std::log((double)FLT_MIN), max_log = std::log((double)FLT_MAX);
-    double lo_log = -INFINITY, hi_log = INFINITY;  // of s
-    for (double e : {beta, beta + 1.0}) {  // s^-e must lie in [FLT_MIN, FLT_MAX] (beta >= 0, checked)
+    double lo_log = -INFINITY, hi_log = INFINITY;
+    for (double e : {(double)sh.beta, sh.beta + 1.0}) {
       if (e > 0) {
         lo_log = std::max(lo_log, -max_log / e);
         hi_log = std::min(hi_log, -min_log / e);
       }
       if (!backward) break;
     }
-    lo = (float)std::min(std::exp(lo_log) * 1.0001, (double)FLT_MAX);
-    hi = (float)std::min(std::exp(hi_log) * 0.9999, (double)FLT_MAX);
+    const double lo = std::exp(lo_log) * 1.0001, hi = std::min(std::exp(hi_log) * 0.9999, (double)FLT_MAX);
+    const double k = sh.k, width = (double)std::min<int64_t>(sh.size, sh.c);
+    if (!(k >= lo && k < hi)) return;
+    // the window's sum of squares (at most width of them, summed in float before alpha) finite,
+    // and s = k + alpha * that sum <= hi, with room for rounding
+    double xs = std::sqrt(0.99 * FLT_MAX / width);
+    if (sh.alpha > 0) xs = std::min(xs, std::sqrt(0.99 * (hi - k) / (sh.alpha * width)));
+    x = (float)xs;
+    if (!backward) return;
+    // t = dy x s^(-beta-1) <= dy x k^(-beta-1); its window sum, times 2 alpha beta x, and dy s^-beta
+    // (each step of each product) at most FLT_MAX / 4
+    const double p_max = std::pow(k, -(double)sh.beta), t_per = (double)x * std::pow(k, -(double)sh.beta - 1.0);
+    const double per_dy = std::max({(double)x, (double)x * p_max, p_max, width * t_per,
+                                    2.0 * sh.alpha * sh.beta * x * width * t_per});
+    dy = (float)std::min((double)FLT_MAX / 4 / per_dy, (double)FLT_MAX);
   }
 };
 
-// Over a task: the least and greatest s seen, and the sum of 0 * every result (NaN once a result
-// was not finite). Each loop adds its row through OpenMP reductions (registers, one horizontal
-// step a row): per-pixel arrays cost the backward 40% in loads and stores, separate checking
-// loops 20%.
-struct Watch {
-  float lo = INFINITY, hi = 0.f, nan = 0.f;
-  bool out_of(const NormalRange& r) const { return !(lo >= r.lo) || !(hi <= r.hi) || !(nan == 0.f); }
-};
+// Whether |v| <= bound for the len values of each of n rows (hw apart); false for NaN. One compare
+// joined with |: GCC vectorises this form only.
+inline bool within(const float* v, int64_t n, int64_t hw, int64_t len, float bound) {
+  int bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* r = v + i * hw;
+#pragma omp simd reduction(| : bad)
+    for (int64_t p = 0; p < len; ++p) bad |= !(std::fabs(r[p]) <= bound);
+  }
+  return bad == 0;
+}
 
 // s[p] = k + alpha * sum_{j=lo..hi} x[j*hw + p]^2 for p < len, channels in ascending order.
 inline void window_denominator(const LrnShape& sh, const float* x, int64_t lo, int64_t hi, int64_t len, float* s) {
@@ -97,32 +115,25 @@ int64_t blocks_of(int64_t hw) { return (hw + kBlock - 1) / kBlock; }
 template <class NegPow>
 void lrn_forward(const LrnShape& sh, const float* x, float* y, NegPow neg_pow) {
   const int64_t C = sh.c, HW = sh.hw, half = sh.size / 2, nb = blocks_of(HW);
-  const NormalRange range(sh.beta, false);
+  const SafeInputs safe(sh, false);
 #pragma omp parallel for schedule(static) if (sh.n * C * HW > 65536)
   for (int64_t task = 0; task < sh.n * nb; ++task) {
     const int64_t n = task / nb, p0 = (task % nb) * kBlock, len = std::min(kBlock, HW - p0);
     const float* xb = x + n * C * HW + p0;
     float* yb = y + n * C * HW + p0;
+    if (!within(xb, C, HW, len, safe.x)) {
+      for (int64_t i = 0; i < C; ++i)
+        for (int64_t p = 0; p < len; ++p) yb[i * HW + p] = lrn_y_exact(sh, xb + p, i);
+      continue;
+    }
     alignas(64) float s[kBlock];
-    Watch w;
     for (int64_t i = 0; i < C; ++i) {
       window_denominator(sh, xb, std::max<int64_t>(0, i - half), std::min(C - 1, i + half), len, s);
       const float* xi = xb + i * HW;
       float* yi = yb + i * HW;
-      float lo = w.lo, hi = w.hi, nan = w.nan;
-#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : nan)
-      for (int64_t p = 0; p < len; ++p) {
-        const float v = xi[p] * neg_pow(s[p]);
-        yi[p] = v;
-        lo = std::min(lo, s[p]);
-        hi = std::max(hi, s[p]);
-        nan += 0.f * v;
-      }
-      w = Watch{lo, hi, nan};
+#pragma omp simd
+      for (int64_t p = 0; p < len; ++p) yi[p] = xi[p] * neg_pow(s[p]);
     }
-    if (w.out_of(range))
-      for (int64_t i = 0; i < C; ++i)
-        for (int64_t p = 0; p < len; ++p) yb[i * HW + p] = lrn_y_exact(sh, xb + p, i);
   }
 }
 
@@ -135,7 +146,7 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
   const int64_t half = std::min(sh.size / 2, C - 1);  // a wider window sees the same channels
   const int64_t ring = 2 * half + 1;
   const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
-  const NormalRange range(sh.beta, true);
+  const SafeInputs safe(sh, true);
 #pragma omp parallel if (sh.n * C * HW > 65536)
   {
     std::vector<float> t_ring(ring * kBlock), p_ring(ring * kBlock);
@@ -146,7 +157,11 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
       const float* xb = x + n * C * HW + p0;
       const float* dyb = dy + n * C * HW + p0;
       float* dxb = dx + n * C * HW + p0;
-      Watch w;
+      if (!within(xb, C, HW, len, safe.x) || !within(dyb, C, HW, len, safe.dy)) {
+        for (int64_t i = 0; i < C; ++i)
+          for (int64_t p = 0; p < len; ++p) dxb[i * HW + p] = lrn_dx_exact(sh, xb + p, dyb + p, i);
+        continue;
+      }
       for (int64_t j = 0; j < C + half; ++j) {
         if (j < C) {
           window_denominator(sh, xb, std::max<int64_t>(0, j - half), std::min(C - 1, j + half), len, s);
@@ -154,17 +169,12 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
           const float* dyj = dyb + j * HW;
           float* pj = p_ring.data() + (j % ring) * kBlock;
           float* tj = t_ring.data() + (j % ring) * kBlock;
-          float lo = w.lo, hi = w.hi;
-#pragma omp simd reduction(min : lo) reduction(max : hi)
+#pragma omp simd
           for (int64_t p = 0; p < len; ++p) {
             float q = neg_pow(s[p]);
             pj[p] = q;
             tj[p] = dyj[p] * xj[p] * q / s[p];
-            lo = std::min(lo, s[p]);
-            hi = std::max(hi, s[p]);
           }
-          w.lo = lo;
-          w.hi = hi;
         }
         const int64_t i = j - half;
         if (i < 0) continue;
@@ -180,18 +190,9 @@ void lrn_backward_impl(const LrnShape& sh, const float* x, const float* dy, floa
         const float* dyi = dyb + i * HW;
         const float* pi = p_ring.data() + (i % ring) * kBlock;
         float* dxi = dxb + i * HW;
-        float nan = w.nan;
-#pragma omp simd reduction(+ : nan)
-        for (int64_t p = 0; p < len; ++p) {
-          const float v = dyi[p] * pi[p] - two_alpha_beta * xi[p] * s[p];
-          dxi[p] = v;
-          nan += 0.f * v;
-        }
-        w.nan = nan;
+#pragma omp simd
+        for (int64_t p = 0; p < len; ++p) dxi[p] = dyi[p] * pi[p] - two_alpha_beta * xi[p] * s[p];
       }
-      if (w.out_of(range))
-        for (int64_t i = 0; i < C; ++i)
-          for (int64_t p = 0; p < len; ++p) dxb[i * HW + p] = lrn_dx_exact(sh, xb + p, dyb + p, i);
     }
   }
 }
