@@ -35,8 +35,8 @@ void set_lrn_variant(int variant);
 // shrinking, and the gradient changed sign. The CUDA twin marks such an element by making p NaN
 // (lrn_checked), so its result is not finite, and a one-block pass after the kernels redoes every
 // result that is not finite (it returns at once unless a kernel raised its flag). The CPU twin
-// watches each task's s against the range where the float path holds, and its results, and redoes
-// a task that left it, all of it. A result out of float's range in truth, or from a NaN input,
+// checks each task's inputs against bounds under which its float path stays in range, and computes
+// a task past them in double, all of it. A result out of float's range in truth, or from a NaN input,
 // comes out inf or NaN again. Never taken with ReLU-sized inputs and the paper's constants (it
 // needs activations of ~1e12 and up).
 CONVNET_LRN_HD float lrn_checked(float s, float p) {
