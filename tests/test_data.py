@@ -611,6 +611,45 @@ def test_builtin_two_processes_at_once(tmp_path, capsys):
     assert not list(path.glob(".*.tmp*"))
 
 
+_SLOW_PREPARE = r"""
+import sys, time
+from pathlib import Path
+import convnet.data.prepare as p
+real = p.load_image
+def slow(path, size):
+    Path(sys.argv[3]).touch()
+    time.sleep(0.2)
+    return real(path, size)
+p.load_image = slow
+p.prepare(sys.argv[1], sys.argv[2], size=int(sys.argv[4]), shard_size=3, workers=1, progress=False)
+"""
+
+
+def test_prepare_two_processes_into_one_folder(tree, prepared, tmp_path, capsys):
+    # as for the built-in cache: the second writer deleted the first's temporaries (and both wrote
+    # the same shards); now the second waits for the first's lock, then finds the work done
+    dst, started = tmp_path / "dst", tmp_path / "started"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    first = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, str(tree), str(dst), str(started), str(SIZE)],
+                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        t0 = time.time()
+        while not started.exists() and first.poll() is None and time.time() - t0 < 60:
+            time.sleep(0.01)
+        assert started.exists(), first.communicate()[1]
+        prepare(tree, dst, size=SIZE, shard_size=3, workers=1, progress=False)  # the second, meanwhile
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 0, err
+    assert f"prepare: waiting for another process preparing {dst}" in capsys.readouterr().err
+    for f in sorted(prepared.glob("*.npy")) + [prepared / "index.json"]:
+        assert (dst / f.name).read_bytes() == f.read_bytes(), f.name
+    assert not list(dst.glob(".*.tmp*"))
+
+
 def test_builtin_default_path(monkeypatch, tmp_path):
     monkeypatch.setenv("CONVNET_DATA", str(tmp_path))
     assert builtin.default_path() == tmp_path / "builtin-64-s0"

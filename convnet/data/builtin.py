@@ -15,7 +15,6 @@ a time generates into a folder (holding DST/.lock); runs started at once on a fr
 for it and use what it made.
 """
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -26,11 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from . import shards
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock (two runs at once on a fresh cache may then collide)
-    fcntl = None
 
 CLASSES = ["circle", "square", "triangle", "star", "ring", "ellipse", "plus", "crescent", "stripes",
            "checker", "dots", "ell"]
@@ -228,20 +222,8 @@ def _check_args(num_train, num_val, size, num_classes):
         raise ValueError("builtin: need a positive number of images")
 
 
-@contextlib.contextmanager
 def _locked(dst, verbose):
-    """Hold an exclusive lock on dst/.lock: two runs started at once on a fresh cache each deleted
-    the other's temporary files (as leftovers), and one then crashed in os.replace."""
-    dst.mkdir(parents=True, exist_ok=True)
-    with open(dst / ".lock", "a") as f:  # the lock goes with the file's closing, also when killed
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if verbose:
-                    print(f"builtin: waiting for another process generating {dst}", file=sys.stderr, flush=True)
-                fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    return shards.folder_lock(dst, f"builtin: waiting for another process generating {dst}" if verbose else None)
 
 
 def generate(dst, num_train=10000, num_val=2000, size=64, seed=0, num_classes=10, workers=None, verbose=False):

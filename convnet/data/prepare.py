@@ -28,7 +28,8 @@ Work is split into shards of --shard-size images, spread over all cores. Each sh
 written to a temporary name then renamed, and its metadata (<split>-NNNNN.json) is written
 last, so an interrupted run resumes where it stopped: rerun the same command and finished
 shards are skipped. A worker process that dies (e.g. killed for memory) ends the run with an
-error; rerunning resumes it the same way. DST must be new, or hold a preparation of the same
+error; rerunning resumes it the same way. One run writes into DST at a time (DST/.lock): a
+second one started meanwhile waits, then finds the work done. DST must be new, or hold a preparation of the same
 files with the same settings (its prepare-plan.json): a folder holding another dataset (the
 built-in one, say) is refused, never overwritten. JPEGs are decoded at reduced size when they
 are at least twice the target (Pillow's draft mode), which is where most of the speed over a
@@ -343,7 +344,13 @@ def prepare(src, dst, size=256, shard_size=1000, workers=None, val_labels=None, 
         raise PrepareError(f"prepare: no images found under {src}")
     plan = {split: [items[split][i:i + shard_size] for i in range(0, len(items[split]), shard_size)]
             for split in ("train", "val")}
-    dst.mkdir(parents=True, exist_ok=True)
+    # one writer at a time: a second run of the same command waits, then finds the work done
+    with shards.folder_lock(dst, f"prepare: waiting for another process preparing {dst}"):
+        return _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, progress, stop_after_shards)
+
+
+def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, progress, stop_after_shards):
+    """prepare(), with DST's lock held."""
     digest = _plan_digest(plan, size, classes, src)
     plan_file = dst / PLAN
     if plan_file.is_file():

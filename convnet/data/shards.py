@@ -21,11 +21,18 @@ eigenvectors, ordered by decreasing eigenvalue.
 
 index.json is written last (atomically), so a folder without it is an unfinished preparation.
 """
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock (two writers at once into one folder may then collide)
+    fcntl = None
 
 FORMAT = "convnet-shards"
 VERSION = 1
@@ -128,6 +135,25 @@ def _allow_open_files(n):
                                                         hard))
     except (ImportError, ValueError, OSError):
         pass
+
+
+@contextlib.contextmanager
+def folder_lock(folder, waiting=None):
+    """Hold an exclusive lock on folder/.lock while writing a dataset there (released with the
+    file, also when the process is killed); `waiting`, if given, is printed when another process
+    holds it first. Two writers at once deleted each other's temporary files as leftovers, and
+    one then crashed in os.replace."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting:
+                    print(waiting, file=sys.stderr, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def npy_header(path):
