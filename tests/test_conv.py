@@ -117,6 +117,14 @@ def test_edge_shapes(device, rng, case):
     run_conv(device, rng, *case)
 
 
+@pytest.mark.parametrize("stride", [(65536, 65536), (641, 6700417), (3, 40), (1000, 1)])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_strides_past_the_image(device, rng, stride, groups):
+    # strides whose product wrapped the CUDA phase count (65536 x 65536 -> 0 phases: dx returned
+    # unwritten; 641 x 6700417 -> 1), with more than 16 channels a group (the phase path)
+    run_conv(device, rng, 2, 34 * groups, 5, 6, 3 * groups, 3, 3, stride, (1, 1), groups)
+
+
 def test_stride_padding_as_pairs_and_ints(device, rng):
     x = convnet.tensor(rng.standard_normal((1, 2, 9, 9)), device)
     w = convnet.tensor(rng.standard_normal((3, 2, 3, 3)), device)

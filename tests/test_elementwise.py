@@ -258,3 +258,36 @@ def test_number_and_flag_arguments_refuse_strings_and_bools():
     y, mask = ops.dropout(x, p=np.float32(0.5), seed=np.int64(3))
     assert ops.dropout(x, p=np.array(0.5), seed=3)[1].numpy().tolist() == mask.numpy().tolist()
     assert isinstance(ops.max_pool(x, return_indices=np.bool_(True)), tuple)
+
+
+def test_elementwise_inputs_off_alignment(device, rng):
+    # DLPack imports may start anywhere (a parameter sliced out of a flat buffer): the CUDA kernels
+    # read float4 / uchar4, and a misaligned one is a fatal CUDA error; they take a scalar loop
+    torch = pytest.importorskip("torch")
+    if device != "cpu" and not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA here")
+    n = 1001
+
+    def at(values, offset, dtype=torch.float32):
+        buf = torch.zeros(n + 8, dtype=dtype, device=device)
+        buf[offset:offset + n] = torch.from_numpy(values).to(device)
+        return convnet.from_dlpack(buf[offset:offset + n])
+
+    x = rng.standard_normal(n).astype(np.float32)
+    dy = rng.standard_normal(n).astype(np.float32)
+    xt, dyt = at(x, 1), at(dy, 3)
+    assert xt.data_ptr() % 16 and dyt.data_ptr() % 16
+    np.testing.assert_array_equal(ops.relu(xt).numpy(), np.maximum(x, 0))
+    np.testing.assert_array_equal(ops.relu_backward(xt, dyt).numpy(), np.where(x > 0, dy, 0))
+    y, mask = ops.dropout(xt, 0.3, seed=5)
+    want_y, want_mask = ops.dropout(convnet.tensor(x, device), 0.3, seed=5)  # aligned: the vector path
+    np.testing.assert_array_equal(y.numpy(), want_y.numpy())
+    np.testing.assert_array_equal(mask.numpy(), want_mask.numpy())
+    m = at(mask.numpy(), 1, torch.uint8)
+    np.testing.assert_array_equal(ops.dropout_backward(dyt, m, 0.3).numpy(),
+                                  ops.dropout_backward(convnet.tensor(dy, device), mask, 0.3).numpy())
+    w, v = at(x, 2), at(dy, 1)
+    ops.sgd_update(w, dyt, v, 0.1)
+    v_want = 0.9 * dy - 5e-4 * 0.1 * x - 0.1 * dy
+    np.testing.assert_allclose(v.numpy(), v_want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(w.numpy(), x + v_want, rtol=1e-5, atol=1e-6)

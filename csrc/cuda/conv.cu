@@ -87,9 +87,12 @@ namespace convnet::cuda {
 namespace {
 
 // The per-image offsets (and the GEMM sizes) are 32-bit.
+// Below 2^31 by a grid-stride step (at most 2^21 here): an int index one step past the last
+// element must not wrap (col2im_kernel and flip_weights_kernel wrote at negative offsets).
+constexpr int64_t kIndexLimit = INT32_MAX - ((int64_t)1 << 21);
 void check_sizes(const ConvShape& sh) {
-  CHECK_VALUE(sh.c * sh.h * sh.w < INT32_MAX && sh.k * sh.p * sh.q < INT32_MAX &&
-                  sh.k * sh.c * sh.r * sh.s < INT32_MAX,
+  CHECK_VALUE(sh.c * sh.h * sh.w < kIndexLimit && sh.k * sh.p * sh.q < kIndexLimit &&
+                  sh.k * sh.c * sh.r * sh.s < kIndexLimit,
               "tensors too large for the CUDA kernels' 32-bit per-image indexing");
 }
 

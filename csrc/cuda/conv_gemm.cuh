@@ -363,7 +363,12 @@ inline BackwardFilter backward_filter(const ConvShape& sh, const float* x, const
 }
 
 // Backward-data goes through columns when the input has few channels per group (see above).
-inline bool backward_data_via_columns(const ConvShape& sh) { return sh.c / sh.groups <= ThinTile::BM; }
+// Also for many stride phases: the phase GEMM batches groups * stride_h * stride_w (grid.z, and an
+// int phase count: a stride of 65536 x 65536 wrapped it to 0, leaving dx unwritten), and a phase
+// holds a pixel or two once the stride is large.
+inline bool backward_data_via_columns(const ConvShape& sh) {
+  return sh.c / sh.groups <= ThinTile::BM || sh.groups * sh.stride_h * sh.stride_w > 1024;
+}
 
 // Images per chunk of the column path: its workspace stays under about 256 MB.
 inline int64_t columns_chunk(const ConvShape& sh) {

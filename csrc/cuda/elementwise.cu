@@ -1,6 +1,7 @@
 // CUDA twins of the elementwise family. Grid-stride loops, 256 threads a block, each thread
 // handling 4 consecutive elements per step with float4 (and uchar4 for masks) loads/stores,
-// then a scalar tail for n % 4. Memory-bound: the goal is copy bandwidth.
+// then a scalar tail for n % 4 (all of n for inputs off those alignments: vector_count).
+// Memory-bound: the goal is copy bandwidth.
 // Dropout draws element i's bits from random.h's counter hash of (seed, i), the same function
 // the CPU twin calls, so masks are bit-identical across devices and launch shapes.
 //
@@ -18,8 +19,7 @@ namespace {
 // Not fmaxf, which turns NaN into 0: a NaN must reach the loss so that bad weights show.
 __device__ __forceinline__ float relu1(float v) { return v < 0.f ? 0.f : v; }
 
-__global__ void relu_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n) {
-  int64_t n4 = n / 4;
+__global__ void relu_kernel(const float* __restrict__ x, float* __restrict__ y, int64_t n, int64_t n4) {
   const float4* x4 = reinterpret_cast<const float4*>(x);
   float4* y4 = reinterpret_cast<float4*>(y);
   int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -33,8 +33,7 @@ __global__ void relu_kernel(const float* __restrict__ x, float* __restrict__ y, 
 }
 
 __global__ void relu_backward_kernel(const float* __restrict__ y, const float* __restrict__ dy,
-                                     float* __restrict__ dx, int64_t n) {
-  int64_t n4 = n / 4;
+                                     float* __restrict__ dx, int64_t n, int64_t n4) {
   const float4* y4 = reinterpret_cast<const float4*>(y);
   const float4* dy4 = reinterpret_cast<const float4*>(dy);
   float4* dx4 = reinterpret_cast<float4*>(dx);
@@ -51,9 +50,8 @@ __global__ void relu_backward_kernel(const float* __restrict__ y, const float* _
 
 
 __global__ void dropout_kernel(const float* __restrict__ x, float* __restrict__ y,
-                               uint8_t* __restrict__ mask, int64_t n, uint64_t key,
+                               uint8_t* __restrict__ mask, int64_t n, int64_t n4, uint64_t key,
                                uint32_t threshold, float scale) {
-  int64_t n4 = n / 4;
   const float4* x4 = reinterpret_cast<const float4*>(x);
   float4* y4 = reinterpret_cast<float4*>(y);
   uchar4* m4 = reinterpret_cast<uchar4*>(mask);
@@ -78,8 +76,7 @@ __global__ void dropout_kernel(const float* __restrict__ x, float* __restrict__ 
 }
 
 __global__ void dropout_backward_kernel(const float* __restrict__ dy, const uint8_t* __restrict__ mask,
-                                        float* __restrict__ dx, int64_t n, float scale) {
-  int64_t n4 = n / 4;
+                                        float* __restrict__ dx, int64_t n, int64_t n4, float scale) {
   const float4* dy4 = reinterpret_cast<const float4*>(dy);
   const uchar4* m4 = reinterpret_cast<const uchar4*>(mask);
   float4* dx4 = reinterpret_cast<float4*>(dx);
@@ -101,9 +98,8 @@ __device__ __forceinline__ void sgd_step(float& w, float dw, float& v, float lr,
 }
 
 __global__ void sgd_update_kernel(float* __restrict__ w, const float* __restrict__ dw,
-                                  float* __restrict__ v, int64_t n, float lr, float momentum,
+                                  float* __restrict__ v, int64_t n, int64_t n4, float lr, float momentum,
                                   float decay) {
-  int64_t n4 = n / 4;
   float4* w4 = reinterpret_cast<float4*>(w);
   const float4* dw4 = reinterpret_cast<const float4*>(dw);
   float4* v4 = reinterpret_cast<float4*>(v);
@@ -123,38 +119,50 @@ __global__ void sgd_update_kernel(float* __restrict__ w, const float* __restrict
 
 }  // namespace
 
-// Tensors are allocated 512-byte aligned by the caching allocator, so float4 is safe.
+// n / 4 when every pointer allows its vector type (16 bytes for float4, 4 for uchar4), else 0:
+// the kernels then take their scalar loop for all n. Tensors from the caching allocator are
+// 512-byte aligned, but one imported through DLPack may start anywhere (a slice of a larger
+// buffer), and a misaligned float4 access is a sticky error that ends the CUDA context.
+template <class... P>
+int64_t vector_count(int64_t n, const uint8_t* mask, P... floats) {
+  const bool ok = ((reinterpret_cast<uintptr_t>(floats) % 16 == 0) && ...) &&
+                  reinterpret_cast<uintptr_t>(mask) % 4 == 0;
+  return ok ? n / 4 : 0;
+}
+
 void relu(const float* x, float* y, int64_t n) {
   if (n == 0) return;
-  relu_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(x, y, n);
+  relu_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(x, y, n, vector_count(n, nullptr, x, y));
   CUDA_CHECK_LAUNCH("relu_kernel");
 }
 
 void relu_backward(const float* y, const float* dy, float* dx, int64_t n) {
   if (n == 0) return;
-  relu_backward_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(y, dy, dx, n);
+  relu_backward_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(y, dy, dx, n,
+                                                                       vector_count(n, nullptr, y, dy, dx));
   CUDA_CHECK_LAUNCH("relu_backward_kernel");
 }
 
 void dropout(const float* x, float* y, uint8_t* mask, int64_t n, double p, uint64_t seed) {
   if (n == 0) return;
   dropout_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(
-      x, y, mask, n, random::stream_key(seed), random::drop_threshold(p), (float)(1.0 / (1.0 - p)));
+      x, y, mask, n, vector_count(n, mask, x, y), random::stream_key(seed), random::drop_threshold(p),
+      (float)(1.0 / (1.0 - p)));
   CUDA_CHECK_LAUNCH("dropout_kernel");
 }
 
 void dropout_backward(const float* dy, const uint8_t* mask, float* dx, int64_t n, double p) {
   if (n == 0) return;
-  dropout_backward_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(dy, mask, dx, n,
-                                                                          (float)(1.0 / (1.0 - p)));
+  dropout_backward_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(
+      dy, mask, dx, n, vector_count(n, mask, dy, dx), (float)(1.0 / (1.0 - p)));
   CUDA_CHECK_LAUNCH("dropout_backward_kernel");
 }
 
 void sgd_update(float* w, const float* dw, float* v, int64_t n, float lr, float momentum,
                 float weight_decay) {
   if (n == 0) return;
-  sgd_update_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(w, dw, v, n, lr, momentum,
-                                                                      weight_decay * lr);
+  sgd_update_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(w, dw, v, n, vector_count(n, nullptr, w, dw, v),
+                                                                      lr, momentum, weight_decay * lr);
   CUDA_CHECK_LAUNCH("sgd_update_kernel");
 }
 

@@ -37,7 +37,9 @@ void check_scores(const Tensor& t, const char* name) {
   check_dim(t, 2, name);
   CHECK_VALUE(t.size(0) > 0 && t.size(1) > 0, "'", name, "' must have at least one row and one class, got shape ",
               t.shape_str());
-  CHECK_VALUE(t.size(1) <= INT_MAX && t.size(0) <= INT64_MAX / t.size(1), "'", name, "' is too large: ",
+  // classes below INT_MAX by a block: the CUDA kernels' int column index steps by blockDim.x (<= 256)
+  // past the last class, and must not wrap
+  CHECK_VALUE(t.size(1) <= INT_MAX - 256 && t.size(0) <= INT64_MAX / t.size(1), "'", name, "' is too large: ",
               t.shape_str());
 }
 
