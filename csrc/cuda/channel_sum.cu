@@ -1,10 +1,13 @@
 // Deterministic per-channel sums (bias gradients of conv and linear), no atomics:
 //   out[c] = sum over i < outer, j < inner of in[(i * channels + c) * inner + j].
-// The outer*inner terms of a channel are cut into fixed slices of kSliceTerms; block (c, slice)
+// The outer*inner terms of a channel are cut into fixed slices of kSliceTerms (longer past 65535
+// such slices, grid.y's limit: more than 268M terms a channel were refused); block (c, slice)
 // adds its slice (thread t takes terms t, t+256, ... in order, then a fixed shared-memory tree),
 // and when there is more than one slice a second kernel adds each channel's slice sums in order.
 // A conv1 bias gradient (96 channels x 387200 terms at batch 128) thus runs on ~9000 blocks
 // instead of 96 latency-bound ones. ptxas: see csrc/cuda/conv.cu.
+#include <algorithm>
+
 #include "gemm.cuh"
 
 namespace convnet::cuda {
@@ -15,13 +18,13 @@ constexpr int kSliceTerms = kSumThreads * 16;
 
 // One channel's slice [begin, end) of the flattened (i, j) terms.
 __global__ void __launch_bounds__(kSumThreads)
-channel_slice_sum_kernel(const float* __restrict__ in, int terms, FastDiv inner, int64_t channels,
-                         float* __restrict__ out, int slices) {
+channel_slice_sum_kernel(const float* __restrict__ in, int terms, int slice_terms, FastDiv inner,
+                         int64_t channels, float* __restrict__ out, int slices) {
   __shared__ float buf[kSumThreads];
   const int64_t c = blockIdx.x;
   const int slice = blockIdx.y;
-  const int begin = slice * kSliceTerms;
-  const int end = min(terms, begin + kSliceTerms);
+  const int begin = slice * slice_terms;  // < terms: no wrap
+  const int end = (int)min((int64_t)terms, (int64_t)begin + slice_terms);
   const int64_t inner_n = inner.d;
   float s = 0.f;
 #pragma unroll 4
@@ -53,20 +56,26 @@ channel_slices_total_kernel(const float* __restrict__ partial, int slices, int64
 
 void channel_sum(const float* in, int64_t outer, int64_t channels, int64_t inner, float* out) {
   if (channels == 0) return;
-  CHECK_VALUE(outer >= 0 && inner >= 0 && outer * inner < INT32_MAX && channels < INT32_MAX,
+  // room below 2^31 for the loop's last step (t += kSumThreads)
+  CHECK_VALUE(outer >= 0 && inner >= 0 && outer * inner < INT32_MAX - kSumThreads && channels < INT32_MAX,
               "bias gradient too large for 32-bit indexing");
   const int terms = (int)(outer * inner);
-  const int slices = terms > kSliceTerms ? (terms + kSliceTerms - 1) / kSliceTerms : 1;
-  CHECK_VALUE(slices <= 65535, "bias gradient has too many terms per channel (", terms, ")");
+  // slices of kSliceTerms, or longer (whole blocks of kSumThreads) to stay within grid.y's 65535
+  const int64_t longest = ((int64_t)terms + 65534) / 65535;
+  const int slice_terms =
+      (int)std::max<int64_t>(kSliceTerms, (longest + kSumThreads - 1) / kSumThreads * kSumThreads);
+  const int slices = terms > slice_terms ? (terms + slice_terms - 1) / slice_terms : 1;
   const dim3 grid((unsigned)channels, (unsigned)slices);
   if (slices == 1) {  // also covers terms == 0: the block writes 0
-    channel_slice_sum_kernel<<<grid, kSumThreads, 0, stream()>>>(in, terms, FastDiv(inner), channels, out, 1);
+    channel_slice_sum_kernel<<<grid, kSumThreads, 0, stream()>>>(in, terms, slice_terms, FastDiv(inner), channels, out,
+                                                                 1);
     CUDA_CHECK_LAUNCH("channel_slice_sum_kernel");
     return;
   }
   GpuScratch ws(sizeof(float) * (size_t)(channels * slices));
   float* partial = static_cast<float*>(ws.p);
-  channel_slice_sum_kernel<<<grid, kSumThreads, 0, stream()>>>(in, terms, FastDiv(inner), channels, partial, slices);
+  channel_slice_sum_kernel<<<grid, kSumThreads, 0, stream()>>>(in, terms, slice_terms, FastDiv(inner), channels,
+                                                               partial, slices);
   CUDA_CHECK_LAUNCH("channel_slice_sum_kernel");
   channel_slices_total_kernel<<<blocks_for(channels, kSumThreads), kSumThreads, 0, stream()>>>(partial, slices, channels,
                                                                                                out);
