@@ -1,7 +1,10 @@
-// Shared by every CUDA kernel file: error checking and the stream to launch on.
+// Shared by every CUDA kernel file: error checking, the stream to launch on, scratch memory.
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstddef>
+
+#include "../core/device.h"
 #include "../core/error.h"
 
 namespace convnet::cuda {
@@ -29,3 +32,24 @@ inline unsigned blocks_for(long long n, int threads, int max_blocks = 65535 * 8)
 #define CUDA_CHECK(call) ::convnet::cuda::check((call), #call, __FILE__, __LINE__)
 // After every <<<...>>>: catches bad launch configurations at once.
 #define CUDA_CHECK_LAUNCH(name) ::convnet::cuda::check(cudaGetLastError(), "launch of " name, __FILE__, __LINE__)
+
+namespace convnet::cuda {
+
+// Scratch on the current device, returned to the caching allocator when it goes out of scope
+// (stream-ordered: the allocator waits for this stream's work before handing the block out).
+struct GpuScratch {
+  int device = 0;
+  size_t bytes = 0;
+  void* p = nullptr;
+  explicit GpuScratch(size_t nbytes) : bytes(nbytes) {
+    CUDA_CHECK(cudaGetDevice(&device));
+    p = ::convnet::gpu::allocate(device, bytes);
+  }
+  ~GpuScratch() {
+    if (p) ::convnet::gpu::deallocate(device, p, bytes);
+  }
+  GpuScratch(const GpuScratch&) = delete;
+  GpuScratch& operator=(const GpuScratch&) = delete;
+};
+
+}  // namespace convnet::cuda

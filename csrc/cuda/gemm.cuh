@@ -488,23 +488,6 @@ inline int sm_count() {
   return n > 0 ? n : 1;
 }
 
-// Scratch on the current device, returned to the caching allocator when it goes out of scope
-// (stream-ordered: the allocator waits for this stream's work before handing the block out).
-struct GpuScratch {
-  int device = 0;
-  size_t bytes = 0;
-  void* p = nullptr;
-  explicit GpuScratch(size_t nbytes) : bytes(nbytes) {
-    CUDA_CHECK(cudaGetDevice(&device));
-    p = ::convnet::gpu::allocate(device, bytes);
-  }
-  ~GpuScratch() {
-    if (p) ::convnet::gpu::deallocate(device, p, bytes);
-  }
-  GpuScratch(const GpuScratch&) = delete;
-  GpuScratch& operator=(const GpuScratch&) = delete;
-};
-
 // Blocks of this kernel one SM holds at once (registers, shared memory, threads), asked once.
 template <class Cfg, bool A_KFAST, bool B_KFAST, class ALoad, class BLoad, class Store, bool MULTISTAGE>
 int resident_blocks() {

@@ -64,7 +64,14 @@ constexpr int kMaxHalf = 4;  // ring kernels for size <= 9 (after clipping to th
 constexpr int kBlockForward = 8;
 constexpr int block_backward(int half) { return half >= 3 ? 4 : 8; }
 
-// s^-beta, or NaN out of range (lrn_checked, csrc/kernels/lrn.h).
+// p, or NaN where s or p leaves float's normal range (the element is then redone in double: see
+// csrc/kernels/lrn.h and lrn_redo_kernel).
+__device__ __forceinline__ float lrn_checked(float s, float p) {
+  return s <= FLT_MAX && p >= FLT_MIN && p <= FLT_MAX ? p : NAN;
+}
+__device__ __forceinline__ bool lrn_finite(float v) { return fabsf(v) <= FLT_MAX; }  // false for NaN
+
+// s^-beta, or NaN out of range (lrn_checked).
 template <bool kThreeQuarters>
 __device__ __forceinline__ float neg_pow(float s, float neg_beta) {
   if (kThreeQuarters) {
@@ -493,17 +500,12 @@ struct BlockBackward {
 // One flag a thread, made by cudaMalloc and never freed, leaked device memory and stalled the GPU
 // in cudaMalloc at every parallel step (Net runs each tower's step in a new thread).
 struct RedoFlag {
-  int device = 0;
-  Redo redo{};
-  RedoFlag() {
+  GpuScratch memory{sizeof(int)};
+  Redo redo{static_cast<int*>(memory.p), next_token()};
+  static int next_token() {
     static std::atomic<unsigned> calls{0};
-    CUDA_CHECK(cudaGetDevice(&device));
-    redo.flag = static_cast<int*>(gpu::allocate(device, sizeof(int)));
-    redo.token = (int)(++calls * 2654435761u);  // spread out: a stale flag holds an earlier call's token
+    return (int)(++calls * 2654435761u);  // spread out: a stale flag holds an earlier call's token
   }
-  ~RedoFlag() { gpu::deallocate(device, redo.flag, sizeof(int)); }
-  RedoFlag(const RedoFlag&) = delete;
-  RedoFlag& operator=(const RedoFlag&) = delete;
 };
 
 void launch_redo(const LrnShape& sh, const float* x, const float* dy, float* out, const Redo& redo) {
@@ -539,18 +541,13 @@ void lrn_backward(const LrnShape& sh, const float* x, const float* dy, float* dx
                                        : with_ring(sh, BlockBackward{sh, sp, x, dy, dx, redo});
   if (!ring) {
     const int64_t total = sh.n * sh.c * sh.hw, half = clipped_half(sh);
-    const int device = flag.device;
-    const size_t bytes = (size_t)total * sizeof(float);
-    float* t = static_cast<float*>(gpu::allocate(device, bytes));  // the direct backward's scratch
+    const GpuScratch t(sizeof(float) * (size_t)total);  // the direct backward's t
+    float* tp = static_cast<float*>(t.p);
     const unsigned blocks = blocks_for(total, kThreads);
-    lrn_backward_direct_t_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t);
-    cudaError_t launched = cudaGetLastError();
-    if (launched == cudaSuccess) {
-      lrn_backward_direct_dx_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, t, dx, redo);
-      launched = cudaGetLastError();
-    }
-    gpu::deallocate(device, t, bytes);  // stream-ordered: reused only after these kernels
-    CUDA_CHECK(launched);
+    lrn_backward_direct_t_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, tp);
+    CUDA_CHECK_LAUNCH("lrn_backward_direct_t_kernel");
+    lrn_backward_direct_dx_kernel<<<blocks, kThreads, 0, stream()>>>(sh, half, x, dy, tp, dx, redo);
+    CUDA_CHECK_LAUNCH("lrn_backward_direct_dx_kernel");
   }
   launch_redo(sh, x, dy, dx, redo);
 }

@@ -137,24 +137,12 @@ int threads_for(int64_t k) {
 
 unsigned grid_for(int64_t n) { return (unsigned)(n < kMaxGrid ? n : kMaxGrid); }
 
-// Scratch from the caching allocator, returned even when a launch throws.
-struct Scratch {
-  int device;
-  size_t nbytes;
-  void* p;
-  Scratch(size_t bytes) : nbytes(bytes) {
-    CUDA_CHECK(cudaGetDevice(&device));
-    p = gpu::allocate(device, nbytes);
-  }
-  ~Scratch() { gpu::deallocate(device, p, nbytes); }
-};
-
 }  // namespace
 
 void softmax_cross_entropy(const float* logits, const int32_t* labels, float* probs, int64_t n,
                            int64_t k, SoftmaxFindings* found) {
   // [findings][row_loss: n doubles][row_nonfinite: n ints], each part 8-byte aligned.
-  Scratch scratch(sizeof(SoftmaxFindings) + (size_t)n * (sizeof(double) + sizeof(int)));
+  GpuScratch scratch(sizeof(SoftmaxFindings) + (size_t)n * (sizeof(double) + sizeof(int)));
   SoftmaxFindings* d_found = static_cast<SoftmaxFindings*>(scratch.p);
   double* row_loss = reinterpret_cast<double*>(d_found + 1);
   int* row_nonfinite = reinterpret_cast<int*>(row_loss + n);

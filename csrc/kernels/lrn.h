@@ -5,7 +5,6 @@
 // float; beta >= 0; alpha / k at most 2^-24 / FLT_MIN; k^-beta and k^(-beta-1) within a double's
 // range).
 #pragma once
-#include <cfloat>
 #include <cmath>
 #include <cstdint>
 
@@ -33,21 +32,24 @@ void set_lrn_variant(int variant);
 // backward's s^(-beta-1), outside the normal floats (overflowing for a tiny k, flushing to 0 for a
 // huge s). Clamping s instead kept outputs finite but wrong: they grew with x instead of
 // shrinking, and the gradient changed sign. The CUDA twin marks such an element by making p NaN
-// (lrn_checked), so its result is not finite, and a one-block pass after the kernels redoes every
-// result that is not finite (it returns at once unless a kernel raised its flag). The CPU twin
-// checks each task's inputs against bounds under which its float path stays in range, and computes
-// a task past them in double, all of it. A result out of float's range in truth, or from a NaN input,
-// comes out inf or NaN again. Never taken with ReLU-sized inputs and the paper's constants (it
-// needs activations of ~1e12 and up).
-CONVNET_LRN_HD float lrn_checked(float s, float p) {
-  return s <= FLT_MAX && p >= FLT_MIN && p <= FLT_MAX ? p : NAN;
+// (lrn_checked, csrc/cuda/lrn.cu), so its result is not finite, and a one-block pass after the
+// kernels redoes every result that is not finite (it returns at once unless a kernel raised its
+// flag). The CPU twin checks each task's inputs against bounds under which its float path stays in
+// range, and computes a task past them in double, all of it. A result out of float's range in
+// truth, or from a NaN input, comes out inf or NaN again. Never taken with ReLU-sized inputs and
+// the paper's constants (it needs activations of ~1e12 and up).
+
+// Channel i's window [lo, hi], clipped to the channels.
+CONVNET_LRN_HD void lrn_window(const LrnShape& sh, int64_t i, int64_t& lo, int64_t& hi) {
+  const int64_t half = sh.size / 2;
+  lo = i > half ? i - half : 0;
+  hi = sh.c - 1 - i > half ? i + half : sh.c - 1;
 }
-CONVNET_LRN_HD bool lrn_finite(float v) { return fabsf(v) <= FLT_MAX; }  // false for NaN
 
 // s_i in double; xp: channel 0 of one pixel (channels hw apart).
 CONVNET_LRN_HD double lrn_s_exact(const LrnShape& sh, const float* xp, int64_t i) {
-  const int64_t half = sh.size / 2;
-  const int64_t lo = i > half ? i - half : 0, hi = sh.c - 1 - i > half ? i + half : sh.c - 1;
+  int64_t lo, hi;
+  lrn_window(sh, i, lo, hi);
   double sum = 0;
   for (int64_t j = lo; j <= hi; ++j) {
     const double v = xp[j * sh.hw];
@@ -63,8 +65,9 @@ CONVNET_LRN_HD float lrn_y_exact(const LrnShape& sh, const float* xp, int64_t i)
 
 // dx_i in double (see CONVNET_LRN_TWINS below for the formula); dyp as xp.
 CONVNET_LRN_HD float lrn_dx_exact(const LrnShape& sh, const float* xp, const float* dyp, int64_t i) {
-  const int64_t half = sh.size / 2, hw = sh.hw;
-  const int64_t lo = i > half ? i - half : 0, hi = sh.c - 1 - i > half ? i + half : sh.c - 1;
+  const int64_t hw = sh.hw;
+  int64_t lo, hi;
+  lrn_window(sh, i, lo, hi);
   const double neg_beta = -(double)sh.beta;
   double tsum = 0;
   for (int64_t m = lo; m <= hi; ++m) {
