@@ -344,7 +344,7 @@ class Dropout(Layer):
     def __init__(self, spec):
         super().__init__(spec)
         self.p = _number_setting(spec, "p", 0.5)
-        if not 0.0 <= self.p <= 1 - 2**-24:  # ops.dropout's range (its draws have 24 bits)
+        if not 0.0 <= self.p <= _C.max_drop_probability:  # ops.dropout's range (its draws have 24 bits)
             raise ValueError(f"layer {self.name!r}: dropout p must be in [0, 1 - 2^-24], got {self.p}")
         self.seed = 0
 

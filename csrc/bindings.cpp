@@ -89,6 +89,17 @@ void drop_unconsumed(PyObject* cap, const char* name) {
   }
 }
 
+// The DLPack (device type, id) of t's device.
+std::pair<int, int> dlpack_device(const Tensor& t) {
+  return {t.device().is_cpu() ? (int)kDLCPU : (int)kDLCUDA, t.device().is_cpu() ? 0 : t.device().index};
+}
+
+// Either kind's deleter: frees the export's context.
+template <class Managed>
+void delete_export(Managed* m) {
+  delete static_cast<ExportCtx*>(m->manager_ctx);
+}
+
 // t as a DLPack capsule; versioned: the v1.0 capsule, `copied` in its flags.
 py::capsule to_dlpack(const Tensor& t, bool versioned, bool copied) {
   // The consumer reads on its own stream: finish ours first.
@@ -99,7 +110,8 @@ py::capsule to_dlpack(const Tensor& t, bool versioned, bool copied) {
   auto* ctx = new ExportCtx{t.storage, t.shape, {}, {}};
   DLTensor& dl = versioned ? ctx->versioned.dl_tensor : ctx->managed.dl_tensor;
   dl.data = t.raw();
-  dl.device = {t.device().is_cpu() ? kDLCPU : kDLCUDA, t.device().is_cpu() ? 0 : t.device().index};
+  const auto device = dlpack_device(t);
+  dl.device = {device.first, device.second};
   dl.ndim = t.dim();
   dl.dtype = t.dtype == DType::f32 ? DLDataType{kDLFloat, 32, 1}
            : t.dtype == DType::i32 ? DLDataType{kDLInt, 32, 1} : DLDataType{kDLUInt, 8, 1};
@@ -109,13 +121,13 @@ py::capsule to_dlpack(const Tensor& t, bool versioned, bool copied) {
   if (versioned) {
     ctx->versioned.version = {1, 0};
     ctx->versioned.manager_ctx = ctx;
-    ctx->versioned.deleter = [](DLManagedTensorVersioned* m) { delete static_cast<ExportCtx*>(m->manager_ctx); };
+    ctx->versioned.deleter = delete_export<DLManagedTensorVersioned>;
     ctx->versioned.flags = copied ? kDLFlagIsCopied : 0;
     return py::capsule(&ctx->versioned, "dltensor_versioned",
                        [](PyObject* cap) { drop_unconsumed<DLManagedTensorVersioned>(cap, "dltensor_versioned"); });
   }
   ctx->managed.manager_ctx = ctx;
-  ctx->managed.deleter = [](DLManagedTensor* m) { delete static_cast<ExportCtx*>(m->manager_ctx); };
+  ctx->managed.deleter = delete_export<DLManagedTensor>;
   return py::capsule(&ctx->managed, "dltensor",
                      [](PyObject* cap) { drop_unconsumed<DLManagedTensor>(cap, "dltensor"); });
 }
@@ -126,9 +138,7 @@ py::capsule to_dlpack(const Tensor& t, bool versioned, bool copied) {
 py::capsule export_dlpack(const Tensor& t, py::object max_version, py::object dl_device, py::object copy) {
   OpScope s("__dlpack__");
   if (!dl_device.is_none()) {
-    const auto want = dl_device.cast<std::pair<int, int>>();
-    const std::pair<int, int> have{t.device().is_cpu() ? (int)kDLCPU : (int)kDLCUDA,
-                                   t.device().is_cpu() ? 0 : t.device().index};
+    const auto want = dl_device.cast<std::pair<int, int>>(), have = dlpack_device(t);
     if (want != have)
       throw py::buffer_error(detail::message("this tensor is on ", t.device().str(),
                                              " (DLPack device ", have.first, ", ", have.second,
@@ -148,18 +158,19 @@ Tensor from_dlpack_capsule(py::capsule cap) {
   // Until the capsule is renamed below, an error leaves it to its producer's destructor.
   const DLTensor* dlp;
   std::function<void()> release;
+  const auto take = [&](auto* m) {
+    dlp = &m->dl_tensor;
+    release = [m] { if (m->deleter) m->deleter(m); };
+  };
   if (versioned) {
     auto* m = static_cast<DLManagedTensorVersioned*>(PyCapsule_GetPointer(cap.ptr(), "dltensor_versioned"));
     CHECK_VALUE(m->version.major == 1, "DLPack ", m->version.major, ".", m->version.minor,
                 " is not supported (1.x is)");
     CHECK_VALUE(!(m->flags & kDLFlagReadOnly), "the array is read-only and convnet tensors are writable: pass a "
                 "writable array, or convnet.tensor(array) for a copy");
-    dlp = &m->dl_tensor;
-    release = [m] { if (m->deleter) m->deleter(m); };
+    take(m);
   } else {
-    auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
-    dlp = &m->dl_tensor;
-    release = [m] { if (m->deleter) m->deleter(m); };
+    take(static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor")));
   }
   const DLTensor& dl = *dlp;
   DType dt;
@@ -256,9 +267,7 @@ PYBIND11_MODULE(_C, m) {
                             py::object copy) { return export_dlpack(t, max_version, dl_device, copy); },
            py::arg("stream") = py::none(), py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
            py::arg("copy") = py::none())
-      .def("__dlpack_device__", [](const Tensor& t) {
-        return py::make_tuple(t.device().is_cpu() ? (int)kDLCPU : (int)kDLCUDA, t.device().is_cpu() ? 0 : t.device().index);
-      })
+      .def("__dlpack_device__", [](const Tensor& t) { return dlpack_device(t); })
       .def("__len__", [](const Tensor& t) {
         OpScope s("len");
         CHECK_VALUE(t.dim() > 0, "len() of a 0-d tensor");

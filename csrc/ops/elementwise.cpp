@@ -79,6 +79,7 @@ void register_elementwise(py::module_& m) {
   m.def("relu", &relu, py::arg("x"), CONVNET_NOGIL);
   m.def("relu_backward", &relu_backward, py::arg("y"), py::arg("dy"), CONVNET_NOGIL);
   m.def("dropout", &dropout, py::arg("x"), py::arg("p"), py::arg("seed"), CONVNET_NOGIL);
+  m.attr("max_drop_probability") = random::kMaxDropProbability;  // for the dropout layer's early check
   m.def("dropout_backward", &dropout_backward, py::arg("dy"), py::arg("mask"), py::arg("p"),
         CONVNET_NOGIL);
   m.def("sgd_update", &sgd_update, py::arg("w"), py::arg("dw"), py::arg("v"), py::arg("lr"),
