@@ -113,7 +113,7 @@ class Findings(ctypes.Structure):
 
 def build(workdir):
     cu = (ROOT / "csrc/cuda/softmax.cu").read_text()
-    kernels = between(cu, "constexpr int kMaxThreads", "// Scratch from the caching allocator")
+    kernels = between(cu, "constexpr int kMaxThreads", "}  // namespace\n")  # the kernels and their sizing
     src = STANDINS + f'#include "{ROOT}/csrc/kernels/softmax.h"\n'
     src += "namespace convnet::cuda {\nnamespace {\n" + kernels + "}  // namespace\n}  // namespace convnet::cuda\n"
     src += DRIVER
