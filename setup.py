@@ -2,7 +2,8 @@
 
 CONVNET_CUDA=1 requires the CUDA backend, CONVNET_CUDA=0 skips it; unset, it is built
 whenever a CUDA compiler is found (system nvcc, CUDA_HOME, or the nvidia-cuda-nvcc-cu12
-wheel). CONVNET_CUDA_ARCH overrides the GPU architectures (CMake syntax, e.g. "90-real").
+wheel); CONVNET_CUDA=emulate builds it for the CPU (tools/cuda_emulator: for tests only).
+CONVNET_CUDA_ARCH overrides the GPU architectures (CMake syntax, e.g. "90-real").
 """
 import os
 import shutil
@@ -47,7 +48,11 @@ class CMakeBuild(build_ext):
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         mode = os.environ.get("CONVNET_CUDA", "").strip().lower()
-        cuda = {"1": "ON", "on": "ON", "true": "ON", "0": "OFF", "off": "OFF", "false": "OFF"}.get(mode, "AUTO")
+        modes = {"": "AUTO", "auto": "AUTO", "1": "ON", "on": "ON", "true": "ON", "0": "OFF", "off": "OFF",
+                 "false": "OFF", "emulate": "EMULATE"}
+        if mode not in modes:
+            raise SystemExit(f"CONVNET_CUDA={os.environ['CONVNET_CUDA']!r}: expected 1, 0, auto or emulate")
+        cuda = modes[mode]
         args = [
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
@@ -56,7 +61,7 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
             "-G", "Ninja",
         ]
-        if cuda != "OFF":
+        if cuda in ("ON", "AUTO"):
             nvcc = find_nvcc()
             if nvcc:
                 args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")

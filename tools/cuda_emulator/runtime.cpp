@@ -1,0 +1,390 @@
+// The CUDA emulator's runtime (see cuda_runtime.h): devices, memory, copies, and the block
+// scheduler that runs each CUDA thread as a fiber.
+//
+// Environment: CONVNET_EMU_DEVICES (GPUs to emulate, default 2, so the two-tower placements and
+// peer copies run), CONVNET_EMU_SMS (multiprocessors a device reports, default 132 as an H100:
+// the split-K and wave heuristics take the same paths), CONVNET_EMU_MEMORY_MB (per device,
+// default 4096: past it cudaMalloc fails as on a full GPU), CONVNET_EMU_ORDER (`reverse`: blocks,
+// and threads between barriers, run last first, so that a kernel that leans on an order no GPU
+// promises gives other results).
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+thread_local uint3 threadIdx, blockIdx;
+thread_local dim3 blockDim, gridDim;
+
+namespace {
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
+bool reverse_order() {
+  static const bool r = [] {
+    const char* v = std::getenv("CONVNET_EMU_ORDER");
+    return v && std::string(v) == "reverse";
+  }();
+  return r;
+}
+
+int device_count() {
+  static const int n = env_int("CONVNET_EMU_DEVICES", 2);
+  return n;
+}
+
+thread_local int current_device = 0;
+thread_local cudaError_t last_error = cudaSuccess;
+
+cudaError_t fail(cudaError_t e) {
+  last_error = e;
+  return e;
+}
+
+bool valid_device(int d) { return d >= 0 && d < device_count(); }
+
+// Device memory: host memory, filled with 0xFF bytes (NaN floats) as uninitialised memory is.
+struct Allocation {
+  int device;
+  size_t bytes;
+};
+std::mutex memory_mutex;
+std::map<void*, Allocation> allocations;
+std::vector<size_t> in_use(64, 0);
+std::set<std::pair<int, int>> peers_enabled;
+
+}  // namespace
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = device_count();
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* d) {
+  *d = current_device;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) {
+  if (!valid_device(d)) return fail(cudaErrorInvalidDevice);
+  current_device = d;
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
+  if (!valid_device(d)) return fail(cudaErrorInvalidDevice);
+  std::memset(p, 0, sizeof *p);
+  std::snprintf(p->name, sizeof p->name, "CUDA emulator (CPU) %d", d);
+  p->totalGlobalMem = (size_t)env_int("CONVNET_EMU_MEMORY_MB", 4096) << 20;
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = env_int("CONVNET_EMU_SMS", 132);
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
+  cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, d) != cudaSuccess) return last_error;
+  if (a == cudaDevAttrMultiProcessorCount) *v = p.multiProcessorCount;
+  else if (a == cudaDevAttrComputeCapabilityMajor) *v = p.major;
+  else return fail(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceCanAccessPeer(int* can, int from, int to) {
+  if (!valid_device(from) || !valid_device(to)) return fail(cudaErrorInvalidDevice);
+  *can = from != to;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned) {
+  if (!valid_device(peer) || peer == current_device) return fail(cudaErrorInvalidDevice);
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  if (!peers_enabled.insert({current_device, peer}).second) return fail(cudaErrorPeerAccessAlreadyEnabled);
+  return cudaSuccess;
+}
+cudaError_t cudaGetLastError() {
+  cudaError_t e = last_error;
+  last_error = cudaSuccess;
+  return e;
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorPeerAccessAlreadyEnabled: return "peer access is already enabled";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+  }
+  return "unknown error";
+}
+
+cudaError_t cudaMalloc(void** p, size_t n) {
+  const size_t limit = (size_t)env_int("CONVNET_EMU_MEMORY_MB", 4096) << 20;
+  const size_t bytes = (n + 255) / 256 * 256;
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  if (n == 0 || bytes > limit - std::min(limit, in_use[current_device])) return fail(cudaErrorMemoryAllocation);
+  void* q = std::aligned_alloc(256, bytes);
+  if (!q) return fail(cudaErrorMemoryAllocation);
+  std::memset(q, 0xFF, bytes);
+  allocations[q] = {current_device, bytes};
+  in_use[current_device] += bytes;
+  *p = q;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  auto it = allocations.find(p);
+  if (it == allocations.end()) return fail(cudaErrorInvalidValue);
+  in_use[it->second.device] -= it->second.bytes;
+  allocations.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** p, size_t n) {
+  *p = std::aligned_alloc(256, (n + 255) / 256 * 256);
+  return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t) {
+  std::memset(p, value, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t) {
+  if (n) std::memcpy(dst, src, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyPeerAsync(void* dst, int dst_dev, const void* src, int src_dev, size_t n, cudaStream_t) {
+  if (!valid_device(dst_dev) || !valid_device(src_dev)) return fail(cudaErrorInvalidDevice);
+  if (n) std::memcpy(dst, src, n);
+  return cudaSuccess;
+}
+// Work runs when it is issued, so every stream and event is always complete.
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
+  return e ? cudaSuccess : fail(cudaErrorInvalidValue);
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  *e = reinterpret_cast<cudaEvent_t>(new char(0));
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) { return e ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  if (!e) return fail(cudaErrorInvalidValue);
+  delete reinterpret_cast<char*>(e);
+  return cudaSuccess;
+}
+
+// ---- the block scheduler ----
+namespace emu {
+namespace {
+
+constexpr size_t kStackBytes = 128 << 10;
+constexpr size_t kGuardBytes = 4096;
+
+enum class State { Ready, AtBarrier, AtShuffle, Done };
+
+struct Fiber {
+  ucontext_t context;
+  char* stack = nullptr;  // kStackBytes above a guard page, mapped once, reused by every block
+  uint3 index;
+  State state = State::Done;
+  int predicate = 0, count = 0;         // __syncthreads_count
+  uint64_t bits = 0, result = 0;        // a shuffle's value out, and in
+  int lane_mask = 0, width = 32;
+};
+
+// Stacks outlive the host threads that used them: a test suite starts many threads, and a
+// mapping per stack and one per guard page would soon pass the kernel's limit on mappings.
+std::mutex stack_mutex;
+std::vector<char*> spare_stacks;
+
+char* take_stack() {
+  {
+    std::lock_guard<std::mutex> lock(stack_mutex);
+    if (!spare_stacks.empty()) {
+      char* s = spare_stacks.back();
+      spare_stacks.pop_back();
+      return s;
+    }
+  }
+  void* m = mmap(nullptr, kStackBytes + kGuardBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return nullptr;
+  mprotect(m, kGuardBytes, PROT_NONE);  // a stack overflow faults instead of corrupting
+  return static_cast<char*>(m) + kGuardBytes;
+}
+
+struct Block {
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler;
+  int current = 0;
+  const std::function<void()>* body = nullptr;
+  ~Block() {  // the host thread ends
+    std::lock_guard<std::mutex> lock(stack_mutex);
+    for (Fiber& f : fibers)
+      if (f.stack) spare_stacks.push_back(f.stack);
+  }
+};
+
+thread_local Block block;
+
+void fiber_main() {
+  Fiber& f = block.fibers[block.current];
+  (*block.body)();
+  f.state = State::Done;
+  // returns to uc_link: the scheduler
+}
+
+void suspend(State s) {
+  Fiber& f = block.fibers[block.current];
+  f.state = s;
+  swapcontext(&f.context, &block.scheduler);
+}
+
+[[noreturn]] void die(const std::string& why) {
+  std::fprintf(stderr, "CUDA emulator: %s\n", why.c_str());
+  std::abort();  // a kernel that deadlocks or faults on a GPU does not return either
+}
+
+// Releases what can be released; false when nothing could (a deadlock).
+bool release_barriers(int threads) {
+  int live = 0, at_barrier = 0, counted = 0;
+  for (const Fiber& f : block.fibers)
+    if (f.state != State::Done) {
+      ++live;
+      if (f.state == State::AtBarrier) {
+        ++at_barrier;
+        counted += f.predicate != 0;
+      }
+    }
+  if (live > 0 && at_barrier == live) {
+    for (Fiber& f : block.fibers)
+      if (f.state == State::AtBarrier) {
+        f.count = counted;
+        f.state = State::Ready;
+      }
+    return true;
+  }
+  bool released = false;
+  for (int w = 0; w * 32 < threads; ++w) {
+    const int first = w * 32, last = std::min(threads, first + 32);
+    bool all = true, any = false;
+    for (int t = first; t < last; ++t) {
+      const State s = block.fibers[t].state;
+      if (s == State::Done) continue;
+      any = true;
+      all = all && s == State::AtShuffle;
+    }
+    if (!any || !all) continue;
+    for (int t = first; t < last; ++t) {
+      Fiber& f = block.fibers[t];
+      if (f.state != State::AtShuffle) continue;
+      const int lane = t - first, src_lane = lane ^ f.lane_mask;
+      const int src = (src_lane / f.width == lane / f.width) ? first + src_lane : t;
+      if (src >= last || block.fibers[src].state != State::AtShuffle)
+        die("a warp shuffle reads a lane that has exited or is not in the shuffle");
+      f.result = block.fibers[src].bits;
+    }
+    for (int t = first; t < last; ++t)
+      if (block.fibers[t].state == State::AtShuffle) block.fibers[t].state = State::Ready;
+    released = true;
+  }
+  return released;
+}
+
+void run_block(int threads) {
+  static thread_local ucontext_t prototype;
+  static thread_local bool have_prototype = false;
+  if (!have_prototype) {
+    getcontext(&prototype);
+    have_prototype = true;
+  }
+  if ((int)block.fibers.size() < threads) block.fibers.resize(threads);
+  for (int t = 0; t < threads; ++t) {
+    Fiber& f = block.fibers[t];
+    if (!f.stack && !(f.stack = take_stack())) die("no memory for fiber stacks");
+    f.context = prototype;
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = kStackBytes;
+    f.context.uc_link = &block.scheduler;
+    makecontext(&f.context, fiber_main, 0);
+    f.index.x = t % blockDim.x;
+    f.index.y = t / blockDim.x % blockDim.y;
+    f.index.z = t / (blockDim.x * blockDim.y);
+    f.state = State::Ready;
+  }
+  for (int t = threads; t < (int)block.fibers.size(); ++t) block.fibers[t].state = State::Done;
+  for (;;) {
+    bool ran = false;
+    for (int i = 0; i < threads; ++i) {
+      const int t = reverse_order() ? threads - 1 - i : i;
+      if (block.fibers[t].state != State::Ready) continue;
+      block.current = t;
+      threadIdx = block.fibers[t].index;
+      swapcontext(&block.scheduler, &block.fibers[t].context);
+      ran = true;
+    }
+    bool live = false;
+    for (int t = 0; t < threads; ++t) live = live || block.fibers[t].state != State::Done;
+    if (!live) return;
+    if (!release_barriers(threads) && !ran)
+      die("deadlock: some threads of a block wait at a barrier or shuffle the others never reach");
+  }
+}
+
+}  // namespace
+
+void sync_block() { suspend(State::AtBarrier); }
+
+int sync_block_count(int predicate) {
+  block.fibers[block.current].predicate = predicate;
+  suspend(State::AtBarrier);
+  return block.fibers[block.current].count;
+}
+
+uint64_t shuffle_xor(uint64_t bits, int lane_mask, int width) {
+  Fiber& f = block.fibers[block.current];
+  f.bits = bits;
+  f.lane_mask = lane_mask;
+  f.width = width;
+  suspend(State::AtShuffle);
+  return block.fibers[block.current].result;
+}
+
+void launch(const Config& c, const std::function<void()>& body) {
+  const uint64_t threads = (uint64_t)c.block.x * c.block.y * c.block.z;
+  const bool ok = threads >= 1 && threads <= 1024 && c.block.z <= 64 && c.grid.x >= 1 && c.grid.x <= 0x7fffffffu &&
+                  c.grid.y >= 1 && c.grid.y <= 65535 && c.grid.z >= 1 && c.grid.z <= 65535 &&
+                  c.shared_bytes <= 48 * 1024 && valid_device(current_device);
+  if (!ok) {
+    fail(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (block.body) die("a kernel launched from inside a kernel");
+  gridDim = c.grid;
+  blockDim = c.block;
+  block.body = &body;
+  const uint64_t blocks = (uint64_t)c.grid.x * c.grid.y * c.grid.z;
+  for (uint64_t i = 0; i < blocks; ++i) {
+    const uint64_t b = reverse_order() ? blocks - 1 - i : i;
+    blockIdx.x = (unsigned)(b % c.grid.x);
+    blockIdx.y = (unsigned)(b / c.grid.x % c.grid.y);
+    blockIdx.z = (unsigned)(b / ((uint64_t)c.grid.x * c.grid.y));
+    run_block((int)threads);
+  }
+  block.body = nullptr;
+}
+
+}  // namespace emu

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The CUDA backend's tests without a GPU: builds convnet with CONVNET_CUDA=EMULATE (the CUDA sources
+# compiled for the CPU against tools/cuda_emulator, every CUDA thread a fiber) in BUILD_DIR, copies
+# the package and tests beside the module, and runs pytest there on the tests that touch CUDA
+# (TEST_FILTER; empty runs every test), or on the pytest arguments given.
+#   bash tools/emulate_cuda.sh                          # the CUDA tests, two emulated GPUs (~3 min)
+#   CONVNET_EMU_ORDER=reverse bash tools/emulate_cuda.sh   # blocks and threads run last first
+#   bash tools/emulate_cuda.sh tests/test_lrn.py -k cuda   # some tests
+# It checks the CUDA code's logic (index maps, barriers, shuffles, launch limits, host code,
+# placements and peer copies), not its speed, and not what only hardware shows (see
+# tools/cuda_emulator/cuda_runtime.h). Needs cmake, ninja and pybind11 in the active Python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=$(mkdir -p "${BUILD_DIR:-build/emulated}" && cd "${BUILD_DIR:-build/emulated}" && pwd)
+TEST_FILTER=${TEST_FILTER-"cuda or gpu or pinned or allocator"}
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONVNET_CUDA=EMULATE \
+  -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$BUILD_DIR/module" \
+  -DPython_EXECUTABLE="$(command -v python)" \
+  -Dpybind11_DIR="$(python -c 'import pybind11; print(pybind11.get_cmake_dir())')" >/dev/null
+cmake --build "$BUILD_DIR" -j "${JOBS:-2}" >/dev/null
+run="$BUILD_DIR/run"
+rm -rf "$run" && mkdir -p "$run"
+cp -r convnet tests tools benchmarks "$run/"
+rm -f "$run"/convnet/_C*.so && cp "$BUILD_DIR"/module/_C*.so "$run/convnet/"
+cd "$run"
+python -c "import convnet; assert convnet._C.cuda_device_name(0).startswith('CUDA emulator'), 'not the emulated build'"
+if [ $# -gt 0 ]; then
+  exec python -m pytest -q "$@"
+elif [ -n "$TEST_FILTER" ]; then
+  exec python -m pytest -q tests -k "$TEST_FILTER"
+else
+  exec python -m pytest -q tests
+fi
