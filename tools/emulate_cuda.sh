@@ -25,9 +25,9 @@ rm -f "$run"/convnet/_C*.so && cp "$BUILD_DIR"/module/_C*.so "$run/convnet/"
 cd "$run"
 python -c "import convnet; assert convnet._C.cuda_device_name(0).startswith('CUDA emulator'), 'not the emulated build'"
 if [ $# -gt 0 ]; then
-  exec python -m pytest -q "$@"
+  exec python -m pytest -q --capture=sys "$@"
 elif [ -n "$TEST_FILTER" ]; then
-  exec python -m pytest -q tests -k "$TEST_FILTER"
+  exec python -m pytest -q --capture=sys tests -k "$TEST_FILTER"
 else
-  exec python -m pytest -q tests
+  exec python -m pytest -q --capture=sys tests
 fi

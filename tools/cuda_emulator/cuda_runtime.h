@@ -11,8 +11,13 @@
 // one block runs at a time on a host thread. Launch limits (1024 threads, grid.y/z 65535) are
 // checked as the driver checks them.
 //
-// What it cannot see: timing, memory races between blocks (blocks run in order), device memory
-// read from host code (both are host memory here), and warp-synchronous code without _sync.
+// The rewritten sources are built with -fsanitize=alignment,bounds (CMakeLists.txt), so a float4
+// access off 16 bytes (a fault on a GPU) and an index past a fixed-size array (shared memory) stop
+// the process with the file and line.
+//
+// What it cannot see: timing, memory races between blocks (blocks run in order; or last first,
+// CONVNET_EMU_ORDER=reverse), device memory read from host code (both are host memory here), an
+// index past a cudaMalloc'd buffer, and warp-synchronous code without _sync.
 #pragma once
 
 #include <cmath>
