@@ -114,6 +114,9 @@ def main(argv=None):
     device = convnet._C.parse_device(args.device)
     batch = args.batch or (128 if device != "cpu" else 16)
     torch = try_torch()
+    if torch is not None and device != "cpu" and not torch.cuda.is_available():
+        print("# PyTorch has no CUDA here: its columns are left out")
+        torch = None
     if torch is not None and device != "cpu":
         # float32 arithmetic on both sides: no TF32 in cuDNN or cuBLAS.
         torch.backends.cudnn.allow_tf32 = False
