@@ -1,4 +1,6 @@
 """The Tensor type, devices, copies and DLPack."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -326,6 +328,34 @@ def test_pinned_async_copy_is_ordered_before_reuse(rng):
     # A non-pinned tensor's non_blocking copy is an ordinary synchronous one.
     a = rng.integers(0, 255, (5, 3), dtype=np.uint8)
     np.testing.assert_array_equal(convnet.tensor(a).to("cuda:0", non_blocking=True).numpy(), a)
+
+
+@needs_gpu
+def test_pinned_copies_from_two_threads(rng):
+    # Two threads queueing copies of one pinned tensor: each copy waits on the last one's event,
+    # which only one of them may then destroy (a lock; without it, a double destroy).
+    a = rng.integers(0, 255, (64, 1024), dtype=np.uint8)
+    host = convnet.empty(a.shape, "uint8", "cpu", pinned=True)
+    host.numpy()[...] = a
+    devices = ["cuda:0", f"cuda:{convnet.device_count() - 1}"]
+    outs = [[], []]
+
+    def copy(k):
+        for i in range(2000):
+            out = host.to(devices[k], non_blocking=True)
+            if i % 200 == 0:
+                outs[k].append(out)
+
+    threads = [threading.Thread(target=copy, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        convnet.synchronize(devices[k])
+        assert len(outs[k]) == 10
+        for o in outs[k]:
+            np.testing.assert_array_equal(o.numpy(), a)
 
 
 def test_pinned_memory_errors():

@@ -362,6 +362,10 @@ void deallocate_pinned(void* ptr, size_t nbytes, void* event) {
 }
 
 void copy_host_to_device_async(void* dst, int dst_dev, const void* src, size_t nbytes, void** event) {
+  // Two threads copying one pinned tensor at once would both wait on, and both destroy, its last
+  // event: one lock for every pinned tensor's event (held only while a copy is queued).
+  static std::mutex event_mutex;
+  std::lock_guard<std::mutex> lock(event_mutex);
   DeviceGuard g(Device{DeviceType::CUDA, dst_dev});
   cudaEvent_t previous = static_cast<cudaEvent_t>(*event);
   if (previous) {  // an earlier copy from this block (maybe another device or thread): order after it

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cuda_runtime.h"
@@ -121,6 +122,7 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorPeerAccessAlreadyEnabled: return "peer access is already enabled";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
   }
   return "unknown error";
@@ -170,19 +172,40 @@ cudaError_t cudaMemcpyPeerAsync(void* dst, int dst_dev, const void* src, int src
   if (n) std::memcpy(dst, src, n);
   return cudaSuccess;
 }
-// Work runs when it is issued, so every stream and event is always complete.
+// Work runs when it is issued, so every stream and event is always complete. Events are checked
+// as the driver checks them (one destroyed twice, or never made, is an error), and the calls that
+// take one yield the host thread first, so that threads sharing an event interleave there.
+namespace {
+std::set<cudaEvent_t> live_events;
+bool live_event(cudaEvent_t e) {
+  std::this_thread::yield();
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  return live_events.count(e) > 0;
+}
+}  // namespace
+
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned) {
-  return e ? cudaSuccess : fail(cudaErrorInvalidValue);
+  return live_event(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
   *e = reinterpret_cast<cudaEvent_t>(new char(0));
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  live_events.insert(*e);
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) { return e ? cudaSuccess : fail(cudaErrorInvalidValue); }
-cudaError_t cudaEventSynchronize(cudaEvent_t e) { return e ? cudaSuccess : fail(cudaErrorInvalidValue); }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+  return live_event(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  return live_event(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  if (!e) return fail(cudaErrorInvalidValue);
+  std::this_thread::yield();
+  {
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    if (!live_events.erase(e)) return fail(cudaErrorInvalidResourceHandle);
+  }
   delete reinterpret_cast<char*>(e);
   return cudaSuccess;
 }
