@@ -1,4 +1,5 @@
 """The Tensor type, devices, copies and DLPack."""
+import os
 import threading
 
 import numpy as np
@@ -213,7 +214,6 @@ for versioned in (False, True):
     except ZeroDivisionError:
         print("caught", versioned)
 """
-    import os
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
@@ -257,7 +257,8 @@ def test_gpu_to_gpu_copy_and_allocator(rng):
     for _ in range(10):  # same-size allocations hit the cache
         convnet.ops.relu(t)
     assert _C.memory_allocated(0) == before
-    assert _C.memory_cached(0) > 0
+    if os.environ.get("CONVNET_NO_MEMORY_CACHING") != "1":
+        assert _C.memory_cached(0) > 0
     assert isinstance(_C.cuda_device_name(0), str)
 
 
@@ -271,7 +272,6 @@ def test_check_finite(device):
 def test_checkout_sources_use_the_installed_build(tmp_path):
     """`python -m convnet.train` from a checkout after `pip install .` imports the checkout's
     sources, which have no compiled module: they must use the installed build's."""
-    import os
     import shutil
     import subprocess
     import sys

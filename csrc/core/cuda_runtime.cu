@@ -153,13 +153,39 @@ void release_pinned_cache() {
   });
 }
 
+// CONVNET_NO_MEMORY_CACHING=1: each GPU block is a cudaMalloc of the tensor's exact size, freed at
+// once (slow), so that compute-sanitizer and the CUDA emulator's guard pages see an access past a
+// tensor, which a cached block's rounding would hide.
+bool no_caching() {
+  static const bool yes = [] {
+    const char* v = std::getenv("CONVNET_NO_MEMORY_CACHING");
+    return v && std::string(v) == "1";
+  }();
+  return yes;
+}
+
+[[noreturn]] void out_of_memory(int device, size_t nbytes, size_t in_use) {
+  cudaGetLastError();
+  throw DeviceError(detail::message("out of GPU memory on cuda:", device, " allocating ", nbytes, " bytes (",
+                                    in_use, " bytes in use)"));
+}
+
 }  // namespace
 
 void* allocate(int device, size_t nbytes) {
   OpScope scope(current_op());
-  size_t size = round_size(nbytes);
   Pool& p = pool(device);
   DeviceGuard g(Device{DeviceType::CUDA, device});
+  if (no_caching()) {
+    void* ptr = nullptr;
+    const cudaError_t e = cudaMalloc(&ptr, nbytes ? nbytes : 1);
+    if (e == cudaErrorMemoryAllocation) out_of_memory(device, nbytes, p.allocated);
+    CUDA_CHECK(e);
+    std::lock_guard<std::mutex> lock(p.m);
+    p.allocated += nbytes;
+    return ptr;
+  }
+  size_t size = round_size(nbytes);
   {
     std::lock_guard<std::mutex> lock(p.m);
     // A block this thread freed first: its stream is ours, so stream order alone makes it safe.
@@ -185,11 +211,7 @@ void* allocate(int device, size_t nbytes) {
     release_cached(device, p);
     e = cudaMalloc(&ptr, size);
   }
-  if (e == cudaErrorMemoryAllocation) {
-    cudaGetLastError();
-    throw DeviceError(detail::message("out of GPU memory on cuda:", device, " allocating ", nbytes, " bytes (",
-                                      p.allocated, " bytes in use)"));
-  }
+  if (e == cudaErrorMemoryAllocation) out_of_memory(device, nbytes, p.allocated);
   CUDA_CHECK(e);
   std::lock_guard<std::mutex> lock(p.m);
   p.allocated += size;
@@ -203,6 +225,13 @@ void deallocate(int device, void* ptr, size_t nbytes) {
   int prev = -1;
   cudaGetDevice(&prev);
   if (prev != device) cudaSetDevice(device);
+  if (no_caching()) {  // cudaFree waits for the work queued on the device
+    cudaFree(ptr);
+    std::lock_guard<std::mutex> lock(p.m);
+    p.allocated -= nbytes;
+    if (prev >= 0 && prev != device) cudaSetDevice(prev);
+    return;
+  }
   Block b{ptr, nullptr, thread_serial()};
   {
     std::lock_guard<std::mutex> lock(p.m);

@@ -15,9 +15,12 @@
 // access off 16 bytes (a fault on a GPU) and an index past a fixed-size array (shared memory) stop
 // the process with the file and line.
 //
+// Device memory sits between guard pages (runtime.cpp): with CONVNET_NO_MEMORY_CACHING=1, each
+// tensor its own allocation, an access past a tensor stops the process and names the buffer.
+//
 // What it cannot see: timing, memory races between blocks (blocks run in order; or last first,
-// CONVNET_EMU_ORDER=reverse), device memory read from host code (both are host memory here), an
-// index past a cudaMalloc'd buffer, and warp-synchronous code without _sync.
+// CONVNET_EMU_ORDER=reverse), device memory read from host code (both are host memory here), and
+// warp-synchronous code without _sync.
 #pragma once
 
 #include <cmath>

@@ -7,6 +7,7 @@
 // default 4096: past it cudaMalloc fails as on a full GPU), CONVNET_EMU_ORDER (`reverse`: blocks,
 // and threads between barriers, run last first, so that a kernel that leans on an order no GPU
 // promises gives other results).
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 
@@ -23,6 +24,10 @@
 #include "cuda_runtime.h"
 
 thread_local uint3 threadIdx, blockIdx;
+
+namespace emu {
+void describe_fault(const char* address);  // a fiber's stack guard page (the scheduler, below)
+}
 thread_local dim3 blockDim, gridDim;
 
 namespace {
@@ -55,15 +60,58 @@ cudaError_t fail(cudaError_t e) {
 
 bool valid_device(int d) { return d >= 0 && d < device_count(); }
 
-// Device memory: host memory, filled with 0xFF bytes (NaN floats) as uninitialised memory is.
+// Device memory: host memory between two inaccessible guard pages, the block ending at the upper
+// one to within 16 bytes (cudaMalloc aligns to 256; 16 is what a float4 needs, and the closer
+// fit finds more), filled with 0xFF bytes (NaN floats) as uninitialised memory is. An access past
+// either end faults, and on_fault names the buffer; the few bytes between the end and the guard
+// page hold 0xA5 and are checked when the block is freed (a write there). With
+// CONVNET_NO_MEMORY_CACHING=1 every tensor is a block of its own exact size.
+constexpr size_t kPage = 4096;
 struct Allocation {
   int device;
-  size_t bytes;
+  size_t bytes, span;  // asked for; rounded up to 16
+  char* region;        // guard page, data pages, guard page
+  size_t region_bytes;
 };
 std::mutex memory_mutex;
-std::map<void*, Allocation> allocations;
+std::map<char*, Allocation> allocations;
 std::vector<size_t> in_use(64, 0);
 std::set<std::pair<int, int>> peers_enabled;
+
+struct sigaction previous_segv;
+
+// SIGSEGV: names the device buffer or fiber stack the address is next to, then hands the signal to
+// the handler before ours (Python's faulthandler prints the traceback), which ends the process.
+void on_fault(int sig, siginfo_t* info, void* context) {
+  const char* a = static_cast<const char*>(info->si_addr);
+  if (memory_mutex.try_lock()) {
+    for (const auto& [start, m] : allocations) {
+      if (a < m.region || a >= m.region + m.region_bytes) continue;
+      if (a >= start)
+        std::fprintf(stderr, "CUDA emulator: an access %td bytes past the end of a %zu-byte buffer on cuda:%d\n",
+                     a - (start + m.bytes), m.bytes, m.device);
+      else
+        std::fprintf(stderr, "CUDA emulator: an access %td bytes before the start of a %zu-byte buffer on cuda:%d\n",
+                     start - a, m.bytes, m.device);
+    }
+    memory_mutex.unlock();
+  }
+  emu::describe_fault(a);
+  sigaction(SIGSEGV, &previous_segv, nullptr);  // the faulting access runs again, into that handler
+  (void)sig;
+  (void)context;
+}
+
+void install_fault_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction a {};
+    a.sa_sigaction = on_fault;
+    a.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&a.sa_mask);
+    sigaction(SIGSEGV, &a, &previous_segv);
+  });
+}
 
 }  // namespace
 
@@ -129,26 +177,50 @@ const char* cudaGetErrorString(cudaError_t e) {
 }
 
 cudaError_t cudaMalloc(void** p, size_t n) {
+  install_fault_handler();
   const size_t limit = (size_t)env_int("CONVNET_EMU_MEMORY_MB", 4096) << 20;
-  const size_t bytes = (n + 255) / 256 * 256;
+  const size_t span = (n + 15) / 16 * 16, data = (span + kPage - 1) / kPage * kPage;
+  {
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    if (n == 0 || span > limit - std::min(limit, in_use[current_device])) return fail(cudaErrorMemoryAllocation);
+    in_use[current_device] += span;
+  }
+  void* m = mmap(nullptr, data + 2 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) {
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    in_use[current_device] -= span;
+    return fail(cudaErrorMemoryAllocation);
+  }
+  char* region = static_cast<char*>(m);
+  mprotect(region, kPage, PROT_NONE);
+  mprotect(region + kPage + data, kPage, PROT_NONE);
+  char* start = region + kPage + data - span;
+  std::memset(start, 0xFF, n);
+  std::memset(start + n, 0xA5, span - n);
   std::lock_guard<std::mutex> lock(memory_mutex);
-  if (n == 0 || bytes > limit - std::min(limit, in_use[current_device])) return fail(cudaErrorMemoryAllocation);
-  void* q = std::aligned_alloc(256, bytes);
-  if (!q) return fail(cudaErrorMemoryAllocation);
-  std::memset(q, 0xFF, bytes);
-  allocations[q] = {current_device, bytes};
-  in_use[current_device] += bytes;
-  *p = q;
+  allocations[start] = {current_device, n, span, region, data + 2 * kPage};
+  *p = start;
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
-  std::lock_guard<std::mutex> lock(memory_mutex);
-  auto it = allocations.find(p);
-  if (it == allocations.end()) return fail(cudaErrorInvalidValue);
-  in_use[it->second.device] -= it->second.bytes;
-  allocations.erase(it);
-  std::free(p);
+  Allocation m;
+  {
+    std::lock_guard<std::mutex> lock(memory_mutex);
+    auto it = allocations.find(static_cast<char*>(p));
+    if (it == allocations.end()) return fail(cudaErrorInvalidValue);
+    m = it->second;
+    in_use[m.device] -= m.span;
+    allocations.erase(it);
+  }
+  const unsigned char* tail = static_cast<unsigned char*>(p) + m.bytes;
+  for (size_t i = 0; i < m.span - m.bytes; ++i)
+    if (tail[i] != 0xA5) {
+      std::fprintf(stderr, "CUDA emulator: a write %zu bytes past the end of a %zu-byte buffer on cuda:%d\n", i,
+                   m.bytes, m.device);
+      std::abort();
+    }
+  munmap(m.region, m.region_bytes);
   return cudaSuccess;
 }
 cudaError_t cudaMallocHost(void** p, size_t n) {
@@ -276,6 +348,18 @@ void suspend(State s) {
   swapcontext(&f.context, &block.scheduler);
 }
 
+// An alternate signal stack for each host thread that runs kernels: a fiber whose stack
+// overflowed cannot run the fault handler on it.
+void ensure_signal_stack() {
+  static thread_local std::vector<char> stack;
+  if (!stack.empty()) return;
+  stack.resize(64 << 10);
+  stack_t ss{};
+  ss.ss_sp = stack.data();
+  ss.ss_size = stack.size();
+  sigaltstack(&ss, nullptr);
+}
+
 [[noreturn]] void die(const std::string& why) {
   std::fprintf(stderr, "CUDA emulator: %s\n", why.c_str());
   std::abort();  // a kernel that deadlocks or faults on a GPU does not return either
@@ -369,6 +453,12 @@ void run_block(int threads) {
 
 }  // namespace
 
+void describe_fault(const char* address) {
+  for (const Fiber& f : block.fibers)
+    if (f.stack && address >= f.stack - kGuardBytes && address < f.stack)
+      std::fprintf(stderr, "CUDA emulator: a CUDA thread overflowed its %zu-byte stack\n", kStackBytes);
+}
+
 void sync_block() { suspend(State::AtBarrier); }
 
 int sync_block_count(int predicate) {
@@ -396,6 +486,7 @@ void launch(const Config& c, const std::function<void()>& body) {
     return;
   }
   if (block.body) die("a kernel launched from inside a kernel");
+  ensure_signal_stack();
   gridDim = c.grid;
   blockDim = c.block;
   block.body = &body;
