@@ -5,6 +5,7 @@
 # (TEST_FILTER; empty runs every test), or on the pytest arguments given.
 #   bash tools/emulate_cuda.sh                          # the CUDA tests, two emulated GPUs (~3 min)
 #   CONVNET_EMU_ORDER=reverse bash tools/emulate_cuda.sh   # blocks and threads run last first
+#   CONVNET_EMU_ORDER=random:7 bash tools/emulate_cuda.sh  # ... shuffled at each launch and barrier
 #   CONVNET_NO_MEMORY_CACHING=1 bash tools/emulate_cuda.sh  # each tensor its own guarded allocation:
 #                                                           # an access past one stops the run, named
 #   bash tools/emulate_cuda.sh tests/test_lrn.py -k cuda   # some tests

@@ -19,7 +19,7 @@
 // tensor its own allocation, an access past a tensor stops the process and names the buffer.
 //
 // What it cannot see: timing, memory races between blocks (blocks run in order; or last first,
-// CONVNET_EMU_ORDER=reverse), device memory read from host code (both are host memory here), and
+// CONVNET_EMU_ORDER=reverse or random), device memory read from host code (both are host memory here), and
 // warp-synchronous code without _sync.
 #pragma once
 

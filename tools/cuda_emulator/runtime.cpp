@@ -4,9 +4,8 @@
 // Environment: CONVNET_EMU_DEVICES (GPUs to emulate, default 2, so the two-tower placements and
 // peer copies run), CONVNET_EMU_SMS (multiprocessors a device reports, default 132 as an H100:
 // the split-K and wave heuristics take the same paths), CONVNET_EMU_MEMORY_MB (per device,
-// default 4096: past it cudaMalloc fails as on a full GPU), CONVNET_EMU_ORDER (`reverse`: blocks,
-// and threads between barriers, run last first, so that a kernel that leans on an order no GPU
-// promises gives other results).
+// default 4096: past it cudaMalloc fails as on a full GPU), CONVNET_EMU_ORDER (below: a kernel that
+// leans on an order of blocks or threads no GPU promises gives other results).
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -37,13 +36,55 @@ int env_int(const char* name, int fallback) {
   return v && *v ? std::atoi(v) : fallback;
 }
 
-bool reverse_order() {
-  static const bool r = [] {
-    const char* v = std::getenv("CONVNET_EMU_ORDER");
-    return v && std::string(v) == "reverse";
+// CONVNET_EMU_ORDER: the order blocks run in, and threads between barriers: forward (default),
+// reverse, or random[:SEED] (a new shuffle at every launch and every barrier; the seed, default 1,
+// makes a run repeatable).
+enum class Order { Forward, Reverse, Random };
+
+Order order() {
+  static const Order o = [] {
+    const std::string v = std::getenv("CONVNET_EMU_ORDER") ? std::getenv("CONVNET_EMU_ORDER") : "";
+    if (v.empty() || v == "forward") return Order::Forward;
+    if (v == "reverse") return Order::Reverse;
+    if (v.rfind("random", 0) == 0) return Order::Random;
+    std::fprintf(stderr, "CUDA emulator: CONVNET_EMU_ORDER=%s: expected forward, reverse or random[:SEED]\n", v.c_str());
+    std::abort();
   }();
-  return r;
+  return o;
 }
+
+uint64_t next_random() {
+  static const uint64_t seed = [] {
+    const char* v = std::getenv("CONVNET_EMU_ORDER");
+    const char* colon = v ? std::strchr(v, ':') : nullptr;
+    return colon ? std::strtoull(colon + 1, nullptr, 10) : 1;
+  }();
+  static std::atomic<uint64_t> calls{0};
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + ++calls * 0xBF58476D1CE4E5B9ull;  // splitmix64
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// The positions 0..n-1 in the order asked for: position(j) for j < size, skipping those >= n.
+// Random: j -> (a*j + c) mod size with a odd, a bijection on [0, size) with size a power of 2.
+struct Walk {
+  uint64_t n, size = 1, a = 1, c = 0;
+  explicit Walk(uint64_t n_) : n(n_) {
+    if (order() != Order::Random) {
+      size = n;
+      return;
+    }
+    while (size < n) size <<= 1;
+    a = next_random() | 1;
+    c = next_random();
+  }
+  uint64_t position(uint64_t j) const {
+    if (order() == Order::Forward) return j;
+    if (order() == Order::Reverse) return n - 1 - j;
+    return (a * j + c) & (size - 1);
+  }
+};
 
 int device_count() {
   static const int n = env_int("CONVNET_EMU_DEVICES", 2);
@@ -435,9 +476,10 @@ void run_block(int threads) {
   for (int t = threads; t < (int)block.fibers.size(); ++t) block.fibers[t].state = State::Done;
   for (;;) {
     bool ran = false;
-    for (int i = 0; i < threads; ++i) {
-      const int t = reverse_order() ? threads - 1 - i : i;
-      if (block.fibers[t].state != State::Ready) continue;
+    const Walk walk((uint64_t)threads);
+    for (uint64_t j = 0; j < walk.size; ++j) {
+      const int t = (int)walk.position(j);
+      if (t >= threads || block.fibers[t].state != State::Ready) continue;
       block.current = t;
       threadIdx = block.fibers[t].index;
       swapcontext(&block.scheduler, &block.fibers[t].context);
@@ -491,8 +533,10 @@ void launch(const Config& c, const std::function<void()>& body) {
   blockDim = c.block;
   block.body = &body;
   const uint64_t blocks = (uint64_t)c.grid.x * c.grid.y * c.grid.z;
-  for (uint64_t i = 0; i < blocks; ++i) {
-    const uint64_t b = reverse_order() ? blocks - 1 - i : i;
+  const Walk walk(blocks);
+  for (uint64_t j = 0; j < walk.size; ++j) {
+    const uint64_t b = walk.position(j);
+    if (b >= blocks) continue;
     blockIdx.x = (unsigned)(b % c.grid.x);
     blockIdx.y = (unsigned)(b / c.grid.x % c.grid.y);
     blockIdx.z = (unsigned)(b / ((uint64_t)c.grid.x * c.grid.y));
