@@ -5,8 +5,9 @@ tools/emulate_fft.cu (variant 5's FFT backward-filter: the spectrum kernel's ste
 barrier, the product GEMMs and the inverse at the taps) and
 tools/emulate_lrn_pool.py (the LRN and max-pool kernel bodies compiled by g++) and
 tools/emulate_softmax.py (the softmax kernels, one OS thread a CUDA thread, so that barriers and
-warp shuffles are real), each against float64 references; and tools/gpu_probe.py smoke-run on the
-CPU. Skipped, with the reason, where the compilers or the tools/ folder are missing."""
+warp shuffles are real), each against float64 references; tools/gpu_probe.py smoke-run on the
+CPU; and the launch rewriting of the whole-backend CUDA emulator (tools/cuda_emulator, run by
+tools/emulate_cuda.sh and CI, not here: it takes minutes). Skipped, with the reason, where the compilers or the tools/ folder are missing."""
 import os
 import shutil
 import subprocess
@@ -80,3 +81,39 @@ def test_gpu_probe_runs_on_the_cpu():
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.count("\n") == 12 and "dropout_backward" in out.stdout, out.stdout
     assert out.stdout.count("in turn with copy_") == 2, out.stdout  # as benchmarks/run.py times them
+
+
+def test_rewrite_launches():
+    """tools/cuda_emulator/rewrite_launches.py (the CUDA emulator's one source change): every
+    launch of csrc/ -- templated kernels, a dim3 grid, arguments with calls and casts, a launch
+    over two lines -- becomes an emu::launch call with the same configuration and arguments; a
+    <<<...>>> in a comment stays."""
+    src = TOOLS / "cuda_emulator" / "rewrite_launches.py"
+    if not src.exists():
+        pytest.skip(f"{src} not found (tests run outside the checkout)")
+    sys.path.insert(0, str(src.parent))
+    try:
+        from rewrite_launches import rewrite
+    finally:
+        sys.path.remove(str(src.parent))
+    text = """// after every <<<...>>>: check
+  gemm_kernel<Cfg, A_KFAST, B_KFAST><<<grid, Cfg::THREADS, 0, stream()>>>(g, a, b, st, partial);
+  relu_kernel<<<blocks_for(n / 4 + 1, 256), 256, 0, stream()>>>(x, y, n, vector_count(n, nullptr, x, y));
+  copy_rows_kernel<<<dim3(x, y), 256, 0, stream()>>>(src, (int)(a * b),
+                                                      dst);
+"""
+    out = rewrite(text)
+    assert out.splitlines()[0] == "// after every <<<...>>>: check"
+    assert ("::emu::launch(::emu::Config(grid, Cfg::THREADS, 0, stream()), "
+            "[&] { gemm_kernel<Cfg, A_KFAST, B_KFAST>(g, a, b, st, partial); });") in out
+    assert ("::emu::launch(::emu::Config(blocks_for(n / 4 + 1, 256), 256, 0, stream()), "
+            "[&] { relu_kernel(x, y, n, vector_count(n, nullptr, x, y)); });") in out
+    assert "::emu::launch(::emu::Config(dim3(x, y), 256, 0, stream()), [&] { copy_rows_kernel(src, (int)(a * b)," in out
+    assert out.count("<<<") == 1 and out.count("::emu::launch") == 3
+    with pytest.raises(ValueError, match="without arguments"):
+        rewrite("k<<<1, 1>>>;")
+    # every launch in csrc/ is rewritten (none is left for g++ to trip on)
+    csrc = TOOLS.parent / "csrc"
+    for path in list(csrc.rglob("*.cu")) + list(csrc.rglob("*.cuh")):
+        code = [line for line in rewrite(path.read_text(), str(path)).splitlines() if "<<<" in line]
+        assert all(line.split("<<<")[0].count("//") for line in code), (path, code)

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -23,11 +24,11 @@
 #include "cuda_runtime.h"
 
 thread_local uint3 threadIdx, blockIdx;
+thread_local dim3 blockDim, gridDim;
 
 namespace emu {
 void describe_fault(const char* address);  // a fiber's stack guard page (the scheduler, below)
 }
-thread_local dim3 blockDim, gridDim;
 
 namespace {
 
@@ -86,8 +87,10 @@ struct Walk {
   }
 };
 
+constexpr int kMaxDevices = 64;
+
 int device_count() {
-  static const int n = env_int("CONVNET_EMU_DEVICES", 2);
+  static const int n = std::max(1, std::min(kMaxDevices, env_int("CONVNET_EMU_DEVICES", 2)));
   return n;
 }
 
@@ -116,7 +119,7 @@ struct Allocation {
 };
 std::mutex memory_mutex;
 std::map<char*, Allocation> allocations;
-std::vector<size_t> in_use(64, 0);
+std::vector<size_t> in_use(kMaxDevices, 0);
 std::set<std::pair<int, int>> peers_enabled;
 
 struct sigaction previous_segv;
@@ -219,11 +222,15 @@ const char* cudaGetErrorString(cudaError_t e) {
 
 cudaError_t cudaMalloc(void** p, size_t n) {
   install_fault_handler();
+  if (n == 0) {  // as the runtime does: no memory, no error
+    *p = nullptr;
+    return cudaSuccess;
+  }
   const size_t limit = (size_t)env_int("CONVNET_EMU_MEMORY_MB", 4096) << 20;
   const size_t span = (n + 15) / 16 * 16, data = (span + kPage - 1) / kPage * kPage;
   {
     std::lock_guard<std::mutex> lock(memory_mutex);
-    if (n == 0 || span > limit - std::min(limit, in_use[current_device])) return fail(cudaErrorMemoryAllocation);
+    if (span > limit - std::min(limit, in_use[current_device])) return fail(cudaErrorMemoryAllocation);
     in_use[current_device] += span;
   }
   void* m = mmap(nullptr, data + 2 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
