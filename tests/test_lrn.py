@@ -320,6 +320,37 @@ def test_lrn_out_of_float_range(device, rng, lrn_variant):
         assert not bad, f"{x.shape} {p}: {bad}"
 
 
+def underflow_cases():
+    """(x, dy, params) whose backward products fall under float's normal range while 2 alpha beta x_i
+    scales them back up: t = dy x s^(-beta-1) flushed to 0 (alpha 1e30: the gradient was 4x off, and
+    of the wrong sign with a window of 5), a subnormal t (found by fuzzing the CUDA kernels, k tiny),
+    and a subnormal 2 alpha beta x_i against a large window sum."""
+    cases = []
+    for size in (1, 5):
+        x = np.full((1, 3, 2, 2), 1e-15)
+        x[0, 1, 1, 1] = 0.0
+        cases.append((x, np.full(x.shape, 1e-30), _params(size, 1e30, 0.75, 1.0)))
+    cases.append((np.array([54205.57]).reshape(1, 1, 1, 1), np.array([-1.5625806e-11]).reshape(1, 1, 1, 1),
+                  _params(1, 0.2504776837179967, 3.0, 1.560912109731665e-25)))
+    x = np.array([1e10, 1e-38, 1e10, 3.0]).reshape(1, 4, 1, 1)
+    dy = np.array([1e30, 0.0, 1e30, 1.0]).reshape(1, 4, 1, 1)
+    cases.append((x, dy, _params(3, 1e-4, 0.75, 2.0)))
+    return [(x.astype(np.float32), dy.astype(np.float32), p) for x, dy, p in cases]
+
+
+@pytest.mark.parametrize("lrn_variant", VARIANTS, indirect=True, ids=[f"v{v}" for v in VARIANTS])
+def test_lrn_backward_underflow(device, lrn_variant):
+    if device == "cpu" and lrn_variant != VARIANTS[0]:
+        pytest.skip("the variants are CUDA kernels; the CPU twin has one")
+    for x, dy, p in underflow_cases():
+        xt = convnet.tensor(x, device)
+        y = ops.lrn(xt, **p)
+        dx = ops.lrn_backward(xt, y, convnet.tensor(dy, device), **p)
+        with np.errstate(all="ignore"):
+            bad = out_of_range_errors(x, dy, y.numpy(), dx.numpy(), p)
+        assert not bad, f"{x.shape} {p}: {bad}"
+
+
 @pytest.mark.parametrize("lrn_variant", VARIANTS, indirect=True, ids=[f"v{v}" for v in VARIANTS])
 def test_lrn_random_ranges(device, rng, lrn_variant):
     # every accepted setting, on inputs across float's range, right element by element

@@ -37,15 +37,18 @@
 // ptxas -v (sm_90, CUDA 13.0, -O3), from CMAKE_ARGS=-DCONVNET_PTXAS_VERBOSE=ON tools/dev_build.sh;
 // every kernel: 0 bytes stack frame, 0 bytes spill stores/loads. Registers by
 // half-window H (0..4), beta = 3/4 fast path / general powf, with the out-of-range checks
-// (store_checked; before them: ring 64/40 and block backward 69/75 at H = 2, the same occupancy):
+// (store_checked; before them: ring 64/40 and block backward 69/75 at H = 2, the same occupancy)
+// and the backward's underflow checks (lrn_t; before them the backward rows read 62/40 58/54 66/56
+// 72/64 72/71 and 64/57 64/64 74/72 62/64 64/70: the paper's block backward 74 -> 80, 3 blocks of
+// 256 an SM either way; not yet timed on a GPU):
 //   lrn_ring_kernel<H>             48/32  54/39  60/40  59/40  56/40
-//   lrn_backward_ring_kernel<H>    62/40  58/54  66/56  72/64  72/71
+//   lrn_backward_ring_kernel<H>    58/48  55/59  58/61  63/63  71/70
 //   lrn_block_kernel<H>            32/48  38/36  36/44  40/40  40/40
-//   lrn_backward_block_kernel<H>   64/57  64/64  74/72  62/64  64/70   (U = 4 for H >= 3)
+//   lrn_backward_block_kernel<H>   64/56  80/64  80/73  63/64  69/70   (U = 4 for H >= 3)
 //   lrn_direct_kernel 38, lrn_backward_direct_t_kernel 40, lrn_backward_direct_dx_kernel 40,
 //   lrn_redo_kernel 75
 // Variant 1 at the paper's H = 2: forward 36 registers (6 blocks of 256 per SM, 8 loads in flight
-// each), backward 74 (3 blocks, 16 loads in flight each).
+// each), backward 80 (3 blocks, 16 loads in flight each).
 #include <atomic>
 #include <cfloat>
 
@@ -70,6 +73,25 @@ __device__ __forceinline__ float lrn_checked(float s, float p) {
   return s <= FLT_MAX && p >= FLT_MIN && p <= FLT_MAX ? p : NAN;
 }
 __device__ __forceinline__ bool lrn_finite(float v) { return fabsf(v) <= FLT_MAX; }  // false for NaN
+
+// t = dy x q (q = s^(-beta-1), checked), or NaN where a digit is lost that 2 alpha beta x_i may
+// scale back up: a product under float's normal range that is not exactly 0 (a t of 3e-46 flushed
+// to 0 gave a gradient 4x off with alpha = 1e30), or an x whose own 2 alpha beta x is (x_floor, see
+// lrn_x_floor; t_x is in x's own window, so its dx is redone too). The element is then redone in
+// double (lrn_redo_kernel). Checked here, once a channel, not at each output: ptxas gave the block
+// backward 93 registers for a check of 2 alpha beta x_i there, against 75.
+__device__ __forceinline__ float lrn_t(float dy, float x, float q, float x_floor) {
+  const float d = dy * x, t = d * q;
+  // |d| and |t| normal, or d exactly 0 from a zero input; |x| past x_floor, or 0
+  const bool zero = (dy == 0.f) | (x == 0.f);
+  const bool ok = ((fminf(fabsf(d), fabsf(t)) >= FLT_MIN) | zero) & ((fabsf(x) >= x_floor) | (x == 0.f));
+  return ok ? t : NAN;
+}
+// The |x| under which 2 alpha beta x leaves float's normal range.
+__device__ __forceinline__ float lrn_x_floor(const LrnShape& sh) {
+  const float two_alpha_beta = 2.f * sh.alpha * sh.beta;
+  return two_alpha_beta > 0.f ? FLT_MIN / two_alpha_beta : 0.f;
+}
 
 // s^-beta, or NaN out of range (lrn_checked).
 template <bool kThreeQuarters>
@@ -198,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) lrn_backward_ring_kernel(const LrnSh
       const float s = sh.k + sh.alpha * sum;
       const float p = neg_pow<kThreeQuarters>(s, -sh.beta);
       P[H] = p;
-      T[2 * H] = (j >= 0 && j < sh.c) ? D[H] * X[H] * lrn_checked(s, p / s) : 0.f;
+      T[2 * H] = (j >= 0 && j < sh.c) ? lrn_t(D[H], X[H], lrn_checked(s, p / s), lrn_x_floor(sh)) : 0.f;
       const int64_t i = j - H;
       if (i >= pl.c0) {
         float tsum = 0.f;
@@ -295,7 +317,7 @@ __device__ __forceinline__ void lrn_t_p(const LrnShape& sh, int j, const float* 
     p = lrn_checked(s, powf(s, -sh.beta));
     p_over_s = p / s;
   }
-  t = (j >= 0 && j < sh.c) ? dyj * xw[H] * lrn_checked(s, p_over_s) : 0.f;
+  t = (j >= 0 && j < sh.c) ? lrn_t(dyj, xw[H], lrn_checked(s, p_over_s), lrn_x_floor(sh)) : 0.f;
 }
 
 // Block i0..i0+U-1 needs t_j, p_j for j in [i0-H, i0+U+H), hence x in [i0-2H, i0+U+2H).
@@ -391,7 +413,7 @@ __global__ void lrn_backward_direct_t_kernel(const LrnShape sh, int64_t half, co
     int64_t base, c;
     element(sh, e, base, c);
     const float s = window_denominator(sh, x + base, c, half);
-    t[e] = dy[e] * x[e] * lrn_checked(s, lrn_checked(s, powf(s, -sh.beta)) / s);
+    t[e] = lrn_t(dy[e], x[e], lrn_checked(s, lrn_checked(s, powf(s, -sh.beta)) / s), lrn_x_floor(sh));
   }
 }
 

@@ -38,6 +38,11 @@ void set_lrn_variant(int variant);
 // range, and computes a task past them in double, all of it. A result out of float's range in
 // truth, or from a NaN input, comes out inf or NaN again. Never taken with ReLU-sized inputs and
 // the paper's constants (it needs activations of ~1e12 and up).
+// Under float's range too: the backward's t = dy x s^(-beta-1), and 2 alpha beta x, are scaled back
+// up by 2 alpha beta x_i, so a step of them under the normal floats (not exactly 0) loses digits
+// that matter (alpha = 1e30, x = 1e-15, dy = 1e-30: the gradient 4x off). The CUDA twin marks such
+// a t (lrn_t); the CPU twin sends a task whose smallest nonzero |x| and |dy| could make one to
+// double (SafeInputs::keeps_digits).
 
 // Channel i's window [lo, hi], clipped to the channels.
 CONVNET_LRN_HD void lrn_window(const LrnShape& sh, int64_t i, int64_t& lo, int64_t& hi) {
