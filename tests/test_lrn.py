@@ -276,6 +276,9 @@ def test_lrn_bad_input(device):
                        (dict(beta=-0.5), "beta must be finite and >= 0 as a float32, got -0.5"),
                        # squares under float's normal range (lost digits) would count against k
                        (dict(alpha=1e20, k=1e-30), "alpha / k must be at most 2\\^-24 / 1.18e-38"),
+                       # the backward's factor 2 alpha beta subnormal as a float32 (lost digits)
+                       (dict(alpha=1e-45, beta=0.75, k=1.0),
+                        "2 alpha beta must be 0 or at least 1.18e-38 \\(a normal float32\\), got alpha = 1e-45"),
                        # a zero input's s^-beta = k^-beta past a double (the kernels' exact path)
                        (dict(alpha=0.0, k=1e-37, beta=9.0),
                         "k\\^-beta and k\\^-\\(beta\\+1\\) must fit in a double, got k = 1e-37")]:

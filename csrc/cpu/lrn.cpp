@@ -43,18 +43,6 @@ struct PowGeneral {
   float operator()(float s) const { return std::pow(s, neg_beta); }
 };
 
-// Out of float's range (csrc/kernels/lrn.h). A task (an image's block of pixels) whose inputs are
-// all within SafeInputs' bounds runs the float loops below as they are: every s lies where s^-beta
-// (and, for the backward, s^(-beta-1)) is a normal float, and no intermediate overflows. Any
-// other task (an input past a bound, or NaN) is computed in double, all of it. The bounds are
-// checked in a pass over the task's inputs before its loops, which also brings them into cache:
-// benchmarks/run.py --device cpu --only lrn (batch 16, 2 cores, builds alternated) read forward
-// conv1 1.8 ms against 2.3-2.7 without any check, conv2 0.9-1.1 against 0.9-1.1, backward conv1
-// 3.0-3.3 against 3.5-3.9, conv2 2.0 against 1.7-1.9. Checks inside the loops cost 15-40%
-// (per-pixel arrays, reductions), and NaN markers there, the CUDA twin's way, left GCC's loops
-// scalar (2.2x slower). The backward's pass also finds the smallest nonzero |x| and |dy|
-// (keeps_digits), at no cost seen: conv1 4.33-4.36 ms against 4.27-4.32 without, conv2 2.67-2.80
-// against 2.81-2.83 (the same run of the session, builds alternated).
 // |v| over a task's rows (n rows of len, hw apart): the largest, the smallest nonzero (inf when all
 // are 0), and whether one is NaN.
 struct Extent {
@@ -78,6 +66,18 @@ inline Extent extent(const float* v, int64_t n, int64_t hw, int64_t len) {
   return {hi, lo, bad != 0};
 }
 
+// Out of float's range (csrc/kernels/lrn.h). A task (an image's block of pixels) whose inputs are
+// all within SafeInputs' bounds runs the float loops below as they are: every s lies where s^-beta
+// (and, for the backward, s^(-beta-1)) is a normal float, and no intermediate overflows. Any
+// other task (an input past a bound, or NaN) is computed in double, all of it. The bounds are
+// checked in a pass over the task's inputs before its loops, which also brings them into cache:
+// benchmarks/run.py --device cpu --only lrn (batch 16, 2 cores, builds alternated) read forward
+// conv1 1.8 ms against 2.3-2.7 without any check, conv2 0.9-1.1 against 0.9-1.1, backward conv1
+// 3.0-3.3 against 3.5-3.9, conv2 2.0 against 1.7-1.9. Checks inside the loops cost 15-40%
+// (per-pixel arrays, reductions), and NaN markers there, the CUDA twin's way, left GCC's loops
+// scalar (2.2x slower). The backward's pass also finds the smallest nonzero |x| and |dy|
+// (keeps_digits), at no cost seen: conv1 4.33-4.36 ms against 4.27-4.32 without, conv2 2.67-2.80
+// against 2.81-2.83 (the same run of the session, builds alternated).
 struct SafeInputs {
   float x, dy;  // bounds on |x| and |dy|; 0 when no input is safe (k itself out of range)
   const LrnShape& sh;

@@ -76,10 +76,10 @@ __device__ __forceinline__ bool lrn_finite(float v) { return fabsf(v) <= FLT_MAX
 
 // t = dy x q (q = s^(-beta-1), checked), or NaN where a digit is lost that 2 alpha beta x_i may
 // scale back up: a product under float's normal range that is not exactly 0 (a t of 3e-46 flushed
-// to 0 gave a gradient 4x off with alpha = 1e30), or an x whose own 2 alpha beta x is (x_floor, see
-// lrn_x_floor; t_x is in x's own window, so its dx is redone too). The element is then redone in
-// double (lrn_redo_kernel). Checked here, once a channel, not at each output: ptxas gave the block
-// backward 93 registers for a check of 2 alpha beta x_i there, against 75.
+// to 0 gave a gradient 4x off with alpha = 1e30), or an x whose own 2 alpha beta x is (under
+// lrn_x_floor: channel i's t is in its own window, so dx_i is redone too). The elements are then
+// redone in double (lrn_redo_kernel). Checked here, once a channel, not at each output: a check of
+// 2 alpha beta x_i there took the block backward to 93 registers and a spill, against 80.
 __device__ __forceinline__ float lrn_t(float dy, float x, float q, float x_floor) {
   const float d = dy * x, t = d * q;
   // |d| and |t| normal, or d exactly 0 from a zero input; |x| past x_floor, or 0

@@ -41,6 +41,12 @@ LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, dou
   CHECK_VALUE((double)a * FLT_MIN <= (double)kf / 16777216.0,
               "alpha / k must be at most 2^-24 / 1.18e-38 (5e30), or squares under float's normal range would ",
               "count: got alpha = ", alpha, " and k = ", k);
+  // The backward scales by 2 alpha beta in float: under float's normal range it has lost its digits
+  // (alpha = 1e-45, beta = 0.75: 2 alpha beta is 2^-148 against 1.5 x 2^-149)
+  const float two_alpha_beta = 2.f * a * b;
+  CHECK_VALUE(two_alpha_beta == 0.f || two_alpha_beta >= FLT_MIN,
+              "2 alpha beta must be 0 or at least 1.18e-38 (a normal float32), got alpha = ", alpha, " and beta = ",
+              beta);
   // s >= k: a zero input's s^-beta and the backward's s^(-beta-1) are largest there, and the
   // kernels' exact path computes them in double (csrc/kernels/lrn.h)
   CHECK_VALUE(std::isfinite(std::pow((double)kf, -(double)b)) && std::isfinite(std::pow((double)kf, -(double)b - 1)),
