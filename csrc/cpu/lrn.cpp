@@ -81,7 +81,9 @@ inline Extent extent(const float* v, int64_t n, int64_t hw, int64_t len) {
 struct SafeInputs {
   float x, dy;  // bounds on |x| and |dy|; 0 when no input is safe (k itself out of range)
   const LrnShape& sh;
-  SafeInputs(const LrnShape& shape, bool backward) : x(0.f), dy(0.f), sh(shape) {
+  const double width;  // squares in a window
+  SafeInputs(const LrnShape& shape, bool backward)
+      : x(0.f), dy(0.f), sh(shape), width((double)std::min<int64_t>(shape.size, shape.c)) {
     // the s whose s^-e is a normal float, e = beta (and beta + 1 for the backward), narrowed by 1e-4
     const double min_log = std::log((double)FLT_MIN), max_log = std::log((double)FLT_MAX);
     double lo_log = -INFINITY, hi_log = INFINITY;
@@ -93,7 +95,7 @@ struct SafeInputs {
       if (!backward) break;
     }
     const double lo = std::exp(lo_log) * 1.0001, hi = std::min(std::exp(hi_log) * 0.9999, (double)FLT_MAX);
-    const double k = sh.k, width = (double)std::min<int64_t>(sh.size, sh.c);
+    const double k = sh.k;
     if (!(k >= lo && k < hi)) return;
     // the window's sum of squares (at most width of them, summed in float before alpha) finite,
     // and s = k + alpha * that sum <= hi, with room for rounding
@@ -115,7 +117,6 @@ struct SafeInputs {
   // of 3e-46 flushed to 0 gave a gradient 4x off with alpha = 1e30).
   bool keeps_digits(const Extent& ex, const Extent& ed) const {
     if (ex.smallest == INFINITY || ed.smallest == INFINITY) return true;  // every t exactly 0
-    const double width = (double)std::min<int64_t>(sh.size, sh.c);
     const double s_max = sh.k + sh.alpha * width * (double)ex.largest * ex.largest;
     const double shrink = s_max > 1.0 ? std::pow(s_max, -(double)sh.beta - 1.0) : 1.0;
     const double two_alpha_beta = 2.0 * sh.alpha * sh.beta;

@@ -18,9 +18,9 @@
 // Device memory sits between guard pages (runtime.cpp): with CONVNET_NO_MEMORY_CACHING=1, each
 // tensor its own allocation, an access past a tensor stops the process and names the buffer.
 //
-// What it cannot see: timing, memory races between blocks (blocks run in order; or last first,
-// CONVNET_EMU_ORDER=reverse or random), device memory read from host code (both are host memory here), and
-// warp-synchronous code without _sync.
+// What it cannot see: timing, memory races between blocks (blocks run one at a time: in order,
+// last first or shuffled, CONVNET_EMU_ORDER), device memory read from host code (both are host
+// memory here), and warp-synchronous code without _sync.
 #pragma once
 
 #include <cmath>
@@ -57,11 +57,6 @@ struct __attribute__((aligned(16))) float4 {
 struct __attribute__((aligned(4))) uchar4 {
   unsigned char x, y, z, w;
 };
-inline float2 make_float2(float x, float y) { return {x, y}; }
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-inline uchar4 make_uchar4(unsigned char x, unsigned char y, unsigned char z, unsigned char w) {
-  return {x, y, z, w};
-}
 
 template <class T>
 inline T __ldg(const T* p) { return *p; }

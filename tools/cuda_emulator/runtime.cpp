@@ -94,6 +94,11 @@ int device_count() {
   return n;
 }
 
+size_t device_memory() {  // bytes a device holds
+  static const size_t bytes = (size_t)env_int("CONVNET_EMU_MEMORY_MB", 4096) << 20;
+  return bytes;
+}
+
 thread_local int current_device = 0;
 thread_local cudaError_t last_error = cudaSuccess;
 
@@ -176,7 +181,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   if (!valid_device(d)) return fail(cudaErrorInvalidDevice);
   std::memset(p, 0, sizeof *p);
   std::snprintf(p->name, sizeof p->name, "CUDA emulator (CPU) %d", d);
-  p->totalGlobalMem = (size_t)env_int("CONVNET_EMU_MEMORY_MB", 4096) << 20;
+  p->totalGlobalMem = device_memory();
   p->major = 9;
   p->minor = 0;
   p->multiProcessorCount = env_int("CONVNET_EMU_SMS", 132);
@@ -226,7 +231,7 @@ cudaError_t cudaMalloc(void** p, size_t n) {
     *p = nullptr;
     return cudaSuccess;
   }
-  const size_t limit = (size_t)env_int("CONVNET_EMU_MEMORY_MB", 4096) << 20;
+  const size_t limit = device_memory();
   const size_t span = (n + 15) / 16 * 16, data = (span + kPage - 1) / kPage * kPage;
   {
     std::lock_guard<std::mutex> lock(memory_mutex);
