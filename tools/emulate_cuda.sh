@@ -16,6 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=$(mkdir -p "${BUILD_DIR:-build/emulated}" && cd "${BUILD_DIR:-build/emulated}" && pwd)
 TEST_FILTER=${TEST_FILTER-"cuda or gpu or pinned or allocator"}
+# A build folder configured from another checkout makes cmake stop ("does not match the source"):
+# start it afresh instead.
+if [ -f "$BUILD_DIR/CMakeCache.txt" ] && \
+   ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$(pwd)" "$BUILD_DIR/CMakeCache.txt"; then
+  echo "emulate_cuda: $BUILD_DIR was configured from another source folder; rebuilding it"
+  rm -rf "$BUILD_DIR" && mkdir -p "$BUILD_DIR"
+fi
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONVNET_CUDA=EMULATE \
   -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$BUILD_DIR/module" \
   -DPython_EXECUTABLE="$(command -v python)" \
