@@ -44,6 +44,9 @@ def physical_device(logical):
     return _C.parse_device(f"cuda:{int(m.group(2) or 0) % count}")
 
 
+MAX_DEFAULT_TOWERS = 64
+
+
 def default_devices(towers):
     """One logical device per tower: cuda:0, cuda:1, ... when a GPU is visible, else cpu:0, cpu:1, ..."""
     kind = "cuda" if _C.cuda_built() and _C.cuda_device_count() > 0 else "cpu"
@@ -68,8 +71,12 @@ class Net:
         self.step = 0  # training forwards so far: with the seed, it picks the dropout masks
         self.config = config if config is not None else {"layers": specs, "seed": self.seed}
         self._check_graph()
-        towers = 1 + max(layer.tower for layer in self.layers)
+        last = max(self.layers, key=lambda layer: layer.tower)
+        towers = 1 + last.tower
         if devices is None:
+            if towers > MAX_DEFAULT_TOWERS:  # a typo, not a plan: do not build a list of 2**62 names
+                raise ValueError(f"layer {last.name!r}: tower {last.tower} asks for {towers} devices; without "
+                                 f"devices= a net gets one per tower, at most {MAX_DEFAULT_TOWERS}")
             devices = default_devices(towers)
         if isinstance(devices, str):
             devices = [devices]

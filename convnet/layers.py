@@ -68,14 +68,17 @@ class Layer:
 
     def __init__(self, spec):
         self.spec = dict(spec)
-        self.name = spec["name"]
+        self.name = spec["name"]  # a non-empty string: make_layer checked
         inputs = spec.get("inputs", [])
-        if isinstance(inputs, str) or not all(isinstance(n, str) for n in inputs):
+        if not isinstance(inputs, (list, tuple)) or not all(isinstance(n, str) for n in inputs):
             raise ValueError(f"layer {self.name!r}: inputs must be a list of layer names, got {inputs!r}")
         self.inputs = list(inputs)
         self.tower = _int_setting(spec, "tower", 0, default=0)
-        # The layer in the one-device net this one is part of (conv1_a and conv1_b: "conv1").
+        # The layer in the one-device net this one is part of (conv1_a and conv1_b: "conv1"); it
+        # names the parameters ("conv1.weight").
         self.group = spec.get("group", self.name)
+        if not isinstance(self.group, str) or not self.group:
+            raise ValueError(f"layer {self.name!r}: group must be a non-empty string, got {self.group!r}")
         self.params = {}
         self.device = None    # physical device, set by the Net
         self.input_grad = True  # False when the Net needs no gradient for the inputs (they are images)
@@ -151,10 +154,18 @@ class Input(Layer):
             raise ValueError(f"layer {self.name!r}: shape must be a list of integers >= 1, got {shape!r}")
 
 
-def _param_spec(spec, out):
-    """(key prefix, first row, full rows) of this layer's part of the one-device parameters."""
-    start, full = spec.get("rows", (0, out))
-    return spec.get("group", spec["name"]), int(start), int(full)
+def _param_spec(layer, out):
+    """(key prefix, first row, full rows) of this layer's part of the one-device parameters: its
+    `rows` [start, full] (default [0, out]) say that it holds rows start .. start + out of a
+    tensor of `full` rows."""
+    rows = layer.spec.get("rows", (0, out))
+    if not isinstance(rows, (list, tuple)) or len(rows) != 2:
+        raise ValueError(f"layer {layer.name!r}: rows must be a pair [start, full rows], got {rows!r}")
+    start = integer(rows[0], f"layer {layer.name!r}: rows[0]", 0, error=ValueError)
+    full = integer(rows[1], f"layer {layer.name!r}: rows[1]", 1, error=ValueError)
+    if start + out > full:
+        raise ValueError(f"layer {layer.name!r}: rows {start} .. {start + out} do not fit in {full} rows")
+    return layer.group, start, full
 
 
 class Conv(Layer):
@@ -186,7 +197,7 @@ class Conv(Layer):
         return (self.out_channels, oh, ow)
 
     def make_params(self, device):
-        key, start, full = _param_spec(self.spec, self.out_channels)
+        key, start, full = _param_spec(self, self.out_channels)
         rows = (start, start + self.out_channels)
         self.params = {
             "weight": Param(f"{key}.weight", (self.out_channels, self.in_channels // self.groups, self.kernel, self.kernel),
@@ -226,7 +237,7 @@ class Linear(Layer):
         return (self.out_features,)
 
     def make_params(self, device):
-        key, start, full = _param_spec(self.spec, self.out_features)
+        key, start, full = _param_spec(self, self.out_features)
         rows = (start, start + self.out_features)
         self.params = {"weight": Param(f"{key}.weight", (self.out_features, self.in_features), rows, full, device),
                        "bias": Param(f"{key}.bias", (self.out_features,), rows, full, device)}
@@ -271,6 +282,10 @@ class LRN(Layer):
         self.beta = _number_setting(spec, "beta", 0.75)
         self.k = _number_setting(spec, "k", 2.0)
         self.groups = _int_setting(spec, "groups", 1, default=1)
+        try:  # the op's own rules (csrc/ops/lrn.cpp), now rather than at the first forward
+            _C.lrn_check_settings(self.size, self.alpha, self.beta, self.k)
+        except ValueError as e:
+            raise ValueError(f"layer {self.name!r}: {e}") from None
 
     def _shape(self, s):
         if len(s) != 3 or s[0] % self.groups:
@@ -425,7 +440,9 @@ def make_layer(spec):
     for key in ("name", "type"):
         if key not in spec:
             raise ValueError(f"layer spec {spec!r} has no {key!r}")
-    if spec["type"] not in LAYER_TYPES:
+    if not isinstance(spec["name"], str) or not spec["name"]:
+        raise ValueError(f"layer spec {spec!r}: name must be a non-empty string")
+    if not isinstance(spec["type"], str) or spec["type"] not in LAYER_TYPES:
         raise ValueError(f"layer {spec['name']!r}: unknown type {spec['type']!r} "
                          f"(known: {', '.join(sorted(LAYER_TYPES))})")
     try:

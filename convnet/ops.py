@@ -184,8 +184,5 @@ def augment(images, offsets, flips=None, rgb_shift=None, mean=None, crop=None, s
     need no copies of the images. All tensors on one device. Returns float32 (N, 3, crop_h, crop_w):
     out[k, c, i, j] = images[s, y+i, x+j', c] - mean[y+i, x+j', c] + rgb_shift[k, c],
     j' = crop_w-1-j when flipped."""
-    if crop is None:
-        crop_h, crop_w = int(images.shape[1]), int(images.shape[2])
-    else:
-        crop_h, crop_w = _pair(crop, "augment: crop")
+    crop_h, crop_w = (None, None) if crop is None else _pair(crop, "augment: crop")
     return _C.augment(images, offsets, flips, rgb_shift, mean, crop_h, crop_w, source)

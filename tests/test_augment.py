@@ -112,6 +112,9 @@ def test_augment_bad_input(device, rng):
         call(images=images.astype(np.float32))
     with pytest.raises(ValueError, match="augment: 'images'"):
         call(images=images[..., :2].copy())
+    for crop in (None, (8, 8)):  # the whole image by default: a wrong rank still names the op
+        with pytest.raises(ValueError, match="augment: 'images'"):
+            call(images=images[:, 0, 0].copy(), crop=crop)
     with pytest.raises(TypeError, match="augment: 'offsets' must be int32"):
         call(offsets=offsets.astype(np.float32))
     with pytest.raises(ValueError, match="augment: 'offsets' must have shape"):

@@ -225,6 +225,15 @@ def test_too_few_devices():
         models.small_alexnet(devices=["cpu:0"], **TINY)
 
 
+def test_tower_past_the_default_devices():
+    # a tower index of 2**62 once built a list of 2**62 device names (MemoryError, or the OOM killer)
+    far = BASE + [{"name": "g", "type": "relu", "inputs": ["f"], "tower": 2**62}]
+    with pytest.raises(ValueError, match=r"layer 'g': tower 4611686018427387904 asks for .* at most 64"):
+        Net(far)
+    with pytest.raises(ValueError, match="towers but 1 devices"):
+        Net(far, devices=["cpu"])
+
+
 BASE = [{"name": "x", "type": "input", "shape": [3, 8, 8]},
         {"name": "f", "type": "linear", "inputs": ["x"], "out_features": 2}]
 
@@ -234,6 +243,7 @@ BASE = [{"name": "x", "type": "input", "shape": [3, 8, 8]},
     ([{"name": "g", "type": "relu", "inputs": ["nope"]}], "unknown layer 'nope'"),
     ([{"name": "g", "type": "relu", "inputs": ["h"]}, {"name": "h", "type": "relu", "inputs": ["g"]}], "cycle"),
     ([{"name": "g", "type": "warp", "inputs": ["f"]}], "unknown type"),
+    ([{"name": "g", "type": ["relu"], "inputs": ["f"]}], "layer 'g': unknown type \\['relu'\\]"),
     ([{"name": "g", "type": "conv", "inputs": ["x"]}], "out_channels"),
     ([{"name": "g", "type": "relu", "inputs": []}], "no input"),
     ([{"name": "g", "type": "conv", "inputs": ["x"], "out_channels": 2, "kernel": 9}], "does not fit"),
@@ -259,6 +269,22 @@ BASE = [{"name": "x", "type": "input", "shape": [3, 8, 8]},
     ([{"name": "g", "type": "lrn", "inputs": ["x"], "groups": 0}], "layer 'g': groups must be >= 1"),
     ([{"name": "g", "type": "linear", "inputs": ["x"], "out_features": 0}], "out_features must be >= 1"),
     ([{"name": "g", "type": "relu", "inputs": "x"}], "inputs must be a list of layer names"),
+    # each of these once came out as a bare TypeError ('int' object is not iterable, unhashable
+    # type: 'list', cannot unpack ...) or was truncated without a word (rows [1.5, 4])
+    ([{"name": "g", "type": "relu", "inputs": 3}], "layer 'g': inputs must be a list of layer names"),
+    ([{"name": ["g"], "type": "relu", "inputs": ["f"]}], "name must be a non-empty string"),
+    ([{"name": "", "type": "relu", "inputs": ["f"]}], "name must be a non-empty string"),
+    ([{"name": "g", "type": "relu", "inputs": ["f"], "group": 0.5}], "layer 'g': group must be a non-empty string"),
+    ([{"name": "g", "type": "linear", "inputs": ["f"], "out_features": 2, "rows": 2}],
+     r"layer 'g': rows must be a pair \[start, full rows\], got 2"),
+    ([{"name": "g", "type": "linear", "inputs": ["f"], "out_features": 2, "rows": [1.5, 4]}],
+     r"layer 'g': rows\[0\] must be an integer"),
+    ([{"name": "g", "type": "linear", "inputs": ["f"], "out_features": 2, "rows": [3, 4]}],
+     "layer 'g': rows 3 .. 5 do not fit in 4 rows"),
+    # the LRN op's own rules, checked when the net is built (they surfaced at the first forward)
+    ([{"name": "g", "type": "lrn", "inputs": ["x"], "alpha": float("inf")}], "layer 'g': lrn: alpha must be finite"),
+    ([{"name": "g", "type": "lrn", "inputs": ["x"], "size": 4}], "layer 'g': lrn: size must be an odd integer"),
+    ([{"name": "g", "type": "lrn", "inputs": ["x"], "k": 0.0}], "layer 'g': lrn: k must be finite and >= 1.18e-38"),
     # real-number settings: float() took strings and bools
     ([{"name": "g", "type": "dropout", "inputs": ["x"], "p": "0.5"}], "layer 'g': p must be a number, got '0.5'"),
     ([{"name": "g", "type": "lrn", "inputs": ["x"], "alpha": True}], "layer 'g': alpha must be a number, got True"),

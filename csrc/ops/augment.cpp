@@ -13,14 +13,15 @@ namespace convnet {
 static Tensor on_host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(Device{}); }
 
 Tensor augment(const Tensor& images, const Tensor& offsets, const std::optional<Tensor>& flips,
-               const std::optional<Tensor>& rgb_shift, const std::optional<Tensor>& mean, int64_t crop_h,
-               int64_t crop_w, const std::optional<Tensor>& source) {
+               const std::optional<Tensor>& rgb_shift, const std::optional<Tensor>& mean, std::optional<int64_t> crop_h_arg,
+               std::optional<int64_t> crop_w_arg, const std::optional<Tensor>& source) {
   OpScope op("augment");
   check_defined(images, "images");
   check_dtype(images, DType::u8, "images");
   CHECK_VALUE(images.dim() == 4 && images.size(3) == 3,
               "'images' must be uint8 (batch, height, width, 3), got shape ", images.shape_str());
   const int64_t n_in = images.size(0), h = images.size(1), w = images.size(2);
+  const int64_t crop_h = crop_h_arg.value_or(h), crop_w = crop_w_arg.value_or(w);  // none: the whole image
   CHECK_VALUE(crop_h >= 1 && crop_h <= h && crop_w >= 1 && crop_w <= w, "crop ", crop_h, "x", crop_w,
               " does not fit in ", h, "x", w, " images");
 

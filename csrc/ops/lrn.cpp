@@ -20,13 +20,9 @@ VariantSwitch& variant_switch() {
   return s;
 }
 
-LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, double k) {
-  check_defined(x, "x");
-  check_dtype(x, DType::f32, "x");
-  check_dim(x, 4, "x");
+// The settings, as the kernels' float32 (LrnShape's size, alpha, beta, k; n, c and hw left 0).
+LrnShape lrn_settings(int64_t size, double alpha, double beta, double k) {
   CHECK_VALUE(size >= 1 && size % 2 == 1, "size must be an odd integer >= 1, got ", size);
-  // The CUDA kernels index channels in int, with a window's reach added
-  CHECK_VALUE(x.size(1) < ((int64_t)1 << 30), "channel counts of 2^30 or more are not supported, got ", x.size(1));
   // As float32, the kernels' type: alpha or beta past 3.4e38 becomes inf and k under 1e-45 becomes 0,
   // and each of those turned every output into NaN.
   const float a = (float)alpha, b = (float)beta, kf = (float)k;
@@ -51,7 +47,20 @@ LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, dou
   // kernels' exact path computes them in double (csrc/kernels/lrn.h)
   CHECK_VALUE(std::isfinite(std::pow((double)kf, -(double)b)) && std::isfinite(std::pow((double)kf, -(double)b - 1)),
               "k^-beta and k^-(beta+1) must fit in a double, got k = ", k, " and beta = ", beta);
-  return LrnShape{x.size(0), x.size(1), x.size(2) * x.size(3), size, a, b, kf};
+  return LrnShape{0, 0, 0, size, a, b, kf};
+}
+
+LrnShape lrn_shape(const Tensor& x, int64_t size, double alpha, double beta, double k) {
+  check_defined(x, "x");
+  check_dtype(x, DType::f32, "x");
+  check_dim(x, 4, "x");
+  LrnShape sh = lrn_settings(size, alpha, beta, k);
+  // The CUDA kernels index channels in int, with a window's reach added
+  CHECK_VALUE(x.size(1) < ((int64_t)1 << 30), "channel counts of 2^30 or more are not supported, got ", x.size(1));
+  sh.n = x.size(0);
+  sh.c = x.size(1);
+  sh.hw = x.size(2) * x.size(3);
+  return sh;
 }
 
 }  // namespace
@@ -75,6 +84,12 @@ Tensor lrn_backward(const Tensor& x, const Tensor& y, const Tensor& dy, int64_t 
   return dx;
 }
 
+// For the LRN layer (convnet/layers.py), which checks its settings when the net is built.
+void lrn_check_settings(int64_t size, double alpha, double beta, double k) {
+  OpScope op("lrn");
+  lrn_settings(size, alpha, beta, k);
+}
+
 int lrn_variant() { return variant_switch().get(); }
 
 void set_lrn_variant(int variant) { variant_switch().set(variant); }
@@ -84,6 +99,7 @@ void register_lrn(py::module_& m) {
         CONVNET_NOGIL);
   m.def("lrn_backward", &lrn_backward, py::arg("x"), py::arg("y"), py::arg("dy"), py::arg("size"),
         py::arg("alpha"), py::arg("beta"), py::arg("k"), CONVNET_NOGIL);
+  m.def("lrn_check_settings", &lrn_check_settings, py::arg("size"), py::arg("alpha"), py::arg("beta"), py::arg("k"));
   // Hidden: the CUDA LRN variant (CONVNET_LRN_VARIANT), so tests and benchmarks can run each.
   m.def("lrn_variant", &lrn_variant);
   m.def("set_lrn_variant", &set_lrn_variant, py::arg("variant"));
