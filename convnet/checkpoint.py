@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import integer
+
 # Little-endian hosts only (x86-64, ARM64): the file's byte order is the machine's.
 assert sys.byteorder == "little", "convnet.checkpoint assumes a little-endian machine"
 _DTYPES = {"F32": np.dtype(np.float32), "I32": np.dtype(np.int32), "U8": np.dtype(np.uint8)}
@@ -252,23 +254,35 @@ def load(path, net=None, opt=None, devices=None):
     tensors = _read_weights(path, info.get("weights_sha256"), mpath)
     weights = {k: v for k, v in tensors.items() if not k.startswith(MOMENTUM_PREFIX)}
     momentum = {k[len(MOMENTUM_PREFIX):]: v for k, v in tensors.items() if k.startswith(MOMENTUM_PREFIX)}
-    if net is None:
-        from . import models
+    # The metadata is not covered by the weights' hash: an edited or damaged value in it must say
+    # which checkpoint it came from (it surfaced as "'int' object is not iterable" and the like).
+    try:
+        if net is None:
+            from . import models
 
-        net = models.build(info["config"], devices=devices)
+            net = models.build(info["config"], devices=devices)
+        net_step = integer(info.get("net_step", 0), "net_step", 0, error=ValueError)
+        optimizer = info.get("optimizer") or {}
+        if not isinstance(optimizer, dict):
+            raise ValueError(f"optimizer must be a JSON object, got {optimizer!r}")
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: its metadata {mpath} does not rebuild the net: {e}") from None
     net.check_state(weights, f"checkpoint {path}")
     net.load_state_dict(weights)
-    net.step = int(info.get("net_step", 0))
+    net.step = net_step
     opt_state = None
     if momentum:
         net.check_state(momentum, f"checkpoint {path} (momentum)")
         net.load_momentum_dict(momentum)
-        opt_state = dict(info.get("optimizer") or {})
+        opt_state = dict(optimizer)
         opt_state["momentum"] = momentum
         if opt is not None:
             if opt.net is not net:
                 raise ValueError("checkpoint.load: opt belongs to another net")
-            opt.load_state_dict(opt_state)
+            try:
+                opt.load_state_dict(opt_state)
+            except (ValueError, TypeError) as e:
+                raise CheckpointError(f"checkpoint {path}: its optimizer state in {mpath}: {e}") from None
     meta = dict(record)
     meta["config"] = info["config"]
     meta["net_step"] = net.step

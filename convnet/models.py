@@ -15,11 +15,22 @@ Choices where the paper leaves room (also in README.md):
 
 Every net carries `net.config` (JSON-able) and `build(config)` rebuilds it (for checkpoints).
 """
+import math
+
+from ._checks import integer, number
 from .graph import Net
 
 ALEXNET_WIDTHS = (96, 256, 384, 384, 256)
 ALEXNET_FC = (4096, 4096)
 BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")  # the paper's biases of 1 (the rest 0)
+
+
+def _ints(v, what, n, minimum=1):
+    """v as a tuple of n integers, each at least its minimum (ValueError otherwise)."""
+    if not isinstance(v, (list, tuple)) or len(v) != n:
+        raise ValueError(f"{what} must be a list of {n} integers, got {v!r}")
+    mins = minimum if isinstance(minimum, tuple) else (minimum,) * n
+    return tuple(integer(x, f"{what}[{i}]", m, error=ValueError) for i, (x, m) in enumerate(zip(v, mins)))
 
 
 def _even(x):
@@ -38,6 +49,11 @@ def tower_specs(towers=2, num_classes=1000, input_size=224, widths=ALEXNET_WIDTH
     function); towers=1 with groups=False: a plain one-column net."""
     if towers not in (1, 2):
         raise ValueError(f"towers must be 1 or 2, got {towers}")
+    # (from a user or a checkpoint's config: "x" % 2 was a TypeError about string formatting)
+    widths, fc = _ints(widths, "widths", 5), _ints(fc, "fc", 2)
+    conv1 = _ints(conv1, "conv1 (kernel, stride, padding)", 3, minimum=(1, 1, 0))
+    num_classes = integer(num_classes, "num_classes", 1, error=ValueError)
+    input_size = integer(input_size, "input_size", 1, error=ValueError)
     w1, w2, w3, w4, w5 = widths
     f6, f7 = fc
     if towers == 2 and any(w % 2 for w in (w1, w2, w3, w4, w5, f6, f7)):
@@ -117,6 +133,9 @@ def alexnet(towers=2, devices=None, num_classes=1000, input_size=224, width=1.0,
     config = {"model": "alexnet", "towers": towers, "num_classes": num_classes, "input_size": input_size,
               "width": width, "extra_conv": extra_conv, "half": half, "seed": seed, "dropout": dropout,
               "weight_std": weight_std}
+    width = number(width, "alexnet: width", error=ValueError)
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"alexnet: width must be finite and > 0, got {width}")
     widths = ALEXNET_WIDTHS
     if half:
         if towers != 1:
@@ -134,11 +153,11 @@ def small_alexnet(num_classes=10, input_size=56, widths=(32, 64, 96, 96, 64), fc
     """AlexNet's structure scaled down to train on a CPU in minutes: the same layers, towers,
     crossovers, LRN and overlapping pooling; conv1 (kernel, stride, pad), the channel widths and
     the FC widths are arguments. At input 56: conv1 5x5/2 -> 28, pool -> 13, pool -> 6, pool5 -> 2."""
+    specs = tower_specs(towers, num_classes, input_size, widths, fc, conv1=conv1,  # checks them
+                        dropout=dropout, extra_conv=extra_conv, weight_std=weight_std)
     config = {"model": "small_alexnet", "num_classes": num_classes, "input_size": input_size,
               "widths": list(widths), "fc": list(fc), "conv1": list(conv1), "towers": towers, "seed": seed,
               "dropout": dropout, "extra_conv": extra_conv, "weight_std": weight_std}
-    specs = tower_specs(towers, num_classes, input_size, tuple(widths), tuple(fc), conv1=tuple(conv1),
-                        dropout=dropout, extra_conv=extra_conv, weight_std=weight_std)
     return Net(specs, devices=devices, seed=seed, parallel=parallel, config=config)
 
 
@@ -147,6 +166,8 @@ _MODELS = {"alexnet": alexnet, "small_alexnet": small_alexnet}
 
 def build(config, devices=None, **overrides):
     """Rebuild a net from its `net.config` (optionally on other devices / with other settings)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"build: config must be a dict (a net's .config), got {type(config).__name__}")
     config = dict(config)
     if "layers" in config:
         return Net(config["layers"], devices=devices, seed=config.get("seed", 0), config=config)

@@ -7,7 +7,7 @@ live in the net's Params (Param.momentum); state_dict() gives them in the one-de
 """
 import math
 
-from ._checks import float32_number, integer
+from ._checks import float32_number, integer, number
 
 
 class SGD:
@@ -81,7 +81,12 @@ class ReduceOnPlateau:
         return {"best": self.best, "bad": self.bad, "cuts": self.cuts}
 
     def load_state_dict(self, state):
-        self.best, self.bad, self.cuts = float(state["best"]), int(state["bad"]), int(state["cuts"])
+        best = number(state["best"], "ReduceOnPlateau state: best", error=ValueError)  # inf before any
+        if math.isnan(best):
+            raise ValueError("ReduceOnPlateau state: best is NaN")
+        bad = integer(state["bad"], "ReduceOnPlateau state: bad", 0, error=ValueError)
+        cuts = integer(state["cuts"], "ReduceOnPlateau state: cuts", 0, error=ValueError)
+        self.best, self.bad, self.cuts = best, bad, cuts
 
 
 class StepSchedule:
@@ -107,6 +112,12 @@ class StepSchedule:
         return {"base_lr": self.base_lr, "milestones": self.milestones, "factor": self.factor}
 
     def load_state_dict(self, state):
-        self.base_lr = float(state["base_lr"])
-        self.milestones = list(state["milestones"])
-        self.factor = float(state["factor"])
+        base_lr = float32_number(state["base_lr"], "StepSchedule state: base_lr", minimum=0)
+        milestones = state["milestones"]
+        if not isinstance(milestones, (list, tuple)):
+            raise ValueError(f"StepSchedule state: milestones must be a list of epochs, got {milestones!r}")
+        milestones = sorted(integer(m, "StepSchedule state: milestones", error=ValueError) for m in milestones)
+        factor = number(state["factor"], "StepSchedule state: factor", error=ValueError)
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"StepSchedule state: factor must be finite and > 0, got {factor}")
+        self.base_lr, self.milestones, self.factor = base_lr, milestones, factor

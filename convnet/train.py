@@ -157,6 +157,65 @@ def check_args(args):
         need(False, "milestones", "comma-separated epochs, e.g. 30,60,80")
 
 
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_train_record(state):
+    """The 'train' record of a checkpoint's metadata, on --resume: every value one that training
+    writes (the record is not covered by the weights' hash). A hand-edited or damaged one came out
+    as KeyErrors and TypeErrors from inside the loop, or trained on (an epoch of -5 ran six more
+    epochs over the run's checkpoint). Returns the reason it is refused, or None."""
+    args = state["args"]
+    fresh, _ = resolve_args(build_parser().parse_args(
+        ["--model", args["model"]] if isinstance(args.get("model"), str) and args["model"] in PRESETS else []))
+    for action in build_parser()._actions:
+        key = action.dest
+        if key == "help":
+            continue
+        if key not in args:
+            return f"args has no {key!r}"
+        v = args[key]
+        if v is None and fresh[key] is None:
+            continue
+        if action.type is int:
+            ok = _is_int(v)
+        elif action.type is float:
+            ok = _is_number(v)
+        elif action.type is _bool or action.const is True:
+            ok = isinstance(v, bool)
+        else:
+            ok = isinstance(v, str)
+        if ok and action.choices is not None:
+            ok = v in action.choices
+        if not ok:
+            return f"args {key!r} is {v!r}, which --{key.replace('_', '-')} cannot give"
+    for key in ("epoch", "batch", "step", "lr", "cuts", "best_val_error", "epoch_stats", "scheduler", "record"):
+        if key not in state:
+            return f"it has no {key!r}"
+    for key in ("epoch", "batch", "step"):
+        if not (_is_int(state.get(key)) and state[key] >= 0):
+            return f"{key!r} is {state.get(key)!r}, not an integer >= 0"
+    if not (_is_number(state.get("lr")) and state["lr"] >= 0):
+        return f"'lr' is {state.get('lr')!r}, not a finite number >= 0"
+    if not (isinstance(state.get("cuts"), list) and all(_is_int(c) for c in state["cuts"])):
+        return f"'cuts' is {state.get('cuts')!r}, not a list of epochs"
+    if state.get("best_val_error") is not None and not _is_number(state["best_val_error"]):
+        return f"'best_val_error' is {state['best_val_error']!r}, not a number"
+    stats = state.get("epoch_stats")
+    if stats is not None and not (isinstance(stats, dict) and all(
+            _is_number(stats.get(k)) and stats[k] >= 0 for k in ("loss", "top1", "top5", "n", "seconds"))):
+        return f"'epoch_stats' is {stats!r}, not the counts of an epoch in progress"
+    for key in ("scheduler", "record"):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            return f"{key!r} is {state[key]!r}, not a JSON object"
+    return None
+
+
 # ---------------------------------------------------------------- devices
 
 def resolve_devices(spec, towers):
@@ -424,6 +483,8 @@ def train(argv=None, step_hook=None):
                 spec = json.loads(checkpoint.meta_path(ckpt).read_text())["train"]["args"]["devices"]
             except (OSError, ValueError, KeyError, TypeError):
                 spec = None  # a bad checkpoint: load() below says what is wrong
+            if not isinstance(spec, str):
+                spec = None  # likewise (check_train_record)
         try:
             net, opt_state, meta = checkpoint.load(str(ckpt), devices=resolve_devices(spec, 2))
         except (FileNotFoundError, OSError, ValueError, KeyError) as e:
@@ -431,6 +492,9 @@ def train(argv=None, step_hook=None):
         if not isinstance(meta.get("train"), dict) or not isinstance(meta["train"].get("args"), dict):
             raise TrainingError(f"--resume: {ckpt} was not written by convnet-train (no 'train' record "
                                 "with its 'args' in the metadata)")
+        why = check_train_record(meta["train"])
+        if why is not None:
+            raise TrainingError(f"--resume: the train record in {checkpoint.meta_path(ckpt)} is damaged: {why}")
         saved = meta["train"]["args"]
         # --data may name the run's dataset by another path (moved, or relative): checked by content below
         for k in explicit - RESUMABLE_OVERRIDES - {"resume", "run_dir", "data"}:
@@ -506,7 +570,11 @@ def train(argv=None, step_hook=None):
 
     scheduler = make_scheduler(args, opt)
     if state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
+        try:
+            scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise TrainingError(f"--resume: the learning-rate schedule's state in the checkpoint is damaged: "
+                                f"{type(e).__name__}: {e}") from None
     for f in checkpoint.remove_stale_temporaries(run_dir):
         print(f"removed {f}: the temporary of a save that was killed", flush=True)
 

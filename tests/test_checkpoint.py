@@ -2,6 +2,7 @@
 never stopping, and clear errors for another model's or a damaged checkpoint."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -177,6 +178,29 @@ def test_damaged_checkpoints(tmp_path):
     expect("cannot read its metadata")
     with pytest.raises(CheckpointError, match="cannot read"):
         checkpoint.read_safetensors(tmp_path / "nope.safetensors")
+    # The metadata's values (not covered by the weights' hash) came out as bare TypeErrors
+    # ("'int' object is not iterable", "not all arguments converted during string formatting")
+    path.write_bytes(blob)
+    record = json.loads(meta)
+    opt = SGD(net)
+    for where, value, match, kw in [
+            (("config",), 3, "build: config must be a dict", {}),
+            (("config", "widths"), 8, r"widths must be a list of 5 integers, got 8", {}),
+            (("config", "widths", 2), "x", r"widths\[2\] must be an integer, got 'x'", {}),
+            (("config", "conv1"), 1.5, r"conv1 .* must be a list of 3 integers", {}),
+            (("net_step",), [1], "net_step must be an integer", {}),
+            (("optimizer",), 3, "optimizer must be a JSON object, got 3", {}),
+            (("optimizer", "lr"), "x", "its optimizer state .* lr must be a number", dict(net=net, opt=opt))]:
+        damaged = json.loads(meta)
+        o = damaged["convnet"]
+        for k in where[:-1]:
+            o = o[k]
+        o[where[-1]] = value
+        path.with_suffix(".json").write_text(json.dumps(damaged))
+        with pytest.raises(CheckpointError, match=f"checkpoint {re.escape(str(path))}: .*{match}"):
+            checkpoint.load(path, **kw)
+    path.with_suffix(".json").write_text(json.dumps(record))
+    checkpoint.load(path)  # the undamaged pair still loads
     with pytest.raises(ValueError, match=".json"):
         checkpoint.save(tmp_path / "x.json", net)
 

@@ -171,6 +171,20 @@ def test_build_from_config_roundtrip():
     assert other.shapes() == net.shapes()
     with pytest.raises(ValueError, match="unknown model"):
         models.build({"model": "vgg"})
+    # a config's values checked (a damaged checkpoint's config: "x" % 2 was a TypeError about
+    # string formatting, 8 "'int' object is not iterable")
+    for bad, match in [(dict(widths=8), "widths must be a list of 5 integers, got 8"),
+                       (dict(widths=[8, 8, "x", 8, 8]), r"widths\[2\] must be an integer, got 'x'"),
+                       (dict(fc=[16, 0]), r"fc\[1\] must be >= 1, got 0"),
+                       (dict(conv1=[5, 2]), r"conv1 \(kernel, stride, padding\) must be a list of 3 integers"),
+                       (dict(num_classes=2.5), "num_classes must be an integer, got 2.5")]:
+        with pytest.raises(ValueError, match=match):
+            models.build(dict(cfg, **bad))
+    for width in ("x", 0, float("nan")):
+        with pytest.raises(ValueError, match="alexnet: width must be"):
+            models.alexnet(width=width, devices=CPU2)
+    with pytest.raises(ValueError, match="build: config must be a dict"):
+        models.build([("model", "alexnet")])
     raw = models.build({"layers": [{"name": "x", "type": "input", "shape": [2, 3, 3]},
                                    {"name": "f", "type": "linear", "inputs": ["x"], "out_features": 4}]})
     assert raw.shapes() == {"f.weight": (4, 18), "f.bias": (4,)}

@@ -358,6 +358,41 @@ def test_resume_from_a_checkpoint_with_a_damaged_train_record(data_dir, tmp_path
     assert "was not written by convnet-train" in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("where, value, why", [
+    (("epoch",), -5, "'epoch' is -5, not an integer >= 0"),  # trained six more epochs over the run
+    (("step",), None, "'step' is None"),
+    (("lr",), "0.01", "'lr' is '0.01'"),
+    (("cuts",), "x", "'cuts' is 'x'"),
+    (("epoch_stats",), "delete", "it has no 'epoch_stats'"),
+    (("args", "batch_size"), "64", "args 'batch_size' is '64', which --batch-size cannot give"),
+    (("args", "schedule"), "never", "args 'schedule' is 'never'"),
+    (("args", "devices"), 3, "args 'devices' is 3"),
+    (("args", "model"), {}, "args 'model' is {}"),
+    (("args", "flip"), "delete", "args has no 'flip'"),
+    (("scheduler", "milestones"), 2, "schedule's state in the checkpoint is damaged: .*milestones must be a list"),
+])
+def test_resume_from_a_checkpoint_with_a_damaged_value(data_dir, tmp_path, capsys, where, value, why):
+    """Each value of the 'train' record: these came out as KeyErrors and TypeErrors from the loop,
+    or trained on from a nonsense position. The run's checkpoint stays as it was."""
+    import json
+
+    run(data_dir, tmp_path, "--epochs", "1")
+    meta_file = train.checkpoint_path(tmp_path).with_suffix(".json")
+    record = json.loads(meta_file.read_text())
+    o = record["train"]
+    for k in where[:-1]:
+        o = o[k]
+    if value == "delete":
+        del o[where[-1]]
+    else:
+        o[where[-1]] = value
+    meta_file.write_text(json.dumps(record))
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()}
+    err = _exit(train.main, ["--resume", str(tmp_path), "--epochs", "2"], capsys)
+    assert re.search(f"--resume: .*{why}", err) and "Traceback" not in err, err
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()} == before
+
+
 def test_training_without_a_validation_split(tmp_path, capsys):
     """What convnet.prepare makes of a folder-per-class tree without val/, and --num-val 0: training
     crashed on len(val_split.labels) after writing args.json, evaluating on ds.val.images. Now it
