@@ -266,7 +266,7 @@ def load(path, net=None, opt=None, devices=None):
         if not isinstance(optimizer, dict):
             raise ValueError(f"optimizer must be a JSON object, got {optimizer!r}")
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path}: its metadata {mpath} does not rebuild the net: {e}") from None
+        raise CheckpointError(f"checkpoint {path}: its metadata {mpath} is damaged: {e}") from None
     net.check_state(weights, f"checkpoint {path}")
     net.load_state_dict(weights)
     net.step = net_step

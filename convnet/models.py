@@ -130,12 +130,12 @@ def alexnet(towers=2, devices=None, num_classes=1000, input_size=224, width=1.0,
     every conv and FC layer (for tests and small runs); input_size other than 224 changes the
     spatial sizes (and fc6's input) accordingly. weight_std: the initial weights' standard
     deviation (paper: 0.01)."""
-    config = {"model": "alexnet", "towers": towers, "num_classes": num_classes, "input_size": input_size,
-              "width": width, "extra_conv": extra_conv, "half": half, "seed": seed, "dropout": dropout,
-              "weight_std": weight_std}
     width = number(width, "alexnet: width", error=ValueError)
     if not (math.isfinite(width) and width > 0):
         raise ValueError(f"alexnet: width must be finite and > 0, got {width}")
+    config = {"model": "alexnet", "towers": towers, "num_classes": num_classes, "input_size": input_size,
+              "width": width, "extra_conv": extra_conv, "half": half, "seed": seed, "dropout": dropout,
+              "weight_std": weight_std}
     widths = ALEXNET_WIDTHS
     if half:
         if towers != 1:

@@ -171,9 +171,11 @@ def check_train_record(state):
     as KeyErrors and TypeErrors from inside the loop, or trained on (an epoch of -5 ran six more
     epochs over the run's checkpoint). Returns the reason it is refused, or None."""
     args = state["args"]
-    fresh, _ = resolve_args(build_parser().parse_args(
+    parser = build_parser()
+    # the values a new run of this model leaves None (--data, --milestones, ...) may be None
+    fresh, _ = resolve_args(parser.parse_args(
         ["--model", args["model"]] if isinstance(args.get("model"), str) and args["model"] in PRESETS else []))
-    for action in build_parser()._actions:
+    for action in parser._actions:
         key = action.dest
         if key == "help":
             continue
@@ -198,20 +200,20 @@ def check_train_record(state):
         if key not in state:
             return f"it has no {key!r}"
     for key in ("epoch", "batch", "step"):
-        if not (_is_int(state.get(key)) and state[key] >= 0):
-            return f"{key!r} is {state.get(key)!r}, not an integer >= 0"
-    if not (_is_number(state.get("lr")) and state["lr"] >= 0):
-        return f"'lr' is {state.get('lr')!r}, not a finite number >= 0"
-    if not (isinstance(state.get("cuts"), list) and all(_is_int(c) for c in state["cuts"])):
-        return f"'cuts' is {state.get('cuts')!r}, not a list of epochs"
-    if state.get("best_val_error") is not None and not _is_number(state["best_val_error"]):
+        if not (_is_int(state[key]) and state[key] >= 0):
+            return f"{key!r} is {state[key]!r}, not an integer >= 0"
+    if not (_is_number(state["lr"]) and state["lr"] >= 0):
+        return f"'lr' is {state['lr']!r}, not a finite number >= 0"
+    if not (isinstance(state["cuts"], list) and all(_is_int(c) for c in state["cuts"])):
+        return f"'cuts' is {state['cuts']!r}, not a list of epochs"
+    if state["best_val_error"] is not None and not _is_number(state["best_val_error"]):
         return f"'best_val_error' is {state['best_val_error']!r}, not a number"
-    stats = state.get("epoch_stats")
+    stats = state["epoch_stats"]
     if stats is not None and not (isinstance(stats, dict) and all(
             _is_number(stats.get(k)) and stats[k] >= 0 for k in ("loss", "top1", "top5", "n", "seconds"))):
         return f"'epoch_stats' is {stats!r}, not the counts of an epoch in progress"
     for key in ("scheduler", "record"):
-        if state.get(key) is not None and not isinstance(state[key], dict):
+        if state[key] is not None and not isinstance(state[key], dict):
             return f"{key!r} is {state[key]!r}, not a JSON object"
     return None
 
