@@ -430,6 +430,28 @@ def test_open_dataset_damaged_files(tmp_path):
             r"train-labels.npy is not a readable .npy file \(EOF")
     damaged("train-labels.npy", lambda p: p.write_bytes(files["train-labels.npy"][:-4]),
             r"train-labels.npy is truncated: 172 bytes, its header \(int32 \(12,\)\) needs 176")
+    # an unclosed bracket in the header: NumPy's tokenizer raised TokenError, naming no file
+    damaged("train-labels.npy", lambda p: p.write_bytes(files["train-labels.npy"].replace(b"(12,)", b"(12, ", 1)),
+            r"train-labels.npy is not a readable .npy file")
+    # a damaged index.json: bare TypeErrors and KeyErrors ("'int' object is not subscriptable"), or a
+    # file outside the folder
+    for where, value, why in [(("splits",), 3, "splits 3 is not a JSON object"),
+                              (("splits", "train", "shards", 0), 1, r"split 'train': shards \[1\] is not a list"),
+                              (("splits", "train", "shards", 0, "file"), "../train-00000.npy",
+                               "split 'train': shards .* is not a list"),
+                              (("splits", "train", "shards", 0, "count"), 11,
+                               "split 'train': its shards hold 11 images, its count says 12"),
+                              (("splits", "val", "labels"), ["x"], r"split 'val': labels \['x'\] is not a file name"),
+                              (("mean",), None, "mean None is not a file name"),
+                              (("classes",), [], r"classes \[\] is not a list of class names"),
+                              (("image_size",), 16.0, "image_size 16.0 is not an integer"),
+                              (("pca", "eigvec", 1), [1, 2], "pca .* is not 3 eigenvalues and a 3x3 matrix")]:
+        index = json.loads(files["index.json"])
+        o = index
+        for k in where[:-1]:
+            o = o[k]
+        o[where[-1]] = value
+        damaged("index.json", lambda p: p.write_text(json.dumps(index)), f"index.json is damaged: {why}")
     assert len(open_dataset(path).train) == 12
 
 
@@ -565,6 +587,11 @@ def test_builtin_cache_damaged_is_made_again(tmp_path):
     (path / "val-labels.npy").unlink()
     builtin.ensure(path, verbose=False, **kw)
     assert len(open_dataset(path).val) == 8
+    # an index.json that is valid JSON but not an object: AttributeError ('list' object has no
+    # attribute 'get') from the no-argument training run
+    (path / "index.json").write_text("[1, 2]")
+    builtin.ensure(path, verbose=False, **kw)
+    assert len(open_dataset(path).train) == 20
 
 
 # Generates the built-in dataset with its first chunk slowed down, after touching a file that

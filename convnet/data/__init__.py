@@ -92,6 +92,57 @@ def open_dataset(path):
     raise _not_prepared(path)
 
 
+def _file_name(v):
+    """A file of the dataset's own folder: a plain name (no folders, not '..')."""
+    return isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\\" not in v
+
+
+def _index_damage(index):
+    """What is wrong with the structure of a prepared dataset's index.json (as convnet.prepare and
+    convnet.data.builtin write it), or None. A hand-edited or damaged value came out as bare
+    TypeErrors and KeyErrors ("'int' object is not subscriptable"), or named a file outside the folder."""
+    def is_int(v, minimum):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+    def is_number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not is_int(index.get("image_size"), 1):
+        return f"image_size {index.get('image_size')!r} is not an integer >= 1"
+    classes = index.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        return f"classes {classes!r} is not a list of class names"
+    if not _file_name(index.get("mean")):
+        return f"mean {index.get('mean')!r} is not a file name"
+    pca = index.get("pca")
+    if not (isinstance(pca, dict) and isinstance(pca.get("eigval"), list) and len(pca["eigval"]) == 3
+            and all(is_number(v) for v in pca["eigval"]) and isinstance(pca.get("eigvec"), list)
+            and len(pca["eigvec"]) == 3 and all(isinstance(r, list) and len(r) == 3 and all(is_number(v) for v in r)
+                                                for r in pca["eigvec"])):
+        return f"pca {pca!r} is not 3 eigenvalues and a 3x3 matrix of eigenvectors"
+    splits = index.get("splits")
+    if not isinstance(splits, dict):
+        return f"splits {splits!r} is not a JSON object"
+    for name in ("train", "val"):
+        info = splits.get(name)
+        if info is None:
+            continue
+        where = f"split {name!r}"
+        if not (isinstance(info, dict) and is_int(info.get("count"), 0)):
+            return f"{where} {info!r} has no image count"
+        if info["count"] == 0:
+            continue
+        parts = info.get("shards")
+        if not (isinstance(parts, list) and all(isinstance(s, dict) and _file_name(s.get("file"))
+                                                 and is_int(s.get("count"), 0) for s in parts)):
+            return f"{where}: shards {parts!r} is not a list of {{file, count}}"
+        if sum(s["count"] for s in parts) != info["count"]:
+            return f"{where}: its shards hold {sum(s['count'] for s in parts)} images, its count says {info['count']}"
+        if not _file_name(info.get("labels")):
+            return f"{where}: labels {info.get('labels')!r} is not a file name"
+    return None
+
+
 def _open_prepared(path, index_file):
     try:
         index = json.loads(index_file.read_text())
@@ -102,6 +153,9 @@ def _open_prepared(path, index_file):
     if index.get("version") != shards.VERSION:
         raise ValueError(f"open_dataset: {path} has format version {index.get('version')}, this convnet reads "
                          f"version {shards.VERSION}: prepare it again")
+    damage = _index_damage(index)
+    if damage is not None:
+        raise ValueError(f"open_dataset: {index_file} is damaged: {damage}; prepare the dataset again")
     splits = {}
     for name in ("train", "val"):
         info = index["splits"].get(name)

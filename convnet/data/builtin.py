@@ -316,7 +316,8 @@ def ensure(path=None, num_train=10000, num_val=2000, size=64, seed=0, num_classe
 
 def _up_to_date(path, want):
     try:
-        if json.loads((path / shards.INDEX).read_text()).get("builtin") == want:
+        index = json.loads((path / shards.INDEX).read_text())
+        if isinstance(index, dict) and index.get("builtin") == want:  # a damaged one: made again
             from . import open_dataset
 
             open_dataset(path)  # a damaged cache (a truncated or missing file) fails here and is made again

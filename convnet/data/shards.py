@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import sys
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,7 @@ def npy_header(path):
                 raise ValueError(f"unsupported .npy version {version}")
             shape, _, dtype = readers[version](f)
             need = f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    except ValueError as e:  # not a .npy file, or cut short within the header
+    except (ValueError, SyntaxError, tokenize.TokenError) as e:  # not a .npy file, or a damaged header
         raise ValueError(f"{path} is not a readable .npy file ({e})") from None
     size = os.path.getsize(path)
     if size < need:
