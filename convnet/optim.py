@@ -53,12 +53,17 @@ class ReduceOnPlateau:
     (the paper cut three times). step(val_error) returns True when it cut."""
 
     def __init__(self, opt, factor=0.1, patience=2, max_cuts=3, threshold=1e-3):
+        # (int() took a patience of 1.5 as 1; a negative one cut at every evaluation)
+        factor = number(factor, "ReduceOnPlateau: factor", error=ValueError)
         if not 0 < factor < 1:
             raise ValueError(f"ReduceOnPlateau: factor must be in (0, 1), got {factor}")
+        threshold = number(threshold, "ReduceOnPlateau: threshold", error=ValueError)
+        if not (math.isfinite(threshold) and threshold >= 0):
+            raise ValueError(f"ReduceOnPlateau: threshold must be finite and >= 0, got {threshold}")
         self.opt = opt
         self.factor = factor
-        self.patience = int(patience)
-        self.max_cuts = int(max_cuts)
+        self.patience = integer(patience, "ReduceOnPlateau: patience", 0, error=ValueError)
+        self.max_cuts = integer(max_cuts, "ReduceOnPlateau: max_cuts", 0, error=ValueError)
         self.threshold = threshold
         self.best = math.inf
         self.bad = 0
@@ -93,13 +98,19 @@ class StepSchedule:
     """lr = base_lr * factor ** (number of milestones reached); step(epoch) sets it."""
 
     def __init__(self, opt, milestones, factor=0.1, base_lr=None):
-        # a negative factor made the rate negative (gradient ascent, silently), a NaN one NaN
-        if not (math.isfinite(factor) and factor > 0):
-            raise ValueError(f"StepSchedule: factor must be finite and > 0, got {factor}")
         self.opt = opt
-        self.milestones = sorted(int(m) for m in milestones)
-        self.factor = factor
-        self.base_lr = opt.lr if base_lr is None else float(base_lr)
+        self._set(opt.lr if base_lr is None else base_lr, milestones, factor, "StepSchedule")
+
+    def _set(self, base_lr, milestones, factor, what):
+        base_lr = float32_number(base_lr, f"{what}: base_lr", minimum=0)
+        if not isinstance(milestones, (list, tuple)):
+            raise ValueError(f"{what}: milestones must be a list of epochs, got {milestones!r}")
+        milestones = sorted(integer(m, f"{what}: milestones", error=ValueError) for m in milestones)
+        # a negative factor made the rate negative (gradient ascent, silently), a NaN one NaN
+        factor = number(factor, f"{what}: factor", error=ValueError)
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"{what}: factor must be finite and > 0, got {factor}")
+        self.base_lr, self.milestones, self.factor = base_lr, milestones, factor
 
     def lr_at(self, epoch):
         return self.base_lr * self.factor ** sum(1 for m in self.milestones if epoch >= m)
@@ -112,12 +123,4 @@ class StepSchedule:
         return {"base_lr": self.base_lr, "milestones": self.milestones, "factor": self.factor}
 
     def load_state_dict(self, state):
-        base_lr = float32_number(state["base_lr"], "StepSchedule state: base_lr", minimum=0)
-        milestones = state["milestones"]
-        if not isinstance(milestones, (list, tuple)):
-            raise ValueError(f"StepSchedule state: milestones must be a list of epochs, got {milestones!r}")
-        milestones = sorted(integer(m, "StepSchedule state: milestones", error=ValueError) for m in milestones)
-        factor = number(state["factor"], "StepSchedule state: factor", error=ValueError)
-        if not (math.isfinite(factor) and factor > 0):
-            raise ValueError(f"StepSchedule state: factor must be finite and > 0, got {factor}")
-        self.base_lr, self.milestones, self.factor = base_lr, milestones, factor
+        self._set(state["base_lr"], state["milestones"], state["factor"], "StepSchedule state")

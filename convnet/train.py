@@ -150,7 +150,8 @@ def check_args(args):
         need(math.isfinite(args[key]) and args[key] >= 0, key, "finite and >= 0")
     need(math.isfinite(args["lr_factor"]) and 0 < args["lr_factor"] and (args["lr_factor"] < 1 or
          args["schedule"] == "step"), "lr_factor", "in (0, 1) (above 0 with --schedule step)")
-    need(args["check_every"] >= 0, "check_every", ">= 0")
+    for key in ("check_every", "patience", "max_cuts"):
+        need(args[key] >= 0, key, ">= 0")
     try:
         [int(m) for m in str(args["milestones"] or "").split(",") if m.strip()]
     except ValueError:

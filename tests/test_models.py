@@ -250,6 +250,17 @@ def test_reduce_on_plateau():
     other = ReduceOnPlateau(Opt())
     other.load_state_dict(state)
     assert other.cuts == 3
+    # int() took 1.5 as 1; a negative patience cut at every evaluation
+    for kw, match in [(dict(patience=1.5), "patience must be an integer, got 1.5"),
+                      (dict(patience=-1), "patience must be >= 0, got -1"),
+                      (dict(max_cuts="3"), "max_cuts must be an integer"),
+                      (dict(factor="0.1"), "factor must be a number"),
+                      (dict(threshold=float("nan")), "threshold must be finite and >= 0")]:
+        with pytest.raises(ValueError, match=f"ReduceOnPlateau: {match}"):
+            ReduceOnPlateau(Opt(), **kw)
+    for bad, match in [(dict(state, bad=-1), "bad must be >= 0"), (dict(state, best="x"), "best must be a number")]:
+        with pytest.raises(ValueError, match=f"ReduceOnPlateau state: {match}"):
+            other.load_state_dict(bad)
 
 
 def test_step_schedule():
@@ -262,6 +273,12 @@ def test_step_schedule():
     for factor in (-1.0, 0.0, float("nan")):  # -1 made the rate -0.01 at the first milestone: ascent
         with pytest.raises(ValueError, match="StepSchedule: factor must be finite and > 0"):
             StepSchedule(opt, [30], factor=factor)
+    with pytest.raises(ValueError, match="StepSchedule: milestones must be an integer, got 2.5"):
+        StepSchedule(opt, [30, 2.5])  # was taken as 2
+    with pytest.raises(ValueError, match="StepSchedule: milestones must be a list of epochs"):
+        StepSchedule(opt, 30)
+    with pytest.raises(ValueError, match="StepSchedule state: base_lr must be finite as a float32"):
+        sched.load_state_dict(dict(sched.state_dict(), base_lr=float("inf")))
 
 
 def test_sgd_settings_must_be_finite():

@@ -295,6 +295,9 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
     (["--lr-factor", "-1"], "--lr-factor must be in"),
     (["--lighting", "nan"], "--lighting must be finite and >= 0"),
     (["--limit-train", "20", "--batch-size", "50"], "20 training images make no full batch of 50"),
+    # a negative patience cut the rate at every epoch
+    (["--patience", "-1", "--schedule", "plateau"], "--patience must be >= 0"),
+    (["--max-cuts", "-2", "--schedule", "plateau"], "--max-cuts must be >= 0"),
 ])
 def test_bad_numbers_stop_before_anything_is_written(data_dir, tmp_path, capsys, flags, message):
     err = _exit(train.main, ["--data", str(data_dir), "--run-dir", str(tmp_path / "r")] + TINY + flags, capsys)
