@@ -1,5 +1,6 @@
 """Argument checks shared by the Python layer (ops, layers, graph, data): the one place that
 says what counts as an integer and when an array converts to an integer dtype."""
+import math
 import operator
 
 import numpy as np
@@ -19,6 +20,18 @@ def integer(v, what, minimum=None, error=TypeError):
                 raise ValueError(f"{what} must be >= {minimum}, got {v}")
             return v
     raise error(f"{what} must be an integer, got {v!r}")
+
+
+def json_int(v, minimum=None):
+    """Whether v, a value read from a JSON file (a checkpoint's metadata, a dataset's index), is an
+    integer (a bool is not), at least `minimum` if given."""
+    return isinstance(v, int) and not isinstance(v, bool) and (minimum is None or v >= minimum)
+
+
+def json_number(v, finite=False):
+    """Whether v, a value read from a JSON file, is a real number (a bool is not), finite if asked
+    (JSON's NaN and Infinity read as floats)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and (not finite or math.isfinite(v))
 
 
 def number(v, what, error=TypeError):

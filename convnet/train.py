@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import json_int, json_number
+
 # Each model's defaults; an explicit flag overrides. "alexnet" is the paper (section 5 and 4);
 # "small" is the scaled-down net that the no-argument run trains on the built-in dataset,
 # tuned to pass 90% validation top-1 within minutes on two CPU cores.
@@ -158,14 +160,6 @@ def check_args(args):
         need(False, "milestones", "comma-separated epochs, e.g. 30,60,80")
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def check_train_record(state):
     """The 'train' record of a checkpoint's metadata, on --resume: every value one that training
     writes (the record is not covered by the weights' hash). A hand-edited or damaged one came out
@@ -186,9 +180,9 @@ def check_train_record(state):
         if v is None and fresh[key] is None:
             continue
         if action.type is int:
-            ok = _is_int(v)
+            ok = json_int(v)
         elif action.type is float:
-            ok = _is_number(v)
+            ok = json_number(v, finite=True)
         elif action.type is _bool or action.const is True:
             ok = isinstance(v, bool)
         else:
@@ -201,17 +195,18 @@ def check_train_record(state):
         if key not in state:
             return f"it has no {key!r}"
     for key in ("epoch", "batch", "step"):
-        if not (_is_int(state[key]) and state[key] >= 0):
+        if not json_int(state[key], 0):
             return f"{key!r} is {state[key]!r}, not an integer >= 0"
-    if not (_is_number(state["lr"]) and state["lr"] >= 0):
+    if not (json_number(state["lr"], finite=True) and state["lr"] >= 0):
         return f"'lr' is {state['lr']!r}, not a finite number >= 0"
-    if not (isinstance(state["cuts"], list) and all(_is_int(c) for c in state["cuts"])):
+    if not (isinstance(state["cuts"], list) and all(json_int(c) for c in state["cuts"])):
         return f"'cuts' is {state['cuts']!r}, not a list of epochs"
-    if state["best_val_error"] is not None and not _is_number(state["best_val_error"]):
+    if state["best_val_error"] is not None and not json_number(state["best_val_error"], finite=True):
         return f"'best_val_error' is {state['best_val_error']!r}, not a number"
     stats = state["epoch_stats"]
-    if stats is not None and not (isinstance(stats, dict) and all(
-            _is_number(stats.get(k)) and stats[k] >= 0 for k in ("loss", "top1", "top5", "n", "seconds"))):
+    counts = ("loss", "top1", "top5", "n", "seconds")
+    if stats is not None and not (isinstance(stats, dict) and
+                                  all(json_number(stats.get(k), finite=True) and stats[k] >= 0 for k in counts)):
         return f"'epoch_stats' is {stats!r}, not the counts of an epoch in progress"
     for key in ("scheduler", "record"):
         if state[key] is not None and not isinstance(state[key], dict):

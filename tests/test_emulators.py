@@ -7,7 +7,8 @@ tools/emulate_lrn_pool.py (the LRN and max-pool kernel bodies compiled by g++) a
 tools/emulate_softmax.py (the softmax kernels, one OS thread a CUDA thread, so that barriers and
 warp shuffles are real), each against float64 references; tools/gpu_probe.py smoke-run on the
 CPU; and the launch rewriting of the whole-backend CUDA emulator (tools/cuda_emulator, run by
-tools/emulate_cuda.sh and CI, not here: it takes minutes). Skipped, with the reason, where the compilers or the tools/ folder are missing."""
+tools/emulate_cuda.sh and CI, not here: it takes minutes). Skipped, with the reason, where the
+compilers or the tools/ folder are missing."""
 import os
 import shutil
 import subprocess

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import json_int, json_number
 from . import cifar, shards
 from .augment import Views, augment_batch, lighting_shift, view_batch, views
 from .loader import Loader
@@ -101,13 +102,7 @@ def _index_damage(index):
     """What is wrong with the structure of a prepared dataset's index.json (as convnet.prepare and
     convnet.data.builtin write it), or None. A hand-edited or damaged value came out as bare
     TypeErrors and KeyErrors ("'int' object is not subscriptable"), or named a file outside the folder."""
-    def is_int(v, minimum):
-        return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-    def is_number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    if not is_int(index.get("image_size"), 1):
+    if not json_int(index.get("image_size"), 1):
         return f"image_size {index.get('image_size')!r} is not an integer >= 1"
     classes = index.get("classes")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
@@ -116,8 +111,8 @@ def _index_damage(index):
         return f"mean {index.get('mean')!r} is not a file name"
     pca = index.get("pca")
     if not (isinstance(pca, dict) and isinstance(pca.get("eigval"), list) and len(pca["eigval"]) == 3
-            and all(is_number(v) for v in pca["eigval"]) and isinstance(pca.get("eigvec"), list)
-            and len(pca["eigvec"]) == 3 and all(isinstance(r, list) and len(r) == 3 and all(is_number(v) for v in r)
+            and all(json_number(v) for v in pca["eigval"]) and isinstance(pca.get("eigvec"), list)
+            and len(pca["eigvec"]) == 3 and all(isinstance(r, list) and len(r) == 3 and all(json_number(v) for v in r)
                                                 for r in pca["eigvec"])):
         return f"pca {pca!r} is not 3 eigenvalues and a 3x3 matrix of eigenvectors"
     splits = index.get("splits")
@@ -128,13 +123,13 @@ def _index_damage(index):
         if info is None:
             continue
         where = f"split {name!r}"
-        if not (isinstance(info, dict) and is_int(info.get("count"), 0)):
+        if not (isinstance(info, dict) and json_int(info.get("count"), 0)):
             return f"{where} {info!r} has no image count"
         if info["count"] == 0:
             continue
         parts = info.get("shards")
         if not (isinstance(parts, list) and all(isinstance(s, dict) and _file_name(s.get("file"))
-                                                 and is_int(s.get("count"), 0) for s in parts)):
+                                                 and json_int(s.get("count"), 0) for s in parts)):
             return f"{where}: shards {parts!r} is not a list of {{file, count}}"
         if sum(s["count"] for s in parts) != info["count"]:
             return f"{where}: its shards hold {sum(s['count'] for s in parts)} images, its count says {info['count']}"
