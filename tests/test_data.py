@@ -551,6 +551,33 @@ def test_cifar_damaged_files(tmp_path):
     assert len(open_dataset(folder).train) == 30
 
 
+class _Planted:
+    """Unpickles as a call of os.mkdir: what a pickle from anywhere could do on opening."""
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_files_name_nothing_but_arrays(tmp_path, protocol):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_fake_cifar(folder, np.random.default_rng(5))
+    data = np.random.default_rng(6).integers(0, 256, (3, 3072), dtype=np.uint8)
+    (folder / "data_batch_2").write_bytes(pickle.dumps(
+        {b"data": data, b"labels": [np.int64(1), 2, 3]}, protocol=protocol))  # numpy's own pickles load
+    ds = open_dataset(folder)
+    assert len(ds.train) == 27 and list(ds.train.labels[6:9]) == [1, 2, 3]
+    np.testing.assert_array_equal(ds.train.images[6, 0, 1], data[0, [1, 1025, 2049]])
+    planted = tmp_path / "planted"
+    (folder / "test_batch").write_bytes(pickle.dumps(
+        {b"data": data, b"labels": [1, 2, 3], b"x": _Planted(planted)}, protocol=protocol))
+    with pytest.raises(ValueError, match="test_batch is not a CIFAR-10 pickle.*names .*mkdir"):
+        open_dataset(folder)
+    assert not planted.exists()
+
+
 # ---- the built-in dataset ----
 
 def test_builtin_deterministic(tmp_path):

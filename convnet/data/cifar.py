@@ -18,12 +18,27 @@ def is_cifar_folder(path):
     return (path / META_FILE).is_file() and ((path / TEST_FILE).is_file() or (path / TRAIN_FILES[0]).is_file())
 
 
+# What a CIFAR-10 pickle may name: numpy arrays, dtypes and scalars (as numpy 1 and 2 write them)
+# and the bytes of Python 3's protocol 2. pickle.load would call whatever a file names, so a
+# folder from anywhere could run code on opening.
+_CIFAR_GLOBALS = {("_codecs", "encode"), ("numpy", "ndarray"), ("numpy", "dtype")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which no CIFAR-10 file holds")
+        return super().find_class(module, name)
+
+
 def _unpickle(path, keys):
     """The dict of a CIFAR-10 pickle file, holding `keys`. A truncated or foreign file fails inside
     pickle in many ways (UnpicklingError, EOFError, TypeError...) that did not name the file."""
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _CifarUnpickler(f, encoding="bytes").load()
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - whatever pickle raised, the file is not a CIFAR-10 batch
