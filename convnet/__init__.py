@@ -30,7 +30,7 @@ def _load_compiled():
 
 _C = _load_compiled()
 from ._C import Tensor
-from ._checks import cast, flag
+from ._checks import cast, flag, integer
 
 __all__ = ["Tensor", "tensor", "from_dlpack", "empty", "zeros", "cuda_available", "device_count",
            "synchronize", "ops"]
@@ -49,20 +49,18 @@ def tensor(data, device="cpu", dtype=None):
         if dtype is not None and dtype != data.dtype:
             raise TypeError(f"tensor: cannot change dtype {data.dtype} -> {dtype} of a Tensor")
         return data.to(device).clone() if data.device == _C.parse_device(device) else data.to(device)
+    if not isinstance(device, str):
+        raise TypeError(f"tensor: device must be a string ('cpu', 'cuda:0', ...), got {device!r}")
     a = np.asarray(data)
     if dtype is not None:
         if dtype not in _DTYPES:
             raise TypeError(f"tensor: unsupported dtype {dtype!r} (use float32, int32 or uint8)")
         a = cast(a, _DTYPES[dtype])
     elif a.dtype not in (np.float32, np.int32, np.uint8):
-        if a.dtype.kind == "f":
-            a = a.astype(np.float32)
-        elif a.dtype.kind in "iu":
-            a = cast(a, np.int32)
-        elif a.dtype.kind == "b":
-            a = a.astype(np.uint8)
-        else:
+        kind = {"f": np.float32, "i": np.int32, "u": np.int32, "b": np.uint8}.get(a.dtype.kind)
+        if kind is None:
             raise TypeError(f"tensor: unsupported dtype {a.dtype} (use float32, int32 or uint8)")
+        a = cast(a, kind)
     # order="C", not ascontiguousarray: that one turns a 0-d array into shape (1,)
     return _C.from_numpy(np.asarray(a, order="C"), device)
 
@@ -91,11 +89,18 @@ def empty(shape, dtype="float32", device="cpu", pinned=False):
     whose .to("cuda:N", non_blocking=True) only queues the copy on this thread's stream; kernels
     queued after it see the data, and the host side must not be written again before
     convnet.synchronize(device)."""
-    return _C.empty(list(shape), dtype, device, flag(pinned, "empty: pinned"))
+    return _C.empty(_shape(shape, "empty"), dtype, device, flag(pinned, "empty: pinned"))
 
 
 def zeros(shape, dtype="float32", device="cpu"):
-    return _C.zeros(list(shape), dtype, device)
+    return _C.zeros(_shape(shape, "zeros"), dtype, device)
+
+
+def _shape(shape, what):
+    """A shape as a list of ints: one int or a sequence of them (True is not 1)."""
+    if not isinstance(shape, (list, tuple)):
+        shape = [shape]
+    return [integer(n, f"{what}: shape {tuple(shape)}") for n in shape]
 
 
 def cuda_available():

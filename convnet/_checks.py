@@ -65,16 +65,28 @@ def flag(v, what):
 
 
 def cast(a, dtype, what="tensor"):
-    """NumPy array `a` as `dtype`. Into an integer dtype every value must fit: astype alone wraps
-    (int64 2**32 + 3 -> int32 3, -1 -> uint8 255) and turns NaN into -2**31, silently."""
+    """NumPy array `a` of real numbers (or bools) as `dtype`, every value kept (fractions into an
+    integer dtype are truncated, as by astype). astype alone takes complex, strings, objects and
+    dates, wraps integers (int64 2**32 + 3 -> int32 3, -1 -> uint8 255), turns NaN into -2**31
+    and 1e39 into a float32 inf, all silently."""
     dtype = np.dtype(dtype)
-    if a.dtype == dtype:
-        return a
-    if dtype.kind in "iu" and a.dtype.kind in "iuf" and a.size:
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{what}: unsupported dtype {a.dtype} (real numbers: float32, int32 or uint8)")
+    if a.dtype == dtype or not a.size:
+        return a.astype(dtype, copy=False)
+    if dtype.kind in "iu" and a.dtype.kind in "iuf":
         lo, hi = a.min(), a.max()
         lo, hi = (int(lo), int(hi)) if a.dtype.kind in "iu" else (float(lo), float(hi))
         info = np.iinfo(dtype)
         if not info.min <= lo <= hi <= info.max:  # False for NaN too
             raise ValueError(f"{what}: values from {lo} to {hi} do not fit in {dtype.name} "
                              f"({info.min} to {info.max})")
+    if dtype.kind == "f" and a.dtype.kind == "f" and a.dtype.itemsize > dtype.itemsize:
+        with np.errstate(over="ignore"):
+            out = a.astype(dtype)
+        overflowed = np.isinf(out) & np.isfinite(a)
+        if overflowed.any():
+            raise ValueError(f"{what}: {a[overflowed].flat[0]} is past {dtype.name}'s range "
+                             f"(it would become inf)")
+        return out
     return a.astype(dtype)

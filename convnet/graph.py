@@ -20,6 +20,7 @@ import math
 import re
 import threading
 from collections import defaultdict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -57,10 +58,10 @@ def _dropout_seed(seed, step, index):
     return int(np.random.SeedSequence([int(seed), int(step), int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _to_tensor(x, device):
+def _to_tensor(x, device, what):
     if isinstance(x, _C.Tensor):
         return x.to(device)
-    return _C.from_numpy(np.ascontiguousarray(x, dtype=np.float32), device)
+    return _C.from_numpy(np.ascontiguousarray(cast(x, np.float32, what)), device)
 
 
 class Net:
@@ -255,6 +256,8 @@ class Net:
 
     def check_state(self, state, what="load_state_dict"):
         """Raise ValueError naming the keys or shapes that differ from this net's parameters."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{what}: expected a dict of arrays like state_dict()'s, got {type(state).__name__}")
         want = self.shapes()
         missing = [k for k in want if k not in state]
         extra = [k for k in state if k not in want]
@@ -265,14 +268,23 @@ class Net:
             if got != shape:
                 raise ValueError(f"{what}: {k} has shape {got} but this net's {k} is {shape}")
 
-    def _split_into(self, state, attr, what):
+    def checked_state(self, state, what):
+        """state's arrays as float32, every one checked before any is used (so that a load that
+        fails changes nothing: it once stopped at the 16th array, 15 already overwritten)."""
         self.check_state(state, what)
-        for key, ps in self._parts.items():
-            a = np.asarray(state[key])
+        arrays = {}
+        for key in self._parts:
+            a = state[key]
+            a = a.numpy() if isinstance(a, _C.Tensor) else np.asarray(a)
             if a.dtype.kind != "f":
                 raise TypeError(f"{what}: {key} has dtype {a.dtype}, expected float32")
-            for p in ps:
-                getattr(p, attr).copy_(_C.from_numpy(np.ascontiguousarray(a[p.rows[0]:p.rows[1]], dtype=np.float32), p.data.device))
+            arrays[key] = cast(a, np.float32, f"{what}: {key}")
+        return arrays
+
+    def _split_into(self, state, attr, what):
+        for key, a in self.checked_state(state, what).items():
+            for p in self._parts[key]:
+                getattr(p, attr).copy_(_C.from_numpy(np.ascontiguousarray(a[p.rows[0]:p.rows[1]]), p.data.device))
 
     def load_state_dict(self, state):
         self._split_into(state, "data", "load_state_dict")
@@ -353,15 +365,19 @@ class Net:
         # until this forward completes, backward() has nothing to work from: after one that failed
         # half-way it mixed this batch's saved activations with the last batch's softmax and labels
         self._trained_forward = False
-        if not isinstance(images, _C.Tensor):
-            images = np.asarray(images)
-            if images.dtype.kind not in "fiu":  # complex lost its imaginary part, lists had no .shape
-                raise TypeError(f"Net.forward: images must be real numbers (float32), got {images.dtype}")
-        self._check_images(images)
-        if isinstance(images, _C.Tensor) and images.dtype != "float32":
+        train = flag(train, "Net.forward: train")
+        # Tensors float32, arrays any float width: integer arrays were rounded (2**40 + 1
+        # silently), complex ones lost their imaginary part
+        if isinstance(images, _C.Tensor):
+            floats = images.dtype == "float32"
+        else:
+            images = np.asarray(images)  # lists had no .shape
+            floats = images.dtype.kind == "f"
+        if not floats:
             raise TypeError(f"Net.forward: images must be float32, got {images.dtype}")
+        self._check_images(images)
         first = self.readers.get(self.input_layer.name, [self.output_layer])[0]
-        self._outputs = {self.input_layer.name: _to_tensor(images, first.device)}
+        self._outputs = {self.input_layer.name: _to_tensor(images, first.device, "Net.forward: images")}
         with_loss = labels is not None
         if with_loss and self.loss_layer is None:
             raise ValueError("Net.forward: labels given but the net has no loss layer")
@@ -444,6 +460,8 @@ class Net:
                            key=lambda l: int(l.spec.get("rows", (0, 0))[0]) if "rows" in l.spec else l.tower)
         if not parts:
             raise ValueError(f"Net.features: no layer {layer!r} (layers: {[l.name for l in self.order]})")
+        if self.loss_layer in parts:
+            raise ValueError(f"Net.features: {layer!r} is the loss, which needs labels: use forward(images, labels)")
         self.forward(images, train=False)
         arrays = [self._outputs[l.name].numpy() for l in parts]
         return arrays[0].copy() if len(arrays) == 1 else np.concatenate(arrays, 1)

@@ -6,6 +6,7 @@ applied by ops.sgd_update to each parameter part on its own device. The momentum
 live in the net's Params (Param.momentum); state_dict() gives them in the one-device layout.
 """
 import math
+from collections.abc import Mapping
 
 from ._checks import float32_number, integer, number
 
@@ -38,13 +39,18 @@ class SGD:
                 "weight_decay": self.weight_decay, "steps": self.steps}
 
     def load_state_dict(self, state):
-        self.net.load_momentum_dict(state["momentum"])
+        """All or nothing: every value is checked before any is loaded."""
+        if not isinstance(state, Mapping) or "momentum" not in state:
+            raise ValueError("SGD state: expected a dict with the momentum buffers, like state_dict()'s")
         # checked as in __init__: float() took "0.1" or inf from a checkpoint, refused only at the first step
-        for key, attr in (("lr", "lr"), ("momentum_factor", "momentum"), ("weight_decay", "weight_decay")):
-            if key in state:
-                setattr(self, attr, float32_number(state[key], f"SGD state: {key}", minimum=0))
+        settings = {attr: float32_number(state[key], f"SGD state: {key}", minimum=0)
+                    for key, attr in (("lr", "lr"), ("momentum_factor", "momentum"), ("weight_decay", "weight_decay"))
+                    if key in state}
         if "steps" in state:
-            self.steps = integer(state["steps"], "SGD state: steps", minimum=0, error=ValueError)
+            settings["steps"] = integer(state["steps"], "SGD state: steps", minimum=0, error=ValueError)
+        self.net.load_momentum_dict(state["momentum"])
+        for attr, value in settings.items():
+            setattr(self, attr, value)
 
 
 class ReduceOnPlateau:

@@ -135,17 +135,32 @@ py::capsule to_dlpack(const Tensor& t, bool versioned, bool copied) {
 // Tensor.__dlpack__ as the array API has it: max_version (major >= 1: the versioned capsule, else
 // the unversioned one), dl_device (only this tensor's own: BufferError otherwise), copy (True:
 // export a copy; False and None: never copy, and none is ever needed). stream: see to_dlpack.
+// A pair of ints from Python, or a TypeError naming the argument (pybind's own cast error named
+// neither it nor the form).
+std::pair<int, int> int_pair(const py::object& v, const char* what, const char* form) {
+  if (py::isinstance<py::tuple>(v) && py::len(v) == 2) {
+    try {
+      return v.cast<std::pair<int, int>>();
+    } catch (const py::cast_error&) {
+    }
+  }
+  CHECK_TYPE(false, what, " must be ", form, ", got ", std::string(py::repr(v)));
+  return {};
+}
+
 py::capsule export_dlpack(const Tensor& t, py::object max_version, py::object dl_device, py::object copy) {
   OpScope s("__dlpack__");
+  CHECK_TYPE(copy.is_none() || PyBool_Check(copy.ptr()), "copy must be True, False or None, got ",
+             std::string(py::repr(copy)));
   if (!dl_device.is_none()) {
-    const auto want = dl_device.cast<std::pair<int, int>>(), have = dlpack_device(t);
+    const auto want = int_pair(dl_device, "dl_device", "a (device type, device id) tuple"), have = dlpack_device(t);
     if (want != have)
       throw py::buffer_error(detail::message("this tensor is on ", t.device().str(),
                                              " (DLPack device ", have.first, ", ", have.second,
                                              ") and cannot be exported to DLPack device (", want.first, ", ",
                                              want.second, "); use .to() first"));
   }
-  const bool versioned = !max_version.is_none() && max_version.cast<std::pair<int, int>>().first >= 1;
+  const bool versioned = !max_version.is_none() && int_pair(max_version, "max_version", "a (major, minor) tuple").first >= 1;
   const bool copied = !copy.is_none() && copy.cast<bool>();
   return to_dlpack(copied ? t.clone() : t, versioned, copied);
 }
@@ -185,6 +200,7 @@ Tensor from_dlpack_capsule(py::capsule cap) {
   if (dl.device.device_type == kDLCPU) d = Device{DeviceType::CPU, 0};
   else if (dl.device.device_type == kDLCUDA) d = Device::parse("cuda:" + std::to_string(dl.device.device_id));
   else CHECK_VALUE(false, "unsupported DLPack device type ", dl.device.device_type);
+  CHECK_VALUE(dl.ndim >= 0 && (dl.ndim == 0 || dl.shape), "the capsule's shape is missing or its ndim negative");
   std::vector<int64_t> shape(dl.shape, dl.shape + dl.ndim);
   // Strides describe nothing when there are no elements (PyTorch gives shape (3, 0) strides (1, 1)).
   const bool no_elements = std::find(shape.begin(), shape.end(), 0) != shape.end();
@@ -197,12 +213,19 @@ Tensor from_dlpack_capsule(py::capsule cap) {
       expect *= shape[i];
     }
   }
-  auto st = std::make_shared<Storage>();
-  st->data = static_cast<char*>(dl.data) + dl.byte_offset;
-  st->device = d;
   Tensor t;
   t.shape = shape;
   t.dtype = dt;
+  check_shape(t);
+  char* data = static_cast<char*>(dl.data) + dl.byte_offset;
+  // Every kernel loads whole elements: on a GPU a misaligned float load faults.
+  const auto misaligned = reinterpret_cast<uintptr_t>(data) % dtype_size(dt);
+  CHECK_VALUE(misaligned == 0 || t.nbytes() == 0, "the array's data is not aligned to its ", dtype_size(dt),
+              "-byte elements (its address is ", misaligned, " past a multiple of ", dtype_size(dt),
+              "); pass an aligned copy (convnet.tensor(array))");
+  auto st = std::make_shared<Storage>();
+  st->data = data;
+  st->device = d;
   st->nbytes = t.nbytes();
   st->release = release;
   t.storage = st;
@@ -226,6 +249,35 @@ PYBIND11_MODULE(_C, m) {
   });
 
   py::class_<Tensor>(m, "Tensor", "A contiguous float32/int32/uint8 array on the CPU or a GPU.")
+      // Tensor.__new__(Tensor) made an object with no C++ tensor in it, which crashed the first
+      // method called on it. Tensors come from C++ (pybind11 allocates those without __new__).
+      .def_static("__new__", [](const py::args&, const py::kwargs&) -> py::object {
+        OpScope s("convnet.Tensor");
+        CHECK_TYPE(false, "tensors are made by convnet.tensor(data), convnet.empty(shape) or convnet.zeros(shape)");
+        return py::none();
+      })
+      .def("__copy__", [](const Tensor& t) { OpScope s("copy"); py::gil_scoped_release nogil; return t.clone(); })
+      .def("__deepcopy__", [](const Tensor& t, const py::object&) {
+        OpScope s("deepcopy");
+        py::gil_scoped_release nogil;
+        return t.clone();
+      }, py::arg("memo"))
+      // pickle: the data as a NumPy array and the device, rebuilt by from_numpy
+      .def("__reduce__", [](const Tensor& t) {
+        OpScope s("pickle");
+        return py::make_tuple(py::module_::import("convnet._C").attr("from_numpy"),
+                              py::make_tuple(to_numpy(t), t.device().str()));
+      })
+      // np.asarray(t): a view of a CPU tensor, a copy of a GPU one (copy=False refuses that)
+      .def("__array__", [](const Tensor& t, const py::object& dtype, const py::object& copy) {
+        OpScope s("__array__");
+        CHECK_TYPE(copy.is_none() || PyBool_Check(copy.ptr()), "copy must be True, False or None");
+        CHECK_VALUE(!(t.device().is_cuda() && copy.is(py::bool_(false))), "a tensor on ", t.device().str(),
+                    " cannot become a NumPy array without a copy (copy=False)");
+        py::object a = to_numpy(t);
+        if (t.device().is_cpu() && copy.is(py::bool_(true))) a = a.attr("copy")();
+        return dtype.is_none() ? a : a.attr("astype")(dtype);
+      }, py::arg("dtype") = py::none(), py::arg("copy") = py::none())
       .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape)); })
       .def_property_readonly("dtype", [](const Tensor& t) { return std::string(dtype_name(t.dtype)); })
       .def_property_readonly("device", [](const Tensor& t) { return t.device().str(); })

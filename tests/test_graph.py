@@ -321,9 +321,18 @@ def test_bad_forward_input(rng):
         net.forward(x, np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="labels: values from 0 to 4294967299 do not fit in int32"):
         net.forward(x, np.array([0, 2**32 + 3]))  # was wrapped to class 3, silently
-    with pytest.raises(TypeError, match="images must be real numbers"):
+    with pytest.raises(TypeError, match="images must be float32, got complex64"):
         net.forward(x.astype(np.complex64))  # lost its imaginary part, with a warning
+    for wrong in (np.uint8, np.int64):  # were taken as floats (2**40 + 1 rounded), as Tensors were not
+        with pytest.raises(TypeError, match=f"images must be float32, got {np.dtype(wrong).name}"):
+            net.forward(x.astype(wrong))
+    with pytest.raises(ValueError, match="Net.forward: images: 1e[+]?39 is past float32's range"):
+        net.forward(np.where(x > 0, 1e39, x.astype(np.float64)))  # was a float32 inf, then NaN logits
+    with pytest.raises(TypeError, match="Net.forward: train must be True or False, got 'False'"):
+        net.forward(x, y, train="False")  # ran as training: dropout on, net.step counted
+    assert net.step == 0
     assert net.forward(list(x)).shape == (2, 5)  # was: 'list' object has no attribute 'shape'
+    np.testing.assert_allclose(net.forward(x.astype(np.float64)).numpy(), net.forward(x).numpy())
     # NumPy's SeedSequence said only "expected non-negative integer"; int() took 1.5
     with pytest.raises(ValueError, match="Net.forward: step must be >= 0, got -1"):
         net.forward(x, y, train=True, step=-1)
@@ -336,6 +345,8 @@ def test_bad_forward_input(rng):
         net.backward()
     with pytest.raises(ValueError, match="features"):
         net.features(x, "fc9")
+    with pytest.raises(ValueError, match="Net.features: 'loss' is the loss, which needs labels"):
+        net.features(x, "loss")  # was a bare KeyError
 
 
 def test_no_backward_after_a_failed_forward(rng):

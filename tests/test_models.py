@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import convnet
 from conftest import cuda_param
 from convnet import models
 from convnet.optim import SGD, ReduceOnPlateau, StepSchedule
@@ -205,6 +206,19 @@ def test_state_dict_errors():
         net.load_state_dict({**sd, "conv1.weight": sd["conv1.weight"].astype(np.int32)})
     with pytest.raises(RuntimeError, match="grad"):
         net.grad_dict()
+    # all or nothing: a bad last array once left every array before it loaded
+    lively = {k: np.random.default_rng(1).standard_normal(v.shape) for k, v in sd.items()}
+    for last, error, match in [(lively["fc8.bias"].astype(np.int32), TypeError, "fc8.bias has dtype int32"),
+                               (np.full(sd["fc8.bias"].shape, 1e39), ValueError, "fc8.bias: 1e[+]?39 is past float32")]:
+        with pytest.raises(error, match=match):
+            net.load_state_dict({**lively, "fc8.bias": last})
+        for k, v in net.state_dict().items():
+            np.testing.assert_array_equal(v, sd[k])
+    for bad in (None, list(sd.items())):
+        with pytest.raises(TypeError, match="load_state_dict: expected a dict of arrays"):
+            net.load_state_dict(bad)
+    net.load_state_dict({**lively, "fc6.weight": convnet.tensor(lively["fc6.weight"])})  # a Tensor too
+    np.testing.assert_allclose(net.state_dict()["fc6.weight"], lively["fc6.weight"], rtol=1e-6)
 
 
 def sgd_reference(w, g, v, lr, momentum=0.9, wd=5e-4):
@@ -302,5 +316,15 @@ def test_sgd_settings_must_be_finite():
         opt.load_state_dict({**state, "momentum_factor": float("inf")})
     with pytest.raises(ValueError, match="SGD state: steps must be an integer"):
         opt.load_state_dict({**state, "steps": 1.5})
+    # the momentum buffers were loaded before the settings were checked
+    rng = np.random.default_rng(2)
+    held = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in state["momentum"].items()}
+    opt.load_state_dict({**state, "momentum": held})
+    with pytest.raises(ValueError, match="SGD state: lr must be finite"):
+        opt.load_state_dict({**state, "momentum": {k: v + 1 for k, v in held.items()}, "lr": float("nan")})
+    for k, v in net.momentum_dict().items():
+        np.testing.assert_array_equal(v, held[k])
+    with pytest.raises(ValueError, match="SGD state: expected a dict with the momentum buffers"):
+        opt.load_state_dict({})  # was a bare KeyError
     opt.load_state_dict({**state, "lr": 0.5})
     assert opt.lr == 0.5

@@ -34,6 +34,24 @@ def test_default_dtype_conversion():
     assert convnet.tensor(np.float32(3)).numpy().shape == ()
 
 
+def test_conversions_refuse_what_is_not_a_real_number():
+    # with dtype= these went straight to astype: 1+2j -> 1, "1.5" -> 1.5, a date -> its day count
+    for data in (np.array([1 + 2j]), np.array(["1.5"]), np.array([1.5], dtype=object),
+                 np.array(["2020-01-01"], dtype="datetime64[D]")):
+        for dtype in (None, "float32", "int32"):
+            with pytest.raises(TypeError, match="unsupported dtype"):
+                convnet.tensor(data, dtype=dtype)
+    # finite values past float32's range became inf, with a NumPy warning only
+    for big in (np.array([1.0, -1e39]), np.array([3.5e38], np.longdouble)):
+        with pytest.raises(ValueError, match="is past float32's range"):
+            convnet.tensor(big)
+    edge = np.array([3.4028234e38, -np.inf, np.nan, 1e-50])  # the largest float32, and what stays itself
+    np.testing.assert_array_equal(convnet.tensor(edge).numpy(), edge.astype(np.float32))
+    for device in (None, 3, b"cpu"):
+        with pytest.raises(TypeError, match="tensor: device must be a string"):
+            convnet.tensor(np.zeros(2), device)
+
+
 def test_integer_conversions_keep_every_value():
     # astype wrapped these silently: int64 2**32 + 3 became label 3, -1 became uint8 255, NaN -2**31
     for data, kw in [(np.array([0, 2**32 + 3]), {}), (np.array([2**32 - 1], np.uint32), {}),
@@ -58,6 +76,14 @@ def test_empty_and_zeros(device):
     assert np.isnan(convnet.empty((7,), "float32", device).numpy()).all()
 
 
+def test_shapes_given_as_an_int_or_a_sequence(device):
+    assert convnet.zeros(3, "int32", device).shape == (3,)  # was: 'int' object is not iterable
+    assert convnet.empty([2, np.int64(3)], "float32", device).shape == (2, 3)
+    for bad in ((True, 2), (2.0, 3), "23"):
+        with pytest.raises(TypeError, match="shape .* must be an integer"):
+            convnet.empty(bad, "float32", device)
+
+
 def test_shapes_out_of_range_are_refused(device):
     # a byte count that wrapped around would allocate a few bytes for a huge tensor
     for shape in [(1 << 62,), (1 << 31, 1 << 31), (1 << 40, 1 << 40), (3, 1 << 61)]:
@@ -67,6 +93,10 @@ def test_shapes_out_of_range_are_refused(device):
             convnet.zeros(shape, "int32", device)
     with pytest.raises(ValueError, match="negative dimension"):
         convnet.empty((2, -3), "float32", device)
+    for shape in [(0, 1 << 62), (1 << 62, 0), (0, 1 << 40, 1 << 40)]:  # (0, 2^62) was taken, (2^62, 0) not
+        with pytest.raises(ValueError, match="too large"):
+            convnet.empty(shape, "float32", device)
+    assert convnet.empty((0, 1 << 40), "float32", device).shape == (0, 1 << 40)
     t = convnet.tensor(np.arange(4, dtype=np.float32), device)
     with pytest.raises(ValueError, match="too large"):
         t.reshape([1 << 62, 4])  # (2^64 elements: the count alone would wrap to 0)
@@ -84,6 +114,41 @@ def test_copy_and_reshape(device, rng):
         t.reshape([5, 3])
     with pytest.raises(ValueError, match="different shape"):
         dst.copy_(convnet.tensor(np.zeros((4, 3), np.float32)))
+
+
+def test_python_protocols(device, rng):
+    a = rng.standard_normal((2, 5)).astype(np.float32)
+    t = convnet.tensor(a, device)
+    for made in (lambda: convnet.Tensor(), lambda: convnet.Tensor.__new__(convnet.Tensor)):
+        # __new__ made an object without a C++ tensor, and the first method called on it crashed
+        with pytest.raises(TypeError, match="tensors are made by convnet.tensor"):
+            made()
+    import copy
+    import pickle
+    for c in (copy.copy(t), copy.deepcopy(t), pickle.loads(pickle.dumps(t))):
+        assert c.device == device and c.data_ptr() != t.data_ptr()
+        np.testing.assert_array_equal(c.numpy(), a)
+    # np.asarray(t) was a 0-d object array; a CPU tensor is viewed, a GPU one copied
+    view = np.asarray(t)
+    assert view.dtype == np.float32 and np.array_equal(view, a)
+    assert np.shares_memory(view, t.numpy()) == (device == "cpu")
+    assert not np.shares_memory(np.array(t, copy=True), t.numpy())
+    assert np.asarray(t, dtype=np.float64).dtype == np.float64
+    if device != "cpu":
+        with pytest.raises(ValueError, match="without a copy"):
+            np.asarray(t, copy=False)
+    np.testing.assert_array_equal(np.asarray([t, t]), [a, a])
+
+
+def test_copy_between_overlapping_views():
+    base = np.arange(12, dtype=np.float32)
+    a, b = convnet.from_dlpack(base[0:6]), convnet.from_dlpack(base[3:9])
+    with pytest.raises(ValueError, match="copy_: 'self' and 'src' share memory"):
+        a.copy_(b)  # was a memcpy between overlapping ranges: undefined
+    np.testing.assert_array_equal(base, np.arange(12))
+    a.copy_(a)
+    a.copy_(convnet.from_dlpack(base[6:12]))  # next to each other, not overlapping
+    np.testing.assert_array_equal(base, np.r_[np.arange(6, 12), np.arange(6, 12)])
 
 
 def test_device_names():
@@ -170,6 +235,17 @@ def test_dlpack_versions_copy_and_device():
     assert '"dltensor"' in repr(t.__dlpack__(dl_device=(1, 0)))
     with pytest.raises(BufferError, match="__dlpack__: this tensor is on cpu .* to DLPack device \\(2, 0\\)"):
         t.__dlpack__(dl_device=(2, 0))
+    # were pybind11's "Unable to cast Python instance of type ... to C++ type '?'"
+    for kw, match in [(dict(max_version=(1,)), "max_version must be a \\(major, minor\\) tuple, got \\(1,\\)"),
+                      (dict(max_version="1.0"), "max_version must be"), (dict(dl_device=1), "dl_device must be"),
+                      (dict(copy="no"), "copy must be True, False or None, got 'no'"), (dict(copy=1), "copy must be")]:
+        with pytest.raises(TypeError, match="__dlpack__: " + match):
+            t.__dlpack__(**kw)
+    # a float32 array that starts one byte into a buffer: on a GPU its loads would fault
+    odd = np.ndarray((3,), np.float32, buffer=bytearray(13), offset=1)
+    with pytest.raises(ValueError, match="from_dlpack: the array's data is not aligned to its 4-byte elements"):
+        convnet.from_dlpack(odd)
+    np.testing.assert_array_equal(convnet.tensor(odd).numpy(), odd)
     # a read-only array cannot become a writable tensor without a copy: refused, saying so
     ro = np.ones(3, np.float32)
     ro.flags.writeable = False

@@ -108,17 +108,17 @@ std::string Tensor::shape_str() const {
   return o + ")";
 }
 
-namespace {
 // Every dimension >= 0 and the byte count representable: a product that wrapped around would
-// allocate a few bytes for a tensor that kernels then write far past.
+// allocate a few bytes for a tensor that kernels then write far past. The product skips zeros, so
+// that (0, 2^62) and (2^62, 0) are refused alike, and numel() never wraps on the way to its 0.
 void check_shape(const Tensor& t) {
   int64_t bytes = (int64_t)dtype_size(t.dtype);
   for (auto s : t.shape) {
     CHECK_VALUE(s >= 0, "negative dimension in shape ", t.shape_str());
-    CHECK_VALUE(!__builtin_mul_overflow(bytes, s, &bytes), "shape ", t.shape_str(), " is too large: its size overflows");
+    CHECK_VALUE(s == 0 || !__builtin_mul_overflow(bytes, s, &bytes), "shape ", t.shape_str(),
+                " is too large: its size overflows");
   }
 }
-}  // namespace
 
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype, Device d, bool pinned) {
   Tensor t;
@@ -146,6 +146,7 @@ Tensor Tensor::zeros(const std::vector<int64_t>& shape, DType dtype, Device d) {
 void Tensor::copy_from(const Tensor& src) {
   CHECK_VALUE(src.shape == shape && src.dtype == dtype, "copy between tensors of different shape or dtype");
   if (nbytes() == 0 || raw() == src.raw()) return;
+  check_disjoint(*this, "self", src, "src");  // overlapping views (from DLPack): memcpy's result is undefined
   Device sd = src.device(), dd = device();
   if (sd.is_cpu() && dd.is_cpu()) {
     std::memcpy(raw(), src.raw(), nbytes());

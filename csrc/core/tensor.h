@@ -80,6 +80,7 @@ void set_poison(bool on);
 bool poison();
 
 // Argument checks shared by every op (the only place such checks live).
+void check_shape(const Tensor& t);  // no negative dimension, a size in bytes that fits an int64
 void check_defined(const Tensor& t, const char* name);
 void check_dtype(const Tensor& t, DType want, const char* name);
 void check_dim(const Tensor& t, int d, const char* name);
