@@ -16,6 +16,7 @@ Parameters are addressed in one layout for every variant: the one-device (groupe
 layout, e.g. "conv2.weight" of shape (256, 48, 5, 5). A tower holds a slice of rows (output
 channels) of each of its layers' parameters; state_dict() joins them, load_state_dict() splits.
 """
+import contextlib
 import math
 import re
 import threading
@@ -107,6 +108,19 @@ class Net:
         self.init_params(self.seed)
         self._outputs = {}
         self._trained_forward = False
+        self._busy = threading.Lock()
+
+    @contextlib.contextmanager
+    def _alone(self, what):
+        """One forward or backward at a time: they share the saved activations (two threads on one
+        net mixed their batches; a backward found another call's max-pool indices gone)."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(f"{what}: this net is running a forward or backward in another thread "
+                               "(use a net per thread)")
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     # ---------------------------------------------------------------- structure
     def _check_graph(self):
@@ -362,6 +376,10 @@ class Net:
         images (convnet.Tensor or NumPy float32, NCHW); with labels, (logits, mean loss).
         train=True applies dropout (masks from the net's seed and `step`, by default the count of
         training forwards so far) and keeps what backward() needs."""
+        with self._alone("Net.forward"):
+            return self._forward(images, labels, train, step)
+
+    def _forward(self, images, labels, train, step):
         # until this forward completes, backward() has nothing to work from: after one that failed
         # half-way it mixed this batch's saved activations with the last batch's softmax and labels
         self._trained_forward = False
@@ -419,6 +437,10 @@ class Net:
 
     def backward(self):
         """Gradients of the last training forward's loss: fills every Param's .grad."""
+        with self._alone("Net.backward"):
+            self._backward()
+
+    def _backward(self):
         if not self._trained_forward:
             raise RuntimeError("Net.backward: needs a forward with labels and train=True first")
         self._trained_forward = False

@@ -1,5 +1,7 @@
 """The layer graph: towers vs one grouped device (same function, same gradients), finite
 differences end to end, placement, threads, validation and bad input."""
+import threading
+
 import numpy as np
 import pytest
 
@@ -357,6 +359,33 @@ def test_no_backward_after_a_failed_forward(rng):
         net.forward(x[::-1].copy(), np.array([0, 9]), train=True)  # fails in the loss layer, the last
     with pytest.raises(RuntimeError, match="needs a forward with labels and train=True"):
         net.backward()  # ran, on this batch's activations with the last batch's softmax and labels
+
+
+def test_one_net_is_driven_from_one_thread_at_a_time(rng):
+    net = models.small_alexnet(devices=["cpu:0", "cpu:1"], **TINY)
+    x, y = batch(rng, 2, 40, 5)
+    inside, go_on = threading.Event(), threading.Event()
+    fc6 = next(l for l in net.layers if l.name.startswith("fc6"))
+    plain = fc6.forward
+
+    def held(*args, **kwargs):  # the other thread stops inside its forward
+        inside.set()
+        go_on.wait(30)
+        return plain(*args, **kwargs)
+
+    fc6.forward = held
+    other = threading.Thread(target=lambda: net.forward(x, y, train=True))
+    other.start()
+    assert inside.wait(30)
+    # these mixed their activations with the other thread's: a TypeError inside max_pool_backward
+    for call in (lambda: net.forward(x), net.backward):
+        with pytest.raises(RuntimeError, match="running a forward or backward in another thread"):
+            call()
+    go_on.set()
+    other.join(30)
+    fc6.forward = plain
+    net.backward()  # the other thread's training forward is whole
+    assert all(p.grad is not None for p in net.params())
 
 
 def test_forward_accepts_tensors(rng):
