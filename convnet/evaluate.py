@@ -8,6 +8,7 @@ the ensemble: the average of the nets' softmax outputs (as the paper's "average 
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -38,17 +39,27 @@ def errors(probs, labels):
 def load_net(path, devices=None):
     """(net, meta, checkpoint path) from a checkpoint path or a run folder."""
     from convnet import checkpoint
-    from convnet.train import TrainingError, find_checkpoint, resolve_devices
+    from convnet.train import TrainingError, checkpoint_towers, find_checkpoint, resolve_devices
 
     ckpt, _ = find_checkpoint(path)
     try:
-        dev = resolve_devices(devices, 2) if devices is not None else None
+        dev = resolve_devices(devices, checkpoint_towers(ckpt)) if devices is not None else None
         net, _, meta = checkpoint.load(str(ckpt), devices=dev)
     except TrainingError as e:
         raise EvaluateError(str(e)) from None
     except (FileNotFoundError, OSError, ValueError, KeyError) as e:
         raise EvaluateError(f"cannot load a checkpoint from {path}: {e}") from None
     return net, meta, ckpt
+
+
+def train_record(meta):
+    """(the checkpoint's 'train' record or None, why it is damaged or None). The record is not
+    covered by the weights' hash: a damaged one came out as AttributeErrors and TypeErrors."""
+    from convnet.train import check_train_record
+
+    record = meta.get("train")
+    why = None if record is None else check_train_record(record)
+    return (None if why else record), why
 
 
 def predict(net, images_u8, mean, crop, views, batch_size=128, device=None):
@@ -72,27 +83,50 @@ def predict(net, images_u8, mean, crop, views, batch_size=128, device=None):
 def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=None, limit=None):
     """Scores every checkpoint and, for several, their ensemble. Returns a list of settings, one
     per view count: {"views", "rows": [{"name", "top1", "top5", "probs"}], "labels"}."""
+    from convnet import checkpoint
     from convnet.train import TrainingError, open_data
 
     nets = [load_net(c, devices) for c in checkpoints]
-    if data_path is None:
-        data_path = nets[0][1].get("train", {}).get("args", {}).get("data")
+    records = [train_record(meta) for _, meta, _ in nets]
+    given = data_path is not None
+    if not given:
+        (record, why), ckpt = records[0], nets[0][2]
+        if why is not None:
+            raise EvaluateError(f"the train record in {checkpoint.meta_path(ckpt)} is damaged ({why}): "
+                                f"which data the net was trained on is unknown: pass --data")
+        data_path = record and record["args"]["data"]
         if data_path is None:
             raise EvaluateError("the checkpoint does not say which data it was trained on: pass --data")
+    # The nets' class indices must mean the same classes: only a net's dataset says which
+    prints = {}
+    for (_, _, ckpt), (record, _) in zip(nets, records):
+        if record is not None and isinstance(record.get("data_fingerprint"), str):
+            prints.setdefault(record["data_fingerprint"], ckpt)
+    if len(prints) > 1:
+        a, b = list(prints.values())[:2]
+        raise EvaluateError(f"{a} and {b} were trained on different datasets (their classes, labels or images "
+                            f"differ): the average of their outputs may mix up classes; score them one at a time")
+    where = {"data": data_path}
     try:
-        ds = open_data({"data": data_path})
+        ds = open_data(where)  # which writes the folder's absolute path ("builtin" -> the built-in one's)
     except TrainingError as e:
-        raise EvaluateError(str(e)) from None
+        if given:
+            raise EvaluateError(str(e)) from None
+        # no --data was passed: the folder is the one the checkpoint names
+        raise EvaluateError(f"the data {nets[0][2]} was trained on: {str(e).removeprefix('--data: ')}; "
+                            f"pass --data with its folder") from None
+    data_path = where["data"]
     if ds.val is None:
         raise EvaluateError(f"the data at {data_path} has no validation split to score the nets on "
                             f"(pass --data with one)")
     num_classes = len(ds.classes)
     crops = []
-    for net, meta, ckpt in nets:
+    for (net, _, ckpt), (record, _) in zip(nets, records):
         if net.config.get("num_classes") != num_classes:
             raise EvaluateError(f"{ckpt}: the net has {net.config.get('num_classes')} classes, "
                                 f"the data at {data_path} {num_classes}: a checkpoint of another model?")
-        crops.append(int(net.config.get("input_size") or meta.get("train", {}).get("args", {}).get("crop")))
+        args = record["args"] if record else {}
+        crops.append(int(net.config.get("input_size") or args.get("crop")))
         if crops[-1] > ds.image_size:
             raise EvaluateError(f"{ckpt}: the net takes {crops[-1]}x{crops[-1]} crops, larger than the "
                                 f"{ds.image_size}x{ds.image_size} images of {data_path}")
@@ -113,6 +147,21 @@ def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=No
     return settings
 
 
+def _run_files(path):
+    """The files of the checkpoint at path (a run folder or checkpoint) and of its run folder."""
+    from convnet.train import checkpoint_path, find_checkpoint
+
+    ckpt, run = find_checkpoint(path)
+    return [ckpt, ckpt.with_suffix(".json"), run / "args.json", run / "metrics.jsonl"] + [
+        checkpoint_path(run, which).with_suffix(suffix) for which in ("last", "best")
+        for suffix in (".safetensors", ".json")]
+
+
+def _same_file(a, b):
+    a, b = Path(a), Path(b)
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
 def _short(path):
     p = Path(path)
     return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
@@ -131,7 +180,7 @@ def format_table(setting):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="convnet-evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint path or run folder")
-    p.add_argument("--data", help="dataset folder (default: the one the first net was trained on)")
+    p.add_argument("--data", help="dataset folder, or builtin (default: the one the first net was trained on)")
     p.add_argument("--views", default="1", help="1 (centre crop), 10 (the paper's ten patches) or 1,10")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--devices", help="where to run the nets (default: where they were trained)")
@@ -142,7 +191,7 @@ def main(argv=None):
         views = tuple(int(v) for v in a.views.split(","))
     except ValueError:
         views = ()
-    if not views or any(v not in (1, 10) for v in views):
+    if not views or any(v not in (1, 10) for v in views) or len(set(views)) < len(views):  # 10,10: two tables
         p.error(f"--views must be 1, 10 or 1,10, got {a.views!r}")
     # 0 was a traceback from range() or np.concatenate; --limit -30 scored all but the last 30 images
     if a.batch_size < 1:
@@ -150,8 +199,15 @@ def main(argv=None):
     if a.limit is not None and a.limit < 1:
         p.error(f"--limit must be >= 1, got {a.limit}")
     # before the nets run: the error used to come as a traceback after the table
+    if a.json == "":  # was ignored: no file written, and no word of it
+        p.error("--json: the file name is empty")
     if a.json and (Path(a.json).is_dir() or not Path(a.json).parent.is_dir()):
         p.error(f"--json {a.json}: {'is a folder' if Path(a.json).is_dir() else 'its folder does not exist'}")
+    # --json RUN/checkpoint-last.json replaced the checkpoint's metadata: it no longer loaded
+    for f in (f for c in a.checkpoints for f in _run_files(c)) if a.json else ():
+        if _same_file(a.json, f):
+            p.error(f"--json {a.json}: the errors would overwrite {f}, a file of a checkpoint or run being "
+                    f"evaluated: choose another file")
     try:
         settings = evaluate(a.checkpoints, a.data, views, a.batch_size, a.devices, a.limit)
     except EvaluateError as e:

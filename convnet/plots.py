@@ -263,12 +263,15 @@ def main(argv=None):
     p.add_argument("--train-subset", type=int, default=1000,
                    help="training images searched for fc7 neighbours (default 1000)")
     a = p.parse_args(argv)
-    from convnet.evaluate import EvaluateError, load_net
+    from convnet.evaluate import EvaluateError, load_net, train_record
     from convnet.train import TrainingError, find_checkpoint, open_data
 
     try:
         net, meta, ckpt = load_net(a.source)
-        args = meta.get("train", {}).get("args", {})
+        record, why = train_record(meta)  # a damaged one was an AttributeError or TypeError here
+        if why is not None:
+            print(f"convnet.plots: the train record of {ckpt} is damaged ({why}): not used", file=sys.stderr)
+        args = record["args"] if record else {}
         data_path = a.data or args.get("data")
         dataset = open_data({"data": data_path}) if data_path else None
     except (EvaluateError, TrainingError) as e:

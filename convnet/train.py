@@ -165,6 +165,10 @@ def check_train_record(state):
     writes (the record is not covered by the weights' hash). A hand-edited or damaged one came out
     as KeyErrors and TypeErrors from inside the loop, or trained on (an epoch of -5 ran six more
     epochs over the run's checkpoint). Returns the reason it is refused, or None."""
+    if not isinstance(state, dict):
+        return f"it is {state!r}, not a JSON object"
+    if not isinstance(state.get("args"), dict):
+        return f"'args' is {state.get('args')!r}, not a JSON object"
     args = state["args"]
     parser = build_parser()
     # the values a new run of this model leaves None (--data, --milestones, ...) may be None
@@ -260,9 +264,10 @@ def physical(device):
 def open_data(args):
     from convnet import data
 
-    if args["data"] is None:
+    if args["data"] in (None, "builtin"):  # "builtin" as open_dataset takes it: was "does not exist"
         from convnet.data import builtin
-        size = dict(size=args["image_size"], num_train=args["num_train"], num_val=args["num_val"])
+        size = dict(size=args.get("image_size", 64), num_train=args.get("num_train", 10000),
+                    num_val=args.get("num_val", 2000))
         path = builtin.default_path(**size)
         print(f"data: built-in dataset at {path} (generated on first use)", flush=True)
         try:
@@ -460,6 +465,19 @@ def find_checkpoint(path):
     return p, p.parent
 
 
+def checkpoint_towers(ckpt):
+    """The net's tower count (1 or 2) from its checkpoint's metadata, for --devices before the net
+    is built (a 1-tower net took two devices, and three were "not one per tower (2)"); 2 when it
+    cannot be read: checkpoint.load() then says what is wrong."""
+    from convnet import checkpoint
+
+    try:
+        towers = json.loads(checkpoint.meta_path(ckpt).read_text())["convnet"]["config"]["towers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 2
+    return 1 if towers == 1 else 2
+
+
 # ---------------------------------------------------------------- training
 
 def train(argv=None, step_hook=None):
@@ -484,7 +502,7 @@ def train(argv=None, step_hook=None):
             if not isinstance(spec, str):
                 spec = None  # likewise (check_train_record)
         try:
-            net, opt_state, meta = checkpoint.load(str(ckpt), devices=resolve_devices(spec, 2))
+            net, opt_state, meta = checkpoint.load(str(ckpt), devices=resolve_devices(spec, checkpoint_towers(ckpt)))
         except (FileNotFoundError, OSError, ValueError, KeyError) as e:
             raise TrainingError(f"--resume: cannot load a checkpoint from {args['resume']}: {e}") from None
         if not isinstance(meta.get("train"), dict) or not isinstance(meta["train"].get("args"), dict):

@@ -235,6 +235,14 @@ def test_pictures(run_a, tmp_path, capsys):
                                rtol=1e-6)
 
 
+def test_pictures_with_a_damaged_train_record(data_dir, run_a, tmp_path, capsys):
+    r = _copy_run(run_a, tmp_path, ("train", "args"), 5)  # was AttributeError: 'int' object has no attribute 'get'
+    plots.main([str(r), "--out", str(tmp_path / "p"), "--data", str(data_dir), "--train-subset", "50"])
+    out = capsys.readouterr()
+    assert "the train record of" in out.err and "'args' is 5, not a JSON object): not used" in out.err
+    assert _png_size(tmp_path / "p" / "predictions.png") == plots.PREDICTIONS_SIZE
+
+
 def _exit(fn, argv, capsys):
     with pytest.raises(SystemExit) as e:
         fn(argv)
@@ -263,8 +271,11 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
     err = _exit(evaluate.main, [str(tmp_path / "junk")], capsys)
     assert "cannot load a checkpoint" in err
     # a traceback from range() or np.concatenate, or (--limit -30) all but the last 30 images scored
+    # --json "" was ignored (no file, no word); --views 10,10 printed the same table twice
     for flags, message in [(["--batch-size", "0"], "--batch-size must be >= 1"),
-                           (["--limit", "-30"], "--limit must be >= 1"), (["--limit", "0"], "--limit must be >= 1")]:
+                           (["--limit", "-30"], "--limit must be >= 1"), (["--limit", "0"], "--limit must be >= 1"),
+                           (["--json", ""], "--json: the file name is empty"),
+                           (["--views", "10,10"], "--views must be 1, 10 or 1,10, got '10,10'")]:
         err = _exit(evaluate.main, [str(run_a), "--data", str(data_dir)] + flags, capsys)
         assert message in err and "Traceback" not in err, err
     err = _exit(train.main, ["--resume", str(tmp_path / "nowhere")], capsys)
@@ -278,6 +289,94 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
         evaluate.main([str(run_a), "--data", str(data_dir), "--json", str(tmp_path / "missing" / "e.json")])
     out, err = capsys.readouterr()
     assert e.value.code == 2 and "--json" in err and "does not exist" in err and out == "", (out, err)
+
+
+def _copy_run(run_a, tmp_path, where=(), value=None):
+    """A copy of run_a, with the value at `where` in its last checkpoint's metadata replaced."""
+    r = tmp_path / "r"
+    shutil.copytree(run_a, r)
+    if where:
+        meta_file = train.checkpoint_path(r).with_suffix(".json")
+        record = json.loads(meta_file.read_text())
+        functools.reduce(lambda o, k: o[k], where[:-1], record)[where[-1]] = value
+        meta_file.write_text(json.dumps(record))
+    return r
+
+
+def test_evaluate_never_writes_json_over_the_run(data_dir, run_a, tmp_path, capsys):
+    """--json RUN/checkpoint-last.json wrote the errors over the checkpoint's metadata: it no
+    longer loaded, and --resume RUN failed. The checkpoints' and their runs' files are refused."""
+    r = _copy_run(run_a, tmp_path)
+    before = {f.name: f.read_bytes() for f in r.iterdir()}
+    os.link(r / "checkpoint-last.json", tmp_path / "hard.json")
+    for source, target in [(r, r / "checkpoint-last.json"), (r, r / "checkpoint-last.safetensors"),
+                           (r / "checkpoint-best.json", tmp_path / "r" / ".." / "r" / "checkpoint-best.safetensors"),
+                           (r, tmp_path / "hard.json"), (r, r / "metrics.jsonl"), (r, r / "args.json")]:
+        err = _exit(evaluate.main, [str(run_a), str(source), "--data", str(data_dir), "--json", str(target)], capsys)
+        assert f"--json {target}: the errors would overwrite " in err and "a file of a checkpoint or run" in err, err
+    assert {f.name: f.read_bytes() for f in r.iterdir()} == before
+    evaluate.main([str(r), "--data", str(data_dir), "--json", str(r / "errors.json"), "--limit", "10"])
+    assert [s["views"] for s in json.loads((r / "errors.json").read_text())] == [1]
+
+
+@pytest.mark.parametrize("where, value, why", [
+    ((), 5, "it is 5, not a JSON object"),
+    (("args",), 5, "'args' is 5, not a JSON object"),
+    (("args", "data"), 5, "args 'data' is 5, which --data cannot give"),
+])
+def test_evaluate_with_a_damaged_train_record(data_dir, run_a, tmp_path, capsys, where, value, why):
+    """The train record is not covered by the weights' hash: a damaged one was an AttributeError or
+    TypeError. It is refused with train's reason; with --data the net is scored without it."""
+    r = _copy_run(run_a, tmp_path, ("train",) + where, value)
+    meta_file = train.checkpoint_path(r).with_suffix(".json")
+    err = _exit(evaluate.main, [str(r)], capsys)
+    assert f"convnet-evaluate: the train record in {meta_file} is damaged ({why}): " in err, err
+    assert err.rstrip().endswith("pass --data") and "Traceback" not in err, err
+    evaluate.main([str(r), "--data", str(data_dir), "--limit", "10"])
+    assert "| r/checkpoint-last.safetensors |" in capsys.readouterr().out
+
+
+def test_evaluate_when_the_data_has_moved(run_a, tmp_path, capsys):
+    """The user passed no --data, and the message said "--data: ... does not exist"."""
+    r = _copy_run(run_a, tmp_path, ("train", "args", "data"), str(tmp_path / "moved"))
+    err = _exit(evaluate.main, [str(r)], capsys)
+    assert err == (f"convnet-evaluate: the data {train.checkpoint_path(r)} was trained on: {tmp_path / 'moved'} "
+                   f"does not exist; pass --data with its folder\n"), err
+
+
+def test_evaluate_devices_per_tower(data_dir, run_a, tmp_path, capsys):
+    """--devices was checked against two towers whatever the net: a 1-tower net was told "one per
+    tower (2)" and took two devices silently."""
+    from convnet import models
+
+    one = tmp_path / "one.safetensors"
+    checkpoint.save(str(one), models.small_alexnet(input_size=32, widths=[8, 16, 16, 16, 16], fc=[32, 32],
+                                                   towers=1, devices=["cpu:0"]))
+    for source, devices, message in [(one, "cpu,cpu,cpu", "(1), got 3"), (one, "cpu:0,cpu:1", "(1), got 2"),
+                                     (run_a, "cpu,cpu,cpu", "(2), got 3")]:
+        err = _exit(evaluate.main, [str(source), "--data", str(data_dir), "--devices", devices], capsys)
+        assert f"convnet-evaluate: --devices: give one device or one per tower {message}" in err, err
+    assert evaluate.load_net(str(one), "cpu")[0].devices == ["cpu"]
+    assert evaluate.load_net(str(run_a), "cpu")[0].devices == ["cpu", "cpu"]
+
+
+def test_evaluate_data_builtin(data_dir, run_a, monkeypatch, capsys):
+    """--data builtin, open_dataset's name for the default built-in dataset, was "does not exist"."""
+    calls = []
+    monkeypatch.setattr(builtin, "default_path", lambda **size: calls.append(size) or data_dir)
+    monkeypatch.setattr(builtin, "ensure", lambda path, **size: path)  # data_dir is there: not 12000 images
+    evaluate.main([str(run_a), "--data", "builtin", "--limit", "10"])
+    assert calls == [dict(size=64, num_train=10000, num_val=2000)]  # the dataset of a run without --data
+    assert f"validation set of {data_dir} (10 images)" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_an_ensemble_of_different_datasets(data_dir, run_a, tmp_path, capsys):
+    """Nets trained on different datasets were averaged silently, though their class indices may
+    name different classes; the checkpoints record a fingerprint of their dataset."""
+    r = _copy_run(run_a, tmp_path, ("train", "data_fingerprint"), "0" * 64)
+    err = _exit(evaluate.main, [str(run_a), str(r), "--data", str(data_dir)], capsys)
+    assert (f"convnet-evaluate: {train.checkpoint_path(run_a)} and {train.checkpoint_path(r)} were trained on "
+            f"different datasets (their classes, labels or images differ)") in err, err
 
 
 @pytest.mark.parametrize("flags, message", [
