@@ -385,6 +385,210 @@ def test_prepare_no_readable_image_writes_the_report(tmp_path, capsys):
     assert lines[3].startswith("train\tc/b.png\t")
 
 
+def _class_folders(root, rng, names=("a", "b"), n=2):
+    """A folder-per-class tree of n small JPEGs a class."""
+    for c in names:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            _jpeg(root / c / f"{i}.jpg", _smooth(rng, 20, 30))
+
+
+def test_prepare_names_not_utf8_and_report_escapes(tmp_path):
+    # b"caf\xe9.jpg" stopped the run with UnicodeEncodeError in the plan's digest (and the report
+    # could not have been written); a tab or newline in a name broke the report's rows
+    src = tmp_path / "src"
+    _class_folders(src, np.random.default_rng(7))
+    cafe = os.fsdecode(b"caf\xe9.jpg")
+    _jpeg(src / "a" / cafe, _smooth(np.random.default_rng(8), 20, 30))
+    (src / "a" / os.fsdecode(b"bad\xff.jpg")).write_bytes(b"not a jpeg")
+    (src / "b" / "tab\there\nnewline.jpg").write_bytes(b"not a jpeg")
+    ds = open_dataset(prepare(src, tmp_path / "out", size=16, workers=1, progress=False))
+    assert len(ds.train) == 5 and list(ds.train.labels) == [0, 0, 0, 1, 1]
+    files = json.loads((tmp_path / "out" / "train-00000.json").read_text())["files"]
+    assert files[:3] == ["a/0.jpg", "a/1.jpg", f"a/{cafe}"]  # 'bad' sorts first, and was skipped
+    np.testing.assert_array_equal(ds.train.images[2], load_image(src / "a" / cafe, 16))
+    lines = (tmp_path / "out" / "prepare-report.txt").read_text().splitlines()
+    assert len(lines) == 4 and all(len(ln.split("\t")) == 3 for ln in lines[2:]), lines
+    assert lines[2].startswith("train\ta/bad\\xff.jpg\tUnidentifiedImageError: ")
+    assert lines[3].startswith("train\tb/tab\\there\\nnewline.jpg\tUnidentifiedImageError: ")
+    # the same files again: a resume, the digest is the same
+    prepare(src, tmp_path / "out", size=16, workers=1, progress=False)
+
+
+_PREPARE_CLI = "import sys; from convnet.prepare import main; sys.exit(main(sys.argv[1:]))"
+
+
+def test_prepare_skips_files_that_are_not_regular(tmp_path):
+    # a FIFO named like an image: Image.open waited forever for a writer
+    src = tmp_path / "src"
+    _class_folders(src, np.random.default_rng(9))
+    os.mkfifo(src / "a" / "pipe.jpg")
+    rc, out, err = _run_python(_PREPARE_CLI, src, tmp_path / "out", "--size", "16", "--workers", "1", "--quiet",
+                               timeout=60)
+    assert rc == 0, err
+    assert "4 images of 16x16" in out and "1 files skipped" in out, out
+    report = (tmp_path / "out" / "prepare-report.txt").read_text().splitlines()
+    assert report[2] == "train\ta/pipe.jpg\tValueError: not a regular file"
+
+
+def test_prepare_unreadable_folders(tmp_path, monkeypatch):
+    # os.walk left out a folder it could not list without a word; an unreadable class folder was
+    # "empty (no image files)". chmod does not stop root: the listing fails here instead.
+    src = tmp_path / "src"
+    make_tree(src, np.random.default_rng(10))
+    blocked, real = set(), os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) in blocked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    for folder in (src / "train" / "n003" / "sub", src / "train" / "n001"):
+        blocked.add(str(folder))
+        with pytest.raises(PrepareError, match=f"cannot read folder {folder}: Permission denied"):
+            prepare(src, tmp_path / "out", size=16, workers=1, progress=False)
+        blocked.clear()
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_refuses_a_class_with_no_readable_image(tmp_path):
+    # was kept with no training image at all, and no word (an empty class folder is refused)
+    src = tmp_path / "src"
+    _class_folders(src, np.random.default_rng(11), names=("a", "b", "c"))
+    for f in ("0.jpg", "1.jpg"):
+        (src / "b" / f).write_bytes(b"not a jpeg")
+    report = tmp_path / "out" / "prepare-report.txt"
+    with pytest.raises(PrepareError, match=f"no training image of class 'b' could be read \\(see {report}\\)"):
+        prepare(src, tmp_path / "out", size=16, workers=1, progress=False)
+    assert "train\tb/0.jpg\t" in report.read_text() and not (tmp_path / "out" / "index.json").exists()
+
+
+def test_prepare_label_files_bad_input(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, np.random.default_rng(12))  # val.csv: v1 n003, v2 n001, v3 n002, v4 n001
+    csv = (src / "val.csv").read_text()
+    run = lambda **kw: prepare(src, tmp_path / "out", size=16, workers=1, progress=False, **kw)  # noqa: E731
+    # macOS metadata in the flat validation folder was counted as an image ("1 images without a label")
+    (src / "val" / "._v1.JPEG").write_bytes(b"\0\5\26\7")
+    assert list(open_dataset(run()).val.labels) == [2, 0, 1, 0]
+    # a row listed twice: the last one won, silently
+    (src / "val.csv").write_text(csv + "v1,n001\n")
+    with pytest.raises(PrepareError, match="val.csv lists 'v1' twice"):
+        run()
+    # class folders beside flat images were left out, silently
+    (src / "val.csv").write_text(csv)
+    (src / "val" / "n001").mkdir()
+    _jpeg(src / "val" / "n001" / "v5.JPEG", _smooth(np.random.default_rng(0), 20, 30))
+    with pytest.raises(PrepareError, match=r"val holds both images \(v1.JPEG, ...\) and folders \(n001\)"):
+        run()
+    (src / "val" / "n001" / "v5.JPEG").unlink()
+    (src / "val" / "n001").rmdir()
+    (src / "val.csv").unlink()
+    # a numbered list with a byte-order mark, or a bad line, was read as a CSV ("class '' of '-1'")
+    gt = src / "ILSVRC2012_validation_ground_truth.txt"
+    gt.write_text("\ufeff3\n1\n2\n1\n", encoding="utf-8")
+    assert list(open_dataset(prepare(src, tmp_path / "bom", size=16, workers=1, progress=False,
+                                     synsets="sorted")).val.labels) == [2, 0, 1, 0]
+    gt.write_text("3\n-1\n2\n1\n")
+    with pytest.raises(PrepareError, match=r"ground_truth.txt line 2: '-1' is not a class id"):
+        run(synsets="sorted")
+    gt.write_text("3\n1\n2\n1\n")
+    # --synsets and --val-labels files that cannot be read were raw tracebacks; a wnid listed twice
+    # shifted every later id by one, silently
+    syn = tmp_path / "synsets.txt"
+    (tmp_path / "folder").mkdir()
+    syn.write_bytes(b"n001\n\xffn002\n")
+    for path, why in [(tmp_path / "none", "cannot read --synsets file .*none: No such file"),
+                      (tmp_path / "folder", "cannot read --synsets file .*folder: Is a directory"),
+                      (syn, "--synsets file .*synsets.txt is not UTF-8 text")]:
+        with pytest.raises(PrepareError, match=why):
+            run(synsets=path)
+        with pytest.raises(PrepareError, match=why.replace("--synsets", "ground-truth")):
+            run(val_labels=path)
+    syn.write_text("n001\nn002\nn001\nn003\n")
+    with pytest.raises(PrepareError, match="synsets.txt lists 'n001' twice"):
+        run(synsets=syn)
+    # a damaged meta.mat, or one of other fields, beside the list: raw scipy errors, KeyError
+    sio = pytest.importorskip("scipy.io")  # last: without scipy, the checks above still run
+    meta = src / "meta.mat"
+    meta.write_bytes(b"MATLAB 5.0 MAT-file, cut short")
+    with pytest.raises(PrepareError, match=r"meta.mat is not the devkit's meta.mat \(.*\); pass --synsets FILE"):
+        run()
+    sio.savemat(meta, {"x": np.arange(3)})
+    with pytest.raises(PrepareError, match=r"meta.mat is not the devkit's meta.mat \(KeyError: 'synsets'\)"):
+        run()
+
+
+def test_prepare_bad_output_folders(tmp_path):
+    src = tmp_path / "src"
+    _class_folders(src, np.random.default_rng(13))
+    kw = dict(size=16, shard_size=2, workers=1, progress=False)
+    # an output folder that is a file, or cannot be made: raw FileExistsError, NotADirectoryError
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PrepareError, match="the output folder .*file is not a folder"):
+        prepare(src, tmp_path / "file", **kw)
+    with pytest.raises(PrepareError, match="cannot create the output folder .*file/out: Not a directory"):
+        prepare(src, tmp_path / "file" / "out", **kw)
+    # DST inside the scanned SRC worked once, then its rerun read DST as a class folder
+    with pytest.raises(PrepareError, match=f"the output folder {src / 'out'} is inside {src}, which is searched"):
+        prepare(src, src / "out", **kw)
+    assert not (src / "out").exists()
+    # beside train/ and val/ it is not scanned: allowed, and resumed
+    tree = tmp_path / "tree"
+    make_tree(tree, np.random.default_rng(14))
+    with pytest.raises(PrepareError, match="is inside .*train, which is searched"):
+        prepare(tree, tree / "train" / "out", **kw)
+    prepare(tree, tree / "out", **dict(kw, stop_after_shards=1))
+    assert len(open_dataset(prepare(tree, tree / "out", **kw)).train) == 8
+    # a damaged plan file: raw JSONDecodeError, AttributeError, UnicodeDecodeError
+    dst = tmp_path / "dst"
+    prepare(src, dst, **dict(kw, stop_after_shards=1))
+    plan = (dst / "prepare-plan.json").read_bytes()
+    for damage, why in [(b"", "Expecting value"), (b"[1]", "a JSON list, not an object"), (b"\xff", "utf-8")]:
+        (dst / "prepare-plan.json").write_bytes(damage)
+        with pytest.raises(PrepareError, match=f"prepare-plan.json is damaged \\(.*{why}.*\\): empty {dst}"):
+            prepare(src, dst, **kw)
+    (dst / "prepare-plan.json").write_bytes(plan)
+    assert len(open_dataset(prepare(src, dst, **kw)).train) == 4
+
+
+def test_prepare_checks_settings_before_writing(tmp_path, capsys):
+    # --size 10000000: a MemoryError after prepare-plan.json had locked DST to it; 16.0 a bare
+    # TypeError, also after; --workers -3 was taken
+    src = tmp_path / "src"
+    _class_folders(src, np.random.default_rng(15))
+    for kw, why in [(dict(size=10_000_000), "--size must be an integer from 8 to 4096, got 10000000"),
+                    (dict(size=16.0), "--size must be an integer from 8 to 4096, got 16.0"),
+                    (dict(size=4), "--size must be an integer from 8 to 4096, got 4"),
+                    (dict(shard_size=0), "--shard-size must be an integer of at least 1, got 0"),
+                    (dict(workers=-3), "--workers must be an integer of at least 1, got -3"),
+                    (dict(workers=2.5), "--workers must be an integer of at least 1, got 2.5"),
+                    (dict(size=4096, shard_size=10**6), "a shard of 1000000 images of 4096x4096 takes 46875.0 GiB, "
+                                                        "more than half of this machine's memory")]:
+        with pytest.raises(PrepareError, match=why):
+            prepare(src, tmp_path / "out", **dict(dict(size=16, progress=False), **kw))
+        assert not (tmp_path / "out").exists()
+    from convnet.prepare import main
+    assert main([str(src), str(tmp_path / "out"), "--workers", "-3", "--quiet"]) == 2
+    assert "error: prepare: --workers must be an integer of at least 1, got -3" in capsys.readouterr().err
+    # a rerun with other settings named size only, whatever differed
+    prepare(src, tmp_path / "out", size=np.int64(16), shard_size=3, workers=1, progress=False)
+    with pytest.raises(PrepareError, match=r"other files or settings \(--shard-size 3 there, 2 now; its source"):
+        prepare(src, tmp_path / "out", size=16, shard_size=2, workers=1, progress=False)
+    with pytest.raises(PrepareError, match=r"\(--size 16 there, 24 now; --shard-size 3 there, 2 now; its source"):
+        prepare(src, tmp_path / "out", size=24, shard_size=2, workers=1, progress=False)
+    (src / "b" / "1.jpg").unlink()
+    with pytest.raises(PrepareError, match=r"\(same settings, other files, labels or classes; its source"):
+        prepare(src, tmp_path / "out", size=16, shard_size=3, workers=1, progress=False)
+
+
+def test_prepare_refuses_val_without_train(tmp_path):
+    # became one training class named "val", silently
+    _class_folders(tmp_path / "src" / "val", np.random.default_rng(16))
+    with pytest.raises(PrepareError, match=r"src has val/ but no train/ \(expected .*src/train/<class>/<images>\)"):
+        prepare(tmp_path / "src", tmp_path / "out", size=16, workers=1, progress=False)
+
+
 # ---- opening datasets ----
 
 def test_open_dataset_errors(tmp_path):

@@ -21,8 +21,10 @@ Messy files: grayscale, CMYK, palette and alpha images are converted to RGB; 16-
 have their 0..65535 range scaled to 0..255; the EXIF orientation is applied (a photo taken
 with the camera held sideways is stored upright); the content decides the decoder (a PNG named
 .JPEG is read as PNG). Truncated or unreadable files, and images of 32-bit integer or float
-samples (which have no standard range to scale: convert them to 8 or 16 bits), are skipped and
-listed with the reason in DST/prepare-report.txt; the run never stops for one file.
+samples (which have no standard range to scale: convert them to 8 or 16 bits), and names that are
+not regular files (a FIFO would block the run), are skipped and listed with the reason in
+DST/prepare-report.txt; the run never stops for one file. A class none of whose training
+images can be read is refused, as an empty class folder is.
 
 Work is split into shards of --shard-size images, spread over all cores. Each shard is
 written to a temporary name then renamed, and its metadata (<split>-NNNNN.json) is written
@@ -31,17 +33,20 @@ shards are skipped. A worker process that dies (e.g. killed for memory) ends the
 error; rerunning resumes it the same way. One run writes into DST at a time (DST/.lock): a
 second one started meanwhile waits, then finds the work done. DST must be new, or hold a preparation of the same
 files with the same settings (its prepare-plan.json): a folder holding another dataset (the
-built-in one, say) is refused, never overwritten. JPEGs are decoded at reduced size when they
-are at least twice the target (Pillow's draft mode), which is where most of the speed over a
-plain loop comes from.
+built-in one, say) is refused, never overwritten; so is a DST inside the folders searched for
+images (SRC/train and SRC/val, or SRC itself), where a rerun would take it for a class.
+JPEGs are decoded at reduced size when they are at least twice the target (Pillow's draft
+mode), which is where most of the speed over a plain loop comes from.
 """
 import argparse
 import csv
 import hashlib
 import json
 import multiprocessing as mp
+import numbers
 import os
 import re
+import stat
 import sys
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -57,6 +62,7 @@ GROUND_TRUTH_NAMES = ["ILSVRC2012_validation_ground_truth.txt", "LOC_val_solutio
                       "val.csv", "val_labels.txt", "val.txt"]
 REPORT = "prepare-report.txt"
 PLAN = "prepare-plan.json"
+MAX_SIZE = 4096  # AlexNet's is 256; 4096 is beyond almost any photo's shorter side, and 48 MiB an image stored
 
 
 class PrepareError(ValueError):
@@ -65,9 +71,21 @@ class PrepareError(ValueError):
 
 # ---- finding the images ----
 
+def _unreadable_folder(e):
+    """os.walk's onerror: a folder it cannot list would otherwise be left out without a word."""
+    raise PrepareError(f"prepare: cannot read folder {e.filename}: {e.strerror}")
+
+
+def _listdir(folder):
+    try:
+        return sorted(Path(folder).iterdir())
+    except OSError as e:
+        _unreadable_folder(e)
+
+
 def _images_under(folder):
     found = []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=_unreadable_folder):
         dirs.sort()
         for f in sorted(files):
             if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith("."):
@@ -81,7 +99,7 @@ def scan_class_tree(folder, classes=None):
     folder = Path(folder)
     if not folder.is_dir():
         raise PrepareError(f"prepare: no such folder: {folder}")
-    names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    names = [d.name for d in _listdir(folder) if d.is_dir() and not d.name.startswith(".")]
     if not names:
         raise PrepareError(f"prepare: {folder} has no class folders (expected {folder}/<class>/<images>)")
     if classes is None:
@@ -98,8 +116,24 @@ def scan_class_tree(folder, classes=None):
     return items, classes
 
 
+def _read_text(path, what):
+    """The text of a UTF-8 file given by the user (a byte-order mark is dropped)."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise PrepareError(f"prepare: cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise PrepareError(f"prepare: {what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def _read_synsets(path):
-    return [line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()]
+    wnids = [line.split()[0] for line in _read_text(path, "--synsets file").splitlines() if line.strip()]
+    seen = set()
+    for w in wnids:
+        if w in seen:  # ids after it would shift by one: every later label wrong
+            raise PrepareError(f"prepare: --synsets file {path} lists {w!r} twice")
+        seen.add(w)
+    return wnids
 
 
 def _devkit_ids(gt_file, synsets):
@@ -113,8 +147,12 @@ def _devkit_ids(gt_file, synsets):
         except ImportError:
             raise PrepareError(f"prepare: reading {meta} needs scipy; or pass --synsets FILE (one wnid per line, "
                                f"in ILSVRC2012_ID order)") from None
-        m = scipy.io.loadmat(meta, squeeze_me=True)["synsets"]
-        ids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in m}
+        try:
+            m = scipy.io.loadmat(meta, squeeze_me=True)["synsets"]
+            ids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in m}
+        except Exception as e:  # scipy's own errors, or a .mat of other fields: KeyError, TypeError, ...
+            raise PrepareError(f"prepare: {meta} is not the devkit's meta.mat ({type(e).__name__}: {e}); "
+                               f"pass --synsets FILE (one wnid per line, in ILSVRC2012_ID order)") from None
         return [ids[i] for i in range(1, len(ids) + 1) if i in ids]
     raise PrepareError(f"prepare: {gt_file} numbers the classes: pass --synsets FILE (one wnid per line in id "
                        f"order; 'sorted' for the sorted training folder names) or put the devkit's meta.mat "
@@ -124,11 +162,13 @@ def _devkit_ids(gt_file, synsets):
 def read_ground_truth(gt_file, files, classes, synsets=None):
     """Labels of the flat validation files from a numbered list or a filename,class CSV."""
     gt_file = Path(gt_file)
-    if not gt_file.is_file():
-        raise PrepareError(f"prepare: no such ground-truth file: {gt_file}")
-    lines = [ln.strip() for ln in gt_file.read_text().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in _read_text(gt_file, "ground-truth file").splitlines() if ln.strip()]
     lookup = {c: i for i, c in enumerate(classes)}
-    if lines and all(re.fullmatch(r"\d+", ln) for ln in lines):  # the devkit's numbered list
+    if lines and not any("," in ln for ln in lines):  # the devkit's numbered list (a CSV line has a comma)
+        for n, ln in enumerate(lines):
+            if not re.fullmatch(r"\d+", ln):
+                raise PrepareError(f"prepare: label file {gt_file} line {n + 1}: {ln!r} is not a class id "
+                                   f"(expected the devkit's numbered list, or 'filename,class' CSV lines)")
         if len(lines) != len(files):
             raise PrepareError(f"prepare: label file {gt_file} has {len(lines)} labels but the validation folder "
                                f"has {len(files)} images")
@@ -151,6 +191,8 @@ def read_ground_truth(gt_file, files, classes, synsets=None):
         if cls not in lookup:
             raise PrepareError(f"prepare: label file {gt_file}: class {cls!r} of {name!r} is not a training class "
                                f"(expected 'filename,class' lines)")
+        if name in by_name:  # the last would win: which row is right?
+            raise PrepareError(f"prepare: label file {gt_file} lists {name!r} twice")
         by_name[name] = lookup[cls]
     labels, missing = [], []
     for f in files:
@@ -181,20 +223,28 @@ def scan_source(src, val_labels=None, synsets=None):
     if not src.is_dir():
         raise PrepareError(f"prepare: no such folder: {src}")
     if not (src / "train").is_dir():
+        if (src / "val").is_dir():  # its validation classes would become one training class "val"
+            raise PrepareError(f"prepare: {src} has val/ but no train/ (expected {src}/train/<class>/<images>)")
         train, classes = scan_class_tree(src)
         return {"train": train, "val": []}, classes
     train, classes = scan_class_tree(src / "train")
     val = []
     vdir = src / "val"
     if vdir.is_dir():
-        flat = [f for f in sorted(vdir.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        entries = [f for f in _listdir(vdir) if not f.name.startswith(".")]  # "._x.JPEG" is macOS metadata
+        flat = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        folders = [d.name for d in entries if d.is_dir()]
+        if flat and folders:  # one layout would be left out without a word
+            raise PrepareError(f"prepare: {vdir} holds both images ({flat[0].name}, ...) and folders "
+                               f"({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}): keep either "
+                               f"the flat images or the class folders")
         if flat:
             gt = Path(val_labels) if val_labels else find_ground_truth(src)
             if gt is None:
                 raise PrepareError(f"prepare: {vdir} holds images without class folders: give their labels with "
                                    f"--val-labels FILE (devkit ground truth or a filename,class CSV)")
             val = list(zip(flat, read_ground_truth(gt, flat, classes, synsets)))
-        elif any(d.is_dir() for d in vdir.iterdir()):
+        elif folders:
             val, _ = scan_class_tree(vdir, classes)
         else:
             raise PrepareError(f"prepare: validation folder {vdir} is empty")
@@ -207,6 +257,8 @@ def load_image(path, size):
     """uint8 (size, size, 3): shorter side scaled to `size`, central square crop. Raises on bad files."""
     from PIL import Image, ImageOps
 
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device: reading it may never end
+        raise ValueError("not a regular file")
     with Image.open(path) as img:
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # decode at 1/2, 1/4, 1/8 scale when still >= size
@@ -311,7 +363,7 @@ def _plan_digest(plan, size, classes, src):
         for i, items in enumerate(jobs):
             h.update(f"shard {split} {i}\n".encode())
             for path, label in items:
-                h.update(f"{_rel(path, src)}\0{label}\n".encode())
+                h.update(os.fsencode(_rel(path, src)) + f"\0{label}\n".encode())  # any bytes the name has
     return h.hexdigest()
 
 
@@ -334,19 +386,45 @@ def prepare(src, dst, size=256, shard_size=1000, workers=None, val_labels=None, 
             stop_after_shards=None):
     """Prepare SRC into DST (see the module docstring). Returns DST. stop_after_shards (for
     tests) stops after that many new shards, as an interrupted run would."""
-    if size < 8:
-        raise PrepareError(f"prepare: --size must be at least 8, got {size}")
-    if shard_size < 1:
-        raise PrepareError(f"prepare: --shard-size must be positive, got {shard_size}")
-    src, dst = Path(src), Path(dst)
+    # all settings before anything is written: the plan file would lock DST to a bad one
+    _check_setting("--size", size, 8, MAX_SIZE)
+    _check_setting("--shard-size", shard_size, 1)
+    if workers is not None:
+        _check_setting("--workers", workers, 1)
+    size, shard_size, src, dst = int(size), int(shard_size), Path(src), Path(dst)  # a NumPy integer is no JSON
+    # a worker holds a whole shard: past the machine's memory it would be killed, or numpy's
+    # MemoryError would come after the plan was written
+    shard_bytes, memory = size * size * 3 * shard_size, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if shard_bytes > memory // 2:
+        raise PrepareError(f"prepare: a shard of {shard_size} images of {size}x{size} takes "
+                           f"{shard_bytes / 2**30:.1f} GiB, more than half of this machine's memory "
+                           f"({memory / 2**30:.1f} GiB): lower --shard-size")
+    # a DST among the scanned folders is read as a class folder when the run is resumed
+    for scanned in ([src / "train", src / "val"] if (src / "train").is_dir() else [src]):
+        if dst.resolve().is_relative_to(scanned.resolve()):
+            raise PrepareError(f"prepare: the output folder {dst} is inside {scanned}, which is searched for "
+                               f"images: put it elsewhere")
     items, classes = scan_source(src, val_labels, synsets)
     if not items["train"] and not items["val"]:
         raise PrepareError(f"prepare: no images found under {src}")
     plan = {split: [items[split][i:i + shard_size] for i in range(0, len(items[split]), shard_size)]
             for split in ("train", "val")}
+    if dst.exists() and not dst.is_dir():
+        raise PrepareError(f"prepare: the output folder {dst} is not a folder")
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PrepareError(f"prepare: cannot create the output folder {dst}: {e.strerror}") from None
     # one writer at a time: a second run of the same command waits, then finds the work done
     with shards.folder_lock(dst, f"prepare: waiting for another process preparing {dst}"):
         return _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, progress, stop_after_shards)
+
+
+def _check_setting(name, value, low, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or \
+            (high is not None and value > high):
+        raise PrepareError(f"prepare: {name} must be an integer " +
+                           (f"from {low} to {high}" if high is not None else f"of at least {low}") + f", got {value!r}")
 
 
 def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, progress, stop_after_shards):
@@ -354,11 +432,19 @@ def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, pro
     digest = _plan_digest(plan, size, classes, src)
     plan_file = dst / PLAN
     if plan_file.is_file():
-        old = json.loads(plan_file.read_text())
+        try:
+            old = json.loads(plan_file.read_text())
+            if not isinstance(old, dict):
+                raise ValueError(f"a JSON {type(old).__name__}, not an object")
+        except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise PrepareError(f"prepare: {plan_file} is damaged ({e}): empty {dst} (or use another folder) "
+                               f"and prepare again") from None
         if old.get("digest") != digest:
+            now = {"size": size, "shard_size": shard_size}
+            differ = [f"--{k.replace('_', '-')} {old.get(k)} there, {v} now" for k, v in now.items() if old.get(k) != v]
             raise PrepareError(f"prepare: {dst} holds a preparation of other files or settings "
-                               f"(source {old.get('source')}, size {old.get('size')}): use another folder "
-                               f"or empty it")
+                               f"({'; '.join(differ) or 'same settings, other files, labels or classes'}; its "
+                               f"source: {old.get('source')}): use another folder or empty it")
     else:
         _refuse_unplanned_dataset(dst)
         shards.atomic_write_json(plan_file, {"digest": digest, "source": str(src), "size": size,
@@ -411,12 +497,14 @@ def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, pro
 
 def finish(dst, plan, classes, size):
     """Combine the finished shards: labels, mean image, PCA, report, and index.json last."""
-    splits, stats, report = {}, shards.PixelStats(size, size), []
+    splits, stats, report, per_class = {}, shards.PixelStats(size, size), [], []
     for split, jobs in plan.items():
         if not jobs:
             continue
         metas = [json.loads((dst / f"{split}-{i:05d}.json").read_text()) for i in range(len(jobs))]
         labels = np.array([lab for m in metas for lab in m["labels"]], np.int32)
+        if split == "train":
+            per_class = np.bincount(labels, minlength=len(classes))
         shards.atomic_save_npy(dst / f"{split}-labels.npy", labels)
         for m in metas:
             report += [(split, f, why) for f, why in m["skipped"]]
@@ -427,13 +515,16 @@ def finish(dst, plan, classes, size):
                 with np.load(dst / f"train-{i:05d}.stats.npz") as z:
                     stats.merge(shards.PixelStats.from_arrays(z))
     lines = [f"# files skipped by convnet.prepare: {len(report)}", "# split\tfile\treason"]
-    lines += [f"{s}\t{f}\t{why}" for s, f, why in report]
-    shards.atomic_write_bytes(dst / REPORT, ("\n".join(lines) + "\n").encode())  # before the error below names it
-    if stats.count == 0:
-        if "val" not in splits or splits["val"]["count"] == 0:
-            raise PrepareError(f"prepare: no image could be read (see {dst / REPORT})")
-        for s in splits["val"]["shards"]:  # no training images: statistics of the validation images
-            stats.add(np.load(dst / s["file"], mmap_mode="r"))
+    lines += ["\t".join(map(_report_field, row)) for row in report]
+    shards.atomic_write_bytes(dst / REPORT, ("\n".join(lines) + "\n").encode())  # before the errors below name it
+    if stats.count == 0 and ("val" not in splits or splits["val"]["count"] == 0):
+        raise PrepareError(f"prepare: no image could be read (see {dst / REPORT})")
+    empty = [c for c, n in zip(classes, per_class) if n == 0]
+    if empty:  # refused as an empty class folder is: a class the network never sees
+        raise PrepareError(f"prepare: no training image of class{'es' if len(empty) > 1 else ''} "
+                           f"{', '.join(map(repr, empty[:5]))}{', ...' if len(empty) > 5 else ''} could be read "
+                           f"(see {dst / REPORT}): replace those files or remove the class folder, then prepare "
+                           f"into an empty folder")
     shards.atomic_save_npy(dst / "mean.npy", stats.mean_image())
     eigval, eigvec = stats.pca()
     shards.write_index(dst, size, classes, splits, "mean.npy", eigval, eigvec, shards.PCA_NOTE,
@@ -441,12 +532,20 @@ def finish(dst, plan, classes, size):
     return dst
 
 
+def _report_field(text):
+    """One tab-separated field on one line: a tab or newline in a name would break the rows, and
+    a name that is not UTF-8 (held as surrogates) could not be written; its bytes show as \\xNN."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m convnet.prepare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src", help="source tree (ILSVRC-2012 layout or folder-per-class)")
     ap.add_argument("dst", help="output folder (created; rerun the same command to resume)")
-    ap.add_argument("--size", type=int, default=256, help="side of the stored square images (default 256)")
+    ap.add_argument("--size", type=int, default=256,
+                    help=f"side of the stored square images, 8 to {MAX_SIZE} (default 256)")
     ap.add_argument("--shard-size", type=int, default=1000, help="images per shard file (default 1000)")
     ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     ap.add_argument("--val-labels", default=None, help="ground truth of a flat validation folder")
