@@ -582,6 +582,21 @@ def test_prepare_checks_settings_before_writing(tmp_path, capsys):
         prepare(src, tmp_path / "out", size=16, shard_size=3, workers=1, progress=False)
 
 
+def test_prepare_write_errors_are_messages(tmp_path, capsys, monkeypatch):
+    # a read-only or full DST was a traceback
+    src = tmp_path / "src"
+    _class_folders(src, np.random.default_rng(17))
+    from convnet.prepare import main
+
+    def full(path, array):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(shards, "atomic_save_npy", full)
+    assert main([str(src), str(tmp_path / "out"), "--size", "16", "--workers", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error: prepare: [Errno 28] No space left on device: '" in err and "train-00000.npy'; rerun" in err
+
+
 def test_prepare_refuses_val_without_train(tmp_path):
     # became one training class named "val", silently
     _class_folders(tmp_path / "src" / "val", np.random.default_rng(16))

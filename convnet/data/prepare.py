@@ -560,6 +560,9 @@ def main(argv=None):
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only DST: the file is named, not a traceback
+        print(f"error: prepare: {e}; rerun the same command to resume once that is mended", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nprepare: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
