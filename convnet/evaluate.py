@@ -183,7 +183,8 @@ def main(argv=None):
     p.add_argument("--data", help="dataset folder, or builtin (default: the one the first net was trained on)")
     p.add_argument("--views", default="1", help="1 (centre crop), 10 (the paper's ten patches) or 1,10")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--devices", help="where to run the nets (default: where they were trained)")
+    p.add_argument("--devices", help="where to run the nets: one device or one per tower (default: cuda:0,cuda:1 "
+                                        "when a GPU is visible, else cpu)")
     p.add_argument("--limit", type=int, help="score only the first N validation images")
     p.add_argument("--json", help="also write the errors to this JSON file")
     a = p.parse_args(argv)

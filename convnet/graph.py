@@ -42,7 +42,7 @@ def physical_device(logical):
     count = _C.cuda_device_count() if _C.cuda_built() else 0
     if count == 0:
         why = "no GPU is visible" if _C.cuda_built() else "convnet was built without CUDA"
-        raise ValueError(f"device {logical!r} is not available: {why}")
+        raise RuntimeError(f"device {logical!r} is not available: {why}")  # as tensors and ops say it
     return _C.parse_device(f"cuda:{int(m.group(2) or 0) % count}")
 
 

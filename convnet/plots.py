@@ -1,7 +1,7 @@
 """The paper's pictures for a trained net (matplotlib, Agg backend, PNG files):
 
-- learning_curves.png: training loss and validation top-1/top-5 error per epoch, with the
-  learning-rate cuts marked (the schedule of section 5).
+- learning_curves.png: training and validation loss, training top-1 and validation top-1/top-5
+  error per epoch, with the learning-rate cuts marked (the schedule of section 5).
 - conv1_kernels.png: the learned conv1 kernels as colour tiles, one block per tower (Figure 3).
 - predictions.png: validation images with the net's top-5 labels and probabilities, the true
   label's bar in red (Figure 4, left).
@@ -53,8 +53,8 @@ def read_metrics(path):
 
 
 def learning_curves(records, path):
-    """Training loss and validation error per epoch; a dashed line after each epoch whose end
-    cut the learning rate."""
+    """Training and validation loss, training top-1 and validation top-1/top-5 error per epoch;
+    a dotted line after each epoch whose end cut the learning rate."""
     from matplotlib.ticker import MaxNLocator
 
     plt, fig = _figure(CURVES_SIZE)

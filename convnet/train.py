@@ -96,8 +96,9 @@ def build_parser():
                                      "(paper: 224, cut from images stored at 256)")
     a("--crop", type=int, help="side of the random training crop and the validation centre crop "
                                "(paper: 224)")
-    a("--width", type=float, help="alexnet: multiplier on every layer's kernel count (paper: 1.0; "
-                                  "0.5 is the paper's one-GPU half net)")
+    a("--width", type=float, help="alexnet: multiplier on every layer's kernel count, conv5 and the fc "
+                                  "layers included (paper: 1.0; its one-GPU net, which halves conv1-4 "
+                                  "only, is models.alexnet(half=True))")
     a("--widths", help="small: comma-separated sizes conv1..conv5,fc6,fc7 (both towers together)")
     a("--conv1", help="small: conv1 kernel,stride,padding (e.g. 5,2,2)")
     a("--weight-std", type=float, help="std of the Gaussian initial weights (paper: 0.01)")

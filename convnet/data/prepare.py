@@ -13,7 +13,7 @@ SRC layouts:
     or the devkit's meta.mat beside the list when scipy is installed) or a CSV of
     filename,wnid (LOC_val_solution.csv works: the first word of the second column is used).
     The ground-truth file is --val-labels, or found by name in SRC or SRC/val.
-  * any folder-per-class tree: SRC/<class>/**/*.{jpg,jpeg,png,bmp,gif,webp,tif} (all training
+  * any folder-per-class tree: SRC/<class>/**/*.{jpg,jpeg,png,bmp,gif,webp,tif,tiff,ppm} (all training
     images), or SRC/train and SRC/val laid out that way.
 Class names are the sorted training folder names; labels index them.
 

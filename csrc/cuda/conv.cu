@@ -1,7 +1,7 @@
 // CUDA twins of the convolution family: every op is an implicit GEMM on the one tiled core in
 // gemm.cuh (no im2col buffer, no cuDNN/cuBLAS).
 //
-// Variants, chosen at run time by CONVNET_CONV_VARIANT (read once; default 4, the fastest measured), or from Python by
+// Variants, chosen at run time by CONVNET_CONV_VARIANT (read once; default 5, the fastest measured), or from Python by
 // the hidden convnet._C.set_conv_variant(v) / _C.conv_variant() (tests switch with these). They
 // apply to the conv and the linear GEMMs (linear.cu) alike; results agree to float32 rounding
 // (the summation order of split-K partials differs), each is deterministic:

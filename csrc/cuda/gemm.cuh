@@ -77,7 +77,7 @@ using BigTile = TileCfg<128, 128, 8, 8, 8, 2>;    // 256 threads, <= 128 registe
 using BigTileWide = TileCfg<128, 128, 8, 8, 8, 1>;  // for index maps with more per-thread state
 using MediumTile = TileCfg<64, 64, 8, 4, 4, 1>;   // 256 threads
 using ThinTile = TileCfg<16, 128, 8, 2, 8, 1>;    // 128 threads
-// Variant 2 only: 48-row tiles for M = 48 or 96 (conv2's flipped backward-data, conv1's forward
+// Variants 2 and up: 48-row tiles for M = 48 or 96 (conv2's flipped backward-data, conv1's forward
 // and backward-filter), which the 128/64-row tiles pad to 128 (25-62% padding). 128 threads,
 // 3 blocks per SM (capped at 4 it spilled 72-156 bytes; uncapped 155-161 registers, no spills).
 // Needs a k-fast A operand (48 rows do not split over 128 m-fast threads).

@@ -15,7 +15,7 @@ struct ConvShape {
 
 namespace convnet {
 // Which CUDA GEMM variant the conv and linear kernels run (csrc/cuda/conv.cu says what each is):
-// CONVNET_CONV_VARIANT (0 to 5) read once from the environment (default 4), or set_conv_variant (tests).
+// CONVNET_CONV_VARIANT (0 to 5) read once from the environment (default 5), or set_conv_variant (tests).
 // Defined in csrc/ops/conv.cpp, so CPU-only builds have it too.
 int conv_variant();
 void set_conv_variant(int variant);
