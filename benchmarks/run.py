@@ -111,8 +111,20 @@ def main(argv=None):
                     help="on a GPU with PyTorch: also list the kernels (and their GPU time) of one call of ours and "
                          "of PyTorch's per case, e.g. which algorithm cuDNN chose")
     args = ap.parse_args(argv)
-    device = convnet._C.parse_device(args.device)
+    # every argument before any timing: an unwritable --json failed after the whole run
+    try:
+        device = convnet._C.parse_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        ap.error(f"--device: {e}")
+    if args.batch is not None and args.batch < 1:  # 0 meant the default, -4 a NumPy traceback
+        ap.error(f"--batch must be >= 1, got {args.batch}")
     batch = args.batch or (128 if device != "cpu" else 16)
+    families = FAMILIES if args.only is None else list(dict.fromkeys(args.only.split(",")))  # once each
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:  # printed a skip, then an empty table, and exit 0 ('' ran every family)
+        ap.error(f"--only: unknown families {unknown}; choose from {','.join(FAMILIES)}")
+    if args.json and (Path(args.json).is_dir() or not Path(args.json).parent.is_dir()):
+        ap.error(f"--json {args.json}: {'is a folder' if Path(args.json).is_dir() else 'its folder does not exist'}")
     torch = try_torch()
     if torch is not None and device != "cpu" and not torch.cuda.is_available():
         print("# PyTorch has no CUDA here: its columns are left out")
@@ -125,7 +137,6 @@ def main(argv=None):
         torch.set_num_threads(os.cpu_count() or 1)
     ctx = {"device": device, "batch": batch, "torch": torch,
            "torch_device": device if device != "cpu" else "cpu"}
-    families = args.only.split(",") if args.only else FAMILIES
     rows = []
     profile = args.profile and torch is not None and device != "cpu"
     to_profile = []  # (row, case): kept for the profile pass after all the timing

@@ -709,15 +709,14 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
 
     pca = (ds.pca_eigval, ds.pca_eigvec)
     common = dict(crop=args["crop"], mean=ds.mean, device=physical(devices[0]))
-    steps_per_epoch = None
     while state["epoch"] < args["epochs"]:
         epoch = state["epoch"]
         loader = data.Loader(train_split, args["batch_size"], train=True, pca=pca, flip=args["flip"],
                              lighting=args["lighting"], seed=args["seed"], epoch=epoch,
                              start_batch=state["batch"], **common)
-        steps_per_epoch = len(loader) + state["batch"]
         stats = state["epoch_stats"] or dict(loss=0.0, top1=0, top5=0, n=0, seconds=0.0)
-        bar = Progress(steps_per_epoch, f"epoch {epoch + 1}/{args['epochs']}", args["progress"],
+        # len(loader) is the whole epoch's batches, a resumed one's too (len + batch overshot)
+        bar = Progress(len(loader), f"epoch {epoch + 1}/{args['epochs']}", args["progress"],
                        initial=state["batch"])
         t0 = time.time()
         seconds0 = stats["seconds"]

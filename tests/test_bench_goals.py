@@ -137,3 +137,23 @@ def test_copy_reference(run):
     g = copy(4100)
     assert g is not f and copy.moved == 4096
     assert copy(3) and copy.moved == 8  # at least one float each way
+
+
+def test_arguments_refused_before_any_timing(run, tmp_path, capsys, monkeypatch):
+    """Each was found after timing, or not at all: an unknown family printed a skip and an empty
+    table (exit 0), '' ran every family, a repeated one ran twice, --batch 0 meant the default
+    and -4 a NumPy traceback, an unwritable --json failed after the whole run."""
+    monkeypatch.setattr(run, "CopyReference", None)  # nothing past the checks may run
+    for argv, message in [(["--only", "nosuch"], "--only: unknown families ['nosuch']"),
+                          (["--only", ""], "--only: unknown families ['']"),
+                          (["--only", "pool,"], "--only: unknown families ['']"),
+                          (["--batch", "0"], "--batch must be >= 1, got 0"),
+                          (["--batch", "-4"], "--batch must be >= 1, got -4"),
+                          (["--json", str(tmp_path / "missing" / "x.json")], "its folder does not exist"),
+                          (["--json", str(tmp_path)], "is a folder"),
+                          (["--device", "gpu"], "--device: "),
+                          (["--device", "cuda:99"], "--device: ")]:
+        with pytest.raises(SystemExit) as e:
+            run.main(["--device", "cpu"] + argv)
+        assert e.value.code == 2
+        assert message in capsys.readouterr().err, argv

@@ -82,7 +82,17 @@ def test_resume_equals_never_stopping(data_dir, run_a, tmp_path):
     assert e.value.code == 130
     _, _, meta = weights(tmp_path)
     assert (meta["train"]["epoch"], meta["train"]["batch"], meta["train"]["step"]) == (1, 2, 8)
-    train.train(["--resume", str(tmp_path), "--epochs", "3"])
+    bars = []
+
+    class Counted(train.Progress):  # each epoch's bar ends full: the resumed one's total was 6 + 2
+        def close(self):
+            bars.append((self._initial, self.n, self.total))
+            super().close()
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train, "Progress", Counted)
+        train.train(["--resume", str(tmp_path), "--epochs", "3"])
+    assert bars == [(2, 6, 6), (0, 6, 6)]
     got, got_opt, got_meta = weights(tmp_path)
     want, want_opt, want_meta = weights(run_a)
     assert got_meta["train"]["step"] == want_meta["train"]["step"] == 18
