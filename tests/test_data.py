@@ -4,6 +4,7 @@ augmentation against the NumPy reference, every device)."""
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -1023,8 +1024,70 @@ def test_loader_eval_and_steps_off(device, small):
         Loader(convnet.data.Split("f", np.zeros((4, 8, 8, 3), np.float32), np.zeros(4, np.int32)), 2, train=False)
     with pytest.raises(ValueError, match="crop"):
         Loader(small.train, 4, train=True, crop=21, lighting=0)
-    with pytest.raises(ValueError, match="lighting must be >= 0, got nan"):
+    with pytest.raises(ValueError, match="lighting must be finite as a float32 and >= 0, got nan"):
         Loader(small.train, 4, train=True, lighting=float("nan"))  # was: no lighting, silently
+
+
+def test_loader_checks_its_settings(small):
+    """int() and bool() took these without a word: a batch of 2.5 was 2, train="False" shuffled and
+    cropped a validation split; a NaN mean or PCA value made every image NaN; labels shorter than
+    the images left the rest unseen; negative seeds failed at the first batch, naming nothing."""
+    tr, kw = small.train, dict(train=True, crop=16, mean=small.mean, pca=small.pca)
+    nan3 = np.array([1.0, np.nan, 2.0])
+    for change, error, match in [
+            (dict(batch_size=2.5), TypeError, "Loader: batch_size must be an integer, got 2.5"),
+            (dict(batch_size=True), TypeError, "Loader: batch_size must be an integer"),
+            (dict(batch_size="8"), TypeError, "Loader: batch_size must be an integer"),
+            (dict(batch_size=0), ValueError, "Loader: batch_size must be >= 1, got 0"),
+            (dict(train="False"), TypeError, "Loader: train must be True or False, got 'False'"),
+            (dict(flip="False"), TypeError, "Loader: flip must be True or False"),
+            (dict(drop_last="no"), TypeError, "Loader: drop_last must be True or False"),
+            (dict(crop=15.7), TypeError, "Loader: crop must be an integer, got 15.7"),
+            (dict(crop=(16,)), ValueError, r"Loader: crop must be a side or \(height, width\), got \(16,\)"),
+            (dict(crop=(16, 12, 5)), ValueError, "Loader: crop must be a side or"),
+            (dict(seed=-1), ValueError, "Loader: seed must be >= 0, got -1"),
+            (dict(seed=1.5), TypeError, "Loader: seed must be an integer"),
+            (dict(epoch=-2), ValueError, "Loader: epoch must be >= 0, got -2"),
+            (dict(start_batch=1.9), TypeError, "Loader: start_batch must be an integer"),
+            (dict(workers=0), ValueError, "Loader: workers must be >= 1, got 0"),
+            (dict(workers=True), TypeError, "Loader: workers must be an integer"),
+            (dict(prefetch=-5), ValueError, "Loader: prefetch must be >= 0, got -5"),
+            (dict(lighting=float("inf")), ValueError, "Loader: lighting must be finite as a float32"),
+            (dict(lighting=1e39), ValueError, "Loader: lighting must be finite as a float32"),
+            (dict(mean=nan3), ValueError, "Loader: mean holds NaN or infinite values"),
+            (dict(mean=np.full(3, 1e39)), ValueError, "Loader: mean: 1e[+]?39 is past float32's range"),
+            (dict(mean=np.ones(3, complex)), TypeError, "Loader: mean: unsupported dtype complex128"),
+            (dict(pca=(nan3, small.pca[1])), ValueError, "Loader: pca eigval holds NaN or infinite values"),
+            (dict(pca=(small.pca[0], np.eye(2))), ValueError, r"Loader: pca eigvec must have shape \(3, 3\), got \(2, 2\)"),
+            (dict(pca=(small.pca[0],)), ValueError, r"Loader: pca must be \(eigval \(3,\), eigvec \(3, 3\)\)")]:
+        args = {**kw, "batch_size": 4, **change}
+        with pytest.raises(error, match=match):
+            Loader(tr, args.pop("batch_size"), **args)
+    loader = Loader(tr, 4, **kw)
+    for call, error, match in [(lambda: loader.set_epoch(0, start_batch=2.5), TypeError, "start_batch must be an integer"),
+                               (lambda: loader.set_epoch(-1), ValueError, "Loader: epoch must be >= 0, got -1"),
+                               (lambda: loader.set_epoch(1.5), TypeError, "Loader: epoch must be an integer")]:
+        with pytest.raises(error, match=match):
+            call()
+    assert (loader.epoch, loader.start_batch) == (0, 0)  # a refused call changed nothing
+
+    class Uneven:  # images and labels of different lengths
+        def __init__(self, n_images, labels):
+            self.images, self.labels = tr.images[:n_images], labels
+
+        def __len__(self):
+            return len(self.labels)
+
+    labels = np.asarray(tr.labels)
+    for split, shape in [(Uneven(20, labels[:10]), "(10,)"), (Uneven(10, labels[:20]), "(20,)"),
+                         (Uneven(10, labels[:10, None]), "(10, 1)")]:
+        with pytest.raises(ValueError, match=f"the split has {len(split.images)} images but labels of shape "
+                                             f"{re.escape(shape)}"):
+            Loader(split, 4, train=False)
+    # what the checks accept: a crop pair, a NumPy integer, a 0-d integer array, a float64 mean
+    x, _ = next(iter(Loader(tr, np.int64(3), train=True, crop=(16, np.array(12)), mean=small.mean.astype(np.float64),
+                            pca=small.pca, workers=np.int32(2))))
+    assert x.shape == (3, 3, 16, 12)
 
 
 def test_loader_refuses_labels_it_would_change(small):

@@ -16,11 +16,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 import convnet
-from convnet._checks import cast
+from convnet._checks import cast, flag, float32_number, integer
 
 from .augment import augment_batch, batch_rng, center_offsets, draw, lighting_shift
 
 _ORDER_TAG = 0x0DE5
+
+
+def _finite(a, shape, what):
+    """a as a float32 array of finite values (and `shape`, when given): a NaN mean or PCA value
+    made every image NaN, without a word."""
+    a = cast(np.asarray(a), np.float32, what)
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{what} must have shape {shape}, got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    return a
 
 
 class Loader:
@@ -41,11 +52,12 @@ class Loader:
 
     def __init__(self, split, batch_size, *, train, crop=None, mean=None, pca=None, flip=True, lighting=0.1,
                  device="cpu", seed=0, epoch=0, start_batch=0, drop_last=None, workers=None, prefetch=2):
+        # Settings are checked, not converted: int() took a batch of 2.5 as 2 and bool() a train
+        # of "False" as True (a shuffled, cropped validation split).
         if split is None or len(split) == 0:
             raise ValueError("Loader: the split is missing or empty")
-        if batch_size < 1:
-            raise ValueError(f"Loader: batch_size must be positive, got {batch_size}")
-        self.split, self.batch_size, self.train = split, int(batch_size), bool(train)
+        self.batch_size = integer(batch_size, "Loader: batch_size", minimum=1)
+        self.split, self.train = split, flag(train, "Loader: train")
         labels = np.asarray(split.labels)
         if labels.dtype.kind not in "iu":
             raise TypeError(f"Loader: split.labels must be integers, got {labels.dtype}")
@@ -54,52 +66,62 @@ class Loader:
         if len(shape) != 4 or shape[3] != 3 or np.dtype(getattr(self.images, "dtype", None)) != np.uint8:
             raise TypeError(f"Loader: split.images must be uint8 (N, H, W, 3), got "
                             f"{getattr(self.images, 'dtype', type(self.images).__name__)} {shape}")
+        if self.labels.shape != (shape[0],):  # images past the labels were never seen; fewer, an IndexError
+            raise ValueError(f"Loader: the split has {shape[0]} images but labels of shape {self.labels.shape}")
         h, w = int(self.images.shape[1]), int(self.images.shape[2])
         self.image_hw = (h, w)
         if crop is None:
             self.crop_hw = (h, w)
         else:
-            self.crop_hw = (int(crop), int(crop)) if np.isscalar(crop) else (int(crop[0]), int(crop[1]))
+            sides = tuple(crop) if isinstance(crop, (tuple, list)) else (crop, crop)
+            if len(sides) != 2:
+                raise ValueError(f"Loader: crop must be a side or (height, width), got {crop!r}")
+            self.crop_hw = tuple(integer(c, "Loader: crop") for c in sides)
         if not (1 <= self.crop_hw[0] <= h and 1 <= self.crop_hw[1] <= w):
             raise ValueError(f"Loader: crop {self.crop_hw} does not fit in {h}x{w} images")
-        self.flip = bool(flip) and self.train
-        self.lighting = float(lighting) if self.train else 0.0
-        if not self.lighting >= 0:  # a NaN passed "< 0" and then "> 0" too: no lighting, silently
-            raise ValueError(f"Loader: lighting must be >= 0, got {lighting}")
+        self.flip = flag(flip, "Loader: flip") and self.train
+        lighting = float32_number(lighting, "Loader: lighting", minimum=0)  # NaN passed "< 0", then "> 0"
+        self.lighting = lighting if self.train else 0.0
         if self.lighting > 0:
             if pca is None:
                 raise ValueError("Loader: PCA lighting needs pca=(eigval, eigvec) (or lighting=0)")
-            self.eigval = np.asarray(pca[0], np.float32).reshape(3)
-            self.eigvec = np.asarray(pca[1], np.float32).reshape(3, 3)
+            if not (isinstance(pca, (tuple, list)) and len(pca) == 2):
+                raise ValueError("Loader: pca must be (eigval (3,), eigvec (3, 3))")
+            self.eigval = _finite(pca[0], (3,), "Loader: pca eigval")
+            self.eigvec = _finite(pca[1], (3, 3), "Loader: pca eigvec")
         self.device = convnet._C.parse_device(device)
         self.mean = None
         if mean is not None:
-            m = mean.numpy() if isinstance(mean, convnet.Tensor) else np.asarray(mean, np.float32)
+            m = _finite(mean.numpy() if isinstance(mean, convnet.Tensor) else mean, None, "Loader: mean")
             if m.shape == (3,):  # a per-channel mean
                 m = np.broadcast_to(m, (h, w, 3))
             if m.shape != (h, w, 3):
                 raise ValueError(f"Loader: mean must have shape {(h, w, 3)} or (3,), got {m.shape}")
-            self.mean = convnet.tensor(np.ascontiguousarray(m, np.float32), self.device)
-        self.seed, self.epoch, self.start_batch = int(seed), int(epoch), int(start_batch)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
+            self.mean = convnet.tensor(np.ascontiguousarray(m), self.device)
+        # SeedSequence refuses negatives only at the first batch, naming nothing
+        self.seed = integer(seed, "Loader: seed", minimum=0)
+        self.epoch = integer(epoch, "Loader: epoch", minimum=0)
+        self.drop_last = self.train if drop_last is None else flag(drop_last, "Loader: drop_last")
         # On the CPU one thread is enough (the kernel itself runs on every core) and more would
         # compete with the training step's threads; on a GPU, threads overlap gathers and copies.
         default_workers = 1 if self.device == "cpu" else min(4, os.cpu_count() or 1)
-        self.workers = max(1, int(workers) if workers else default_workers)
-        self.prefetch = max(0, int(prefetch))
-        if not 0 <= self.start_batch <= len(self):
-            raise ValueError(f"Loader: start_batch {start_batch} outside 0..{len(self)}")
+        self.workers = default_workers if workers is None else integer(workers, "Loader: workers", minimum=1)
+        self.prefetch = integer(prefetch, "Loader: prefetch", minimum=0)
+        self.start_batch = 0
+        self.set_epoch(self.epoch, start_batch)
 
     def __len__(self):
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def set_epoch(self, epoch, start_batch=None):
-        self.epoch = int(epoch)
+        epoch = integer(epoch, "Loader: epoch", minimum=0)
         if start_batch is not None:
+            start_batch = integer(start_batch, "Loader: start_batch")
             if not 0 <= start_batch <= len(self):
                 raise ValueError(f"Loader: start_batch {start_batch} outside 0..{len(self)}")
-            self.start_batch = int(start_batch)
+            self.start_batch = start_batch
+        self.epoch = epoch
 
     def order(self, epoch=None):
         """The permutation of the split used in an epoch (the identity when not training)."""
@@ -160,7 +182,7 @@ class Loader:
                 pending.append(pool.submit(self._make, epoch, b, self.batch_indices(b, order=order)))
 
         try:
-            for _ in range(self.workers + self.prefetch):
+            for _ in range(min(self.workers + self.prefetch, len(self) - start)):
                 submit()
             while pending:
                 batch = pending.popleft().result()
