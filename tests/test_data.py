@@ -699,6 +699,31 @@ def test_open_dataset_checks_every_shard(prepared, tmp_path):
                                   np.asarray(open_dataset(prepared).train.images))
 
 
+def test_shard_damaged_after_opening_is_named(prepared, tmp_path):
+    # a shard is mapped when first used, maybe hours after open_dataset checked it: a truncated one
+    # failed with "mmap length is greater than file size", garbage with "This file contains pickled
+    # (object) data", neither naming the file
+    import shutil
+    path = tmp_path / "p"
+    shutil.copytree(prepared, path)
+    images = open_dataset(path).train.images  # train-00002.npy holds images 6 and 7, not mapped yet
+    shard = path / "train-00002.npy"
+    good = shard.read_bytes()
+    os.truncate(shard, 200)
+    with pytest.raises(ValueError, match=f"{shard} is truncated: 200 bytes, its header "
+                                         r"\(uint8 \(2, 32, 32, 3\)\) needs 6272"):
+        images[6]
+    shard.write_bytes(b"garbage " * 1000)
+    with pytest.raises(ValueError, match=f"{shard} is not a readable .npy file"):
+        images.take([0, 7])
+    np.save(shard, np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match=r"train-00002.npy holds uint8 \(2, 32, 32\), the index says 2 uint8 "
+                                         r"images of \(32, 32, 3\)"):
+        images[-1]
+    shard.write_bytes(good)
+    np.testing.assert_array_equal(np.asarray(images), np.asarray(open_dataset(prepared).train.images))
+
+
 def test_sharded_images_read_as_one_array(prepared):
     ds = open_dataset(prepared)
     imgs = ds.train.images
@@ -839,6 +864,167 @@ def test_builtin_cache_damaged_is_made_again(tmp_path):
     (path / "index.json").write_text("[1, 2]")
     builtin.ensure(path, verbose=False, **kw)
     assert len(open_dataset(path).train) == 20
+
+
+def _listing(folder):
+    return {f.name: f.read_bytes() if f.is_file() else "folder" for f in sorted(folder.iterdir())}
+
+
+def test_builtin_refuses_a_folder_holding_other_data(prepared, tmp_path, capsys):
+    # wrote its index.json, mean.npy, train-00000.npy, labels and val-* over a prepared dataset
+    # (exit 0), leaving the other shards as orphans
+    import shutil
+    kw = dict(num_train=12, num_val=4, size=16, seed=0)
+    ours = tmp_path / "prepared"
+    shutil.copytree(prepared, ours)
+    before = _listing(ours)
+    refused = (rf"builtin: {ours} already holds a dataset \(source: prepare\) \(prepare-plan.json, "
+               r"prepare-report.txt, train-00000.json, train-00000.stats.npz, ...\): use another folder, or "
+               r"delete those files first")
+    with pytest.raises(builtin.BuiltinError, match=refused):
+        builtin.generate(ours, workers=1, **kw)
+    with pytest.raises(builtin.BuiltinError, match=refused):
+        builtin.ensure(ours, verbose=False, **kw)
+    assert builtin.main([str(ours), "--num-train", "12", "--num-val", "4", "--size", "16", "--force"]) == 2
+    assert f"error: builtin: {ours} already holds a dataset (source: prepare)" in capsys.readouterr().err
+    assert _listing(ours) == before
+    # A dataset without a source, and the user's own files: refused too, and no .lock is left there.
+    (ours / "index.json").write_text(json.dumps({"format": "convnet-shards"}))
+    with pytest.raises(builtin.BuiltinError, match=r"holds a dataset \(source: None\)"):
+        builtin.generate(ours, workers=1, **kw)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(builtin.BuiltinError, match=rf"{mine} already holds files that are not the built-in "
+                                                   r"dataset's \(notes.txt\)"):
+        builtin.generate(mine, workers=1, **kw)
+    assert _listing(mine) == {"notes.txt": b"keep"}
+    # A built-in dataset with a file of the user's beside it.
+    bi = builtin.generate(tmp_path / "bi", workers=1, **kw)
+    (bi / "preview.png").write_bytes(b"png")
+    with pytest.raises(builtin.BuiltinError, match=r"not the built-in dataset's \(preview.png\)"):
+        builtin.generate(bi, workers=1, **dict(kw, seed=1))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(builtin.BuiltinError, match="file is not a folder"):
+        builtin.generate(tmp_path / "file", workers=1, **kw)
+
+
+def _dead_pid():
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_builtin_deletes_only_its_own_temporaries(tmp_path):
+    # every ".*.tmp*" was deleted: the user's .env.tmpl was lost, and a folder .cache.tmpdir crashed
+    # the run with IsADirectoryError
+    kw = dict(num_train=12, num_val=4, size=16, workers=1)
+    path = builtin.generate(tmp_path / "b", seed=0, **kw)
+    (path / ".env.tmpl").write_text("SECRET=1")
+    (path / ".cache.tmpdir").mkdir()
+    (path / ".cache.tmpdir" / "x").write_text("x")
+    dead = path / f".train-00000.npy.tmp{_dead_pid()}"  # a generation killed while writing the shard
+    dead.write_bytes(b"half a shard")
+    live = path / ".mean.npy.tmp1"  # pid 1 is alive: its writer may be busy with it
+    live.write_bytes(b"busy")
+    # A regeneration (other settings), also of a dataset whose index a cut-short generation deleted.
+    builtin.generate(path, seed=1, **kw)
+    (path / "index.json").unlink()
+    builtin.generate(path, seed=2, **kw)
+    assert open_dataset(path).info["builtin"]["seed"] == 2
+    assert (path / ".env.tmpl").read_text() == "SECRET=1" and (path / ".cache.tmpdir" / "x").read_text() == "x"
+    assert not dead.exists() and live.read_bytes() == b"busy"
+    assert sorted(f.name for f in path.glob(".*.tmp*")) == [".cache.tmpdir", ".env.tmpl", ".mean.npy.tmp1"]
+
+
+def test_builtin_checks_arguments_first(tmp_path):
+    # NumPy integers: size np.int64(16) wrote `(12, np.int64(16), np.int64(16), 3)` into the shard's
+    # header (unreadable, and ensure() called it up to date); num_train np.int64(12) failed in
+    # json.dumps after all the rendering, leaving no index.json
+    np_kw = dict(num_train=np.int64(12), num_val=np.int32(4), size=np.int64(16), seed=np.uint8(1),
+                 num_classes=np.int64(3))
+    path = builtin.generate(tmp_path / "np", workers=np.int64(1), **np_kw)
+    ds = open_dataset(path)
+    assert ds.train.images.shape == (12, 16, 16, 3) and len(ds.val) == 4 and len(ds.classes) == 3
+    assert b"'shape': (12, 16, 16, 3)" in (path / "train-00000.npy").read_bytes()[:128]
+    assert ds.info["builtin"] == {"generator": builtin.GENERATOR_VERSION, "num_train": 12, "num_val": 4, "size": 16,
+                                  "seed": 1, "num_classes": 3}
+    stamp = (path / "train-00000.npy").stat().st_mtime_ns
+    assert builtin.ensure(path, verbose=False, **np_kw) == path
+    assert (path / "train-00000.npy").stat().st_mtime_ns == stamp
+    # A bad argument is named before anything is written: size=24.5 deleted a good dataset's
+    # index.json first, seed=-1 failed in NumPy ("expected non-negative integer"), and ensure()
+    # with size=16.5 returned the size-16 dataset.
+    before = _listing(path)
+    good = dict(num_train=12, num_val=4, size=16, seed=1, num_classes=3)
+    for name, value, error, message in [
+            ("size", 16.5, TypeError, "builtin: size must be an integer, got 16.5"),
+            ("size", 8, ValueError, "builtin: size must be >= 16, got 8"),
+            ("num_train", "12", TypeError, "builtin: num_train must be an integer, got '12'"),
+            ("num_train", -1, ValueError, "builtin: num_train must be >= 0, got -1"),
+            ("num_val", True, TypeError, "builtin: num_val must be an integer, got True"),
+            ("seed", -1, ValueError, "builtin: seed must be >= 0, got -1"),
+            ("seed", None, TypeError, "builtin: seed must be an integer, got None"),
+            ("num_classes", 3.0, TypeError, "builtin: num_classes must be an integer, got 3.0"),
+            ("num_classes", 13, ValueError, r"builtin: num_classes must be in 2..12, got 13"),
+            ("workers", 1.5, TypeError, "builtin: workers must be an integer, got 1.5"),
+            ("workers", 0, ValueError, "builtin: workers must be >= 1, got 0")]:
+        with pytest.raises(error, match=message):
+            builtin.generate(path, **{"workers": 1, **good, name: value})
+        if name != "workers":
+            with pytest.raises(error, match=message):
+                builtin.ensure(path, verbose=False, **{**good, name: value})
+    with pytest.raises(ValueError, match="need a positive number of images"):
+        builtin.generate(path, **dict(good, num_train=0, num_val=0))
+    assert _listing(path) == before
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        builtin.generate(tmp_path / "new", **dict(good, seed=-1))
+    assert not (tmp_path / "new").exists()
+
+
+def test_builtin_cli_checks_arguments_first(tmp_path, capsys, monkeypatch):
+    # --seed -1 and the range errors were tracebacks (the seed's from deep inside NumPy, after the
+    # folder was locked); --preview in a missing folder and --linear-baseline without a split
+    # failed only after generating
+    monkeypatch.setenv("CONVNET_DATA", str(tmp_path / "cache"))
+    out = tmp_path / "d"
+    small = [str(out), "--num-train", "12", "--num-val", "4", "--size", "16"]
+    for args, message in [(["--seed", "-1"], "builtin: seed must be >= 0, got -1"),
+                          (["--size", "8"], "builtin: size must be >= 16, got 8"),
+                          (["--num-classes", "1"], "builtin: num_classes must be in 2..12, got 1"),
+                          (["--num-val", "-2"], "builtin: num_val must be >= 0, got -2"),
+                          (["--preview", str(tmp_path / "missing" / "p.png")],
+                           f"--preview {tmp_path / 'missing' / 'p.png'}: not a file in an existing folder"),
+                          (["--preview", str(tmp_path)], f"--preview {tmp_path}: not a file in an existing folder"),
+                          (["--num-val", "0", "--linear-baseline"],
+                           r"--linear-baseline needs training and validation images \(--num-train and --num-val")]:
+        with pytest.raises(SystemExit) as e:
+            builtin.main(small + args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(f"error: {message}", err) and "Traceback" not in err, err
+    assert not out.exists() and not (tmp_path / "cache").exists()
+    path = builtin.generate(out, num_train=12, num_val=0, size=16, workers=1)
+    with pytest.raises(ValueError, match=f"linear_baseline: {path} needs training and validation images"):
+        builtin.linear_baseline(path)
+
+
+def test_builtin_cli_preview_of_small_datasets(tmp_path, capsys, monkeypatch):
+    # rows of 1 and 2 images: "all the input array dimensions ... must match"; a class without an
+    # image: "need at least one array to concatenate"
+    monkeypatch.setenv("CONVNET_DATA", str(tmp_path / "cache"))
+    for num_train, width in [(15, 2), (5, 1)]:
+        out, png = tmp_path / f"d{num_train}", tmp_path / f"p{num_train}.png"
+        assert builtin.main([str(out), "--num-train", str(num_train), "--num-val", "0", "--size", "16",
+                             "--preview", str(png)]) == 0
+        assert f"preview: {png} (one class per row: circle, square," in capsys.readouterr().out
+        ds = open_dataset(out)
+        grid = np.asarray(Image.open(png))
+        assert grid.shape == (10 * 16, width * 16, 3)
+        for k in range(10):
+            idx = np.nonzero(np.asarray(ds.train.labels) == k)[0]
+            for j in range(width):
+                cell = grid[k * 16:(k + 1) * 16, j * 16:(j + 1) * 16]
+                np.testing.assert_array_equal(cell, ds.train.images[idx[j]] if j < len(idx) else 0)
 
 
 # Generates the built-in dataset with its first chunk slowed down, after touching a file that

@@ -12,7 +12,8 @@ Colours are drawn independently of the class, so only shape and texture tell cla
 Generation is split into chunks of about CHUNK_PIXELS pixels, each drawn from its own generator seeded by
 (seed, split, chunk), so the bytes do not depend on the number of worker processes. One process at
 a time generates into a folder (holding DST/.lock); runs started at once on a fresh cache wait
-for it and use what it made.
+for it and use what it made. DST must be new or hold a built-in dataset (of any settings: it is
+made again): a folder holding another dataset or other files is refused, never overwritten.
 """
 import argparse
 import json
@@ -24,12 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import checkpoint
+from .._checks import integer
 from . import shards
 
 CLASSES = ["circle", "square", "triangle", "star", "ring", "ellipse", "plus", "crescent", "stripes",
            "checker", "dots", "ell"]
 CHUNK_PIXELS = 500 * 64 * 64  # images per chunk: 500 at 64x64, fewer when larger (bounded memory)
 _SPLIT_IDS = {"train": 1, "val": 2}
+# What a generation writes (replacing what is there): a folder holding other names is not ours.
+_OWN_FILES = {shards.INDEX, "mean.npy"} | {f"{s}-{x}.npy" for s in _SPLIT_IDS for x in ("00000", "labels")}
+
+
+class BuiltinError(ValueError):
+    """A folder the built-in dataset may not be written into (reported without a traceback by the CLI)."""
 
 
 # ---- object masks: u, v are (n, S, S) coordinates in the object's rotated frame, in units of
@@ -209,38 +218,71 @@ GENERATOR_VERSION = 2
 
 
 def _params(num_train, num_val, size, seed, num_classes):
-    return {"generator": GENERATOR_VERSION, "num_train": int(num_train), "num_val": int(num_val), "size": int(size), "seed": int(seed),
-            "num_classes": int(num_classes)}
+    return {"generator": GENERATOR_VERSION, "num_train": num_train, "num_val": num_val, "size": size, "seed": seed,
+            "num_classes": num_classes}
 
 
-def _check_args(num_train, num_val, size, num_classes):
-    if not 2 <= num_classes <= len(CLASSES):
+def _check_args(num_train, num_val, size, seed, num_classes):
+    """The settings as Python ints, checked before anything is locked or deleted: a NumPy integer
+    size went into a shard's header as `np.int64(16)` (unreadable), a NumPy num_train failed in
+    json.dumps after all the rendering, size=24.5 only after the old index.json was deleted."""
+    kw = {"num_train": integer(num_train, "builtin: num_train", 0), "num_val": integer(num_val, "builtin: num_val", 0),
+          "size": integer(size, "builtin: size", 16), "seed": integer(seed, "builtin: seed", 0),
+          "num_classes": integer(num_classes, "builtin: num_classes")}
+    if not 2 <= kw["num_classes"] <= len(CLASSES):
         raise ValueError(f"builtin: num_classes must be in 2..{len(CLASSES)}, got {num_classes}")
-    if size < 16:
-        raise ValueError(f"builtin: size must be at least 16, got {size}")
-    if num_train < 0 or num_val < 0 or num_train + num_val == 0:
+    if kw["num_train"] + kw["num_val"] == 0:
         raise ValueError("builtin: need a positive number of images")
+    return kw
+
+
+def _refuse_other_files(dst):
+    """Generating replaces index.json, mean.npy and the shards: given a prepared ImageNet folder it
+    wrote over them and left the other shards as orphans. So DST must be new or hold a built-in
+    dataset (any settings; one cut short or damaged is made again), nothing else but hidden files
+    (.lock, temporaries, the user's dotfiles, all left alone)."""
+    if not dst.exists():
+        return
+    if not dst.is_dir():
+        raise BuiltinError(f"builtin: {dst} is not a folder")
+    visible = [f for f in sorted(dst.iterdir()) if not f.name.startswith(".")]
+    other = [f.name for f in visible if not (f.name in _OWN_FILES and f.is_file())]
+    try:
+        index = json.loads((dst / shards.INDEX).read_text())
+        source = index.get("source") if isinstance(index, dict) else "builtin"
+    except (OSError, ValueError):  # none (a generation cut short) or damaged
+        source = "builtin"
+    if source == "builtin" and not other:
+        return
+    what = f"a dataset (source: {source})" if source != "builtin" else "files that are not the built-in dataset's"
+    shown = other or [f.name for f in visible]
+    raise BuiltinError(f"builtin: {dst} already holds {what} ({', '.join(shown[:4])}{', ...' if len(shown) > 4 else ''}"
+                       f"): use another folder, or delete those files first")
 
 
 def _locked(dst, verbose):
+    _refuse_other_files(dst)  # also before the lock: a refused folder is left as it was, without a .lock
     return shards.folder_lock(dst, f"builtin: waiting for another process generating {dst}" if verbose else None)
 
 
 def generate(dst, num_train=10000, num_val=2000, size=64, seed=0, num_classes=10, workers=None, verbose=False):
-    """Write the built-in dataset to folder dst (replacing what a previous generation left
-    there) and return its path. Deterministic from the arguments (not from `workers`). One
-    process at a time generates into a folder; others wait."""
-    _check_args(num_train, num_val, size, num_classes)
+    """Write the built-in dataset to folder dst (new, or replacing a built-in dataset there) and
+    return its path. Deterministic from the arguments (not from `workers`). One process at a
+    time generates into a folder; others wait."""
+    kw = _check_args(num_train, num_val, size, seed, num_classes)
+    if workers is not None:
+        workers = integer(workers, "builtin: workers", 1)
     dst = Path(dst)
     with _locked(dst, verbose):
-        return _generate(dst, num_train, num_val, size, seed, num_classes, workers, verbose)
+        return _generate(dst, **kw, workers=workers, verbose=verbose)
 
 
 def _generate(dst, num_train, num_val, size, seed, num_classes, workers, verbose):
-    """generate(), with the lock held."""
+    """generate(), with the lock held, on checked settings."""
+    _refuse_other_files(dst)
     (dst / shards.INDEX).unlink(missing_ok=True)
-    for stale in dst.glob(".*.tmp*"):  # leftovers of an interrupted generation (the lock: no live writer)
-        stale.unlink()
+    # leftovers of an interrupted generation (.NAME.tmpPID of a dead process; a live one's are kept)
+    checkpoint.remove_stale_temporaries(dst)
     workers = workers or os.cpu_count() or 1
     t0 = time.time()
     jobs, plan = [], []
@@ -256,7 +298,7 @@ def _generate(dst, num_train, num_val, size, seed, num_classes, workers, verbose
     out, pos, splits, stats = {}, {}, {}, shards.PixelStats(size, size)
     for split, count in counts.items():
         if count:
-            tmp = dst / f".{split}-00000.npy.tmp{os.getpid()}.npy"
+            tmp = dst / f".{split}-00000.npy.tmp{os.getpid()}"
             out[split] = (tmp, np.lib.format.open_memmap(tmp, "w+", np.uint8, (count, size, size, 3)))
             pos[split] = 0
     pool = None
@@ -303,15 +345,15 @@ def default_path(size=64, seed=0, num_train=10000, num_val=2000, num_classes=10)
 
 def ensure(path=None, num_train=10000, num_val=2000, size=64, seed=0, num_classes=10, verbose=True):
     """The path of the built-in dataset with these parameters, generating it if missing."""
-    path = Path(path) if path else default_path(size, seed, num_train, num_val, num_classes)
-    want = _params(num_train, num_val, size, seed, num_classes)
+    kw = _check_args(num_train, num_val, size, seed, num_classes)  # first: size=24.5 found a size-24 dataset
+    path = Path(path) if path else default_path(**kw)
+    want = _params(**kw)
     if _up_to_date(path, want):
         return path
-    _check_args(num_train, num_val, size, num_classes)
     with _locked(path, verbose):
         if _up_to_date(path, want):  # made by another process while this one waited for the lock
             return path
-        return _generate(path, num_train, num_val, size, seed, num_classes, None, verbose)
+        return _generate(path, **kw, workers=None, verbose=verbose)
 
 
 def _up_to_date(path, want):
@@ -333,6 +375,8 @@ def linear_baseline(path, epochs=15, lr=0.5, batch=200, seed=0):
     from . import open_dataset
 
     ds = open_dataset(path)
+    if ds.train is None or ds.val is None:  # was an AttributeError on None
+        raise ValueError(f"linear_baseline: {path} needs training and validation images")
     mean = ds.mean.reshape(-1) / 255.0
     xtr = np.asarray(ds.train.images, np.float32).reshape(len(ds.train), -1) / 255.0 - mean
     xva = np.asarray(ds.val.images, np.float32).reshape(len(ds.val), -1) / 255.0 - mean
@@ -360,7 +404,8 @@ def linear_baseline(path, epochs=15, lr=0.5, batch=200, seed=0):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m convnet.data.builtin", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dst", nargs="?", default=None, help="output folder (default: the cache location)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
@@ -372,14 +417,24 @@ def main(argv=None):
                     help="also train softmax regression on the raw pixels and print its accuracy")
     ap.add_argument("--preview", default=None, help="write a PNG grid of examples to this file")
     args = ap.parse_args(argv)
-    kw = dict(num_train=args.num_train, num_val=args.num_val, size=args.size, seed=args.seed,
-              num_classes=args.num_classes)
-    path = Path(args.dst) if args.dst else default_path(args.size, args.seed, args.num_train, args.num_val,
-                                                         args.num_classes)
-    if args.force:
-        generate(path, verbose=True, **kw)
-    else:
-        ensure(path, verbose=True, **kw)
+    # everything the user can get wrong, before generating (these were tracebacks, some after it)
+    try:
+        kw = _check_args(args.num_train, args.num_val, args.size, args.seed, args.num_classes)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.linear_baseline and not (args.num_train and args.num_val):
+        ap.error("--linear-baseline needs training and validation images (--num-train and --num-val above 0)")
+    if args.preview and (Path(args.preview).is_dir() or not Path(args.preview).parent.is_dir()):
+        ap.error(f"--preview {args.preview}: not a file in an existing folder")
+    path = Path(args.dst) if args.dst else default_path(**kw)
+    try:
+        if args.force:
+            generate(path, verbose=True, **kw)
+        else:
+            ensure(path, verbose=True, **kw)
+    except BuiltinError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(path)
     if args.preview:
         from PIL import Image
@@ -387,18 +442,22 @@ def main(argv=None):
         from . import open_dataset
         ds = open_dataset(path)
         split = ds.train or ds.val
-        rows = []
-        for k in range(len(ds.classes)):
-            idx = np.nonzero(np.asarray(split.labels) == k)[0][:8]
-            rows.append(np.concatenate([split.images[i] for i in idx], axis=1))
-        Image.fromarray(np.concatenate(rows, axis=0)).save(args.preview)
+        S = ds.image_size
+        idx = [np.nonzero(np.asarray(split.labels) == k)[0][:8] for k in range(len(ds.classes))]
+        # black where a class has fewer than 8 images (a small dataset may have none of a class)
+        grid = np.zeros((len(idx) * S, max(map(len, idx)) * S, 3), np.uint8)
+        for k, row in enumerate(idx):
+            for j, i in enumerate(row):
+                grid[k * S:(k + 1) * S, j * S:(j + 1) * S] = split.images[i]
+        Image.fromarray(grid).save(args.preview)
         print(f"preview: {args.preview} (one class per row: {', '.join(ds.classes)})")
     if args.linear_baseline:
         t0 = time.time()
         tr, va = linear_baseline(path)
         print(f"linear softmax regression on raw pixels: train top-1 {tr:.3f}, val top-1 {va:.3f} "
               f"({time.time() - t0:.0f} s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

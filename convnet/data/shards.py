@@ -53,7 +53,7 @@ def atomic_write_bytes(path, data):
 
 def atomic_save_npy(path, array):
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npy")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # the name checkpoint.remove_stale_temporaries knows
     with open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array))
         f.flush()
@@ -68,9 +68,9 @@ def atomic_write_json(path, obj):
 class ShardedImages:
     """The images of a split stored in several shard files, read as one (N, H, W, 3) uint8 array.
 
-    Shards are memory-mapped on first use. Supports len(), .shape, .dtype, integer / slice /
-    integer-array indexing along the first axis, take(indices, out=) and np.asarray (which
-    reads everything)."""
+    Shards are memory-mapped on first use (checked again then: open_dataset's check may be hours
+    old). Supports len(), .shape, .dtype, integer / slice / integer-array indexing along the first
+    axis, take(indices, out=) and np.asarray (which reads everything)."""
 
     def __init__(self, paths, counts, item_shape):
         self._paths = [str(p) for p in paths]
@@ -186,12 +186,16 @@ def _check_shard(path, count, item_shape):
 
 
 def _load_shard(path, count, item_shape):
-    """Memory-map one shard file, which must hold `count` uint8 images of `item_shape`."""
-    a = np.load(path, mmap_mode="r")
-    if a.dtype != np.uint8 or len(a) != count or a.shape[1:] != tuple(item_shape):
-        raise ValueError(f"shard {path} holds {a.dtype} {a.shape}, the index says {count} uint8 images of "
-                         f"{tuple(item_shape)}")
-    return a
+    """Memory-map one shard file, which must hold `count` uint8 images of `item_shape`. Its header
+    and size are checked first: a shard damaged after open_dataset failed when first used with
+    NumPy's "mmap length is greater than file size", or "contains pickled (object) data", naming
+    no file. (A file truncated while mapped is another matter: reading the lost pages then kills
+    the process with SIGBUS, as with any memory-mapped file.)"""
+    _check_shard(path, count, item_shape)
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:  # changed since the check a moment ago
+        raise ValueError(f"shard {path} cannot be memory-mapped: {e}") from None
 
 
 def open_images(folder, shards, image_size):
@@ -201,10 +205,10 @@ def open_images(folder, shards, image_size):
     used = [s for s in shards if s["count"] > 0]
     if not used:
         return None
-    for s in used:
-        _check_shard(Path(folder) / s["file"], s["count"], (image_size, image_size, 3))
     if len(used) == 1:
         return _load_shard(Path(folder) / used[0]["file"], used[0]["count"], (image_size, image_size, 3))
+    for s in used:
+        _check_shard(Path(folder) / s["file"], s["count"], (image_size, image_size, 3))
     return ShardedImages([Path(folder) / s["file"] for s in used], [s["count"] for s in used],
                          (image_size, image_size, 3))
 
