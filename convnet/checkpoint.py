@@ -10,17 +10,26 @@ one-device names ("conv1.weight"), momentum under "momentum/conv1.weight", so a 
 loads into any placement (two towers or one device). The JSON file next to it (same name,
 suffix .json) holds the caller's metadata (epoch, step, RNG state...), the optimizer settings,
 the net's config and step, and the SHA-256 of the safetensors file, so a mismatched pair or
-a corrupt file is detected. Each file is written atomically (temporary file in the same folder,
-fsync, os.replace, fsync of the folder), and the pair changes in three steps so that a save
-stopped anywhere leaves a checkpoint that loads, the old one or the new: the new weights go to
-a side file (.NAME.pending), the metadata naming their SHA-256 replaces the old metadata (the
-commit), then the weights take their place; load() reads the side file when a save stopped
-between the last two. (Written in place, the new weights and the old metadata disagreed until
-the second file was written, and a checkpoint stopped there no longer loaded.) A process killed
-inside a write leaves its temporary (.NAME.tmpPID); remove_stale_temporaries() deletes those of
-dead processes (convnet-train does when it opens a run folder).
+a corrupt file is detected. The weights file's name ends in .safetensors: the metadata of
+"run.epoch1" and "run.epoch2" was one run.json, and the second save cost the first. Each file is
+written atomically (temporary file in the same folder, fsync, os.replace, fsync of the folder),
+and the pair changes in three steps so that a save stopped anywhere leaves a checkpoint that
+loads, the old one or the new: the new weights go to a side file (.NAME.pendingPID-N), the
+metadata naming their SHA-256 and that file replaces the old metadata (the commit), then the
+weights take their place; load() reads the side file when a save stopped between the last two.
+(Written in place, the new weights and the old metadata disagreed until the second file was
+written, and a checkpoint stopped there no longer loaded.) A save holds an exclusive lock on
+.NAME.lock throughout: two saves to one path (threads or processes) interleaved their steps and
+shared temporaries, and left weights and metadata from different saves. A process killed inside
+a save leaves its temporary (.NAME.tmpPID-N) or side file; remove_stale_temporaries() deletes
+those of dead processes (convnet-train does when it opens a run folder), and each save the side
+files of the saves to its path before it.
 """
+import contextlib
+import fcntl
+import glob
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -45,15 +54,36 @@ class CheckpointError(ValueError):
 
 
 def meta_path(path):
-    path = Path(path)
-    if path.suffix == ".json":
-        raise ValueError(f"checkpoint path {path} must not end in .json (that is the metadata file's name)")
-    return path.with_suffix(".json")
+    """The metadata file of the checkpoint whose weights file is `path` (NAME.safetensors -> NAME.json)."""
+    name = Path(path).name
+    if not name.endswith(".safetensors") or name == ".safetensors":
+        raise ValueError(f"checkpoint path {os.fspath(path)!r} must name a file ending in .safetensors "
+                         "(its metadata goes beside it, with .json in place of .safetensors)")
+    return Path(path).with_suffix(".json")
 
 
-def _pending(path):
-    """Where save() keeps the new weights until their metadata is written."""
-    return path.with_name(f".{path.name}.pending")
+_writers = itertools.count()
+
+
+def _writer():
+    """A name for this write, unique among this process's threads; the pid tells
+    remove_stale_temporaries() whether its writer is alive."""
+    return f"{os.getpid()}-{next(_writers)}"
+
+
+def _pending(path, writer=""):
+    """Where save() keeps the new weights until their metadata is written (.NAME.pending: older saves)."""
+    return path.with_name(f".{path.name}.pending{writer}")
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """Hold the checkpoint's lock: one save to a path at a time, across threads and processes (an
+    flock belongs to the open file, so two threads' opens exclude each other too). The lock file
+    stays: removing it would let a writer waiting on the old file and one on a new file both in."""
+    with open(path.with_name(f".{path.name}.lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # closing the file releases it
 
 
 def _fsync_folder(folder):
@@ -67,7 +97,7 @@ def _fsync_folder(folder):
 def _atomic_write(path, chunks):
     """Write the byte chunks to path so that a reader sees either the old file or the new one."""
     path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+    tmp = path.parent / f".{path.name}.tmp{_writer()}"
     try:
         with open(tmp, "wb") as f:
             for c in chunks:
@@ -95,17 +125,31 @@ def _alive(pid):
     return True
 
 
+def _named_by_metadata(pending, checkpoint):
+    """Whether the checkpoint's metadata names this side file: its save stopped after the commit,
+    and load() reads the weights from it."""
+    try:
+        return json.loads(meta_path(checkpoint).read_text())["convnet"]["pending_file"] == pending.name
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def remove_stale_temporaries(folder):
-    """Delete the temporaries (.NAME.tmpPID) that _atomic_write left in folder when its process
-    was killed; returns their paths. One can be a full copy of the weights and momentum, and no
-    later save replaces it (the name holds the dead writer's pid). A live process's are kept:
-    it may be writing them now."""
+    """Delete the temporaries (.NAME.tmpPID-N, .NAME.tmpPID from older saves and from the dataset
+    writers in convnet.data) and side files (.NAME.pendingPID-N) that writes left in folder when
+    their process was killed or their save failed; returns their paths. One can be a full copy of the weights and momentum, and no later
+    save replaces it (the name holds the dead writer's pid). A live process's are kept: it may be
+    writing them now; and so is a side file its checkpoint's metadata names."""
     removed = []
-    for f in sorted(Path(folder).glob(".*.tmp*")):
-        m = re.fullmatch(r"\..+\.tmp(\d+)", f.name)
-        if m and f.is_file() and not _alive(int(m.group(1))):
-            f.unlink(missing_ok=True)
-            removed.append(f)
+    for f in sorted(Path(folder).glob(".*")):
+        # (.NAME.tmpPID.npy / .npz: a dataset's shards and statistics, as earlier versions named them)
+        m = re.fullmatch(r"\.(.+)\.(?:tmp(\d+)(?:-\d+|\.np[yz])?|pending(\d+)-\d+)", f.name)
+        if not m or not f.is_file() or _alive(int(m.group(2) or m.group(3))):
+            continue
+        if m.group(3) and _named_by_metadata(f, f.with_name(m.group(1))):
+            continue
+        f.unlink(missing_ok=True)
+        removed.append(f)
     return removed
 
 
@@ -180,7 +224,7 @@ def read_safetensors(path):
     return tensors, metadata, hashlib.sha256(blob).hexdigest()
 
 
-def _read_weights(path, want, mpath):
+def _read_weights(path, want, mpath, side):
     """The tensors of a checkpoint's weights file, checked against the SHA-256 `want` from its
     metadata, or those of the side file a save() stopped before its last rename left, when that
     is the file the metadata names."""
@@ -188,9 +232,9 @@ def _read_weights(path, want, mpath):
         tensors, _, sha = read_safetensors(path)
     except CheckpointError as e:
         tensors, sha, error = None, None, e
-    if want not in (None, sha) and _pending(path).is_file():
+    if want not in (None, sha) and side.is_file():
         try:
-            pending, _, pending_sha = read_safetensors(_pending(path))
+            pending, _, pending_sha = read_safetensors(side)
         except CheckpointError:
             pending_sha = None
         if pending_sha == want:
@@ -210,28 +254,53 @@ def _jsonable(x):
         return float(x)
     if isinstance(x, np.ndarray):
         return x.tolist()
-    raise TypeError(f"checkpoint metadata: {type(x).__name__} is not JSON-serialisable")
+    raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
 
 
 def save(path, net, opt=None, meta=None):
-    """Write the net's weights and the optimizer's momentum (path, safetensors) and the metadata
-    (path with suffix .json): meta (epoch, step, RNG state, ...), the net's config and step, and
+    """Write the net's weights and the optimizer's momentum (path, NAME.safetensors) and the
+    metadata (NAME.json): meta (epoch, step, RNG state, ...), the net's config and step, and
     the optimizer's settings."""
-    path = Path(path)
     mpath = meta_path(path)
+    path = Path(path)
+    # Refuse what would fail halfway: a folder in the way was found only after the commit.
+    if not path.parent.exists():
+        raise FileNotFoundError(f"checkpoint {path}: the folder {path.parent} does not exist")
+    if not path.parent.is_dir():
+        raise NotADirectoryError(f"checkpoint {path}: {path.parent} is not a folder")
+    for p in (path, mpath):
+        if p.is_dir():
+            raise IsADirectoryError(f"checkpoint {path}: {p} is a folder")
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"checkpoint.save: meta must be a dict, got {type(meta).__name__}")
+    if meta and "convnet" in meta:
+        raise ValueError("checkpoint.save: meta must not have the key 'convnet' (the checkpoint's own record)")
     tensors = dict(net.state_dict())
     if opt is not None:
         for key, a in net.momentum_dict().items():
             tensors[MOMENTUM_PREFIX + key] = a
-    sha = write_safetensors(_pending(path), tensors, {"format": "convnet"})
+    chunks, sha = safetensors_bytes(tensors, {"format": "convnet"})
+    pending = _pending(path, _writer())
     record = dict(meta or {})
     record["convnet"] = {"config": net.config, "net_step": net.step, "weights_file": path.name,
-                         "weights_sha256": sha,
+                         "weights_sha256": sha, "pending_file": pending.name,
                          "optimizer": None if opt is None else {k: v for k, v in opt.state_dict().items()
                                                                 if k != "momentum"}}
-    _atomic_write(mpath, [json.dumps(record, indent=1, default=_jsonable).encode()])  # the commit
-    os.replace(_pending(path), path)
-    _fsync_folder(path.parent)
+    try:  # before anything is written
+        text = json.dumps(record, indent=1, default=_jsonable)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"checkpoint.save: meta: {e}") from None
+    with _locked(path):
+        _atomic_write(pending, chunks)
+        _atomic_write(mpath, [text.encode()])  # the commit
+        os.replace(pending, path)
+        _fsync_folder(path.parent)
+        # The metadata now names the weights in place: no side file of a save to this path before
+        # this one (stopped, or failed while its process lives on) can be needed any more.
+        side = re.escape(_pending(path).name) + r"(\d+-\d+)?"
+        for f in path.parent.glob(glob.escape(_pending(path).name) + "*"):
+            if re.fullmatch(side, f.name):
+                f.unlink(missing_ok=True)
     return path
 
 
@@ -240,8 +309,17 @@ def load(path, net=None, opt=None, devices=None):
     config (on `devices`); with one, its shapes must match (ValueError naming the key otherwise).
     The momentum is loaded into the net's Params (and opt's settings into opt when given), so
     training continues exactly; opt_state is {"momentum": {...}, "lr": ..., ...} or None."""
-    path = Path(path)
     mpath = meta_path(path)
+    path = Path(path)
+    # The caller's devices, checked here: build()'s errors below are reported as damaged metadata.
+    if devices is not None:
+        from .graph import physical_device
+
+        names = [devices] if isinstance(devices, str) else devices
+        if not isinstance(names, (list, tuple)) or not all(isinstance(d, str) for d in names):
+            raise TypeError(f"checkpoint.load: devices must be a device name or a list of them, got {devices!r}")
+        for d in names:
+            physical_device(d)  # ValueError or RuntimeError naming the device
     try:
         record = json.loads(mpath.read_text())
     except OSError as e:
@@ -251,7 +329,14 @@ def load(path, net=None, opt=None, devices=None):
     info = record.pop("convnet", None) if isinstance(record, dict) else None
     if not isinstance(info, dict) or "config" not in info:
         raise CheckpointError(f"checkpoint {path}: {mpath} is not convnet checkpoint metadata")
-    tensors = _read_weights(path, info.get("weights_sha256"), mpath)
+    side = info.get("pending_file")
+    if not (isinstance(side, str) and re.fullmatch(re.escape(_pending(path).name) + r"\d+-\d+", side)):
+        side = _pending(path).name  # an older save's name (or damaged metadata)
+    towers = info["config"].get("towers") if isinstance(info["config"], dict) else None
+    if net is None and devices is not None and type(towers) is int and len(names) < towers:
+        raise ValueError(f"checkpoint {path}: the net has {towers} towers but {len(names)} devices were "
+                         f"given: {list(names)}")
+    tensors = _read_weights(path, info.get("weights_sha256"), mpath, path.with_name(side))
     weights = {k: v for k, v in tensors.items() if not k.startswith(MOMENTUM_PREFIX)}
     momentum = {k[len(MOMENTUM_PREFIX):]: v for k, v in tensors.items() if k.startswith(MOMENTUM_PREFIX)}
     # The metadata is not covered by the weights' hash: an edited or damaged value in it must say

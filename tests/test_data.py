@@ -598,6 +598,20 @@ def test_prepare_write_errors_are_messages(tmp_path, capsys, monkeypatch):
     assert "error: prepare: [Errno 28] No space left on device: '" in err and "train-00000.npy'; rerun" in err
 
 
+def test_prepare_deletes_only_its_own_temporaries(tmp_path):
+    # a resume deleted every ".*.tmp*" in DST (a user's .env.tmpl), and a folder so named stopped it
+    src, dst = tmp_path / "src", tmp_path / "out"
+    _class_folders(src, np.random.default_rng(18))
+    prepare(src, dst, size=16, shard_size=2, workers=1, progress=False, stop_after_shards=1)
+    (dst / ".env.tmpl").write_text("SECRET=1")
+    (dst / ".cache.tmpdir").mkdir()
+    dead = dst / f".train-00001.npy.tmp{_dead_pid()}"  # a run killed while writing its second shard
+    dead.write_bytes(b"half a shard")
+    assert len(open_dataset(prepare(src, dst, size=16, shard_size=2, workers=1, progress=False)).train) == 4
+    assert (dst / ".env.tmpl").read_text() == "SECRET=1" and (dst / ".cache.tmpdir").is_dir()
+    assert not dead.exists() and sorted(f.name for f in dst.glob(".*.tmp*")) == [".cache.tmpdir", ".env.tmpl"]
+
+
 def test_prepare_refuses_val_without_train(tmp_path):
     # became one training class named "val", silently
     _class_folders(tmp_path / "src" / "val", np.random.default_rng(16))

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import checkpoint
 from . import shards
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -310,8 +311,9 @@ def _prepare_shard(job):
     if split == "train":
         stats = shards.PixelStats(size, size)
         stats.add(out)
-        tmp = dst / f".{name}.stats.tmp{os.getpid()}.npz"
-        np.savez(tmp, **stats.to_arrays())
+        tmp = dst / f".{name}.stats.npz.tmp{os.getpid()}"  # a file object: savez would add .npz to a name
+        with open(tmp, "wb") as f:
+            np.savez(f, **stats.to_arrays())
         os.replace(tmp, dst / f"{name}.stats.npz")
     shards.atomic_write_json(dst / f"{name}.json", {"count": n, "labels": labels, "files": files,
                                                     "skipped": skipped})
@@ -450,8 +452,9 @@ def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, pro
         shards.atomic_write_json(plan_file, {"digest": digest, "source": str(src), "size": size,
                                              "shard_size": shard_size})
     (dst / shards.INDEX).unlink(missing_ok=True)
-    for stale in dst.glob(".*.tmp*"):  # leftovers of an interrupted write
-        stale.unlink(missing_ok=True)
+    # leftovers of an interrupted run (.NAME.tmpPID of a dead process): every .*.tmp* went, a
+    # user's .env.tmpl too, and a folder so named stopped the run
+    checkpoint.remove_stale_temporaries(dst)
 
     def finished(split, i):
         name = f"{split}-{i:05d}"
