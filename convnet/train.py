@@ -273,6 +273,8 @@ def open_data(args):
         print(f"data: built-in dataset at {path} (generated on first use)", flush=True)
         try:
             builtin.ensure(path, **size)
+        except builtin.BuiltinError as e:  # the folder, not the flags (CONVNET_DATA picks it)
+            raise TrainingError(str(e)) from None
         except ValueError as e:
             raise TrainingError(f"--num-train, --num-val, --image-size: {e}") from None
         args["data"] = str(path)

@@ -266,6 +266,15 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
     assert "not a prepared dataset" in err
     err = _exit(train.main, ["--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "r")], capsys)
     assert "does not exist" in err
+    # the built-in dataset's cache folder holding something else: refused, named, not blamed on flags
+    cache = tmp_path / "cache"
+    (cache / builtin.default_path(size=24, num_train=20, num_val=10).name).mkdir(parents=True)
+    (cache / builtin.default_path(size=24, num_train=20, num_val=10).name / "notes.txt").write_text("mine")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("CONVNET_DATA", str(cache))
+        err = _exit(train.main, ["--image-size", "24", "--num-train", "20", "--num-val", "10",
+                                 "--run-dir", str(tmp_path / "r")], capsys)
+    assert "already holds files that are not the built-in dataset's (notes.txt)" in err and "--num-train" not in err
     for devices in ("cuda:7", "tpu:0", "cpu:0,cpu:1,cpu:2"):
         err = _exit(train.main, ["--data", str(data_dir), "--devices", devices, "--run-dir", str(tmp_path / "r")],
                     capsys)

@@ -432,7 +432,7 @@ def main(argv=None):
             generate(path, verbose=True, **kw)
         else:
             ensure(path, verbose=True, **kw)
-    except BuiltinError as e:
+    except (BuiltinError, OSError) as e:  # a full disk too: the file is named, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path)
