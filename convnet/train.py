@@ -130,6 +130,12 @@ def resolve_args(ns):
             args[k] = v
     if "crop" not in explicit and "input_size" in explicit:
         args["crop"] = args["input_size"]
+    if {"crop", "input_size"} <= explicit and args["crop"] != args["input_size"]:
+        raise TrainingError(f"--input-size {args['input_size']} differs from --crop {args['crop']}: the net "
+                            f"takes the crop (give one of them)")
+    args["input_size"] = args["crop"]  # what the net is built for (args.json said 56 for a crop of 32)
+    if not args["resume"]:  # a resume's flags are compared with the run's own
+        check_flags_apply(args, explicit)
     defaults = dict(seed=0, extra_conv=False, progress=True, plots=True, check_every=1, num_train=10000,
                     num_val=2000, image_size=64)
     for k, v in defaults.items():
@@ -149,16 +155,66 @@ def check_args(args):
     for key in ("batch_size", "epochs", "crop", "input_size", "limit_train", "limit_val"):
         if args[key] is not None:
             need(args[key] >= 1, key, ">= 1")
-    for key in ("lr", "momentum", "weight_decay", "lighting"):
-        need(math.isfinite(args[key]) and args[key] >= 0, key, "finite and >= 0")
-    need(math.isfinite(args["lr_factor"]) and 0 < args["lr_factor"] and (args["lr_factor"] < 1 or
+    # finite as float32s, the kernels' type: 1e39 passed math.isfinite, then failed as a traceback
+    # (--lr), or made the first batch inf (--lighting) or the initial weights (--weight-std)
+    for key in ("lr", "momentum", "weight_decay", "lighting", "weight_std"):
+        need(_float32(args[key]) and args[key] >= 0, key, "finite (as a float32) and >= 0")
+    need(args["momentum"] < 1, "momentum", "below 1 (at 1 and above the updates grow without bound)")
+    need(_float32(args["lr_factor"]) and 0 < args["lr_factor"] and (args["lr_factor"] < 1 or
          args["schedule"] == "step"), "lr_factor", "in (0, 1) (above 0 with --schedule step)")
     for key in ("check_every", "patience", "max_cuts"):
         need(args[key] >= 0, key, ">= 0")
+    milestones = _int_list(args, "milestones", "comma-separated epochs >= 1, e.g. 30,60,80", minimum=1)
+    # the last rate of the step schedule, finite too: --lr-factor 1e300 stopped the run at its first cut
+    need(_float32(args["lr"] * args["lr_factor"] ** len(milestones or [])), "lr_factor",
+         f"small enough that --lr times it at each of the {len(milestones or [])} milestones stays finite")
+    if args["model"] == "small":  # (alexnet leaves them None)
+        _int_list(args, "widths", "7 comma-separated sizes (conv1..conv5, fc6, fc7)", count=7, minimum=1)
+        _int_list(args, "conv1", "kernel,stride,padding (e.g. 5,2,2)", count=3, minimum=0)
+    if args["data"] in (None, "builtin"):  # before the data is generated, not after
+        need(args["crop"] <= args["image_size"], "crop", f"at most the built-in images' --image-size "
+                                                         f"{args['image_size']}")
+        if args["schedule"] == "plateau" and args["num_val"] == 0:
+            raise TrainingError("--num-val 0 leaves no validation split, and the plateau schedule needs "
+                                "validation errors: use --schedule step --milestones EPOCHS")
+
+
+def _float32(v):
+    return abs(v) <= 3.4028234663852886e38  # False for NaN
+
+
+def _int_list(args, key, what, count=None, minimum=None):
+    """The comma-separated integers of a flag (None when unset), or a TrainingError naming it:
+    "8,,16" and "8.0" failed later as "invalid literal for int()", naming no flag; a milestone of
+    0 or -5 meant 1."""
+    if args[key] is None:
+        return None
     try:
-        [int(m) for m in str(args["milestones"] or "").split(",") if m.strip()]
+        values = [int(v) for v in str(args[key]).split(",")]
     except ValueError:
-        need(False, "milestones", "comma-separated epochs, e.g. 30,60,80")
+        values = None
+    if values is None or (count is not None and len(values) != count) or \
+            (minimum is not None and min(values) < minimum):
+        raise TrainingError(f"--{key.replace('_', '-')} must be {what}, got {args[key]!r}")
+    return values
+
+
+# Flags that apply only to one model, schedule or data: given otherwise they were accepted, recorded
+# in args.json, and ignored (--width with the small model, --milestones with the plateau schedule).
+_APPLIES = {"widths": ("model", "small"), "conv1": ("model", "small"), "width": ("model", "alexnet"),
+            "extra_conv": ("model", "alexnet"), "milestones": ("schedule", "step"),
+            "patience": ("schedule", "plateau"), "max_cuts": ("schedule", "plateau"),
+            "num_train": ("data", "builtin"), "num_val": ("data", "builtin"), "image_size": ("data", "builtin")}
+
+
+def check_flags_apply(args, explicit):
+    """Refuse a flag given for a model, schedule or data it does not apply to."""
+    for key, (setting, value) in _APPLIES.items():
+        have = "builtin" if setting == "data" and args["data"] in (None, "builtin") else args[setting]
+        if key in explicit and have != value:
+            where = "the built-in dataset" if setting == "data" else f"--{setting} {value}"
+            raise TrainingError(f"--{key.replace('_', '-')} applies only to {where}, not to "
+                                f"--{setting} {args[setting]}")
 
 
 def check_train_record(state):
@@ -202,8 +258,8 @@ def check_train_record(state):
     for key in ("epoch", "batch", "step"):
         if not json_int(state[key], 0):
             return f"{key!r} is {state[key]!r}, not an integer >= 0"
-    if not (json_number(state["lr"], finite=True) and state["lr"] >= 0):
-        return f"'lr' is {state['lr']!r}, not a finite number >= 0"
+    if not (json_number(state["lr"]) and _float32(state["lr"]) and state["lr"] >= 0):
+        return f"'lr' is {state['lr']!r}, not a number >= 0 finite as a float32"
     if not (isinstance(state["cuts"], list) and all(json_int(c) for c in state["cuts"])):
         return f"'cuts' is {state['cuts']!r}, not a list of epochs"
     if state["best_val_error"] is not None and not json_number(state["best_val_error"], finite=True):
@@ -340,11 +396,8 @@ def build_model(args, num_classes, devices):
                               input_size=args["crop"], width=args["width"],
                               extra_conv=args["extra_conv"], seed=args["seed"],
                               dropout=args["dropout"], weight_std=args["weight_std"])
-    widths = [int(w) for w in str(args["widths"]).split(",")]
+    widths = [int(w) for w in str(args["widths"]).split(",")]  # checked by check_args
     conv1 = [int(v) for v in str(args["conv1"]).split(",")]
-    if len(widths) != 7 or len(conv1) != 3:
-        raise TrainingError(f"--widths needs 7 numbers (conv1..conv5, fc6, fc7) and --conv1 3 "
-                            f"(kernel, stride, padding), got {args['widths']!r} and {args['conv1']!r}")
     return models.small_alexnet(num_classes=num_classes, input_size=args["crop"], widths=widths[:5],
                                 fc=widths[5:], conv1=conv1, towers=args["towers"], devices=devices,
                                 seed=args["seed"], dropout=args["dropout"], weight_std=args["weight_std"])
@@ -566,7 +619,7 @@ def train(argv=None, step_hook=None):
     if state is None:
         try:
             net = build_model(args, num_classes, devices)
-        except ValueError as e:
+        except (ValueError, RuntimeError) as e:  # RuntimeError: out of memory (--widths 8,...,10**11)
             raise TrainingError(f"cannot build the {args['model']} net: {e}") from None
         opt = optim.SGD(net, lr=args["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
         state = dict(args=args, epoch=0, batch=0, step=0, lr=args["lr"], cuts=[], best_val_error=None,
@@ -830,21 +883,22 @@ def nonfinite_params(net):
 
 
 def stop_nonfinite(net, images, loss, state, run_dir, bad_weights=None):
+    # at step 0 no update has run: the rate is not the cause (--weight-std 1e20 was told to lower it)
+    hint = "try a smaller --lr" if state["step"] else "no update had run yet: look at --weight-std and the data"
     if bad_weights:
         first = bad_weights[0].rsplit(".", 1)[0]
         raise TrainingError(
             f"training stopped: non-finite weights at step {state['step']} (epoch {state['epoch'] + 1}, "
             f"batch {state['batch']}), found before its forward: first non-finite values in layer "
-            f"{first}; non-finite parameters: {', '.join(bad_weights)}. {_kept(run_dir)}; "
-            f"try a smaller --lr.", code=EXIT_NONFINITE)
+            f"{first}; non-finite parameters: {', '.join(bad_weights)}. {_kept(run_dir)}; {hint}.",
+            code=EXIT_NONFINITE)
     bad_params, first = diagnose_nonfinite(net, images)
     where = (f"first non-finite output at layer {first}" if first
              else "every layer's output is finite: the loss itself overflowed")
     params = f"; non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
     raise TrainingError(
         f"training stopped: the loss became {loss} at step {state['step']} (epoch {state['epoch'] + 1}, "
-        f"batch {state['batch']}); {where}{params}. {_kept(run_dir)}; try a smaller --lr.",
-        code=EXIT_NONFINITE)
+        f"batch {state['batch']}); {where}{params}. {_kept(run_dir)}; {hint}.", code=EXIT_NONFINITE)
 
 
 def _no_checkpoint(run_dir):

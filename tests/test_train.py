@@ -31,6 +31,14 @@ def data_dir(tmp_path_factory):
     return path
 
 
+def _tiny(flags):
+    """TINY, less its step schedule's --milestones when the flags ask for the plateau schedule."""
+    if "plateau" not in flags:
+        return TINY
+    i = TINY.index("--milestones")
+    return TINY[:i] + TINY[i + 2:]
+
+
 def run(data_dir, run_dir, *extra, hook=None):
     return train.train(["--data", str(data_dir), "--run-dir", str(run_dir)] + TINY + list(extra), step_hook=hook)
 
@@ -272,7 +280,7 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
     (cache / builtin.default_path(size=24, num_train=20, num_val=10).name / "notes.txt").write_text("mine")
     with pytest.MonkeyPatch.context() as m:
         m.setenv("CONVNET_DATA", str(cache))
-        err = _exit(train.main, ["--image-size", "24", "--num-train", "20", "--num-val", "10",
+        err = _exit(train.main, ["--image-size", "24", "--crop", "24", "--num-train", "20", "--num-val", "10",
                                  "--run-dir", str(tmp_path / "r")], capsys)
     assert "already holds files that are not the built-in dataset's (notes.txt)" in err and "--num-train" not in err
     for devices in ("cuda:7", "tpu:0", "cpu:0,cpu:1,cpu:2"):
@@ -401,26 +409,71 @@ def test_evaluate_refuses_an_ensemble_of_different_datasets(data_dir, run_a, tmp
 @pytest.mark.parametrize("flags, message", [
     # tracebacks once the run folder was written (Loader, SGD's first step, the schedule)
     (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--lr", "nan"], "--lr must be finite and >= 0"),
+    (["--lr", "nan"], "--lr must be finite (as a float32) and >= 0"),
     (["--momentum", "inf"], "--momentum must be finite"),
     (["--milestones", "a,b"], "--milestones must be comma-separated epochs"),
     (["--lr-factor", "2", "--schedule", "plateau"], "--lr-factor must be in"),
-    (["--lighting", "-1"], "--lighting must be finite and >= 0"),
+    (["--lighting", "-1"], "--lighting must be finite (as a float32) and >= 0"),
     # silently wrong: no training, every image but the last 100, the rate -0.01 after epoch 2,
     # no lighting, epochs of no step reporting a training loss of 0.0000
     (["--epochs", "-1"], "--epochs must be >= 1"),
     (["--limit-train", "-100"], "--limit-train must be >= 1"),
     (["--lr-factor", "-1"], "--lr-factor must be in"),
-    (["--lighting", "nan"], "--lighting must be finite and >= 0"),
+    (["--lighting", "nan"], "--lighting must be finite (as a float32) and >= 0"),
     (["--limit-train", "20", "--batch-size", "50"], "20 training images make no full batch of 50"),
     # a negative patience cut the rate at every epoch
     (["--patience", "-1", "--schedule", "plateau"], "--patience must be >= 0"),
     (["--max-cuts", "-2", "--schedule", "plateau"], "--max-cuts must be >= 0"),
+    # finite as a float64, not as the kernels' float32: tracebacks, an inf first batch, inf weights
+    (["--lr", "1e39"], "--lr must be finite (as a float32) and >= 0, got 1e+39"),
+    (["--lighting", "1e39"], "--lighting must be finite (as a float32)"),
+    (["--weight-std", "1e39"], "--weight-std must be finite (as a float32)"),
+    # trained on to a loss of 1e11, exit 0; stopped at the first cut with a traceback, unresumable
+    (["--momentum", "5"], "--momentum must be below 1"),
+    (["--lr-factor", "1e30", "--milestones", "1,2"], "--lr-factor must be small enough that --lr times it"),
+    # a milestone of 0 or -5 meant 1; "8,,16" said "invalid literal for int()", naming no flag
+    (["--milestones", "0"], "--milestones must be comma-separated epochs >= 1, e.g. 30,60,80, got '0'"),
+    (["--milestones", "1,,2"], "--milestones must be comma-separated epochs >= 1"),
+    (["--widths", "8,,16,16,16,32,32"], "--widths must be 7 comma-separated sizes (conv1..conv5, fc6, fc7)"),
+    (["--widths", ""], "--widths must be 7 comma-separated sizes"),
+    (["--conv1", "5,2"], "--conv1 must be kernel,stride,padding (e.g. 5,2,2), got '5,2'"),
+    # accepted, recorded in args.json and ignored
+    (["--width", "0.5"], "--width applies only to --model alexnet, not to --model small"),
+    (["--extra-conv"], "--extra-conv applies only to --model alexnet"),
+    (["--patience", "3"], "--patience applies only to --schedule plateau, not to --schedule step"),
+    (["--num-train", "5"], "--num-train applies only to the built-in dataset, not to --data"),
+    (["--input-size", "36"], "--input-size 36 differs from --crop 32: the net takes the crop"),
+    # a traceback: out of host memory
+    (["--widths", "8,16,16,16,16,32,100000000000"], "cannot build the small net: "),
 ])
 def test_bad_numbers_stop_before_anything_is_written(data_dir, tmp_path, capsys, flags, message):
-    err = _exit(train.main, ["--data", str(data_dir), "--run-dir", str(tmp_path / "r")] + TINY + flags, capsys)
+    err = _exit(train.main, ["--data", str(data_dir), "--run-dir", str(tmp_path / "r")] + _tiny(flags) + flags, capsys)
     assert message in err, err
     assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_flags_refused_before_the_builtin_data_is_made(tmp_path, capsys, monkeypatch):
+    # the data was generated (12,000 images by default), then --crop or the schedule refused
+    monkeypatch.setenv("CONVNET_DATA", str(tmp_path / "cache"))
+    for flags, message in [(["--image-size", "24", "--crop", "32"], "--crop must be at most the built-in images' "
+                                                                    "--image-size 24, got 32"),
+                           (["--num-val", "0", "--schedule", "plateau"], "--num-val 0 leaves no validation split")]:
+        err = _exit(train.main, ["--run-dir", str(tmp_path / "r")] + flags, capsys)
+        assert message in err, err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "r").exists()
+
+
+def test_nonfinite_at_step_0_does_not_blame_the_rate(data_dir, tmp_path, capsys):
+    # --weight-std 1e20: the loss was NaN before any update, and the message said "try a smaller --lr"
+    err = _exit(train.main, ["--data", str(data_dir), "--run-dir", str(tmp_path / "r")] + TINY +
+                ["--weight-std", "1e20", "--epochs", "1"], capsys)
+    assert "at step 0" in err and "no update had run yet: look at --weight-std and the data" in err, err
+    assert "smaller --lr" not in err
+
+
+def test_args_json_records_the_input_size_built(data_dir, tmp_path):
+    run(data_dir, tmp_path, "--epochs", "1", "--limit-train", "50")  # TINY's --crop 32: the small preset said 56
+    assert json.loads((tmp_path / "args.json").read_text())["input_size"] == 32
 
 
 def test_resume_keeps_the_runs_devices(data_dir, tmp_path, monkeypatch):
@@ -521,7 +574,7 @@ def test_training_without_a_validation_split(tmp_path, capsys):
     validation errors, is refused before anything is written, and evaluate says what is missing."""
     data = tmp_path / "noval"
     builtin.generate(data, num_train=100, num_val=0, size=36, seed=0, workers=1)
-    err = _exit(train.main, ["--data", str(data), "--run-dir", str(tmp_path / "p")] + TINY + ["--schedule", "plateau"],
+    err = _exit(train.main, ["--data", str(data), "--run-dir", str(tmp_path / "p")] + _tiny(["plateau"]) + ["--schedule", "plateau"],
                 capsys)
     assert "has no validation split" in err and "--schedule step" in err and "Traceback" not in err, err
     assert not (tmp_path / "p").exists()
