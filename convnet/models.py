@@ -141,6 +141,9 @@ def alexnet(towers=2, devices=None, num_classes=1000, input_size=224, width=1.0,
         if towers != 1:
             raise ValueError("alexnet: half=True is the paper's one-GPU net; use towers=1")
         widths = (48, 128, 192, 192, 256)
+    if min(widths) * width < 1:  # _even's floor of 2 made every layer 2 kernels wide, silently
+        raise ValueError(f"alexnet: width {width} leaves the narrowest layer ({min(widths)} kernels) less "
+                         f"than one kernel")
     widths = tuple(_even(w * width) for w in widths)
     fc = tuple(_even(f * width) for f in ALEXNET_FC)
     specs = tower_specs(towers, num_classes, input_size, widths, fc, dropout=dropout, extra_conv=extra_conv,

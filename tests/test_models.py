@@ -184,6 +184,8 @@ def test_build_from_config_roundtrip():
     for width in ("x", 0, float("nan")):
         with pytest.raises(ValueError, match="alexnet: width must be"):
             models.alexnet(width=width, devices=CPU2)
+    with pytest.raises(ValueError, match=r"alexnet: width 1e-09 leaves the narrowest layer \(96 kernels\) less than one"):
+        models.alexnet(width=1e-9, devices=CPU2)  # was built with 2 kernels in every layer, silently
     with pytest.raises(ValueError, match="build: config must be a dict"):
         models.build([("model", "alexnet")])
     raw = models.build({"layers": [{"name": "x", "type": "input", "shape": [2, 3, 3]},
