@@ -247,6 +247,35 @@ def _read_weights(path, want, mpath, side):
     return tensors
 
 
+def _pair_state(path, mpath):
+    """(the metadata's text, the weights file's identity), each None when unreadable."""
+    try:
+        text = mpath.read_text()
+    except OSError:
+        text = None
+    try:
+        st = os.stat(path)
+        weights = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        weights = None
+    return text, weights
+
+
+def _read_pair(path, mpath, text):
+    """(the caller's record, the checkpoint's own record, the weights) from the metadata's text."""
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path}: corrupt metadata {mpath}: {e}") from None
+    info = record.pop("convnet", None) if isinstance(record, dict) else None
+    if not isinstance(info, dict) or "config" not in info:
+        raise CheckpointError(f"checkpoint {path}: {mpath} is not convnet checkpoint metadata")
+    side = info.get("pending_file")
+    if not (isinstance(side, str) and re.fullmatch(re.escape(_pending(path).name) + r"\d+-\d+", side)):
+        side = _pending(path).name  # an older save's name (or damaged metadata)
+    return record, info, _read_weights(path, info.get("weights_sha256"), mpath, path.with_name(side))
+
+
 def _jsonable(x):
     if isinstance(x, np.integer):
         return int(x)
@@ -320,23 +349,27 @@ def load(path, net=None, opt=None, devices=None):
             raise TypeError(f"checkpoint.load: devices must be a device name or a list of them, got {devices!r}")
         for d in names:
             physical_device(d)  # ValueError or RuntimeError naming the device
-    try:
-        record = json.loads(mpath.read_text())
-    except OSError as e:
-        raise CheckpointError(f"checkpoint {path}: cannot read its metadata {mpath}: {e}") from None
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint {path}: corrupt metadata {mpath}: {e}") from None
-    info = record.pop("convnet", None) if isinstance(record, dict) else None
-    if not isinstance(info, dict) or "config" not in info:
-        raise CheckpointError(f"checkpoint {path}: {mpath} is not convnet checkpoint metadata")
-    side = info.get("pending_file")
-    if not (isinstance(side, str) and re.fullmatch(re.escape(_pending(path).name) + r"\d+-\d+", side)):
-        side = _pending(path).name  # an older save's name (or damaged metadata)
+    # A save may run while this reads (load takes no lock: it may read where it cannot write): the
+    # weights or the side file can change between the reads. A failed read of the pair is tried
+    # again while the files keep changing; a pair that fails unchanged is damaged.
+    while True:
+        seen = _pair_state(path, mpath)
+        if seen[0] is None:
+            try:
+                mpath.read_text()
+            except OSError as e:
+                raise CheckpointError(f"checkpoint {path}: cannot read its metadata {mpath}: {e}") from None
+            continue  # (it appeared meanwhile)
+        try:
+            record, info, tensors = _read_pair(path, mpath, seen[0])
+            break
+        except CheckpointError:
+            if _pair_state(path, mpath) == seen:
+                raise
     towers = info["config"].get("towers") if isinstance(info["config"], dict) else None
     if net is None and devices is not None and type(towers) is int and len(names) < towers:
         raise ValueError(f"checkpoint {path}: the net has {towers} towers but {len(names)} devices were "
                          f"given: {list(names)}")
-    tensors = _read_weights(path, info.get("weights_sha256"), mpath, path.with_name(side))
     weights = {k: v for k, v in tensors.items() if not k.startswith(MOMENTUM_PREFIX)}
     momentum = {k[len(MOMENTUM_PREFIX):]: v for k, v in tensors.items() if k.startswith(MOMENTUM_PREFIX)}
     # The metadata is not covered by the weights' hash: an edited or damaged value in it must say

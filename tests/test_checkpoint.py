@@ -459,3 +459,37 @@ def test_a_path_that_cannot_be_written_is_refused_up_front(tmp_path):
     assert list((tmp_path / "dir.safetensors").iterdir()) == list((tmp_path / "meta.json").iterdir()) == []
     with pytest.raises(ValueError, match="^checkpoint path '' must name a file ending in .safetensors"):
         checkpoint.save("", net)
+
+
+def test_loads_during_saves_read_whole_checkpoints(tmp_path):
+    """load() takes no lock (it may read where it cannot write): when a save committed between its
+    reads of the metadata and of the weights, they matched neither each other nor the side file,
+    and a load beside a training run failed ("SHA-256 differs"). It reads the pair again."""
+    import threading
+
+    nets = [models.small_alexnet(devices=CPU2, seed=1 + i, **SMALL) for i in range(2)]
+    path = tmp_path / "ckpt.safetensors"
+    checkpoint.save(path, nets[0], None, {"who": 0})
+    done, errors, loads = threading.Event(), [], [0]
+
+    def saver():
+        for k in range(30):
+            checkpoint.save(path, nets[k % 2], None, {"who": k % 2})
+        done.set()
+
+    def loader():
+        while not done.is_set():
+            try:
+                net, _, meta = checkpoint.load(path, devices=CPU2)
+                np.testing.assert_array_equal(net.state_dict()["fc8.bias"],
+                                              nets[meta["who"]].state_dict()["fc8.bias"])
+                loads[0] += 1
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+
+    threads = [threading.Thread(target=saver), threading.Thread(target=loader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and loads[0] > 0, (errors[:3], loads)
