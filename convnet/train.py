@@ -536,19 +536,71 @@ def checkpoint_towers(ckpt):
 
 # ---------------------------------------------------------------- training
 
+def _refuse_a_held_run(run_dir):
+    """A new run into a folder that holds one would empty the old one's metrics and replace its
+    checkpoints: refused."""
+    held = [f.name for f in (checkpoint_path(run_dir), checkpoint_path(run_dir, "best"), run_dir / "metrics.jsonl")
+            if f.is_file() and f.stat().st_size > 0]
+    if held == ["metrics.jsonl"]:
+        raise TrainingError(f"--run-dir {_no_checkpoint(run_dir)}")
+    if held:
+        raise TrainingError(f"--run-dir {run_dir} already holds a run ({', '.join(held)}): continue it with "
+                            f"--resume {run_dir}, or choose another --run-dir")
+
+
+def _lock_run_dir(run_dir, flag):
+    """The open, locked RUN/.lock: one convnet-train at a time in a run folder (two at once wrote
+    every epoch's metrics twice and each other's checkpoints). Closing the file, or the process
+    dying, releases it; it holds the holder's pid, to name it to a refused run."""
+    import fcntl
+    import os
+
+    try:
+        f = open(run_dir / ".lock", "a+")
+    except OSError as e:
+        raise TrainingError(f"{flag} {run_dir}: cannot write there: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        raise TrainingError(f"{flag} {run_dir} is in use by another convnet-train" +
+                            (f" (pid {pid})" if pid else "")) from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 def train(argv=None, step_hook=None):
     """Run training; returns the run folder. step_hook(net, step) is called before every
     training step (tests use it to inject faults). Raises TrainingError for user errors."""
+    import contextlib
+
+    # holds the run folder's lock once taken, and releases it however training ends (Ctrl-C too:
+    # a traceback kept alive by the caller would keep the open file, and the lock, for good)
+    with contextlib.ExitStack() as locks:
+        return _train(argv, step_hook, locks)
+
+
+def _train(argv, step_hook, locks):
     from convnet import checkpoint, optim
 
     ns = build_parser().parse_args(argv)
     args, explicit = resolve_args(ns)
+    for key in ("run_dir", "resume"):  # "" was taken as not given: a new run into runs/<model>-<time>
+        if args[key] == "":
+            raise TrainingError(f"--{key.replace('_', '-')}: the name is empty")
 
     state = None
     if args["resume"]:
         ckpt, run_dir = find_checkpoint(args["resume"])
         if Path(args["resume"]).is_dir() and not checkpoint.meta_path(ckpt).exists():
             raise TrainingError(f"--resume: {_no_checkpoint(run_dir)}")
+        if args["run_dir"] is not None and not _same_folder(args["run_dir"], run_dir):  # it trained into RUN
+            raise TrainingError(f"--run-dir {args['run_dir']} is not the folder of the run to resume ({run_dir}): "
+                                f"a resumed run goes on in its own folder; leave --run-dir out")
         spec = args["devices"]
         if "devices" not in explicit:  # continue on the run's own devices, not this machine's default
             try:
@@ -558,7 +610,18 @@ def train(argv=None, step_hook=None):
             if not isinstance(spec, str):
                 spec = None  # likewise (check_train_record)
         try:
-            net, opt_state, meta = checkpoint.load(str(ckpt), devices=resolve_devices(spec, checkpoint_towers(ckpt)))
+            devices = resolve_devices(spec, checkpoint_towers(ckpt))
+        except TrainingError as e:
+            if "devices" in explicit:
+                raise
+            # the user gave no --devices: the run's own (from a GPU machine, say) are not usable here
+            raise TrainingError(f"--resume: the run's devices {spec} are not usable here "
+                                f"({str(e).split(': ', 1)[-1]}): continue it with --devices cpu "
+                                f"(or a device of this machine)") from None
+        try:
+            # what was loaded, to see under the run's lock that no other run saved there since
+            loaded = checkpoint.meta_path(ckpt).read_bytes()
+            net, opt_state, meta = checkpoint.load(str(ckpt), devices=devices)
         except (FileNotFoundError, OSError, ValueError, KeyError) as e:
             raise TrainingError(f"--resume: cannot load a checkpoint from {args['resume']}: {e}") from None
         if not isinstance(meta.get("train"), dict) or not isinstance(meta["train"].get("args"), dict):
@@ -582,16 +645,13 @@ def train(argv=None, step_hook=None):
         run_dir = Path(run_dir)
     else:
         run_dir = Path(args["run_dir"] or f"runs/{args['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
-        # a new run would empty the old one's metrics and replace its checkpoints
-        held = [f.name for f in (checkpoint_path(run_dir), checkpoint_path(run_dir, "best"), run_dir / "metrics.jsonl")
-                if f.is_file() and f.stat().st_size > 0]
-        if held == ["metrics.jsonl"]:
-            raise TrainingError(f"--run-dir {_no_checkpoint(run_dir)}")
-        if held:
-            raise TrainingError(f"--run-dir {run_dir} already holds a run ({', '.join(held)}): continue it with "
-                                f"--resume {run_dir}, or choose another --run-dir")
+        _refuse_a_held_run(run_dir)  # again under the lock: another run may take the folder meanwhile
 
     check_args(args)
+    if state is not None and state["epoch"] >= args["epochs"]:  # the loop would train nothing, unsaid
+        print(f"{run_dir} has already trained {state['epoch']} epochs: nothing to do "
+              f"(raise --epochs to train more)", flush=True)
+        return run_dir
     devices = resolve_devices(args["devices"], args["towers"])
     ds = open_data(args)
     fingerprint = dataset_fingerprint(ds)
@@ -615,8 +675,14 @@ def train(argv=None, step_hook=None):
         raise TrainingError(f"--data {args['data']} has no validation split, and the plateau schedule cuts the "
                             f"learning rate when the validation error stops improving: use --schedule step "
                             f"--milestones EPOCHS, or prepare the data with a validation split")
+    data_dir = Path(args["data"])  # absolute (open_data)
+    if state is None and data_dir in (run_dir.resolve(), *run_dir.resolve().parents):
+        # checkpoints in the dataset's folder, which the built-in dataset then refuses to regenerate
+        raise TrainingError(f"--run-dir {run_dir} is {'the' if data_dir == run_dir.resolve() else 'inside the'} "
+                            f"--data folder {data_dir}: choose a --run-dir outside it")
 
-    if state is None:
+    resumed = state is not None
+    if not resumed:
         try:
             net = build_model(args, num_classes, devices)
         except (ValueError, RuntimeError) as e:  # RuntimeError: out of memory (--widths 8,...,10**11)
@@ -624,7 +690,13 @@ def train(argv=None, step_hook=None):
         opt = optim.SGD(net, lr=args["lr"], momentum=args["momentum"], weight_decay=args["weight_decay"])
         state = dict(args=args, epoch=0, batch=0, step=0, lr=args["lr"], cuts=[], best_val_error=None,
                      scheduler=None, epoch_stats=None, data_fingerprint=fingerprint, record=None)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file there or above it, or a place that takes no folder (/proc/...)
+            why = "a file of that name exists" if run_dir.is_file() else e.strerror or e
+            raise TrainingError(f"--run-dir {run_dir}: cannot create the folder ({why})") from None
+        locks.enter_context(_lock_run_dir(run_dir, "--run-dir"))
+        _refuse_a_held_run(run_dir)  # another new run may have passed the check above with this one
         (run_dir / "args.json").write_text(json.dumps(args, indent=2) + "\n")
         (run_dir / "metrics.jsonl").write_text("")
     else:
@@ -636,9 +708,14 @@ def train(argv=None, step_hook=None):
             opt.load_state_dict(opt_state)
         opt.lr = state["lr"]
         state["data_fingerprint"] = fingerprint  # a run from before fingerprints gets one
-        _metrics_as_of(run_dir, state)
-        print(f"resume: {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}, "
-              f"step {state['step']}, lr {state['lr']:g}", flush=True)
+        locks.enter_context(_lock_run_dir(run_dir, "--resume"))
+        try:
+            changed = checkpoint.meta_path(ckpt).read_bytes() != loaded
+        except OSError:
+            changed = True
+        if changed:  # a run there saved (or finished) since this one loaded its checkpoint
+            raise TrainingError(f"--resume: {run_dir} changed while this run was starting (another "
+                                f"convnet-train saved there): run the command again")
 
     scheduler = make_scheduler(args, opt)
     if state.get("scheduler") is not None:
@@ -647,6 +724,10 @@ def train(argv=None, step_hook=None):
         except (ValueError, TypeError, KeyError) as e:
             raise TrainingError(f"--resume: the learning-rate schedule's state in the checkpoint is damaged: "
                                 f"{type(e).__name__}: {e}") from None
+    if resumed:  # its first write, after every check (metrics.jsonl was cut, then a damaged schedule refused)
+        _metrics_as_of(run_dir, state)
+        print(f"resume: {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}, "
+              f"step {state['step']}, lr {state['lr']:g}", flush=True)
     for f in checkpoint.remove_stale_temporaries(run_dir):
         print(f"removed {f}: the temporary of a save that was killed", flush=True)
 

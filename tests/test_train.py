@@ -777,3 +777,173 @@ def test_a_second_ctrl_c_while_saving_exits_cleanly(data_dir, run_a, tmp_path, m
     monkeypatch.setattr(train, "open_data", lambda args: os.kill(os.getpid(), signal.SIGINT))
     err = _exit(train.main, ["--resume", str(tmp_path), "--epochs", "4"], capsys)
     assert "interrupted" in err and "Traceback" not in err, err
+
+
+def _refused(argv, capsys):
+    """convnet-train's stderr for argv, which must exit with 2 (a user error) and no traceback."""
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err, err
+    return err
+
+
+def _files(folder):
+    return {f.name: f.read_bytes() for f in Path(folder).iterdir() if f.is_file()}
+
+
+def test_one_run_at_a_time_in_a_run_folder(data_dir, tmp_path, capsys):
+    """Two new runs started together into one --run-dir both trained (metrics.jsonl got every
+    epoch twice), and --resume RUN while RUN trained wrote its checkpoints and metrics too. A run
+    holds RUN/.lock while it trains: the others are refused, naming its pid, and write nothing."""
+    r = tmp_path / "r"
+    refused = []
+
+    def meanwhile(net, step):
+        if step in (2, 8):  # step 2: no checkpoint yet, the new run's check passes; step 8: epoch 2
+            argv = (["--data", str(data_dir), "--run-dir", str(r), "--epochs", "1"] + TINY if step == 2
+                    else ["--resume", str(r), "--epochs", "3"])
+            before = _files(r)
+            refused.append(_refused(argv, capsys))
+            assert _files(r) == before
+
+    run(data_dir, r, "--epochs", "2", hook=meanwhile)
+    assert len(refused) == 2
+    assert f"convnet-train: --run-dir {r} is in use by another convnet-train (pid {os.getpid()})" in refused[0]
+    assert f"convnet-train: --resume {r} is in use by another convnet-train (pid {os.getpid()})" in refused[1]
+    assert [m["epoch"] for m in metrics(r)] == [1, 2]
+
+    # released when the run ends, and on Ctrl-C (the caller keeps the traceback, and so the frame)
+    def ctrl_c(net, step):
+        if step == 14:
+            raise KeyboardInterrupt
+
+    with pytest.raises(train.TrainingError) as e:
+        train.train(["--resume", str(r), "--epochs", "3"], step_hook=ctrl_c)
+    assert e.value.code == 130
+    train.train(["--resume", str(r), "--epochs", "3"])
+    assert [m["epoch"] for m in metrics(r)] == [1, 2, 3]
+    # another process holding it is named; its lock goes when it dies
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path\n"
+                               "from convnet import train; f = train._lock_run_dir(Path(sys.argv[1]), '')\n"
+                               "print('held', flush=True); time.sleep(60)", str(r)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(train.__file__).parent.parent)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        err = _refused(["--resume", str(r), "--epochs", "4"], capsys)
+        assert f"--resume {r} is in use by another convnet-train (pid {holder.pid})" in err, err
+    finally:
+        holder.kill()
+        holder.wait()
+    train.train(["--resume", str(r), "--epochs", "4"])
+    assert [m["epoch"] for m in metrics(r)] == [1, 2, 3, 4]
+
+
+def test_two_new_runs_that_pass_the_check_together(data_dir, tmp_path, monkeypatch, capsys):
+    """Both found the folder free; the first took it: the second, checking again under the lock,
+    is refused instead of emptying the first one's metrics and replacing its checkpoints."""
+    open_data = train.open_data
+
+    def another_run_meanwhile(args):
+        monkeypatch.setattr(train, "open_data", open_data)
+        run(data_dir, tmp_path, "--epochs", "1")
+        return open_data(args)
+
+    monkeypatch.setattr(train, "open_data", another_run_meanwhile)
+    err = _refused(["--data", str(data_dir), "--run-dir", str(tmp_path), "--epochs", "1", "--seed", "1"] + TINY,
+                   capsys)
+    assert f"--run-dir {tmp_path} already holds a run" in err, err
+    assert [m["epoch"] for m in metrics(tmp_path)] == [1]
+    assert json.loads((tmp_path / "args.json").read_text())["seed"] == 0
+
+
+def test_a_resume_started_while_its_run_saved(data_dir, tmp_path, monkeypatch, capsys):
+    """A run that saved (and ended) after this resume loaded its checkpoint: training on from the
+    older checkpoint would drop the other's epoch. Refused under the lock."""
+    run(data_dir, tmp_path, "--epochs", "1")
+    open_data = train.open_data
+
+    def another_resume_meanwhile(args):
+        monkeypatch.setattr(train, "open_data", open_data)
+        train.train(["--resume", str(tmp_path), "--epochs", "2"])
+        return open_data(args)
+
+    monkeypatch.setattr(train, "open_data", another_resume_meanwhile)
+    err = _refused(["--resume", str(tmp_path), "--epochs", "3"], capsys)
+    assert f"--resume: {tmp_path} changed while this run was starting" in err, err
+    _, _, meta = weights(tmp_path)
+    assert meta["train"]["epoch"] == 2 and [m["epoch"] for m in metrics(tmp_path)] == [1, 2]
+
+
+def test_a_run_dir_that_cannot_be_a_folder(data_dir, tmp_path, capsys):
+    """An existing file, a folder under a file, a place that takes no folder: tracebacks
+    (FileExistsError, NotADirectoryError, FileNotFoundError); now --run-dir errors, nothing written."""
+    (tmp_path / "file").write_text("mine")
+    for run_dir, why in [(tmp_path / "file", "a file of that name exists"),
+                         (tmp_path / "file" / "r", "Not a directory"),
+                         (Path("/proc/nope"), "No such file or directory")]:
+        err = _refused(["--data", str(data_dir), "--run-dir", str(run_dir), "--epochs", "1"] + TINY, capsys)
+        assert f"convnet-train: --run-dir {run_dir}: cannot create the folder ({why})" in err, err
+    assert _files(tmp_path) == {"file": b"mine"} and os.listdir(tmp_path) == ["file"]
+
+
+def test_empty_run_dir_or_resume_and_resume_into_another_folder(data_dir, tmp_path, monkeypatch, capsys):
+    """--run-dir "" and --resume "" were taken as not given (a new run into runs/small-<time>);
+    --resume RUN --run-dir OTHER trained into RUN and never made OTHER: each refused, naming its flag."""
+    monkeypatch.chdir(tmp_path)
+    for flags, message in [(["--run-dir", ""], "convnet-train: --run-dir: the name is empty"),
+                           (["--resume", ""], "convnet-train: --resume: the name is empty")]:
+        err = _refused(["--data", str(data_dir), "--epochs", "1"] + TINY + flags, capsys)
+        assert message in err, err
+    assert os.listdir(tmp_path) == []
+    run(data_dir, "r", "--epochs", "1")
+    before = _files("r")
+    err = _refused(["--resume", "r", "--epochs", "2", "--run-dir", "other"], capsys)
+    assert "convnet-train: --run-dir other is not the folder of the run to resume (r)" in err, err
+    assert not (tmp_path / "other").exists() and _files("r") == before
+    train.train(["--resume", "r", "--epochs", "2", "--run-dir", str(tmp_path / "r")])  # its own folder: fine
+    assert [m["epoch"] for m in metrics("r")] == [1, 2]
+
+
+def test_resume_with_nothing_left_to_train_says_so(data_dir, tmp_path, capsys):
+    """--resume RUN --epochs N, N at or below the epochs done, printed the recipe and "done" and
+    trained nothing, unsaid."""
+    run(data_dir, tmp_path, "--epochs", "2")
+    before = _files(tmp_path)
+    capsys.readouterr()
+    for flags in (["--epochs", "2"], ["--epochs", "1"], []):
+        train.main(["--resume", str(tmp_path)] + flags)
+        out = capsys.readouterr().out
+        assert f"{tmp_path} has already trained 2 epochs: nothing to do (raise --epochs to train more)" in out, out
+        assert "recipe:" not in out
+    assert _files(tmp_path) == before
+
+
+def test_resume_where_the_runs_devices_are_not_usable(data_dir, tmp_path, capsys):
+    """A run from a GPU machine resumed without --devices where its devices are not usable: the
+    error blamed --devices, which the user never gave."""
+    run(data_dir, tmp_path, "--epochs", "1")
+    meta_file = train.checkpoint_path(tmp_path).with_suffix(".json")
+    record = json.loads(meta_file.read_text())
+    record["train"]["args"]["devices"] = "cuda:98,cuda:99"  # no machine here has them
+    meta_file.write_text(json.dumps(record))
+    before = _files(tmp_path)
+    err = _refused(["--resume", str(tmp_path), "--epochs", "2"], capsys)
+    assert "convnet-train: --resume: the run's devices cuda:98,cuda:99 are not usable here (" in err, err
+    assert "continue it with --devices cpu" in err and "convnet-train: --devices" not in err, err
+    assert _files(tmp_path) == before
+    err = _refused(["--resume", str(tmp_path), "--epochs", "2", "--devices", "cuda:98"], capsys)
+    assert "convnet-train: --devices: " in err, err  # given: blamed
+    train.train(["--resume", str(tmp_path), "--epochs", "2", "--devices", "cpu"])
+    assert [m["epoch"] for m in metrics(tmp_path)] == [1, 2]
+
+
+def test_a_run_dir_in_the_data_folder_is_refused(data_dir, tmp_path, monkeypatch, capsys):
+    """Checkpoints went into the dataset's folder (the built-in dataset then refused to regenerate it)."""
+    shutil.copytree(data_dir, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in (tmp_path / "data").rglob("*"))
+    for run_dir, where in [("data", "the"), ("data/./runs/a", "inside the")]:
+        err = _refused(["--data", "data", "--run-dir", run_dir, "--epochs", "1"] + TINY, capsys)
+        assert f"convnet-train: --run-dir {Path(run_dir)} is {where} --data folder {tmp_path / 'data'}: " in err, err
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*")) == before
