@@ -25,11 +25,8 @@ a save leaves its temporary (.NAME.tmpPID-N) or side file; remove_stale_temporar
 those of dead processes (convnet-train does when it opens a run folder), and each save the side
 files of the saves to its path before it.
 """
-import contextlib
-import fcntl
 import glob
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -39,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _files
 from ._checks import integer
 
 # Little-endian hosts only (x86-64, ARM64): the file's byte order is the machine's.
@@ -62,67 +60,9 @@ def meta_path(path):
     return Path(path).with_suffix(".json")
 
 
-_writers = itertools.count()
-
-
-def _writer():
-    """A name for this write, unique among this process's threads; the pid tells
-    remove_stale_temporaries() whether its writer is alive."""
-    return f"{os.getpid()}-{next(_writers)}"
-
-
 def _pending(path, writer=""):
     """Where save() keeps the new weights until their metadata is written (.NAME.pending: older saves)."""
     return path.with_name(f".{path.name}.pending{writer}")
-
-
-@contextlib.contextmanager
-def _locked(path):
-    """Hold the checkpoint's lock: one save to a path at a time, across threads and processes (an
-    flock belongs to the open file, so two threads' opens exclude each other too). The lock file
-    stays: removing it would let a writer waiting on the old file and one on a new file both in."""
-    with open(path.with_name(f".{path.name}.lock"), "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases it
-
-
-def _fsync_folder(folder):
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path, chunks):
-    """Write the byte chunks to path so that a reader sees either the old file or the new one."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp{_writer()}"
-    try:
-        with open(tmp, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_folder(path.parent)
-
-
-def _alive(pid):
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, another user's
-        return True
-    except (OverflowError, ValueError):  # not a pid at all
-        return False
-    return True
 
 
 def _named_by_metadata(pending, checkpoint):
@@ -135,22 +75,18 @@ def _named_by_metadata(pending, checkpoint):
 
 
 def remove_stale_temporaries(folder):
-    """Delete the temporaries (.NAME.tmpPID-N, .NAME.tmpPID from older saves and from the dataset
-    writers in convnet.data) and side files (.NAME.pendingPID-N) that writes left in folder when
-    their process was killed or their save failed; returns their paths. One can be a full copy of the weights and momentum, and no later
-    save replaces it (the name holds the dead writer's pid). A live process's are kept: it may be
-    writing them now; and so is a side file its checkpoint's metadata names."""
-    removed = []
-    for f in sorted(Path(folder).glob(".*")):
-        # (.NAME.tmpPID.npy / .npz: a dataset's shards and statistics, as earlier versions named them)
-        m = re.fullmatch(r"\.(.+)\.(?:tmp(\d+)(?:-\d+|\.np[yz])?|pending(\d+)-\d+)", f.name)
-        if not m or not f.is_file() or _alive(int(m.group(2) or m.group(3))):
-            continue
-        if m.group(3) and _named_by_metadata(f, f.with_name(m.group(1))):
-            continue
-        f.unlink(missing_ok=True)
-        removed.append(f)
-    return removed
+    """Delete what saves left in folder when their process was killed or their save failed: the
+    temporaries (convnet._files) and side files (.NAME.pendingPID-N) of dead processes, one of
+    them maybe a full copy of the weights and momentum; returns their paths. A side file its
+    checkpoint's metadata names is kept: load() reads the weights from it."""
+    removed = _files.remove_stale_temporaries(folder)
+    for f in sorted(Path(folder).glob(".*.pending*")):
+        m = re.fullmatch(r"\.(.+)\.pending(\d+)-\d+", f.name)
+        if m and f.is_file() and not _files.alive(int(m.group(2))) and \
+                not _named_by_metadata(f, f.with_name(m.group(1))):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return sorted(removed)
 
 
 def safetensors_bytes(tensors, metadata=None):
@@ -179,7 +115,7 @@ def safetensors_bytes(tensors, metadata=None):
 
 def write_safetensors(path, tensors, metadata=None):
     chunks, sha = safetensors_bytes(tensors, metadata)
-    _atomic_write(path, chunks)
+    _files.atomic_write(path, chunks)
     return sha
 
 
@@ -309,7 +245,7 @@ def save(path, net, opt=None, meta=None):
         for key, a in net.momentum_dict().items():
             tensors[MOMENTUM_PREFIX + key] = a
     chunks, sha = safetensors_bytes(tensors, {"format": "convnet"})
-    pending = _pending(path, _writer())
+    pending = _pending(path, _files.writer())
     record = dict(meta or {})
     record["convnet"] = {"config": net.config, "net_step": net.step, "weights_file": path.name,
                          "weights_sha256": sha, "pending_file": pending.name,
@@ -319,11 +255,13 @@ def save(path, net, opt=None, meta=None):
         text = json.dumps(record, indent=1, default=_jsonable)
     except (TypeError, ValueError) as e:
         raise TypeError(f"checkpoint.save: meta: {e}") from None
-    with _locked(path):
-        _atomic_write(pending, chunks)
-        _atomic_write(mpath, [text.encode()])  # the commit
+    # one save to a path at a time: two at once interleaved their steps and left weights and
+    # metadata of different saves
+    with _files.locked(path.with_name(f".{path.name}.lock")):
+        _files.atomic_write(pending, chunks)
+        _files.atomic_write(mpath, [text.encode()])  # the commit
         os.replace(pending, path)
-        _fsync_folder(path.parent)
+        _files.fsync_folder(path.parent)
         # The metadata now names the weights in place: no side file of a save to this path before
         # this one (stopped, or failed while its process lives on) can be needed any more.
         side = re.escape(_pending(path).name) + r"(\d+-\d+)?"

@@ -998,7 +998,7 @@ def _metrics_as_of(run_dir, state):
     checkpoint-best, or a run of older code killed between its line and its save) would record
     epochs twice, and the checkpoint's own epoch's line is restored from the checkpoint when a
     crash came between its save and the line (or cut the line short)."""
-    from convnet import checkpoint
+    from convnet import _files
 
     path = Path(run_dir) / "metrics.jsonl"
     old = path.read_text() if path.is_file() else ""
@@ -1014,7 +1014,7 @@ def _metrics_as_of(run_dir, state):
         records[state["epoch"]] = state["record"]
     text = "".join(json.dumps(records[e]) + "\n" for e in sorted(records))
     if text != old:
-        checkpoint._atomic_write(path, [text.encode()])
+        _files.atomic_write(path, [text.encode()])
         print(f"resume: {path} rewritten to the checkpoint's epochs ({len(records)})", flush=True)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint
+from .. import _files
 from .._checks import integer
 from . import shards
 
@@ -282,7 +282,7 @@ def _generate(dst, num_train, num_val, size, seed, num_classes, workers, verbose
     _refuse_other_files(dst)
     (dst / shards.INDEX).unlink(missing_ok=True)
     # leftovers of an interrupted generation (.NAME.tmpPID of a dead process; a live one's are kept)
-    checkpoint.remove_stale_temporaries(dst)
+    _files.remove_stale_temporaries(dst)
     workers = workers or os.cpu_count() or 1
     t0 = time.time()
     jobs, plan = [], []
@@ -298,7 +298,7 @@ def _generate(dst, num_train, num_val, size, seed, num_classes, workers, verbose
     out, pos, splits, stats = {}, {}, {}, shards.PixelStats(size, size)
     for split, count in counts.items():
         if count:
-            tmp = dst / f".{split}-00000.npy.tmp{os.getpid()}"
+            tmp = _files.temporary(dst / f"{split}-00000.npy")
             out[split] = (tmp, np.lib.format.open_memmap(tmp, "w+", np.uint8, (count, size, size, 3)))
             pos[split] = 0
     pool = None

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint
+from .. import _files
 from . import shards
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -311,10 +311,8 @@ def _prepare_shard(job):
     if split == "train":
         stats = shards.PixelStats(size, size)
         stats.add(out)
-        tmp = dst / f".{name}.stats.npz.tmp{os.getpid()}"  # a file object: savez would add .npz to a name
-        with open(tmp, "wb") as f:
+        with _files.atomic_file(dst / f"{name}.stats.npz") as f:
             np.savez(f, **stats.to_arrays())
-        os.replace(tmp, dst / f"{name}.stats.npz")
     shards.atomic_write_json(dst / f"{name}.json", {"count": n, "labels": labels, "files": files,
                                                     "skipped": skipped})
     return split, index, n, skipped
@@ -454,7 +452,7 @@ def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, pro
     (dst / shards.INDEX).unlink(missing_ok=True)
     # leftovers of an interrupted run (.NAME.tmpPID of a dead process): every .*.tmp* went, a
     # user's .env.tmpl too, and a folder so named stopped the run
-    checkpoint.remove_stale_temporaries(dst)
+    _files.remove_stale_temporaries(dst)
 
     def finished(split, i):
         name = f"{split}-{i:05d}"

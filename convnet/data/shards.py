@@ -24,16 +24,12 @@ index.json is written last (atomically), so a folder without it is an unfinished
 import contextlib
 import json
 import os
-import sys
 import tokenize
 from pathlib import Path
 
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:  # Windows: no lock (two writers at once into one folder may then collide)
-    fcntl = None
+from .. import _files
 
 FORMAT = "convnet-shards"
 VERSION = 1
@@ -41,24 +37,13 @@ INDEX = "index.json"
 
 
 def atomic_write_bytes(path, data):
-    """Write to a temporary name in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Readers never see half a file (convnet._files)."""
+    _files.atomic_write(path, [data])
 
 
 def atomic_save_npy(path, array):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # the name checkpoint.remove_stale_temporaries knows
-    with open(tmp, "wb") as f:
+    with _files.atomic_file(path) as f:
         np.save(f, np.ascontiguousarray(array))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path, obj):
@@ -140,20 +125,12 @@ def _allow_open_files(n):
 
 @contextlib.contextmanager
 def folder_lock(folder, waiting=None):
-    """Hold an exclusive lock on folder/.lock while writing a dataset there (released with the
-    file, also when the process is killed); `waiting`, if given, is printed when another process
-    holds it first. Two writers at once deleted each other's temporary files as leftovers, and
-    one then crashed in os.replace."""
+    """Hold an exclusive lock on folder/.lock while writing a dataset there; `waiting`, if given, is
+    printed when another process holds it first. Two writers at once deleted each other's
+    temporary files as leftovers, and one then crashed in os.replace."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as f:
-        if fcntl is not None:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if waiting:
-                    print(waiting, file=sys.stderr, flush=True)
-                fcntl.flock(f, fcntl.LOCK_EX)
+    with _files.locked(folder / ".lock", waiting):
         yield
 
 
