@@ -164,13 +164,13 @@ def check_args(args):
          args["schedule"] == "step"), "lr_factor", "in (0, 1) (above 0 with --schedule step)")
     for key in ("check_every", "patience", "max_cuts"):
         need(args[key] >= 0, key, ">= 0")
-    milestones = _int_list(args, "milestones", "comma-separated epochs >= 1, e.g. 30,60,80", minimum=1)
+    milestones = _int_list(args, "milestones")
     # the last rate of the step schedule, finite too: --lr-factor 1e300 stopped the run at its first cut
     need(_float32(args["lr"] * args["lr_factor"] ** len(milestones or [])), "lr_factor",
          f"small enough that --lr times it at each of the {len(milestones or [])} milestones stays finite")
     if args["model"] == "small":  # (alexnet leaves them None)
-        _int_list(args, "widths", "7 comma-separated sizes (conv1..conv5, fc6, fc7)", count=7, minimum=1)
-        _int_list(args, "conv1", "kernel,stride,padding (e.g. 5,2,2)", count=3, minimum=0)
+        _int_list(args, "widths")
+        _int_list(args, "conv1")
     if args["data"] in (None, "builtin"):  # before the data is generated, not after
         need(args["crop"] <= args["image_size"], "crop", f"at most the built-in images' --image-size "
                                                          f"{args['image_size']}")
@@ -183,18 +183,24 @@ def _float32(v):
     return abs(v) <= 3.4028234663852886e38  # False for NaN
 
 
-def _int_list(args, key, what, count=None, minimum=None):
-    """The comma-separated integers of a flag (None when unset), or a TrainingError naming it:
+# The list flags: (what they hold, how many, their least value).
+_INT_LISTS = {"milestones": ("comma-separated epochs >= 1, e.g. 30,60,80", None, 1),
+              "widths": ("7 comma-separated sizes (conv1..conv5, fc6, fc7)", 7, 1),
+              "conv1": ("kernel,stride,padding (e.g. 5,2,2)", 3, 0)}
+
+
+def _int_list(args, key):
+    """The comma-separated integers of a list flag (None when unset), or a TrainingError naming it:
     "8,,16" and "8.0" failed later as "invalid literal for int()", naming no flag; a milestone of
     0 or -5 meant 1."""
+    what, count, minimum = _INT_LISTS[key]
     if args[key] is None:
         return None
     try:
         values = [int(v) for v in str(args[key]).split(",")]
     except ValueError:
         values = None
-    if values is None or (count is not None and len(values) != count) or \
-            (minimum is not None and min(values) < minimum):
+    if values is None or (count is not None and len(values) != count) or min(values) < minimum:
         raise TrainingError(f"--{key.replace('_', '-')} must be {what}, got {args[key]!r}")
     return values
 
@@ -396,8 +402,7 @@ def build_model(args, num_classes, devices):
                               input_size=args["crop"], width=args["width"],
                               extra_conv=args["extra_conv"], seed=args["seed"],
                               dropout=args["dropout"], weight_std=args["weight_std"])
-    widths = [int(w) for w in str(args["widths"]).split(",")]  # checked by check_args
-    conv1 = [int(v) for v in str(args["conv1"]).split(",")]
+    widths, conv1 = _int_list(args, "widths"), _int_list(args, "conv1")
     return models.small_alexnet(num_classes=num_classes, input_size=args["crop"], widths=widths[:5],
                                 fc=widths[5:], conv1=conv1, towers=args["towers"], devices=devices,
                                 seed=args["seed"], dropout=args["dropout"], weight_std=args["weight_std"])
@@ -822,7 +827,7 @@ def make_scheduler(args, opt):
     from convnet import optim
 
     if args["schedule"] == "step":
-        milestones = [int(m) for m in str(args["milestones"] or "").split(",") if m.strip()]
+        milestones = _int_list(args, "milestones") or []
         return optim.StepSchedule(opt, milestones, factor=args["lr_factor"], base_lr=args["lr"])
     return optim.ReduceOnPlateau(opt, factor=args["lr_factor"], patience=args["patience"],
                                  max_cuts=args["max_cuts"])

@@ -38,3 +38,14 @@ def rng(request):
     # A different but reproducible stream per test.
     seed = abs(hash(request.node.nodeid)) % (2**32)
     return np.random.default_rng(seed)
+
+
+def dead_pid():
+    """The pid of a process that has just exited: what a writer killed midway leaves in its
+    temporaries' names."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                       check=True)
+    return int(p.stdout)

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import convnet
+from conftest import dead_pid
 from convnet.data import Loader, builtin, open_dataset, shards
 from convnet.data.prepare import PrepareError, load_image, prepare
 from test_augment import ref_augment
@@ -605,7 +606,7 @@ def test_prepare_deletes_only_its_own_temporaries(tmp_path):
     prepare(src, dst, size=16, shard_size=2, workers=1, progress=False, stop_after_shards=1)
     (dst / ".env.tmpl").write_text("SECRET=1")
     (dst / ".cache.tmpdir").mkdir()
-    dead = dst / f".train-00001.npy.tmp{_dead_pid()}"  # a run killed while writing its second shard
+    dead = dst / f".train-00001.npy.tmp{dead_pid()}"  # a run killed while writing its second shard
     dead.write_bytes(b"half a shard")
     assert len(open_dataset(prepare(src, dst, size=16, shard_size=2, workers=1, progress=False)).train) == 4
     assert (dst / ".env.tmpl").read_text() == "SECRET=1" and (dst / ".cache.tmpdir").is_dir()
@@ -923,11 +924,6 @@ def test_builtin_refuses_a_folder_holding_other_data(prepared, tmp_path, capsys)
         builtin.generate(tmp_path / "file", workers=1, **kw)
 
 
-def _dead_pid():
-    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 def test_builtin_deletes_only_its_own_temporaries(tmp_path):
     # every ".*.tmp*" was deleted: the user's .env.tmpl was lost, and a folder .cache.tmpdir crashed
     # the run with IsADirectoryError
@@ -936,7 +932,7 @@ def test_builtin_deletes_only_its_own_temporaries(tmp_path):
     (path / ".env.tmpl").write_text("SECRET=1")
     (path / ".cache.tmpdir").mkdir()
     (path / ".cache.tmpdir" / "x").write_text("x")
-    dead = path / f".train-00000.npy.tmp{_dead_pid()}"  # a generation killed while writing the shard
+    dead = path / f".train-00000.npy.tmp{dead_pid()}"  # a generation killed while writing the shard
     dead.write_bytes(b"half a shard")
     live = path / ".mean.npy.tmp1"  # pid 1 is alive: its writer may be busy with it
     live.write_bytes(b"busy")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import dead_pid
 from convnet import checkpoint, evaluate, plots, train
 from convnet.data import builtin, open_dataset
 
@@ -701,18 +702,12 @@ def test_resume_finds_the_data_by_any_path(data_dir, tmp_path, monkeypatch, caps
     assert "is not the dataset this run trained on" in err, err
 
 
-def _dead_pid():
-    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                       check=True)
-    return int(p.stdout)
-
-
 def test_resume_removes_the_temporaries_of_killed_saves(data_dir, tmp_path):
     """A kill inside a save left .checkpoint-last.safetensors.pending.tmpPID, a full copy of the
     weights and momentum, for good: no later save has that pid. Opening the run removes those of
     dead processes, not a live one's."""
     run(data_dir, tmp_path, "--epochs", "1")
-    dead = tmp_path / f"..checkpoint-last.safetensors.pending.tmp{_dead_pid()}"
+    dead = tmp_path / f"..checkpoint-last.safetensors.pending.tmp{dead_pid()}"
     dead.write_bytes(train.checkpoint_path(tmp_path).read_bytes())
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
