@@ -28,6 +28,7 @@ files of the saves to its path before it.
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -222,6 +223,22 @@ def _jsonable(x):
     raise TypeError(f"{type(x).__name__} is not JSON-serialisable")
 
 
+def _nonfinite_at(x, within=()):
+    """Where in x the first NaN or infinity is, as a subscript ("['a'][2]"); None if nowhere
+    (within: the ids of the containers above, so that a circular reference ends)."""
+    if isinstance(x, np.ndarray):
+        x = x.tolist()
+    if isinstance(x, (float, np.floating)):
+        return None if math.isfinite(x) else ""
+    if not isinstance(x, (dict, list, tuple)) or id(x) in within:
+        return None
+    for k, v in (x.items() if isinstance(x, dict) else enumerate(x)):
+        inner = _nonfinite_at(v, within + (id(x),))
+        if inner is not None:
+            return f"[{k!r}]{inner}"
+    return None
+
+
 def save(path, net, opt=None, meta=None):
     """Write the net's weights and the optimizer's momentum (path, NAME.safetensors) and the
     metadata (NAME.json): meta (epoch, step, RNG state, ...), the net's config and step, and
@@ -252,8 +269,16 @@ def save(path, net, opt=None, meta=None):
                          "optimizer": None if opt is None else {k: v for k, v in opt.state_dict().items()
                                                                 if k != "momentum"}}
     try:  # before anything is written
-        text = json.dumps(record, indent=1, default=_jsonable)
-    except (TypeError, ValueError) as e:
+        # allow_nan=False: Python wrote a NaN as the bare word NaN, which is not JSON (other
+        # readers of the metadata refuse the file)
+        text = json.dumps(record, indent=1, default=_jsonable, allow_nan=False)
+    except ValueError as e:
+        at = _nonfinite_at(record)
+        if at is None:  # a circular reference
+            raise ValueError(f"checkpoint.save: meta: {e}") from None
+        raise ValueError(f"checkpoint.save: meta{at} is not finite: JSON has no NaN or infinity (store "
+                         f"it as None or a string)") from None
+    except TypeError as e:
         raise TypeError(f"checkpoint.save: meta: {e}") from None
     # one save to a path at a time: two at once interleaved their steps and left weights and
     # metadata of different saves
@@ -275,7 +300,8 @@ def load(path, net=None, opt=None, devices=None):
     """(net, opt_state, meta) from a checkpoint. Without `net` the net is rebuilt from the saved
     config (on `devices`); with one, its shapes must match (ValueError naming the key otherwise).
     The momentum is loaded into the net's Params (and opt's settings into opt when given), so
-    training continues exactly; opt_state is {"momentum": {...}, "lr": ..., ...} or None."""
+    training continues exactly; opt_state is {"momentum": {...}, "lr": ..., ...} or None. meta is
+    the dict given to save(), unchanged; the net's config and step are net.config and net.step."""
     mpath = meta_path(path)
     path = Path(path)
     # The caller's devices, checked here: build()'s errors below are reported as damaged metadata.
@@ -339,9 +365,6 @@ def load(path, net=None, opt=None, devices=None):
                 opt.load_state_dict(opt_state)
             except (ValueError, TypeError) as e:
                 raise CheckpointError(f"checkpoint {path}: its optimizer state in {mpath}: {e}") from None
-    meta = dict(record)
-    meta["config"] = info["config"]
-    meta["net_step"] = net.step
-    if info.get("optimizer"):
-        meta.setdefault("lr", info["optimizer"].get("lr"))
-    return net, opt_state, meta
+    # the caller's metadata exactly as saved: the checkpoint's own values are net.config, net.step
+    # and opt_state["lr"] (merged in here, they hid a caller's keys of those names)
+    return net, opt_state, record

@@ -40,7 +40,7 @@ def test_resume_equals_never_stopping(tmp_path):
     b, opt_state, meta = checkpoint.load(path, devices=CPU2)
     opt_b = SGD(b, lr=opt_state["lr"])
     assert meta["epoch"] == 1 and meta["step"] == 2 and meta["rng"] == {"state": [1, 2, 3]}
-    assert meta["lr"] == 0.05 and meta["config"] == a.config and b.step == a.step == 2
+    assert opt_state["lr"] == 0.05 and b.config == a.config and b.step == a.step == 2
     for k, m in opt_a.state_dict()["momentum"].items():
         np.testing.assert_array_equal(opt_state["momentum"][k], m)
     loss_a = train_step(a, opt_a, 2)
@@ -417,6 +417,23 @@ def test_a_bad_devices_argument_is_the_callers_error(tmp_path):
     assert checkpoint.load(path, devices=("cpu:1", "cpu:0"))[0].devices == ["cpu:1", "cpu:0"]
 
 
+def test_meta_comes_back_as_saved(tmp_path):
+    """load() put the checkpoint's own config, net_step and lr into the returned meta, over a
+    caller's keys of those names."""
+    net = models.small_alexnet(devices=CPU2, **SMALL)
+    opt = SGD(net, lr=0.05)
+    train_step(net, opt, 0)
+    path = tmp_path / "ckpt.safetensors"
+    mine = {"config": "mine", "net_step": -3, "lr": [1, 2], "epoch": 4}
+    checkpoint.save(path, net, opt, mine)
+    back, opt_state, meta = checkpoint.load(path, devices=CPU2)
+    assert meta == mine
+    assert (back.config, back.step, opt_state["lr"]) == (net.config, 1, 0.05)
+    assert checkpoint.load(path, devices=CPU2)[2] == mine
+    checkpoint.save(path, net, None)
+    assert checkpoint.load(path, devices=CPU2)[2] == {}
+
+
 def test_bad_meta_is_refused_before_anything_is_written(tmp_path):
     """meta=[1, 2] was a bare TypeError ("cannot convert dictionary update sequence element"), and
     a value JSON cannot store was refused only after the whole weights file was written; a key
@@ -426,10 +443,20 @@ def test_bad_meta_is_refused_before_anything_is_written(tmp_path):
     checkpoint.save(path, net, SGD(net), {"epoch": 1})
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     other = models.small_alexnet(devices=CPU2, seed=7, **SMALL)
+    circular = {"a": []}
+    circular["a"].append(circular)
     for meta, error, match in [([1, 2], TypeError, "^checkpoint.save: meta must be a dict, got list$"),
                                ({"x": object()}, TypeError, "^checkpoint.save: meta: object is not JSON-serialisable$"),
                                ({(1, 2): 3}, TypeError, "^checkpoint.save: meta: keys must be str, int, float, "),
-                               ({"convnet": 1}, ValueError, "^checkpoint.save: meta must not have the key 'convnet'")]:
+                               ({"convnet": 1}, ValueError, "^checkpoint.save: meta must not have the key 'convnet'"),
+                               # a NaN was written as the bare word NaN, which JSON readers refuse
+                               ({"loss": float("nan")}, ValueError,
+                                r"^checkpoint.save: meta\['loss'\] is not finite: JSON has no NaN or infinity"),
+                               ({"h": [{"a": 1.0}, {"a": np.float32(-np.inf)}]}, ValueError,
+                                r"^checkpoint.save: meta\['h'\]\[1\]\['a'\] is not finite"),
+                               ({"seen": np.array([0.5, np.nan])}, ValueError,
+                                r"^checkpoint.save: meta\['seen'\]\[1\] is not finite"),
+                               (circular, ValueError, "^checkpoint.save: meta: Circular reference detected$")]:
         with pytest.raises(error, match=match):
             checkpoint.save(path, other, SGD(other), meta)
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
