@@ -82,6 +82,8 @@ class Net:
             devices = default_devices(towers)
         if isinstance(devices, str):
             devices = [devices]
+        if not isinstance(devices, (list, tuple)) or not all(isinstance(d, str) for d in devices):
+            raise TypeError(f"Net: devices must be a device name or a list of them, got {devices!r}")
         devices = list(devices)
         if len(devices) < towers:
             raise ValueError(f"the net has {towers} towers but {len(devices)} devices were given: {devices}")
@@ -484,8 +486,11 @@ class Net:
             raise ValueError(f"Net.features: no layer {layer!r} (layers: {[l.name for l in self.order]})")
         if self.loss_layer in parts:
             raise ValueError(f"Net.features: {layer!r} is the loss, which needs labels: use forward(images, labels)")
-        self.forward(images, train=False)
-        arrays = [self._outputs[l.name].numpy() for l in parts]
+        # the outputs are read under the same hold as the forward: another thread's forward in
+        # between replaced them (KeyError, or that thread's batch)
+        with self._alone("Net.features"):
+            self._forward(images, None, False, None)
+            arrays = [self._outputs[l.name].numpy() for l in parts]
         return arrays[0].copy() if len(arrays) == 1 else np.concatenate(arrays, 1)
 
     # ---------------------------------------------------------------- printing

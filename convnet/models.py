@@ -17,7 +17,7 @@ Every net carries `net.config` (JSON-able) and `build(config)` rebuilds it (for 
 """
 import math
 
-from ._checks import integer, number
+from ._checks import flag, integer, number
 from .graph import Net
 
 ALEXNET_WIDTHS = (96, 256, 384, 384, 256)
@@ -47,8 +47,11 @@ def tower_specs(towers=2, num_classes=1000, input_size=224, widths=ALEXNET_WIDTH
     towers=2: every layer has a part on tower 0 ("_a") and on tower 1 ("_b") holding half the
     kernels; towers=1 with groups=True: one device, conv2/conv4/conv5 grouped in 2 (the same
     function); towers=1 with groups=False: a plain one-column net."""
+    # (towers="2" was refused as "must be 1 or 2, got 2", towers=2.0 as conv1_a's width 4.0)
+    towers = integer(towers, "towers", error=ValueError)
     if towers not in (1, 2):
         raise ValueError(f"towers must be 1 or 2, got {towers}")
+    extra_conv, groups = flag(extra_conv, "extra_conv"), flag(groups, "groups")  # "no" built conv6
     # (from a user or a checkpoint's config: "x" % 2 was a TypeError about string formatting)
     widths, fc = _ints(widths, "widths", 5), _ints(fc, "fc", 2)
     conv1 = _ints(conv1, "conv1 (kernel, stride, padding)", 3, minimum=(1, 1, 0))
@@ -133,6 +136,8 @@ def alexnet(towers=2, devices=None, num_classes=1000, input_size=224, width=1.0,
     width = number(width, "alexnet: width", error=ValueError)
     if not (math.isfinite(width) and width > 0):
         raise ValueError(f"alexnet: width must be finite and > 0, got {width}")
+    towers = integer(towers, "alexnet: towers", error=ValueError)
+    extra_conv, half = flag(extra_conv, "alexnet: extra_conv"), flag(half, "alexnet: half")  # "yes" was True
     config = {"model": "alexnet", "towers": towers, "num_classes": num_classes, "input_size": input_size,
               "width": width, "extra_conv": extra_conv, "half": half, "seed": seed, "dropout": dropout,
               "weight_std": weight_std}
@@ -156,6 +161,8 @@ def small_alexnet(num_classes=10, input_size=56, widths=(32, 64, 96, 96, 64), fc
     """AlexNet's structure scaled down to train on a CPU in minutes: the same layers, towers,
     crossovers, LRN and overlapping pooling; conv1 (kernel, stride, pad), the channel widths and
     the FC widths are arguments. At input 56: conv1 5x5/2 -> 28, pool -> 13, pool -> 6, pool5 -> 2."""
+    towers = integer(towers, "small_alexnet: towers", error=ValueError)
+    extra_conv = flag(extra_conv, "small_alexnet: extra_conv")
     specs = tower_specs(towers, num_classes, input_size, widths, fc, conv1=conv1,  # checks them
                         dropout=dropout, extra_conv=extra_conv, weight_std=weight_std)
     config = {"model": "small_alexnet", "num_classes": num_classes, "input_size": input_size,
@@ -172,10 +179,18 @@ def build(config, devices=None, **overrides):
     if not isinstance(config, dict):
         raise ValueError(f"build: config must be a dict (a net's .config), got {type(config).__name__}")
     config = dict(config)
+    if "devices" in config:  # was "got multiple values for keyword argument 'devices'"
+        raise ValueError("build: a config holds no devices (pass devices=)")
     if "layers" in config:
+        if not isinstance(config["layers"], (list, tuple)):  # None was "'NoneType' object is not iterable"
+            raise ValueError(f"build: config['layers'] must be a list of layer specs, got {config['layers']!r}")
+        unknown = sorted(set(overrides) - {"seed"})
+        if unknown:  # they were ignored without a word
+            raise ValueError(f"build: a net of layers takes no {unknown} (only seed)")
+        config.update(overrides)
         return Net(config["layers"], devices=devices, seed=config.get("seed", 0), config=config)
     name = config.pop("model", None)
-    if name not in _MODELS:
+    if not isinstance(name, str) or name not in _MODELS:  # a list was "unhashable type: 'list'"
         raise ValueError(f"build: unknown model {name!r} (known: {sorted(_MODELS)})")
     config.update(overrides)
     return _MODELS[name](devices=devices, **config)

@@ -209,7 +209,7 @@ def test_placement_and_table():
     assert physical_device("cpu:3") == "cpu"
 
 
-@pytest.mark.parametrize("name", ["tpu:0", "gpu", "cuda:x", "cpu:-1", "", 3, "cpu\n", "cuda:0\n"])
+@pytest.mark.parametrize("name", ["tpu:0", "gpu", "cuda:x", "cpu:-1", "", "cpu\n", "cuda:0\n"])  # 3: test_models
 def test_unknown_device_names(name):
     with pytest.raises(ValueError, match="device"):
         models.small_alexnet(devices=["cpu:0", name], **TINY)

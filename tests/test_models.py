@@ -193,6 +193,72 @@ def test_build_from_config_roundtrip():
     assert raw.shapes() == {"f.weight": (4, 18), "f.bias": (4,)}
 
 
+def test_model_arguments_of_the_wrong_kind_are_refused():
+    """extra_conv="no" built conv6, half="yes" was True, towers="2" was refused as "must be 1 or 2,
+    got 2", towers=2.0 as conv1_a's width 4.0; build() of a damaged config ended in "unhashable
+    type", "'NoneType' object is not iterable" or "multiple values for keyword argument", and a
+    layer net's overrides were ignored; Net(devices=0) was "'int' object is not iterable"."""
+    small = dict(widths=(8, 8, 8, 8, 8), fc=(16, 16), devices=CPU2)
+    for kw, error, match in [(dict(extra_conv="no"), TypeError, "small_alexnet: extra_conv must be True or False"),
+                             (dict(towers="2"), ValueError, "small_alexnet: towers must be an integer, got '2'"),
+                             (dict(towers=2.0), ValueError, "small_alexnet: towers must be an integer, got 2.0"),
+                             (dict(towers=True), ValueError, "small_alexnet: towers must be an integer, got True"),
+                             (dict(towers=3), ValueError, "towers must be 1 or 2, got 3")]:
+        with pytest.raises(error, match=match):
+            models.small_alexnet(**small, **kw)
+    with pytest.raises(TypeError, match="alexnet: half must be True or False, got 'yes'"):
+        models.alexnet(towers=1, half="yes", width=0.1, devices=["cpu"])
+    with pytest.raises(TypeError, match="alexnet: extra_conv must be True or False, got 1"):
+        models.alexnet(extra_conv=1, width=0.1, devices=CPU2)
+    net = models.small_alexnet(towers=np.int64(1), extra_conv=np.bool_(True), **dict(small, devices=["cpu"]))
+    assert type(net.config["towers"]) is int and net.config["extra_conv"] is True and "conv6.weight" in net.shapes()
+    cfg = net.config
+    layers = {"layers": [{"name": "x", "type": "input", "shape": [2, 3, 3]},
+                         {"name": "f", "type": "linear", "inputs": ["x"], "out_features": 4}]}
+    for config, kw, match in [(dict(cfg, model=["alexnet"]), {}, r"build: unknown model \['alexnet'\]"),
+                              ({"layers": None}, {}, r"build: config\['layers'\] must be a list of layer specs"),
+                              (dict(cfg, devices=["cpu"]), {}, "build: a config holds no devices"),
+                              (layers, dict(towers=1), r"build: a net of layers takes no \['towers'\]")]:
+        with pytest.raises(ValueError, match=match):
+            models.build(config, **kw)
+    assert models.build(layers, seed=5).seed == 5  # the one override a layer net takes
+    for devices in (0, [0, 1], ["cpu", None], ["cpu:0", 3]):
+        with pytest.raises(TypeError, match="Net: devices must be a device name or a list of them"):
+            models.small_alexnet(**dict(small, devices=devices))
+
+
+def test_features_hold_the_net_while_reading_its_outputs():
+    """features() released the net between its forward and its read of the outputs: another
+    thread's forward there replaced them (a bare KeyError: 'fc7_a', ~270 in 15 s of two threads,
+    or that thread's batch). Here the other forward runs exactly when the net is let go."""
+    import threading
+
+    net = models.small_alexnet(widths=(8, 8, 8, 8, 8), fc=(16, 16), devices=CPU2)
+    x = np.random.default_rng(0).standard_normal((3, 3, 56, 56)).astype(np.float32)
+    want = net.features(x, "fc7")
+    assert want.shape == (3, 16)
+
+    class Lock:  # the net's lock, running another thread's forward right after each release
+        def __init__(self):
+            self.lock, self.armed, self.ran = threading.Lock(), True, 0
+
+        def acquire(self, blocking=True):
+            return self.lock.acquire(blocking)
+
+        def release(self):
+            self.lock.release()
+            if self.armed:
+                self.armed = False
+                other = threading.Thread(target=net.forward, args=(x[:1],))
+                other.start()
+                other.join()
+                self.ran += 1
+
+    net._busy = Lock()
+    np.testing.assert_array_equal(net.features(x, "fc7"), want)
+    assert net._busy.ran == 1
+
+
 def test_state_dict_errors():
     net = models.small_alexnet(devices=CPU2, widths=(8, 8, 8, 8, 8), fc=(16, 16))
     sd = net.state_dict()
