@@ -25,6 +25,7 @@ if list((HERE.parent / "convnet").glob("_C*.so")):  # an in-place build (tools/d
     sys.path.insert(1, str(HERE.parent))
 
 import convnet  # noqa: E402
+from convnet._checks import output_file_problem  # noqa: E402
 
 FAMILIES = ["elementwise", "lrn", "pool", "softmax", "conv", "linear", "augment", "step"]
 
@@ -123,8 +124,8 @@ def main(argv=None):
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:  # printed a skip, then an empty table, and exit 0 ('' ran every family)
         ap.error(f"--only: unknown families {unknown}; choose from {','.join(FAMILIES)}")
-    if args.json and (Path(args.json).is_dir() or not Path(args.json).parent.is_dir()):
-        ap.error(f"--json {args.json}: {'is a folder' if Path(args.json).is_dir() else 'its folder does not exist'}")
+    if output_file_problem(args.json):  # "" was ignored
+        ap.error(output_file_problem(args.json))
     torch = try_torch()
     if torch is not None and device != "cpu" and not torch.cuda.is_available():
         print("# PyTorch has no CUDA here: its columns are left out")

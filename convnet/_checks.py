@@ -64,6 +64,23 @@ def flag(v, what):
     return bool(v)
 
 
+def output_file_problem(path, flag="--json"):
+    """Why a command's output file (flag FILE) cannot be written there, or None (path None: no
+    file asked for). Checked before the command's work, which otherwise ended in a traceback (or,
+    for an empty name, in no file and no word of it)."""
+    from pathlib import Path
+
+    if path is None:
+        return None
+    if path == "":
+        return f"{flag}: the file name is empty"
+    if Path(path).is_dir():
+        return f"{flag} {path}: is a folder"
+    if not Path(path).parent.is_dir():
+        return f"{flag} {path}: its folder does not exist"
+    return None
+
+
 def cast(a, dtype, what="tensor"):
     """NumPy array `a` of real numbers (or bools) as `dtype`, every value kept (fractions into an
     integer dtype are truncated, as by astype). astype alone takes complex, strings, objects and

@@ -8,11 +8,14 @@ the ensemble: the average of the nets' softmax outputs (as the paper's "average 
 """
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from ._checks import output_file_problem
 
 
 class EvaluateError(Exception):
@@ -80,14 +83,27 @@ def predict(net, images_u8, mean, crop, views, batch_size=128, device=None):
     return np.concatenate(out, axis=0)
 
 
-def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=None, limit=None):
-    """Scores every checkpoint and, for several, their ensemble. Returns a list of settings, one
-    per view count: {"views", "rows": [{"name", "top1", "top5", "probs"}], "labels"}."""
+def input_size(net, record=None):
+    """The crop the net takes: its config's input_size, else the run's --crop, else its input
+    layer's (square) size; EvaluateError if none says (a net built from a list of layers)."""
+    size = net.config.get("input_size") or (record or {}).get("args", {}).get("crop")
+    if size is None:
+        shapes = [tuple(l.shape) for l in net.layers if l.type == "input"]
+        if len(shapes) == 1 and len(shapes[0]) == 3 and shapes[0][1] == shapes[0][2]:
+            size = shapes[0][1]
+    if size is None:  # was int(None): a TypeError
+        raise EvaluateError("the net's input size is unknown (no input_size in its config, no square input layer)")
+    return int(size)
+
+
+def open_data_for(nets, records, data_path=None):
+    """(dataset, its folder, each net's crop): the data at data_path (default: the one the first net
+    was trained on), checked against every net (classes, crop size) and the nets against each
+    other (trained on the same data). EvaluateError says what does not fit. nets: (net, meta,
+    checkpoint) as from load_net; records: (record, why) as from train_record."""
     from convnet import checkpoint
     from convnet.train import TrainingError, open_data
 
-    nets = [load_net(c, devices) for c in checkpoints]
-    records = [train_record(meta) for _, meta, _ in nets]
     given = data_path is not None
     if not given:
         (record, why), ckpt = records[0], nets[0][2]
@@ -116,20 +132,29 @@ def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=No
         raise EvaluateError(f"the data {nets[0][2]} was trained on: {str(e).removeprefix('--data: ')}; "
                             f"pass --data with its folder") from None
     data_path = where["data"]
-    if ds.val is None:
-        raise EvaluateError(f"the data at {data_path} has no validation split to score the nets on "
-                            f"(pass --data with one)")
     num_classes = len(ds.classes)
     crops = []
     for (net, _, ckpt), (record, _) in zip(nets, records):
-        if net.config.get("num_classes") != num_classes:
-            raise EvaluateError(f"{ckpt}: the net has {net.config.get('num_classes')} classes, "
-                                f"the data at {data_path} {num_classes}: a checkpoint of another model?")
-        args = record["args"] if record else {}
-        crops.append(int(net.config.get("input_size") or args.get("crop")))
+        outputs = math.prod(net.output_layer.shape)  # the logits' width (a layer net has no num_classes)
+        if outputs != num_classes:
+            raise EvaluateError(f"{ckpt}: the net has {outputs} classes, the data at {data_path} {num_classes}: "
+                                f"a checkpoint of another model?")
+        crops.append(input_size(net, record))
         if crops[-1] > ds.image_size:
             raise EvaluateError(f"{ckpt}: the net takes {crops[-1]}x{crops[-1]} crops, larger than the "
                                 f"{ds.image_size}x{ds.image_size} images of {data_path}")
+    return ds, data_path, crops
+
+
+def evaluate(checkpoints, data_path=None, views=(1,), batch_size=128, devices=None, limit=None):
+    """Scores every checkpoint and, for several, their ensemble. Returns a list of settings, one
+    per view count: {"views", "rows": [{"name", "top1", "top5", "probs"}], "labels"}."""
+    nets = [load_net(c, devices) for c in checkpoints]
+    records = [train_record(meta) for _, meta, _ in nets]
+    ds, data_path, crops = open_data_for(nets, records, data_path)
+    if ds.val is None:
+        raise EvaluateError(f"the data at {data_path} has no validation split to score the nets on "
+                            f"(pass --data with one)")
     images, labels = ds.val.images, np.asarray(ds.val.labels)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -200,10 +225,8 @@ def main(argv=None):
     if a.limit is not None and a.limit < 1:
         p.error(f"--limit must be >= 1, got {a.limit}")
     # before the nets run: the error used to come as a traceback after the table
-    if a.json == "":  # was ignored: no file written, and no word of it
-        p.error("--json: the file name is empty")
-    if a.json and (Path(a.json).is_dir() or not Path(a.json).parent.is_dir()):
-        p.error(f"--json {a.json}: {'is a folder' if Path(a.json).is_dir() else 'its folder does not exist'}")
+    if output_file_problem(a.json):
+        p.error(output_file_problem(a.json))
     # --json RUN/checkpoint-last.json replaced the checkpoint's metadata: it no longer loaded
     for f in (f for c in a.checkpoints for f in _run_files(c)) if a.json else ():
         if _same_file(a.json, f):

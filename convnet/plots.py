@@ -5,9 +5,9 @@
 - conv1_kernels.png: the learned conv1 kernels as colour tiles, one block per tower (Figure 3).
 - predictions.png: validation images with the net's top-5 labels and probabilities, the true
   label's bar in red (Figure 4, left).
-- neighbours.png: for a few validation images, the training images whose fc7 activations (the
-  last hidden layer) are nearest in Euclidean distance (Figure 4, right); searched in a subset
-  of the training set for speed.
+- neighbours.png: for a few validation images, the training images whose activations of the
+  last hidden layer (fc7 after its ReLU) are nearest in Euclidean distance (Figure 4, right);
+  searched in a subset of the training set for speed.
 
 Written into the run folder at the end of training, or on request:
 `python -m convnet.plots CHECKPOINT_OR_RUN [--out DIR]`.
@@ -15,10 +15,13 @@ Written into the run folder at the end of training, or on request:
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from ._checks import json_int, json_number
 
 # Picture sizes in pixels (width, height): the figures are drawn at DPI with these sizes.
 DPI = 100
@@ -26,10 +29,15 @@ CURVES_SIZE = (1000, 420)
 KERNELS_SIZE = (1000, 520)
 PREDICTIONS_SIZE = (900, 860)
 NEIGHBOURS_SIZE = (1000, 700)
+FEATURES = "relu7"  # the layer (or tower group) whose activations the neighbours are nearest in
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare ModuleNotFoundError, from the end of a finished training run too
+        raise ImportError("the pictures need matplotlib (pip install matplotlib); convnet.train draws none "
+                          "with --plots no") from None
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     return plt
@@ -47,9 +55,40 @@ def _save(plt, fig, path):
     return Path(path)
 
 
+def _metrics_problem(r):
+    """Why a line of metrics.jsonl cannot be drawn, or None."""
+    if not isinstance(r, dict):
+        return "not a JSON object"
+    if not json_int(r.get("epoch")):
+        return f"epoch is {r.get('epoch')!r}"
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr_cut_to"):
+        # validation fields are null without a validation split; lr_cut_to only at a cut
+        optional = key.startswith("val_") or key == "lr_cut_to"
+        if not (json_number(r.get(key)) or (optional and r.get(key) is None)):
+            return f"{key} is {r.get(key)!r}"
+    return None
+
+
 def read_metrics(path):
-    lines = Path(path).read_text().splitlines() if Path(path).exists() else []
-    return [json.loads(l) for l in lines if l.strip()]
+    """The records of a run's metrics.jsonl that can be drawn ([] without the file). A line cut
+    short by a crash, or damaged, is left out with a word on stderr (it was a traceback, on
+    exactly the run a crash leaves)."""
+    lines = Path(path).read_text(errors="replace").splitlines() if Path(path).is_file() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except ValueError:
+            why = "not JSON (cut short?)"
+        else:
+            why = _metrics_problem(r)
+        if why is None:
+            records.append(r)
+        else:
+            print(f"convnet.plots: {path} line {number} left out of the learning curves: {why}", file=sys.stderr)
+    return records
 
 
 def learning_curves(records, path):
@@ -75,7 +114,7 @@ def learning_curves(records, path):
     ax_err.set_ylabel("error (%)")
     for ax in (ax_loss, ax_err):
         for r in records:
-            if "lr_cut_to" in r:
+            if r.get("lr_cut_to") is not None:
                 ax.axvline(r["epoch"] + 0.5, color="grey", linestyle=":", linewidth=1)
                 ax.text(r["epoch"] + 0.5, 0.97, f" lr {r['lr_cut_to']:g}", rotation=90, va="top",
                         fontsize=7, color="grey", transform=ax.get_xaxis_transform())
@@ -111,10 +150,14 @@ def kernel_tiles(weights, towers, cols=8, pad=1):
 
 
 def conv1_kernels(net, path):
-    """Figure 3: the conv1 kernels, one block per tower (tower t holds kernels t*K/T .. (t+1)*K/T)."""
+    """Figure 3: the conv1 kernels, one block per tower (tower t holds kernels t*K/T .. (t+1)*K/T).
+    None (nothing drawn) for a net without a conv layer named conv1."""
     towers = int(net.config.get("towers", 1) or 1)
     devices = list(getattr(net, "devices", []))
-    weights = np.asarray(net.state_dict()["conv1.weight"])
+    weights = net.state_dict().get("conv1.weight")
+    if weights is None or np.ndim(weights) != 4 or len(weights) % towers:
+        return None
+    weights = np.asarray(weights)
     k, c, h, w = weights.shape
     mosaics = kernel_tiles(weights, towers)
     plt, fig = _figure(KERNELS_SIZE)
@@ -211,13 +254,18 @@ def predictions(net, dataset, crop, path, count=8):
 
 def neighbours(net, dataset, crop, path, queries=5, shown=6, train_subset=1000, seed=0):
     """Figure 4 (right): for each query validation image, the training images (from a random
-    subset of train_subset) with the nearest fc7 activations."""
+    subset of train_subset) with the nearest activations of the last hidden layer (fc7 after its
+    ReLU, as the paper's "feature activations induced at the last, 4096-dimensional hidden
+    layer"). None (nothing drawn) for a net without that layer."""
+    if not any(l.name == FEATURES or l.group == FEATURES for l in net.layers):
+        return None
     rng = np.random.default_rng(seed)
     n_train = len(dataset.train.labels)
     pool = _Pick(dataset.train, rng.choice(n_train, size=min(train_subset, n_train), replace=False))
+    shown = min(shown, len(pool))  # a training set smaller than a row: an IndexError ended the run
     query = _Pick(dataset.val, _spread(dataset.val.labels, queries, seed=seed + 1))
-    fq = _outputs(net, query, dataset, crop, layer="fc7")
-    fp = _outputs(net, pool, dataset, crop, layer="fc7")
+    fq = _outputs(net, query, dataset, crop, layer=FEATURES)
+    fp = _outputs(net, pool, dataset, crop, layer=FEATURES)
     # Squared Euclidean distances ||q||^2 - 2 q.p + ||p||^2, float64.
     d = (fq ** 2).sum(1)[:, None] - 2 * fq @ fp.T + (fp ** 2).sum(1)[None, :]
     nearest = np.argsort(d, axis=1, kind="stable")[:, :shown]
@@ -233,13 +281,15 @@ def neighbours(net, dataset, crop, path, queries=5, shown=6, train_subset=1000, 
             axes[i, 1 + j].set_title(_name(dataset.classes, pool.labels[k]), fontsize=7)
         for ax in axes[i]:
             ax.axis("off")
-    fig.suptitle(f"nearest training images in fc7 space (of {len(pool)} searched)")
+    fig.suptitle(f"nearest training images in the last hidden layer (fc7 after ReLU; of {len(pool)} searched)")
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, hspace=0.35, wspace=0.05)
     return _save(plt, fig, path)
 
 
 def draw_all(out_dir, net, dataset=None, crop=None, metrics=None, train_subset=1000):
     """Every picture that the inputs allow, into out_dir; returns the paths written."""
+    from convnet.evaluate import input_size
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -248,10 +298,24 @@ def draw_all(out_dir, net, dataset=None, crop=None, metrics=None, train_subset=1
         written.append(learning_curves(records, out / "learning_curves.png"))
     written.append(conv1_kernels(net, out / "conv1_kernels.png"))
     if dataset is not None and dataset.val is not None:  # both pictures show validation images
-        crop = crop or int(net.config["input_size"])
+        crop = crop or input_size(net)
         written.append(predictions(net, dataset, crop, out / "predictions.png"))
         written.append(neighbours(net, dataset, crop, out / "neighbours.png", train_subset=train_subset))
-    return written
+    return [w for w in written if w is not None]
+
+
+def _out_problem(out):
+    """Why pictures cannot be written into folder `out` (made if missing), or None."""
+    if out == "":
+        return "--out: the folder name is empty"
+    p = Path(out)
+    while not p.exists() and p != p.parent:  # the nearest folder that exists must be a folder
+        p = p.parent
+    if not p.is_dir():
+        return f"--out {out}: {p} is not a folder"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"--out {out}: {p} is not writable"
+    return None
 
 
 def main(argv=None):
@@ -261,26 +325,45 @@ def main(argv=None):
     p.add_argument("--out", help="folder for the pictures (default: the run folder)")
     p.add_argument("--data", help="dataset folder (default: the one the net was trained on)")
     p.add_argument("--train-subset", type=int, default=1000,
-                   help="training images searched for fc7 neighbours (default 1000)")
+                   help="training images searched for the neighbours (default 1000)")
     a = p.parse_args(argv)
-    from convnet.evaluate import EvaluateError, load_net, train_record
-    from convnet.train import TrainingError, find_checkpoint, open_data
+    # before the net and data load: these were tracebacks after them (0 and -1 after three pictures)
+    if a.train_subset < 1:
+        p.error(f"--train-subset must be >= 1, got {a.train_subset}")
+    if a.out is not None and _out_problem(a.out):
+        p.error(_out_problem(a.out))
+    from convnet.evaluate import EvaluateError, load_net, open_data_for, train_record
+    from convnet.train import find_checkpoint
 
     try:
+        _pyplot()
         net, meta, ckpt = load_net(a.source)
         record, why = train_record(meta)  # a damaged one was an AttributeError or TypeError here
         if why is not None:
             print(f"convnet.plots: the train record of {ckpt} is damaged ({why}): not used", file=sys.stderr)
-        args = record["args"] if record else {}
-        data_path = a.data or args.get("data")
-        dataset = open_data({"data": data_path}) if data_path else None
-    except (EvaluateError, TrainingError) as e:
+    except (EvaluateError, ImportError) as e:
         print(f"convnet.plots: {e}", file=sys.stderr)
         sys.exit(2)
+    # the data, checked against the net as for convnet.evaluate (another class count mislabelled the
+    # predictions or was an IndexError); without it only the curves and kernels are drawn
+    dataset = crop = None
+    try:
+        dataset, _, (crop,) = open_data_for([(net, meta, ckpt)], [(record, why)], a.data)
+    except EvaluateError as e:
+        if a.data is not None:
+            print(f"convnet.plots: {e}", file=sys.stderr)
+            sys.exit(2)
+        print(f"convnet.plots: no predictions or neighbours: {e}", file=sys.stderr)
+    if dataset is not None and dataset.val is None:
+        print("convnet.plots: no predictions or neighbours: the data has no validation split", file=sys.stderr)
     run_dir = find_checkpoint(a.source)[1]
-    for path in draw_all(a.out or run_dir, net, dataset, args.get("crop"),
-                         metrics=run_dir / "metrics.jsonl", train_subset=a.train_subset):
-        print(f"wrote {path}")
+    try:
+        for path in draw_all(a.out or run_dir, net, dataset, crop, metrics=run_dir / "metrics.jsonl",
+                             train_subset=a.train_subset):
+            print(f"wrote {path}")
+    except OSError as e:  # a full disk, a folder where a picture goes
+        print(f"convnet.plots: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

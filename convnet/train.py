@@ -776,8 +776,12 @@ def _train(argv, step_hook, locks):
         print("pictures: drawing learning curves, conv1 kernels" +
               (" (no validation split: no predictions)" if val_split is None else " and predictions") + " ...",
               flush=True)
-        for path in plots.draw_all(run_dir, net=net, dataset=ds, crop=args["crop"]):
-            print(f"  wrote {path}", flush=True)
+        try:
+            for path in plots.draw_all(run_dir, net=net, dataset=ds, crop=args["crop"]):
+                print(f"  wrote {path}", flush=True)
+        except Exception as e:  # noqa: BLE001 - the run is complete: a picture must not turn it into a traceback
+            print(f"pictures: not drawn ({type(e).__name__}: {e}); the run is complete: draw them with "
+                  f"python -m convnet.plots {run_dir}", file=sys.stderr, flush=True)
     return run_dir
 
 

@@ -151,6 +151,7 @@ def test_arguments_refused_before_any_timing(run, tmp_path, capsys, monkeypatch)
                           (["--batch", "-4"], "--batch must be >= 1, got -4"),
                           (["--json", str(tmp_path / "missing" / "x.json")], "its folder does not exist"),
                           (["--json", str(tmp_path)], "is a folder"),
+                          (["--json", ""], "--json: the file name is empty"),  # was no file, exit 0
                           (["--device", "gpu"], "--device: "),
                           (["--device", "cuda:99"], "--device: ")]:
         with pytest.raises(SystemExit) as e:

@@ -262,6 +262,86 @@ def test_pictures_with_a_damaged_train_record(data_dir, run_a, tmp_path, capsys)
     assert _png_size(tmp_path / "p" / "predictions.png") == plots.PREDICTIONS_SIZE
 
 
+def test_pictures_of_a_damaged_or_odd_run(data_dir, run_a, tmp_path, capsys, monkeypatch):
+    """Each was a traceback: a metrics line cut short by a crash (JSONDecodeError) or damaged
+    (KeyError, TypeError, "Unknown format code"); --train-subset 0 / -1 (after three pictures);
+    --out at a file; --data with another class count (IndexError, or predictions labelled with
+    the wrong names) or smaller images; no matplotlib. A recorded data folder that had moved drew
+    nothing at all; a training set smaller than a row of neighbours was an IndexError."""
+    r = _copy_run(run_a, tmp_path)
+    lines = (r / "metrics.jsonl").read_text().splitlines()
+    damaged = [lines[0], lines[1][:40], "not json", json.dumps({"epoch": 2}), json.dumps([1]),
+               json.dumps(dict(json.loads(lines[1]), lr_cut_to="x")), lines[2]]
+    (r / "metrics.jsonl").write_text("\n".join(damaged) + "\n")
+    out = tmp_path / "p"
+    plots.main([str(r), "--out", str(out), "--train-subset", "50"])
+    err = capsys.readouterr().err
+    for number, why in [(2, "not JSON"), (3, "not JSON"), (4, "train_loss is None"), (5, "not a JSON object"),
+                        (6, "lr_cut_to is 'x'")]:
+        assert f"metrics.jsonl line {number} left out of the learning curves: {why}" in err, err
+    assert sorted(f.name for f in out.iterdir()) == ["conv1_kernels.png", "learning_curves.png",
+                                                     "neighbours.png", "predictions.png"]
+    (tmp_path / "afile").write_text("x")
+    five = tmp_path / "five"
+    builtin.generate(five, num_train=20, num_val=10, size=36, seed=0, workers=1, num_classes=5)
+    small = tmp_path / "small"
+    builtin.generate(small, num_train=20, num_val=10, size=24, seed=0, workers=1)
+    for argv, message in [(["--train-subset", "0"], "--train-subset must be >= 1, got 0"),
+                          (["--train-subset", "-1"], "--train-subset must be >= 1, got -1"),
+                          (["--out", str(tmp_path / "afile")], "afile is not a folder"),
+                          (["--out", str(tmp_path / "afile" / "x")], "afile is not a folder"),
+                          (["--out", ""], "--out: the folder name is empty"),
+                          (["--data", str(five)], "the net has 10 classes, the data at"),
+                          (["--data", str(small)], "the net takes 32x32 crops, larger than the 24x24 images")]:
+        err = _exit(plots.main, [str(r), "--out", str(tmp_path / "q")] + argv if argv[0] != "--out" else
+                    [str(r)] + argv, capsys)
+        assert message in err and "Traceback" not in err, (argv, err)
+        assert not (tmp_path / "q").exists()
+    # the recorded data moved: the pictures that need no data are drawn, with a word on the rest
+    moved = _copy_run(run_a, tmp_path / "m", ("train", "args", "data"), str(tmp_path / "gone"))
+    plots.main([str(moved), "--out", str(tmp_path / "m2")])
+    err = capsys.readouterr().err
+    assert "no predictions or neighbours: the data" in err and "gone" in err and "pass --data" in err, err
+    assert sorted(f.name for f in (tmp_path / "m2").iterdir()) == ["conv1_kernels.png", "learning_curves.png"]
+    # a training set smaller than a row of neighbours (6)
+    net = checkpoint.load(str(train.checkpoint_path(run_a)))[0]
+    ds = open_dataset(str(data_dir))
+    assert plots.neighbours(net, ds, 32, tmp_path / "n.png", train_subset=3) == tmp_path / "n.png"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    err = _exit(plots.main, [str(r), "--out", str(tmp_path / "q")], capsys)
+    assert "the pictures need matplotlib" in err and "--plots no" in err, err
+
+
+def test_a_net_of_layers_is_scored_and_drawn(data_dir, tmp_path, capsys):
+    """A checkpoint of a net built from a list of layers (no conv1, no fc7, no input_size in its
+    config): plots was a KeyError ('conv1.weight'), evaluate an int(None) TypeError."""
+    from convnet import models
+
+    net = models.build({"layers": [{"name": "data", "type": "input", "shape": [3, 32, 32]},
+                                   {"name": "fc", "type": "linear", "inputs": ["data"], "out_features": 10},
+                                   {"name": "loss", "type": "softmax_loss", "inputs": ["fc"]}]})
+    ckpt = tmp_path / "net.safetensors"
+    checkpoint.save(ckpt, net, None)
+    evaluate.main([str(ckpt), "--data", str(data_dir), "--limit", "20"])
+    assert "| net.safetensors |" in capsys.readouterr().out.replace(f"{tmp_path.name}/", "")
+    plots.main([str(ckpt), "--out", str(tmp_path / "p"), "--data", str(data_dir)])
+    assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["predictions.png"]
+
+
+def test_a_picture_that_fails_leaves_the_run_complete(data_dir, tmp_path, monkeypatch, capsys):
+    """A picture's failure at the end of training (a folder in a picture's place, a full disk, no
+    matplotlib) turned the finished run into a traceback and exit 1."""
+    def fail(*a, **kw):
+        raise IsADirectoryError("[Errno 21] Is a directory: 'predictions.png'")
+
+    monkeypatch.setattr(plots, "draw_all", fail)
+    assert train.main(["--data", str(data_dir), "--run-dir", str(tmp_path / "r"), "--epochs", "1"] + TINY
+                      + ["--plots", "yes"]) in (0, None)
+    err = capsys.readouterr().err
+    assert "pictures: not drawn (IsADirectoryError:" in err and "python -m convnet.plots" in err, err
+    assert train.checkpoint_path(tmp_path / "r").exists()
+
+
 def _exit(fn, argv, capsys):
     with pytest.raises(SystemExit) as e:
         fn(argv)
