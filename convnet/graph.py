@@ -221,16 +221,20 @@ class Net:
     def num_params(self):
         return sum(math.prod(s) for s in self.shapes().values())
 
-    def forward_macs(self):
+    def forward_macs(self, by_layer=False):
         """Multiply-adds of one image's forward pass in the conv and FC layers (a training step
-        is about three times this: forward, backward-data, backward-weights)."""
-        total = 0
+        is about three times this: forward, backward-data, backward-weights); by_layer=True: a
+        dict of them per layer, the towers' parts together ({"conv1": ..., "fc8": ...})."""
+        macs = {}
         for layer in self.layers:
             if layer.type == "conv":
-                total += math.prod(layer.shape) * (layer.in_channels // layer.groups) * layer.kernel ** 2
+                m = math.prod(layer.shape) * (layer.in_channels // layer.groups) * layer.kernel ** 2
             elif layer.type == "linear":
-                total += layer.in_features * layer.out_features
-        return total
+                m = layer.in_features * layer.out_features
+            else:
+                continue
+            macs[layer.group] = macs.get(layer.group, 0) + m
+        return macs if by_layer else sum(macs.values())
 
     def init_params(self, seed):
         """The paper's initialisation, drawn in the one-device layout (so every placement gets the

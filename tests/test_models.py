@@ -47,6 +47,83 @@ def test_full_alexnet_shapes_and_count(full_alexnet):
     assert "60,965,224 parameters" in text
 
 
+def test_full_alexnet_layer_by_layer(full_alexnet):
+    """The paper's table, layer by layer: what each layer is, what it reads (the crossovers, conv3,
+    fc6, fc7 and fc8, read both towers; every other layer its own tower), its settings, and its
+    forward multiply-adds per image (ALEXNET.md: 105.4, 223.9, 149.5, 112.1, 74.8, 37.7, 16.8, 4.1 M)."""
+    both = lambda name: [name + "_a", name + "_b"]  # noqa: E731
+    chain = [  # (group, type, what tower t reads: "own" or "both" of a group, settings)
+        ("conv1", "conv", None, dict(kernel=11, stride=4, padding=2, groups=1, out_channels=48)),
+        ("relu1", "relu", "conv1", {}),
+        ("norm1", "lrn", "relu1", dict(size=5, alpha=1e-4, beta=0.75, k=2.0)),
+        ("pool1", "maxpool", "norm1", dict(size=3, stride=2)),
+        ("conv2", "conv", "pool1", dict(kernel=5, stride=1, padding=2, groups=1, out_channels=128)),
+        ("relu2", "relu", "conv2", {}),
+        ("norm2", "lrn", "relu2", dict(size=5, alpha=1e-4, beta=0.75, k=2.0)),
+        ("pool2", "maxpool", "norm2", dict(size=3, stride=2)),
+        ("conv3", "conv", ("both", "pool2"), dict(kernel=3, stride=1, padding=1, out_channels=192)),
+        ("relu3", "relu", "conv3", {}),
+        ("conv4", "conv", "relu3", dict(kernel=3, stride=1, padding=1, out_channels=192)),
+        ("relu4", "relu", "conv4", {}),
+        ("conv5", "conv", "relu4", dict(kernel=3, stride=1, padding=1, out_channels=128)),
+        ("relu5", "relu", "conv5", {}),
+        ("pool5", "maxpool", "relu5", dict(size=3, stride=2)),
+        ("fc6", "linear", ("both", "pool5"), dict(in_features=9216, out_features=2048)),
+        ("relu6", "relu", "fc6", {}),
+        ("drop6", "dropout", "relu6", dict(p=0.5)),
+        ("fc7", "linear", ("both", "drop6"), dict(in_features=4096, out_features=2048)),
+        ("relu7", "relu", "fc7", {}),
+        ("drop7", "dropout", "relu7", dict(p=0.5)),
+    ]
+    layers = {l.name: l for l in full_alexnet.layers}
+    want_names = {"data", "fc8", "loss"}
+    for group, type_, reads, settings in chain:
+        for t, s in enumerate(("_a", "_b")):
+            layer = layers[group + s]
+            want_names.add(layer.name)
+            assert (layer.type, layer.tower, layer.group) == (type_, t, group), layer.name
+            if reads is None:
+                assert layer.inputs == ["data"]
+            elif isinstance(reads, tuple):
+                assert layer.inputs == both(reads[1]), layer.name
+            else:
+                assert layer.inputs == [reads + s], layer.name
+            for key, value in settings.items():
+                assert getattr(layer, key) == value, (layer.name, key)
+    fc8, loss = layers["fc8"], layers["loss"]
+    assert (fc8.type, fc8.inputs, fc8.tower, fc8.in_features, fc8.out_features) == (
+        "linear", both("drop7"), 0, 4096, 1000)  # no ReLU after fc8: the softmax reads it
+    assert (loss.type, loss.inputs) == ("softmax_loss", ["fc8"])
+    assert set(layers) == want_names
+    macs = full_alexnet.forward_macs(by_layer=True)
+    paper = dict(conv1=105.4, conv2=223.9, conv3=149.5, conv4=112.1, conv5=74.8, fc6=37.7, fc7=16.8, fc8=4.1)
+    assert {k: round(v / 1e6, 1) for k, v in macs.items()} == paper
+    assert full_alexnet.forward_macs() == sum(macs.values())
+
+
+def test_one_device_alexnet_groups():
+    """In one device the towers become channel groups: conv2, conv4, conv5 (and the LRN, which
+    normalises within a tower) in 2 groups; conv1, conv3 and the FC layers whole."""
+    net = models.alexnet(towers=1, width=0.25, devices=["cpu"])
+    layers = {l.name: l for l in net.layers}
+    assert {n: layers[n].groups for n in ("conv1", "conv2", "conv3", "conv4", "conv5", "norm1", "norm2")} == dict(
+        conv1=1, conv2=2, conv3=1, conv4=2, conv5=2, norm1=2, norm2=2)
+
+
+def test_the_papers_recipe_is_the_alexnet_preset():
+    """--model alexnet trains with the paper's settings (section 5 and ALEXNET.md): batch 128, SGD
+    with momentum 0.9 and weight decay 0.0005, lr 0.01 divided by 10 when the validation error stops
+    improving, at most three cuts, about 90 epochs, weights N(0, 0.01), dropout 0.5 in fc6/fc7,
+    224 crops with flips and PCA lighting of standard deviation 0.1, two towers."""
+    from convnet import train
+
+    args, _ = train.resolve_args(train.build_parser().parse_args(["--model", "alexnet"]))
+    want = dict(batch_size=128, momentum=0.9, weight_decay=5e-4, lr=0.01, schedule="plateau", lr_factor=0.1,
+                max_cuts=3, epochs=90, weight_std=0.01, dropout=0.5, crop=224, input_size=224, flip=True,
+                lighting=0.1, towers=2)
+    assert {k: args[k] for k in want} == want
+
+
 def test_full_alexnet_paper_init(full_alexnet):
     sd = full_alexnet.state_dict()
     assert set(sd) == set(PAPER_SHAPES)
