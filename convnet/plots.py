@@ -252,6 +252,14 @@ def predictions(net, dataset, crop, path, count=8):
     return _save(plt, fig, path)
 
 
+def nearest_rows(queries, pool, count):
+    """For each row of queries, the indices of the `count` rows of pool nearest to it in Euclidean
+    distance, nearest first (a tie: the lower index first)."""
+    q, p = np.asarray(queries, np.float64), np.asarray(pool, np.float64)
+    d = (q ** 2).sum(1)[:, None] - 2 * q @ p.T + (p ** 2).sum(1)[None, :]  # squared distances
+    return np.argsort(d, axis=1, kind="stable")[:, :count]
+
+
 def neighbours(net, dataset, crop, path, queries=5, shown=6, train_subset=1000, seed=0):
     """Figure 4 (right): for each query validation image, the training images (from a random
     subset of train_subset) with the nearest activations of the last hidden layer (fc7 after its
@@ -266,9 +274,7 @@ def neighbours(net, dataset, crop, path, queries=5, shown=6, train_subset=1000, 
     query = _Pick(dataset.val, _spread(dataset.val.labels, queries, seed=seed + 1))
     fq = _outputs(net, query, dataset, crop, layer=FEATURES)
     fp = _outputs(net, pool, dataset, crop, layer=FEATURES)
-    # Squared Euclidean distances ||q||^2 - 2 q.p + ||p||^2, float64.
-    d = (fq ** 2).sum(1)[:, None] - 2 * fq @ fp.T + (fp ** 2).sum(1)[None, :]
-    nearest = np.argsort(d, axis=1, kind="stable")[:, :shown]
+    nearest = nearest_rows(fq, fp, shown)
     plt, fig = _figure(NEIGHBOURS_SIZE)
     rows = len(query)
     axes = fig.subplots(rows, shown + 1, squeeze=False)

@@ -254,6 +254,17 @@ def test_pictures(run_a, tmp_path, capsys):
                                rtol=1e-6)
 
 
+def test_neighbours_are_the_nearest_rows():
+    """Figure 4's search: for each query, the pool rows nearest in Euclidean distance, in order."""
+    rng = np.random.default_rng(3)
+    queries, pool = rng.standard_normal((5, 17)), rng.standard_normal((40, 17))
+    pool[7] = queries[2] + 1e-3  # a near-copy of a query is its first neighbour
+    got = plots.nearest_rows(queries.astype(np.float32), pool.astype(np.float32), 6)
+    brute = np.linalg.norm(queries[:, None, :] - pool[None, :, :], axis=2)
+    np.testing.assert_array_equal(got, np.argsort(brute, axis=1, kind="stable")[:, :6])
+    assert got[2, 0] == 7 and got.shape == (5, 6)
+
+
 def test_pictures_with_a_damaged_train_record(data_dir, run_a, tmp_path, capsys):
     r = _copy_run(run_a, tmp_path, ("train", "args"), 5)  # was AttributeError: 'int' object has no attribute 'get'
     plots.main([str(r), "--out", str(tmp_path / "p"), "--data", str(data_dir), "--train-subset", "50"])
