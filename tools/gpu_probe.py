@@ -18,8 +18,12 @@ import sys
 
 import numpy as np
 
-import convnet
-import convnet.ops as ops
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+if any(f.startswith("_C") for f in os.listdir(os.path.join(ROOT, "convnet"))):
+    sys.path.insert(0, ROOT)  # an in-place build (tools/dev_build.sh), not an installed convnet
+
+import convnet  # noqa: E402
+import convnet.ops as ops  # noqa: E402
 
 small = sys.argv[1:] == ["small"]
 DEVICE = os.environ.get("CONVNET_PROBE_DEVICE", "cuda:0")  # cpu: a smoke run where there is no GPU
@@ -69,10 +73,11 @@ if sys.argv[1:] == ["host"]:
     table(calls)
     in_turn()
     try:  # does PyTorch's profiler leave every later CUDA call slower (CUPTI still hooked in)?
+        import torch
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         sys.exit(0)
-    if DEVICE != "cpu":
+    if DEVICE != "cpu" and torch.cuda.is_available():  # (a PyTorch without CUDA: no CUDA activity)
         with profile(activities=[ProfilerActivity.CUDA]):
             dst.copy_(x)
             convnet.synchronize(DEVICE)
