@@ -10,7 +10,7 @@
   searched in a subset of the training set for speed.
 
 Written into the run folder at the end of training, or on request:
-`python -m convnet.plots CHECKPOINT_OR_RUN [--out DIR]`.
+`python -m convnet.plots CHECKPOINT_OR_RUN [--out DIR] [--data DIR] [--train-subset N]`.
 """
 import argparse
 import json
