@@ -9,9 +9,10 @@
                                        over 300 rows: for compute-sanitizer (memcheck), which is slow
     python tools/gpu_probe.py host     microseconds a call of the small (fc6-sized) ops and of their
                                        parts (an allocation, a copy, a launch), 2,000 calls back to
-                                       back, one drain: where a host-bound call's time goes (gpu_check
-                                       stage host); relu and dropout as benchmarks/run.py times
-                                       them; with PyTorch, both again after one torch.profiler session
+                                       back (CONVNET_PROBE_CALLS), one drain: where a host-bound
+                                       call's time goes (gpu_check stage host); relu and dropout as
+                                       benchmarks/run.py times them; with a CUDA PyTorch, both
+                                       again after one torch.profiler session
 """
 import os
 import sys
@@ -37,6 +38,7 @@ def t(*shape):
 if sys.argv[1:] == ["host"]:
     import time
 
+    CALLS = int(os.environ.get("CONVNET_PROBE_CALLS", "2000"))  # fewer: .ci/run's check on the emulator
     x = t(128, 4096)
     mask = ops.dropout(x, 0.5, 1)[1]
     dst, probs = convnet.empty(x.shape, "float32", DEVICE), t(128, 1000)
@@ -52,14 +54,14 @@ if sys.argv[1:] == ["host"]:
              ("softmax_cross_entropy_backward", lambda: ops.softmax_cross_entropy_backward(probs, labels))]
     def table(calls):
         for name, fn in calls:
-            for _ in range(50):
+            for _ in range(min(50, CALLS)):
                 fn()
             convnet.synchronize(DEVICE)
             t0 = time.perf_counter()
-            for _ in range(2000):
+            for _ in range(CALLS):
                 fn()
             convnet.synchronize(DEVICE)
-            print(f"{name:48s} {(time.perf_counter() - t0) / 2000 * 1e6:8.2f}")
+            print(f"{name:48s} {(time.perf_counter() - t0) / CALLS * 1e6:8.2f}")
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
     from run import timer
@@ -69,7 +71,7 @@ if sys.argv[1:] == ["host"]:
             ours, copy = timer([(fn, None), (lambda: dst.copy_(x), None)], DEVICE)
             print(f"{name} (128, 4096) in turn with copy_: {ours * 1e6:.2f} and {copy * 1e6:.2f} us a call")
 
-    print(f"# {DEVICE}: microseconds a call, 2000 calls back to back, then one drain")
+    print(f"# {DEVICE}: microseconds a call, {CALLS} calls back to back, then one drain")
     table(calls)
     in_turn()
     try:  # does PyTorch's profiler leave every later CUDA call slower (CUPTI still hooked in)?
