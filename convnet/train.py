@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -747,29 +748,12 @@ def _train(argv, step_hook, locks):
           f"run folder {run_dir}", flush=True)
 
     interrupt = _DeferredInterrupt()
-    try:
-        with interrupt:
+    with interrupt:  # also around the save below: a second signal there must not kill it half-way
+        try:
             _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices, run_dir,
                   step_hook, interrupt)
-    except KeyboardInterrupt:
-        if interrupt.updating:  # a second Ctrl-C inside an update: weights and position disagree
-            print(f"\ninterrupted during the update of step {state['step']}: nothing saved, "
-                  f"{_kept(run_dir)}; continue with --resume {run_dir}", flush=True)
-            raise TrainingError("interrupted", code=130) from None
-        # A second Ctrl-C in the epoch's own saves: saving "last" now could leave "best" an older epoch
-        stopped_saving = interrupt.saving
-        if not stopped_saving:
-            try:
-                save(run_dir, net, opt, state, "last")
-            except KeyboardInterrupt:  # a second Ctrl-C during this save
-                stopped_saving = True
-        if stopped_saving:  # each save is all or nothing
-            print(f"\ninterrupted again while saving: {run_dir} keeps this checkpoint or the one before; "
-                  f"continue with --resume {run_dir}", flush=True)
-            raise TrainingError("interrupted", code=130) from None
-        print(f"\ninterrupted: saved {checkpoint_path(run_dir)} at epoch {state['epoch'] + 1}, batch "
-              f"{state['batch']}; continue with --resume {run_dir}", flush=True)
-        raise TrainingError("interrupted", code=130) from None
+        except KeyboardInterrupt:
+            _save_on_interrupt(interrupt, run_dir, net, opt, state)
 
     if args["plots"]:
         from convnet import plots
@@ -785,44 +769,68 @@ def _train(argv, step_hook, locks):
     return run_dir
 
 
+def _save_on_interrupt(interrupt, run_dir, net, opt, state):
+    """After a Ctrl-C or SIGTERM: the checkpoint of the last complete step, then TrainingError
+    (exit 128 + the signal's number: 130, 143)."""
+    code = 128 + (interrupt.signum or signal.SIGINT)
+    what = "interrupted" if interrupt.signum in (None, signal.SIGINT) else f"stopped by {interrupt.signum.name}"
+    if interrupt.updating:  # a second signal inside an update: weights and position disagree
+        print(f"\n{what} during the update of step {state['step']}: nothing saved, "
+              f"{_kept(run_dir)}; continue with --resume {run_dir}", flush=True)
+        raise TrainingError("interrupted", code=code) from None
+    # A second signal in the epoch's own saves: saving "last" now could leave "best" an older epoch
+    stopped_saving = interrupt.saving
+    if not stopped_saving:
+        try:
+            save(run_dir, net, opt, state, "last")
+        except KeyboardInterrupt:  # a second signal during this save
+            stopped_saving = True
+    if stopped_saving:  # each save is all or nothing
+        print(f"\n{what} again while saving: {run_dir} keeps this checkpoint or the one before; "
+              f"continue with --resume {run_dir}", flush=True)
+        raise TrainingError("interrupted", code=code) from None
+    print(f"\n{what}: saved {checkpoint_path(run_dir)} at epoch {state['epoch'] + 1}, batch "
+          f"{state['batch']}; continue with --resume {run_dir}", flush=True)
+    raise TrainingError("interrupted", code=code) from None
+
+
 class _DeferredInterrupt:
-    """Holds a Ctrl-C until the current training step is complete, so that the checkpoint
-    written on interrupt has weights, momentum and position that belong together; a second
-    Ctrl-C interrupts at once. `updating` is true while the weights change and the position
-    (step, batch) has not yet followed: a checkpoint written then would be neither step.
-    `saving` is true during the checkpoints and metrics line of an epoch's end."""
+    """Holds a Ctrl-C (SIGINT), or a SIGTERM (what `kill` and a cluster's scheduler send before
+    they stop a job), until the current training step is complete, so that the checkpoint written
+    then has weights, momentum and position that belong together; a second signal interrupts at
+    once (a KeyboardInterrupt). Without it a SIGTERM ended the run where it stood, losing the
+    epoch so far. `updating` is true while the weights change and the position (step, batch) has
+    not yet followed: a checkpoint written then would be neither step. `saving` is true during the
+    checkpoints and metrics line of an epoch's end. `signum`: the first signal, or None."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.pending = False
+        self.signum = None
         self.updating = False
         self.saving = False
-        self._old = None
+        self._old = {}
 
     def __enter__(self):
-        import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def _handler(self, signum, frame):
-        import signal
-
-        if self.pending:
+        if self.signum is not None:
             raise KeyboardInterrupt
-        self.pending = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.signum = signal.Signals(signum)
 
     def check(self):
-        if self.pending:
+        if self.signum is not None:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
         return False
 
 

@@ -865,6 +865,54 @@ def test_a_second_ctrl_c_while_saving_exits_cleanly(data_dir, run_a, tmp_path, m
     assert "interrupted" in err and "Traceback" not in err, err
 
 
+_SIGTERM_RUN = """
+import functools, os, signal, sys
+from convnet import checkpoint, train
+run_dir, twice = sys.argv[1], sys.argv[2] == "twice"
+
+def hook(net, step):
+    if step == 8:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+if twice:  # the second SIGTERM inside the save that the first one asked for
+    write = checkpoint._files.atomic_write
+    def atomic_write(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return write(*a, **kw)
+    checkpoint._files.atomic_write = atomic_write
+train.train = functools.partial(train.train, step_hook=hook)
+train.main(["--resume", run_dir, "--epochs", "3"])
+"""
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_sigterm_saves_like_ctrl_c(data_dir, run_a, tmp_path, twice):
+    """A SIGTERM (`kill`, or a cluster's scheduler before it stops a job) ended the run where it
+    stood: the epoch so far was lost. It is now held until the step is complete, the checkpoint of
+    that step is written, and the run exits with 143; a second SIGTERM while that is saved stops the
+    save and leaves the checkpoint before it. Either way --resume ends where the run that never
+    stopped ends. (In a child process: without the handler a SIGTERM would end pytest.)"""
+    run(data_dir, tmp_path, "--epochs", "1")
+    p = subprocess.run([sys.executable, "-c", _SIGTERM_RUN, str(tmp_path), "twice" if twice else "once"],
+                       capture_output=True, text=True, cwd=Path(train.__file__).parent.parent, timeout=300)
+    assert p.returncode == 143, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stdout + p.stderr, p.stderr
+    _, _, meta = weights(tmp_path)
+    where = (meta["train"]["epoch"], meta["train"]["batch"], meta["train"]["step"])
+    if twice:
+        assert "stopped by SIGTERM again while saving" in p.stdout, p.stdout
+        assert where == (1, 0, 6)  # the epoch-1 checkpoint
+    else:
+        # sent before step 8, held until it is complete
+        assert "stopped by SIGTERM: saved" in p.stdout and "at epoch 2, batch 3" in p.stdout, p.stdout
+        assert where == (1, 3, 9)
+    train.train(["--resume", str(tmp_path), "--epochs", "3"])
+    got, _, _ = weights(tmp_path)
+    want, _, _ = weights(run_a)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def _refused(argv, capsys):
     """convnet-train's stderr for argv, which must exit with 2 (a user error) and no traceback."""
     with pytest.raises(SystemExit) as e:
