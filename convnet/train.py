@@ -755,7 +755,7 @@ def _train(argv, step_hook, locks):
         except KeyboardInterrupt:
             _save_on_interrupt(interrupt, run_dir, net, opt, state)
 
-    if args["plots"]:
+    if args["plots"] and interrupt.signum is None:  # (a signal during the last epoch's saves: no pictures)
         from convnet import plots
         print("pictures: drawing learning curves, conv1 kernels" +
               (" (no validation split: no predictions)" if val_split is None else " and predictions") + " ...",
