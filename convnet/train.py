@@ -602,6 +602,10 @@ def _train(argv, step_hook, locks):
     state = None
     if args["resume"]:
         ckpt, run_dir = find_checkpoint(args["resume"])
+        if not Path(args["resume"]).exists() and not (ckpt.suffix == ".safetensors"
+                                                      and ckpt.with_suffix(".json").exists()):
+            raise TrainingError(f"--resume {args['resume']}: no such run folder or checkpoint (a run stopped "
+                                f"before it made its folder is started again with --run-dir)")
         if Path(args["resume"]).is_dir() and not checkpoint.meta_path(ckpt).exists():
             raise TrainingError(f"--resume: {_no_checkpoint(run_dir)}")
         if args["run_dir"] is not None and not _same_folder(args["run_dir"], run_dir):  # it trained into RUN
@@ -755,7 +759,12 @@ def _train(argv, step_hook, locks):
         except KeyboardInterrupt:
             _save_on_interrupt(interrupt, run_dir, net, opt, state)
 
-    if args["plots"] and interrupt.signum is None:  # (a signal during the last epoch's saves: no pictures)
+    if interrupt.signum is not None:  # it came during the last epoch's end: the run is complete
+        what = "interrupted" if interrupt.signum == signal.SIGINT else f"stopped by {interrupt.signum.name}"
+        print(f"\n{what} at the end of the last epoch: the run is complete ({checkpoint_path(run_dir)})"
+              + (f"; pictures not drawn: python -m convnet.plots {run_dir}" if args["plots"] else ""), flush=True)
+        raise TrainingError("interrupted", code=128 + interrupt.signum)
+    if args["plots"]:
         from convnet import plots
         print("pictures: drawing learning curves, conv1 kernels" +
               (" (no validation split: no predictions)" if val_split is None else " and predictions") + " ...",
@@ -873,43 +882,47 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
                        initial=state["batch"])
         t0 = time.time()
         seconds0 = stats["seconds"]
-        for images, labels in loader:
-            interrupt.check()  # between steps only: the checkpoint stays consistent
-            if step_hook is not None:
-                step_hook(net, state["step"])
-            if args["check_every"] and state["step"] % args["check_every"] == 0:
-                # The loss alone can miss a NaN: ReLU maps NaN to 0, hiding it from the layers after.
-                bad = nonfinite_params(net)
-                if bad:
-                    stop_nonfinite(net, images, None, state, run_dir, bad_weights=bad)
-            # Dropout masks depend on (seed, step) only: the step makes a resumed run identical.
-            try:
-                logits, loss = net.forward(images, labels, train=True, step=state["step"])
-            except ValueError as e:  # a kernel's finiteness check (e.g. of the logits) fired
-                if "NaN or infinite" not in str(e):
-                    raise
-                stop_nonfinite(net, images, float("nan"), state, run_dir)
-            if not math.isfinite(loss):
-                stop_nonfinite(net, images, loss, state, run_dir)
-            net.backward()
-            interrupt.updating = True
-            opt.step()
-            y = labels.numpy()
-            t1, t5 = topk_correct(logits.numpy(), y)
-            n = len(y)
-            stats["loss"] += loss * n
-            stats["top1"] += t1
-            stats["top5"] += t5
-            stats["n"] += n
-            stats["seconds"] = seconds0 + time.time() - t0
-            state["batch"] += 1
-            state["step"] += 1
-            state["epoch_stats"] = stats
-            interrupt.updating = False
-            bar.update(loss=f"{stats['loss'] / stats['n']:.3f}",
-                       top1=f"{100 * stats['top1'] / stats['n']:.1f}%",
-                       top5=f"{100 * stats['top5'] / stats['n']:.1f}%",
-                       ips=f"{stats['n'] / max(stats['seconds'], 1e-9):.0f}img/s")
+        batches = iter(loader)
+        try:  # closed here, not when collected: a second signal inside its close was "Exception ignored"
+            for images, labels in batches:
+                interrupt.check()  # between steps only: the checkpoint stays consistent
+                if step_hook is not None:
+                    step_hook(net, state["step"])
+                if args["check_every"] and state["step"] % args["check_every"] == 0:
+                    # The loss alone can miss a NaN: ReLU maps NaN to 0, hiding it from the layers after.
+                    bad = nonfinite_params(net)
+                    if bad:
+                        stop_nonfinite(net, images, None, state, run_dir, bad_weights=bad)
+                # Dropout masks depend on (seed, step) only: the step makes a resumed run identical.
+                try:
+                    logits, loss = net.forward(images, labels, train=True, step=state["step"])
+                except ValueError as e:  # a kernel's finiteness check (e.g. of the logits) fired
+                    if "NaN or infinite" not in str(e):
+                        raise
+                    stop_nonfinite(net, images, float("nan"), state, run_dir)
+                if not math.isfinite(loss):
+                    stop_nonfinite(net, images, loss, state, run_dir)
+                net.backward()
+                interrupt.updating = True
+                opt.step()
+                y = labels.numpy()
+                t1, t5 = topk_correct(logits.numpy(), y)
+                n = len(y)
+                stats["loss"] += loss * n
+                stats["top1"] += t1
+                stats["top5"] += t5
+                stats["n"] += n
+                stats["seconds"] = seconds0 + time.time() - t0
+                state["batch"] += 1
+                state["step"] += 1
+                state["epoch_stats"] = stats
+                interrupt.updating = False
+                bar.update(loss=f"{stats['loss'] / stats['n']:.3f}",
+                           top1=f"{100 * stats['top1'] / stats['n']:.1f}%",
+                           top5=f"{100 * stats['top5'] / stats['n']:.1f}%",
+                           ips=f"{stats['n'] / max(stats['seconds'], 1e-9):.0f}img/s")
+        finally:
+            batches.close()
         bar.close()
 
         # without a validation split: nulls in the record, and no "best" checkpoint
@@ -935,9 +948,10 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
             scheduler.step(epoch + 1)
         else:  # plateau: there is a validation split (checked before the run started)
             scheduler.step(1 - val["top1"])
-        if opt.lr != old_lr:
+        cuts = state["cuts"]  # into state with the rest of the epoch's end: a second signal before that
+        if opt.lr != old_lr:   # saved the epoch in progress with its cut, and the resumed run cut again
             record["lr_cut_to"] = opt.lr
-            state["cuts"].append(epoch + 1)
+            cuts = cuts + [epoch + 1]
             print(f"learning rate {old_lr:g} -> {opt.lr:g}", flush=True)
 
         bad = nonfinite_params(net)
@@ -946,7 +960,7 @@ def _loop(args, state, net, opt, scheduler, ds, train_split, val_split, devices,
         interrupt.saving = True
         improved = val_split is not None and (state["best_val_error"] is None
                                               or 1 - val["top1"] < state["best_val_error"])
-        state.update(epoch=epoch + 1, batch=0, lr=opt.lr, epoch_stats=None,
+        state.update(epoch=epoch + 1, batch=0, lr=opt.lr, epoch_stats=None, cuts=cuts,
                      scheduler=scheduler.state_dict(), record=record)
         if improved:
             state["best_val_error"] = 1 - val["top1"]

@@ -398,7 +398,8 @@ def test_bad_input(data_dir, run_a, tmp_path, capsys):
         err = _exit(evaluate.main, [str(run_a), "--data", str(data_dir)] + flags, capsys)
         assert message in err and "Traceback" not in err, err
     err = _exit(train.main, ["--resume", str(tmp_path / "nowhere")], capsys)
-    assert "--resume" in err
+    # was "checkpoint path ... must name a file ending in .safetensors"
+    assert "nowhere: no such run folder or checkpoint" in err and "--run-dir" in err, err
     # tracebacks: a net's crop larger than the data's images; --json into a missing folder, after the table
     small = tmp_path / "small"
     builtin.generate(small, num_train=20, num_val=20, size=24, seed=0, workers=1)
@@ -911,6 +912,81 @@ def test_sigterm_saves_like_ctrl_c(data_dir, run_a, tmp_path, twice):
     want, _, _ = weights(run_a)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_a_second_signal_at_a_cut_records_the_cut_once(data_dir, tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C at an epoch's end, after the learning rate was cut but before the epoch's
+    checkpoint, saved the epoch in progress with the cut already in its 'cuts': the resumed run
+    cut again, recording [1, 1] where the run that never stopped records [1]."""
+    flags = ["--epochs", "2", "--milestones", "1"]
+    run(data_dir, tmp_path / "whole", *flags)
+
+    def first(net, step):
+        if step == 5:  # the epoch's last step: held until it is complete
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def printed(*a, **kw):
+        print(*a, **kw)
+        if a and str(a[0]).startswith("learning rate"):  # just after the cut
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(train, "print", printed, raising=False)
+    with pytest.raises(train.TrainingError) as e:
+        run(data_dir, tmp_path / "r", *flags, hook=first)
+    monkeypatch.undo()
+    assert e.value.code == 130
+    train.train(["--resume", str(tmp_path / "r")])
+    assert weights(tmp_path / "r")[2]["train"]["cuts"] == weights(tmp_path / "whole")[2]["train"]["cuts"] == [1]
+    for k, w in weights(tmp_path / "whole")[0].items():
+        np.testing.assert_array_equal(weights(tmp_path / "r")[0][k], w, err_msg=k)
+
+
+def test_a_second_signal_while_the_batches_stop(data_dir, tmp_path, monkeypatch):
+    """The loader's batches were closed when collected, after the first Ctrl-C: a second one while
+    their threads stopped was printed as "Exception ignored in: <generator object Loader.__iter__>"
+    and lost. Now they are closed in the loop, and the second signal stops the run there."""
+    from convnet.data import loader
+
+    unraisable, sent = [], []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: unraisable.append(u.exc_type))
+    shutdown = loader.ThreadPoolExecutor.shutdown
+
+    def second(self, *a, **kw):
+        if sent == [1]:
+            sent.append(2)
+            os.kill(os.getpid(), signal.SIGINT)
+        return shutdown(self, *a, **kw)
+
+    def first(net, step):
+        if step == 2:
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loader.ThreadPoolExecutor, "shutdown", second)
+    with pytest.raises(train.TrainingError) as e:
+        run(data_dir, tmp_path / "r", "--epochs", "1", hook=first)
+    monkeypatch.undo()
+    assert e.value.code == 130 and sent == [1, 2] and unraisable == []
+    assert weights(tmp_path / "r")[2]["train"]["step"] == 3  # saved after the step the first signal waited for
+
+
+def test_a_signal_at_the_end_of_the_last_epoch_is_not_lost(data_dir, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C or SIGTERM during the last epoch's end (its validation, its saves) was absorbed:
+    the run said "done" and exited 0, and skipped the pictures without a word."""
+    def at_last_validation(net, split, batch_size, common, real=train.evaluate_split):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(net, split, batch_size, common)
+
+    monkeypatch.setattr(train, "evaluate_split", at_last_validation)
+    monkeypatch.setattr(train, "train", functools.partial(train.train, step_hook=None))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--data", str(data_dir), "--run-dir", str(tmp_path / "r"), "--epochs", "1"] + TINY
+                   + ["--plots", "yes"])
+    out = capsys.readouterr().out
+    assert e.value.code == 130
+    assert "interrupted at the end of the last epoch: the run is complete" in out, out
+    assert f"pictures not drawn: python -m convnet.plots {tmp_path / 'r'}" in out, out
+    assert weights(tmp_path / "r")[2]["train"]["epoch"] == 1  # the epoch's checkpoints were written
 
 
 def _refused(argv, capsys):
