@@ -124,8 +124,8 @@ def main(argv=None):
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:  # printed a skip, then an empty table, and exit 0 ('' ran every family)
         ap.error(f"--only: unknown families {unknown}; choose from {','.join(FAMILIES)}")
-    if output_file_problem(args.json):  # "" was ignored
-        ap.error(output_file_problem(args.json))
+    if why := output_file_problem(args.json):  # "" was ignored
+        ap.error(why)
     torch = try_torch()
     if torch is not None and device != "cpu" and not torch.cuda.is_available():
         print("# PyTorch has no CUDA here: its columns are left out")

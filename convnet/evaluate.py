@@ -225,8 +225,8 @@ def main(argv=None):
     if a.limit is not None and a.limit < 1:
         p.error(f"--limit must be >= 1, got {a.limit}")
     # before the nets run: the error used to come as a traceback after the table
-    if output_file_problem(a.json):
-        p.error(output_file_problem(a.json))
+    if why := output_file_problem(a.json):
+        p.error(why)
     # --json RUN/checkpoint-last.json replaced the checkpoint's metadata: it no longer loaded
     for f in (f for c in a.checkpoints for f in _run_files(c)) if a.json else ():
         if _same_file(a.json, f):

@@ -47,11 +47,9 @@ def tower_specs(towers=2, num_classes=1000, input_size=224, widths=ALEXNET_WIDTH
     towers=2: every layer has a part on tower 0 ("_a") and on tower 1 ("_b") holding half the
     kernels; towers=1 with groups=True: one device, conv2/conv4/conv5 grouped in 2 (the same
     function); towers=1 with groups=False: a plain one-column net."""
-    # (towers="2" was refused as "must be 1 or 2, got 2", towers=2.0 as conv1_a's width 4.0)
-    towers = integer(towers, "towers", error=ValueError)
+    # towers and extra_conv come checked from alexnet() / small_alexnet() (their only callers)
     if towers not in (1, 2):
         raise ValueError(f"towers must be 1 or 2, got {towers}")
-    extra_conv, groups = flag(extra_conv, "extra_conv"), flag(groups, "groups")  # "no" built conv6
     # (from a user or a checkpoint's config: "x" % 2 was a TypeError about string formatting)
     widths, fc = _ints(widths, "widths", 5), _ints(fc, "fc", 2)
     conv1 = _ints(conv1, "conv1 (kernel, stride, padding)", 3, minimum=(1, 1, 0))
@@ -136,8 +134,10 @@ def alexnet(towers=2, devices=None, num_classes=1000, input_size=224, width=1.0,
     width = number(width, "alexnet: width", error=ValueError)
     if not (math.isfinite(width) and width > 0):
         raise ValueError(f"alexnet: width must be finite and > 0, got {width}")
+    # (towers="2" was refused as "must be 1 or 2, got 2", towers=2.0 as conv1_a's width 4.0; half="yes"
+    # was True and extra_conv="no" built conv6)
     towers = integer(towers, "alexnet: towers", error=ValueError)
-    extra_conv, half = flag(extra_conv, "alexnet: extra_conv"), flag(half, "alexnet: half")  # "yes" was True
+    extra_conv, half = flag(extra_conv, "alexnet: extra_conv"), flag(half, "alexnet: half")
     config = {"model": "alexnet", "towers": towers, "num_classes": num_classes, "input_size": input_size,
               "width": width, "extra_conv": extra_conv, "half": half, "seed": seed, "dropout": dropout,
               "weight_std": weight_std}

@@ -336,8 +336,8 @@ def main(argv=None):
     # before the net and data load: these were tracebacks after them (0 and -1 after three pictures)
     if a.train_subset < 1:
         p.error(f"--train-subset must be >= 1, got {a.train_subset}")
-    if a.out is not None and _out_problem(a.out):
-        p.error(_out_problem(a.out))
+    if a.out is not None and (why := _out_problem(a.out)):
+        p.error(why)
     from convnet.evaluate import EvaluateError, load_net, open_data_for, train_record
     from convnet.train import find_checkpoint
 

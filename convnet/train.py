@@ -760,10 +760,9 @@ def _train(argv, step_hook, locks):
             _save_on_interrupt(interrupt, run_dir, net, opt, state)
 
     if interrupt.signum is not None:  # it came during the last epoch's end: the run is complete
-        what = "interrupted" if interrupt.signum == signal.SIGINT else f"stopped by {interrupt.signum.name}"
-        print(f"\n{what} at the end of the last epoch: the run is complete ({checkpoint_path(run_dir)})"
+        print(f"\n{interrupt.what()} at the end of the last epoch: the run is complete ({checkpoint_path(run_dir)})"
               + (f"; pictures not drawn: python -m convnet.plots {run_dir}" if args["plots"] else ""), flush=True)
-        raise TrainingError("interrupted", code=128 + interrupt.signum)
+        raise TrainingError("interrupted", code=interrupt.exit_code())
     if args["plots"]:
         from convnet import plots
         print("pictures: drawing learning curves, conv1 kernels" +
@@ -781,8 +780,7 @@ def _train(argv, step_hook, locks):
 def _save_on_interrupt(interrupt, run_dir, net, opt, state):
     """After a Ctrl-C or SIGTERM: the checkpoint of the last complete step, then TrainingError
     (exit 128 + the signal's number: 130, 143)."""
-    code = 128 + (interrupt.signum or signal.SIGINT)
-    what = "interrupted" if interrupt.signum in (None, signal.SIGINT) else f"stopped by {interrupt.signum.name}"
+    code, what = interrupt.exit_code(), interrupt.what()
     if interrupt.updating:  # a second signal inside an update: weights and position disagree
         print(f"\n{what} during the update of step {state['step']}: nothing saved, "
               f"{_kept(run_dir)}; continue with --resume {run_dir}", flush=True)
@@ -835,6 +833,14 @@ class _DeferredInterrupt:
     def check(self):
         if self.signum is not None:
             raise KeyboardInterrupt
+
+    def what(self):
+        """How the run ended, for its last message."""
+        return "interrupted" if self.signum in (None, signal.SIGINT) else f"stopped by {self.signum.name}"
+
+    def exit_code(self):
+        """128 + the signal's number (130 for Ctrl-C, or a KeyboardInterrupt with no signal; 143 for SIGTERM)."""
+        return 128 + (self.signum or signal.SIGINT)
 
     def __exit__(self, *exc):
         for s, old in self._old.items():
