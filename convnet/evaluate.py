@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _signals
 from ._checks import output_file_problem
 
 
@@ -202,6 +203,7 @@ def format_table(setting):
     return "\n".join(lines)
 
 
+@_signals.command("convnet-evaluate")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="convnet-evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint path or run folder")

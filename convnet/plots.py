@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _signals
 from ._checks import json_int, json_number
 
 # Picture sizes in pixels (width, height): the figures are drawn at DPI with these sizes.
@@ -324,6 +325,7 @@ def _out_problem(out):
     return None
 
 
+@_signals.command("convnet.plots")
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m convnet.plots",
                                 description="Draw the paper's pictures for a checkpoint or run folder.")

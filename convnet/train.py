@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _signals
 from ._checks import json_int, json_number
 
 # Each model's defaults; an explicit flag overrides. "alexnet" is the paper (section 5 and 4);
@@ -827,12 +828,12 @@ class _DeferredInterrupt:
 
     def _handler(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise _signals.interrupt_for(signum)
         self.signum = signal.Signals(signum)
 
     def check(self):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise _signals.interrupt_for(self.signum)
 
     def what(self):
         """How the run ended, for its last message."""
@@ -1078,6 +1079,7 @@ def evaluate_split(net, split, batch_size, common):
     return dict(loss=loss / n, top1=top1 / n, top5=top5 / n)
 
 
+@_signals.command("convnet-train")  # a signal outside the training steps (making the data, the pictures)
 def main(argv=None):
     start = time.time()
     try:
@@ -1086,9 +1088,6 @@ def main(argv=None):
         if str(e) != "interrupted":
             print(f"convnet-train: {e}", file=sys.stderr, flush=True)
         sys.exit(e.code)
-    except KeyboardInterrupt:  # outside the training steps (opening the data, the pictures): no traceback
-        print("\nconvnet-train: interrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
     print(f"done in {_clock(time.time() - start)}: {run_dir}", flush=True)
 
 

@@ -1120,6 +1120,63 @@ def test_prepare_two_processes_into_one_folder(tree, prepared, tmp_path, capsys)
     assert not list(dst.glob(".*.tmp*"))
 
 
+# A worker sends its parent the SIGTERM that `kill PID` would (once: the first to create the
+# marker file), and goes on working; the tool's worker processes are counted in a file.
+_SIGTERM_FROM_A_WORKER = r"""
+import os, signal, sys, time
+from pathlib import Path
+marker = sys.argv[-1]
+def sigterm_once():
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getppid(), signal.SIGTERM)
+    time.sleep(0.5)
+"""
+_SIGTERM_BUILTIN = _SIGTERM_FROM_A_WORKER + r"""
+from convnet.data import builtin
+os.cpu_count = lambda: 2  # a pool on any machine
+real = builtin._render_chunk
+def render(args):
+    sigterm_once()
+    return real(args)
+builtin._render_chunk = render
+builtin.main([sys.argv[1], "--num-train", "1500", "--num-val", "0", "--size", "64"])
+"""
+_SIGTERM_PREPARE = _SIGTERM_FROM_A_WORKER + r"""
+import convnet.data.prepare as p
+real = p.load_image
+def load_image(path, size):
+    sigterm_once()
+    return real(path, size)
+p.load_image = load_image
+sys.exit(p.main([sys.argv[1], sys.argv[2], "--size", "32", "--shard-size", "1", "--quiet", "--workers", "2"]))
+"""
+
+
+@pytest.mark.parametrize("tool", ["builtin", "prepare"])
+def test_sigterm_stops_the_workers_too(tool, tree, tmp_path):
+    """A SIGTERM to the tool's own process (`kill PID`) ended it at once and left its workers: the
+    built-in generator's wrote BrokenPipeError tracebacks, convnet.prepare's waited for work forever.
+    Now it is handled as a Ctrl-C is: the workers are stopped, one line says so, exit 143, and a
+    rerun finishes the job."""
+    marker, dst = tmp_path / "sent", tmp_path / "out"
+    if tool == "builtin":
+        code, args = _SIGTERM_BUILTIN, (dst, marker)
+    else:
+        code, args = _SIGTERM_PREPARE, (tree, dst, marker)
+    rc, out, err = _run_python(code, *args, timeout=60)
+    assert marker.exists() and rc == 143, (rc, err)
+    assert "Traceback" not in err and "Error" not in err, err
+    assert err.strip().endswith("stopped by SIGTERM; " + ("a rerun generates it again" if tool == "builtin"
+                                                          else "rerun the same command to resume")), err
+    assert not (dst / "index.json").exists()
+    rc, out, err = _run_python(code, *args)  # the rerun (the marker is there: no signal)
+    assert rc == 0 and (dst / "index.json").exists(), err
+    assert not list(dst.glob(".*.tmp*"))
+
+
 def test_builtin_default_path(monkeypatch, tmp_path):
     monkeypatch.setenv("CONVNET_DATA", str(tmp_path))
     assert builtin.default_path() == tmp_path / "builtin-64-s0"

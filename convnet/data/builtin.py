@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _files
+from .. import _files, _signals
 from .._checks import integer
 from . import shards
 
@@ -304,7 +304,8 @@ def _generate(dst, num_train, num_val, size, seed, num_classes, workers, verbose
     pool = None
     if workers > 1 and len(jobs) > 1:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        pool = ctx.Pool(min(workers, len(jobs)))
+        # the workers leave Ctrl-C to this process, which stops them (pool.terminate() below)
+        pool = ctx.Pool(min(workers, len(jobs)), initializer=_signals.worker_init, initargs=(True,))
     try:
         chunks = pool.imap(_render_chunk, jobs) if pool else map(_render_chunk, jobs)
         for split, images in zip(plan, chunks):
@@ -403,6 +404,7 @@ def linear_baseline(path, epochs=15, lr=0.5, batch=200, seed=0):
     return acc(xtr, ytr), acc(xva, yva)
 
 
+@_signals.command("convnet.data.builtin", "; a rerun generates it again")
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m convnet.data.builtin", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

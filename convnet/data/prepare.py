@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _files
+from .. import _files, _signals
 from . import shards
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -475,7 +475,7 @@ def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, pro
             # Not multiprocessing.Pool: it waits forever for the task of a worker that died (the
             # out-of-memory killer); this pool fails the remaining tasks with BrokenProcessPool.
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ProcessPoolExecutor(workers, mp_context=ctx)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_signals.worker_init)
             try:
                 pending = {pool.submit(_prepare_shard, job) for job in jobs}
                 while pending:
@@ -540,6 +540,7 @@ def _report_field(text):
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
+@_signals.command("prepare", "; rerun the same command to resume")
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m convnet.prepare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -564,9 +565,6 @@ def main(argv=None):
     except OSError as e:  # a full disk, a read-only DST: the file is named, not a traceback
         print(f"error: prepare: {e}; rerun the same command to resume once that is mended", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nprepare: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
     index = json.loads((dst / shards.INDEX).read_text())
     counts = ", ".join(f"{k} {v['count']}" for k, v in index["splits"].items())
     print(f"prepare: {len(index['classes'])} classes, {counts} images of {args.size}x{args.size} in "
