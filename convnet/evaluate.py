@@ -53,6 +53,11 @@ def load_net(path, devices=None):
         raise EvaluateError(str(e)) from None
     except (FileNotFoundError, OSError, ValueError, KeyError) as e:
         raise EvaluateError(f"cannot load a checkpoint from {path}: {e}") from None
+    # a net saved after it diverged: its NaN outputs were scored as class 0, without a word
+    bad = [name for name, w in net.state_dict().items() if not np.isfinite(w).all()]
+    if bad:
+        raise EvaluateError(f"{ckpt}: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''} "
+                            f"hold{'s' if len(bad) == 1 else ''} NaN or infinite weights: nothing to score or draw")
     return net, meta, ckpt
 
 

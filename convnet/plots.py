@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _signals
+from . import _files, _signals
 from ._checks import json_int, json_number
 
 # Picture sizes in pixels (width, height): the figures are drawn at DPI with these sizes.
@@ -50,9 +50,13 @@ def _figure(size):
 
 
 def _save(plt, fig, path):
-    # No bbox_inches="tight": the picture keeps exactly its documented size.
-    fig.savefig(path, dpi=DPI, format="png")
-    plt.close(fig)
+    # Through a temporary: a write cut short (a full disk, a signal) leaves the old picture, not half
+    # a PNG. No bbox_inches="tight": the picture keeps exactly its documented size.
+    try:
+        with _files.atomic_file(path) as f:
+            fig.savefig(f, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     return Path(path)
 
 

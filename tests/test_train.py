@@ -229,6 +229,21 @@ def test_ensemble_is_average_of_softmax(data_dir, run_a, tmp_path):
     assert "10 patches" in table and "| average of 2 CNNs |" in table
 
 
+def test_a_net_with_nan_weights_is_refused(run_a, tmp_path, capsys):
+    """A net saved after it diverged: evaluate scored its NaN outputs as class 0 (argmax of NaN),
+    giving error rates that looked like a net's; plots drew its kernels as noise."""
+    net, opt_state, meta = checkpoint.load(str(train.checkpoint_path(run_a)))
+    weights = net.state_dict()
+    weights["fc8.bias"][3] = np.nan
+    weights["conv2.weight"][0, 0, 0, 0] = np.inf
+    net.load_state_dict(weights)
+    checkpoint.save(tmp_path / "diverged.safetensors", net, meta=meta)
+    with pytest.raises(evaluate.EvaluateError, match=r"diverged.safetensors: conv2.weight, fc8.bias hold NaN or inf"):
+        evaluate.evaluate([str(tmp_path / "diverged.safetensors")])
+    err = _exit(plots.main, [str(tmp_path / "diverged.safetensors"), "--out", str(tmp_path)], capsys)
+    assert "conv2.weight, fc8.bias hold NaN or infinite weights" in err and not list(tmp_path.glob("*.png")), err
+
+
 def _png_size(path):
     head = Path(path).read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", path
@@ -252,6 +267,30 @@ def test_pictures(run_a, tmp_path, capsys):
     np.testing.assert_allclose(tiles[1][1:1 + h, 1:1 + wd],
                                0.5 + 0.5 * first_of_tower_2.transpose(1, 2, 0) / np.abs(first_of_tower_2).max(),
                                rtol=1e-6)
+
+
+def test_a_picture_cut_short_leaves_the_old_one(run_a, tmp_path, monkeypatch):
+    """Pictures were written in place: a write cut short (a full disk, a Ctrl-C) left half a PNG
+    where the last one was."""
+    plots.main([str(run_a), "--out", str(tmp_path), "--train-subset", "50"])
+    old = (tmp_path / "learning_curves.png").read_bytes()
+    real = plots._pyplot().Figure.savefig
+
+    def cut_short(fig, f, **kw):
+        real(fig, f, **kw)
+        if isinstance(f, (str, os.PathLike)):
+            os.truncate(f, 100)
+        else:
+            f.truncate(100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots._pyplot().Figure, "savefig", cut_short)
+    with pytest.raises(SystemExit):
+        plots.main([str(run_a), "--out", str(tmp_path), "--train-subset", "50"])
+    assert (tmp_path / "learning_curves.png").read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["learning_curves.png", "conv1_kernels.png", "predictions.png", "neighbours.png"])  # no temporaries left
+    assert not plots._pyplot().get_fignums()  # and the figure closed
 
 
 def test_neighbours_are_the_nearest_rows():
