@@ -117,6 +117,12 @@ def test_edge_shapes(device, rng, case):
     run_conv(device, rng, *case)
 
 
+def test_depthwise_weights_counted_per_group(device, rng):
+    # The CUDA size check counted the weights as K*C*R*S (here 2.4e9, past 32-bit indexing) for a
+    # tensor of K*(C/groups)*R*S (590k): a conv with many groups was refused as too large
+    run_conv(device, rng, 1, 4096, 12, 12, 4096, 12, 12, (1, 1), (0, 0), 4096)
+
+
 @pytest.mark.parametrize("stride", [(65536, 65536), (641, 6700417), (3, 40), (1000, 1)])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_strides_past_the_image(device, rng, stride, groups):

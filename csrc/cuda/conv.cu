@@ -92,7 +92,7 @@ namespace {
 constexpr int64_t kIndexLimit = INT32_MAX - ((int64_t)1 << 21);
 void check_sizes(const ConvShape& sh) {
   CHECK_VALUE(sh.c * sh.h * sh.w < kIndexLimit && sh.k * sh.p * sh.q < kIndexLimit &&
-                  sh.k * sh.c * sh.r * sh.s < kIndexLimit,
+                  sh.k * (sh.c / sh.groups) * sh.r * sh.s < kIndexLimit,  // the weights: (K, C/groups, R, S)
               "tensors too large for the CUDA kernels' 32-bit per-image indexing");
 }
 
