@@ -118,3 +118,16 @@ def test_every_tool_ends_a_signal_with_one_line(tool, tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert f"{prog}: stopped by SIGTERM" in err and "Traceback" not in err, err
     assert handlers() == before
+
+
+def test_every_tool_has_its_command():
+    """pyproject's console scripts: each names a decorated main (convnet-plots was missing)."""
+    tomllib = pytest.importorskip("tomllib")
+    import importlib
+
+    scripts = tomllib.loads((Path(convnet.__file__).parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert sorted(scripts) == ["convnet-evaluate", "convnet-plots", "convnet-prepare", "convnet-train"]
+    for name, target in scripts.items():
+        module, attr = target.split(":")
+        main = getattr(importlib.import_module(module), attr)
+        assert main.__wrapped__.__name__ == "main", name  # through _signals.command
