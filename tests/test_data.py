@@ -1122,17 +1122,21 @@ def test_prepare_two_processes_into_one_folder(tree, prepared, tmp_path, capsys)
 
 # A worker sends its parent the SIGTERM that `kill PID` would (once: the first to create the
 # marker file), and goes on working; the tool's worker processes are counted in a file.
+# With "twice", a second SIGTERM a second later, while the parent would wait for this task.
 _SIGTERM_FROM_A_WORKER = r"""
 import os, signal, sys, time
 from pathlib import Path
-marker = sys.argv[-1]
+marker, twice = sys.argv[-2], sys.argv[-1] == "twice"
 def sigterm_once():
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return
     os.kill(os.getppid(), signal.SIGTERM)
-    time.sleep(0.5)
+    time.sleep(1.0)
+    if twice:
+        os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(0.5)
 """
 _SIGTERM_BUILTIN = _SIGTERM_FROM_A_WORKER + r"""
 from convnet.data import builtin
@@ -1155,17 +1159,21 @@ sys.exit(p.main([sys.argv[1], sys.argv[2], "--size", "32", "--shard-size", "1", 
 """
 
 
+@pytest.mark.parametrize("twice", [False, True])
 @pytest.mark.parametrize("tool", ["builtin", "prepare"])
-def test_sigterm_stops_the_workers_too(tool, tree, tmp_path):
+def test_sigterm_stops_the_workers_too(tool, twice, tree, tmp_path):
     """A SIGTERM to the tool's own process (`kill PID`) ended it at once and left its workers: the
     built-in generator's wrote BrokenPipeError tracebacks, convnet.prepare's waited for work forever.
     Now it is handled as a Ctrl-C is: the workers are stopped, one line says so, exit 143, and a
-    rerun finishes the job."""
+    rerun finishes the job. Twice: convnet.prepare waited for the shards in progress, and a second
+    signal (or Ctrl-C) in that wait left the workers, and the exit, waiting forever; now it stops
+    the workers at once."""
     marker, dst = tmp_path / "sent", tmp_path / "out"
+    times = "twice" if twice else "once"
     if tool == "builtin":
-        code, args = _SIGTERM_BUILTIN, (dst, marker)
+        code, args = _SIGTERM_BUILTIN, (dst, marker, times)
     else:
-        code, args = _SIGTERM_PREPARE, (tree, dst, marker)
+        code, args = _SIGTERM_PREPARE, (tree, dst, marker, times)
     rc, out, err = _run_python(code, *args, timeout=60)
     assert marker.exists() and rc == 143, (rc, err)
     assert "Traceback" not in err and "Error" not in err, err

@@ -483,6 +483,9 @@ def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, pro
                     for f in done:
                         split, i, n, skipped = f.result()
                         bar.update(len(plan[split][i]))
+            except KeyboardInterrupt:  # or SIGTERM: the shards in progress are temporaries the rerun removes
+                _stop_workers(pool)
+                raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
     except BrokenProcessPool:
@@ -494,6 +497,17 @@ def _prepare_into(src, dst, items, classes, plan, size, workers, shard_size, pro
     if stop_after_shards is not None:
         return dst
     return finish(dst, plan, classes, size)
+
+
+def _stop_workers(pool):
+    """Ends a ProcessPoolExecutor's workers now. Its shutdown waits for the tasks that are running,
+    and a second Ctrl-C inside that wait left the workers waiting for work and the exit waiting for
+    them, forever."""
+    if hasattr(pool, "terminate_workers"):  # Python 3.14
+        pool.terminate_workers()
+        return
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        p.terminate()
 
 
 def finish(dst, plan, classes, size):
