@@ -1121,8 +1121,8 @@ def test_prepare_two_processes_into_one_folder(tree, prepared, tmp_path, capsys)
 
 
 # A worker sends its parent the SIGTERM that `kill PID` would (once: the first to create the
-# marker file), and goes on working; the tool's worker processes are counted in a file.
-# With "twice", a second SIGTERM a second later, while the parent would wait for this task.
+# marker file), and goes on working. With "twice", a second SIGTERM a second later, while the
+# parent would wait for this task.
 _SIGTERM_FROM_A_WORKER = r"""
 import os, signal, sys, time
 from pathlib import Path
