@@ -125,7 +125,8 @@ def test_every_tool_has_its_command():
     tomllib = pytest.importorskip("tomllib")
     import importlib
 
-    scripts = tomllib.loads((Path(convnet.__file__).parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    # the checkout's (the tests may run against an installed convnet)
+    scripts = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
     assert sorted(scripts) == ["convnet-evaluate", "convnet-plots", "convnet-prepare", "convnet-train"]
     for name, target in scripts.items():
         module, attr = target.split(":")
