@@ -19,13 +19,19 @@ def interrupt_for(signum):
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def describe(exc):
-    return "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+def signal_of(exc):
+    """The signal an interrupt stands for: SIGTERM for Terminated, else SIGINT (a Ctrl-C)."""
+    return signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
 
 
-def exit_code(exc):
+def describe(signum):
+    """How a tool that a signal stopped ends its last line (also convnet.train's own messages)."""
+    return "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+
+
+def exit_code(signum):
     """128 + the signal's number: 143 for SIGTERM, 130 for Ctrl-C."""
-    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    return 128 + signum
 
 
 def _raise_terminated(signum, frame):
@@ -50,8 +56,8 @@ def command(prog, hint=""):
                 if in_main_thread:  # a further signal during the message ends the process as that signal does
                     signal.signal(signal.SIGINT, signal.SIG_DFL)
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                print(f"\n{prog}: {describe(e)}{hint}", file=sys.stderr, flush=True)
-                sys.exit(exit_code(e))
+                print(f"\n{prog}: {describe(signal_of(e))}{hint}", file=sys.stderr, flush=True)
+                sys.exit(exit_code(signal_of(e)))
             finally:
                 if in_main_thread:
                     for s, handler in old.items():

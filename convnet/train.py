@@ -836,12 +836,12 @@ class _DeferredInterrupt:
             raise _signals.interrupt_for(self.signum)
 
     def what(self):
-        """How the run ended, for its last message."""
-        return "interrupted" if self.signum in (None, signal.SIGINT) else f"stopped by {self.signum.name}"
+        """How the run ended, for its last message (a KeyboardInterrupt with no signal: a Ctrl-C)."""
+        return _signals.describe(self.signum or signal.SIGINT)
 
     def exit_code(self):
-        """128 + the signal's number (130 for Ctrl-C, or a KeyboardInterrupt with no signal; 143 for SIGTERM)."""
-        return 128 + (self.signum or signal.SIGINT)
+        """130 for Ctrl-C (or a KeyboardInterrupt with no signal), 143 for SIGTERM."""
+        return _signals.exit_code(self.signum or signal.SIGINT)
 
     def __exit__(self, *exc):
         for s, old in self._old.items():

@@ -55,7 +55,8 @@ def test_command_ends_with_one_line(exc, code, said, capsys):
     assert e.value.code == code
     assert capsys.readouterr().err == f"\ntool: {said}; do this next\n"
     assert handlers() == before
-    assert _signals.exit_code(exc()) == code and _signals.describe(exc()) == said
+    signum = _signals.signal_of(exc())
+    assert _signals.exit_code(signum) == code and _signals.describe(signum) == said
 
 
 def test_interrupt_for():
